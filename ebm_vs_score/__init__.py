@@ -1,0 +1,1 @@
+"""ebm_vs_score."""

@@ -1,0 +1,174 @@
+"""Base configuration: every field with its default, and the per-scale dataset defaults.
+
+The experiment files in ``configs/`` call :func:`get_config` with a data scale
+('toy', 'digits', 'cifar') and a family ('score', 'energy', 'resnet_energy', 'qc', 'drl')
+and override what they need. Every field can be overridden on the command line, e.g.
+``--config.training.batch_size=64``. :mod:`ebm_vs_score.configuration` validates the
+result once at start-up.
+
+Families (DESIGN.md): ``score`` = U, ``energy`` = C (energy U-Net), ``resnet_energy`` =
+C-ResNet, ``qc`` = U trained with the quasi-conservative regularizer (Chao et al. 2023),
+``drl`` = an energy trained by diffusion recovery likelihood (Gao et al. 2021).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SCALES = ("toy", "digits", "cifar")
+FAMILIES = ("score", "energy", "resnet_energy", "qc", "drl")
+
+
+def _data(scale: str) -> ml_collections.ConfigDict:
+    data = ml_collections.ConfigDict()
+    data.dataset = {"toy": "8gaussians", "digits": "digits", "cifar": "cifar10"}[scale]
+    data.image_size = {"toy": 0, "digits": 8, "cifar": 32}[scale]
+    data.num_channels = {"toy": 0, "digits": 1, "cifar": 3}[scale]
+    data.data_dir = ml_collections.config_dict.placeholder(str)
+    data.random_flip = scale == "cifar"
+    data.dequantize = False
+    data.toy_dim = 2
+    data.num_components = 8
+    return data
+
+
+def _model(scale: str) -> ml_collections.ConfigDict:
+    model = ml_collections.ConfigDict()
+    model.name = "mlp" if scale == "toy" else "unet"
+    model.parameterization = "unconstrained"
+    model.sigma_data = 1.0 if scale == "toy" else 0.5
+    model.hidden = (128, 128, 128)
+    model.ch = {"toy": 0, "digits": 32, "cifar": 128}[scale]
+    model.ch_mult = {"toy": (1,), "digits": (1, 2), "cifar": (1, 2, 2, 2)}[scale]
+    model.num_res_blocks = {"toy": 0, "digits": 1, "cifar": 2}[scale]
+    model.attn_resolutions = {"toy": (), "digits": (4,), "cifar": (16,)}[scale]
+    model.dropout = {"toy": 0.0, "digits": 0.0, "cifar": 0.1}[scale]
+    model.num_groups = {"toy": 1, "digits": 8, "cifar": 32}[scale]
+    model.embedding = "sinusoidal"
+    model.embedding_scale = 250.0
+    model.dtype = "float32"
+    return model
+
+
+def _sde(scale: str) -> ml_collections.ConfigDict:
+    sde = ml_collections.ConfigDict()
+    sde.name = "vp"
+    sde.sigma_min = 0.01
+    sde.sigma_max = {"toy": 10.0, "digits": 20.0, "cifar": 50.0}[scale]
+    sde.beta_min = 0.1
+    sde.beta_max = 20.0
+    sde.num_scales = 1000
+    sde.eps = 1e-3
+    return sde
+
+
+def _training(scale: str) -> ml_collections.ConfigDict:
+    training = ml_collections.ConfigDict()
+    training.n_iters = {"toy": 4000, "digits": 3000, "cifar": 800_000}[scale]
+    training.batch_size = {"toy": 512, "digits": 128, "cifar": 128}[scale]
+    training.log_every = {"toy": 200, "digits": 250, "cifar": 100}[scale]
+    training.checkpoint_every = {"toy": 1000, "digits": 1000, "cifar": 10_000}[scale]
+    training.sample_every = {"toy": 2000, "digits": 1500, "cifar": 50_000}[scale]
+    training.keep_checkpoints = 3
+    training.ema_decay = {"toy": 0.999, "digits": 0.999, "cifar": 0.9999}[scale]
+    training.objective = "dsm"
+    training.dsm_variant = "continuous"
+    training.likelihood_weighting = False
+    training.reduce_mean = True
+    training.qc_weight = 0.0
+    training.qc_probes = 1
+    training.ssm_projection = "rademacher"
+    training.ssm_num_projections = 1
+    return training
+
+
+def _optim(scale: str) -> ml_collections.ConfigDict:
+    optim = ml_collections.ConfigDict()
+    optim.optimizer = "adam"
+    optim.lr = {"toy": 1e-3, "digits": 1e-3, "cifar": 2e-4}[scale]
+    optim.beta1 = 0.9
+    optim.beta2 = 0.999
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = {"toy": 100, "digits": 200, "cifar": 5000}[scale]
+    optim.grad_clip = 1.0
+    return optim
+
+
+def _sampling(scale: str) -> ml_collections.ConfigDict:
+    sampling = ml_collections.ConfigDict()
+    sampling.method = "euler_maruyama"
+    sampling.num_steps = {"toy": 500, "digits": 500, "cifar": 1000}[scale]
+    sampling.num_samples = {"toy": 2048, "digits": 64, "cifar": 64}[scale]
+    sampling.denoise = True
+    sampling.snr = 0.16
+    sampling.n_steps_each = 1
+    sampling.predictor = "reverse_diffusion"
+    sampling.corrector = "langevin"
+    sampling.step_size = {"toy": 0.1, "digits": 0.05, "cifar": 2e-5}[scale]
+    sampling.target_acceptance = 0.574
+    sampling.num_leapfrog = 5
+    sampling.adapt = True
+    sampling.ode_solver = "heun"
+    sampling.rtol = 1e-5
+    sampling.atol = 1e-5
+    sampling.use_ema = True
+    return sampling
+
+
+def _eval(scale: str) -> ml_collections.ConfigDict:
+    ev = ml_collections.ConfigDict()
+    ev.num_examples = {"toy": 2048, "digits": 297, "cifar": 10_000}[scale]
+    ev.batch_size = {"toy": 512, "digits": 297, "cifar": 500}[scale]
+    ev.asym_probes = {"toy": 0, "digits": 4, "cifar": 1}[scale]
+    ev.asym_levels = 10
+    ev.nll_probes = {"toy": 0, "digits": 1, "cifar": 1}[scale]
+    ev.ais = True
+    ev.checkpoint = -1
+    return ev
+
+
+def _drl() -> ml_collections.ConfigDict:
+    drl = ml_collections.ConfigDict()
+    drl.num_levels = 6
+    drl.num_steps = 30
+    drl.step_size = 2e-4
+    drl.metropolis = False
+    return drl
+
+
+_FAMILY_OVERRIDES = {
+    "score": {},
+    "energy": {"model.parameterization": "conservative"},
+    "resnet_energy": {"model.parameterization": "resnet_energy", "model.name": "resnet_energy"},
+    "qc": {"training.qc_weight": 1e-4},
+    "drl": {"model.parameterization": "resnet_energy", "model.name": "resnet_energy",
+            "training.objective": "drl"},
+}
+
+
+def get_config(scale: str, family: str) -> ml_collections.ConfigDict:
+    """The full default config for a data ``scale`` and model ``family``."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid: {SCALES}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {FAMILIES}")
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.family = family
+    config.data = _data(scale)
+    config.model = _model(scale)
+    config.sde = _sde(scale)
+    config.training = _training(scale)
+    config.optim = _optim(scale)
+    config.sampling = _sampling(scale)
+    config.eval = _eval(scale)
+    config.drl = _drl()
+    if scale == "toy" and family in ("energy", "resnet_energy", "drl"):
+        config.model.name = "mlp"
+    for path, value in _FAMILY_OVERRIDES[family].items():
+        if scale == "toy" and path == "model.name":
+            continue
+        section, field = path.split(".")
+        config[section][field] = value
+    return config

@@ -1,0 +1,80 @@
+"""Figures written during training and evaluation: sample grids, 2-D scatter plots.
+
+Images are returned as uint8 arrays (H, W, 3) so the same picture goes to a PNG file and
+to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+
+def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
+    """Tiles (N, H, W, C) images in [-1, 1] into one uint8 (rows*H, cols*W, 3) grid."""
+    n, h, w, c = images.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    pixels = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    if c == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[top:top + h, left:left + w] = pixels[i, ..., :3]
+    return grid
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling, so that 8x8 digits are visible in a PNG."""
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """Renders a matplotlib figure to uint8 RGB."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    from PIL import Image
+
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def scatter_image(points: np.ndarray, reference: np.ndarray | None = None,
+                  lim: float = 4.0, title: str = "") -> np.ndarray:
+    """A 2-D scatter plot of samples (and optionally data) as uint8 RGB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=1, c="tab:gray", alpha=0.4, label="data")
+    ax.scatter(points[:, 0], points[:, 1], s=1, c="tab:blue", alpha=0.6, label="samples")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    return figure_to_array(fig)
+
+
+def samples_image(samples: np.ndarray) -> np.ndarray:
+    """The picture of a batch of samples: a grid for images, a scatter for 2-D points."""
+    samples = np.asarray(samples)
+    if samples.ndim == 4:
+        grid = image_grid(samples)
+        return upscale(grid, max(1, 256 // grid.shape[0]))
+    return scatter_image(samples[:, :2])
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(image).save(path)

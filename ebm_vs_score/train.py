@@ -1,0 +1,265 @@
+"""Train state, the sharded train step and the training loop (DESIGN.md rules 3, 6, 7).
+
+One ``jax.sharding.Mesh`` over all devices with a ``data`` axis: batches are sharded on
+it, the state is replicated, and the step is ``jax.jit``-compiled with those shardings
+and the state donated. Per-step randomness is ``fold_in(state.key, state.step)``, and the
+data of step ``i`` is a function of ``(seed, i)``, so a run restarted from a checkpoint
+reaches bit-identical parameters to one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ebm_vs_score import builders, checkpoints, configuration, plotting
+from ebm_vs_score import data as data_lib
+from ebm_vs_score import parameterization as param_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs: step, params, EMA params, optimizer state, key."""
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    key: jax.Array
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named ``data`` over all (or the given) devices."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam/AdamW with linear warmup and global-norm clipping (Ho et al. 2020 setup)."""
+    schedule = optax.linear_schedule(0.0, optim.lr, max(int(optim.warmup), 1))
+    if optim.optimizer == "adamw":
+        opt = optax.adamw(schedule, b1=optim.beta1, b2=optim.beta2, eps=optim.eps,
+                          weight_decay=optim.weight_decay)
+    else:
+        opt = optax.adam(schedule, b1=optim.beta1, b2=optim.beta2, eps=optim.eps)
+    if optim.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
+    return opt
+
+
+def init_state(model: builders.Model, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """A fresh train state; the params' and the step keys both derive from ``seed``."""
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = builders.init_params(model, init_key)
+    ema_params = jax.tree.map(jnp.copy, params)  # own buffers: the state is donated
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                      opt_state=tx.init(params), key=step_key)
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
+               tx: optax.GradientTransformation, ema_decay: float):
+    """One optimizer step; returns the new state and this step's metrics."""
+    key = jax.random.fold_in(state.key, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, batch, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # EMA with the usual warm-up (TF's ExponentialMovingAverage with num_updates), so
+    # short runs do not sample from an average dominated by the initialization.
+    step = state.step.astype(jnp.float32)
+    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    grad_norm = optax.tree_utils.tree_l2_norm(grads)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+
+def compile_train_step(loss_fn, tx, ema_decay: float, mesh: Mesh, state: TrainState):
+    """``jax.jit`` of :func:`train_step` with data sharding, replication and donation."""
+    replicated = NamedSharding(mesh, P())
+    state_sharding = jax.tree.map(lambda _: replicated, state)
+    step = functools.partial(train_step, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay)
+    return jax.jit(step, in_shardings=(state_sharding, NamedSharding(mesh, P("data"))),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+    """A globally sharded batch from this process's slice of it."""
+    sharding = NamedSharding(mesh, P("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+def summarize(history: list[dict], step: int) -> dict[str, float]:
+    """Means over the steps since the last log; raises if any step was not finite."""
+    stacked = jax.device_get(history)
+    finite = np.array([h["finite"] for h in stacked])
+    if not finite.all():
+        bad = step - len(stacked) + 1 + int(np.argmin(finite))
+        raise FloatingPointError(
+            f"the loss or its gradient became non-finite at step {bad}; the run stopped and "
+            "the last good checkpoint is intact; lower optim.lr, raise optim.warmup or keep "
+            "optim.grad_clip > 0, then rerun the same command to resume")
+    keys = [k for k in stacked[0] if k != "finite"]
+    return {k: float(np.mean([h[k] for h in stacked])) for k in keys}
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+    """Appends one JSON line to ``workdir/metrics.jsonl`` (never rewritten)."""
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> TrainState:
+    """The latest checkpoint of the workdir if there is one, else a fresh state."""
+    state = replicate(init_state(model, tx, config.seed), mesh)
+    if ckpt.latest_step() is None:
+        return state
+    logging.info("resuming from checkpoint at step %d", ckpt.latest_step())
+    return ckpt.restore(state)
+
+
+def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
+    """``sample_fn(params, key) -> (samples, info)`` for the configured sampler, jitted once."""
+    from ebm_vs_score import samplers
+
+    shape = (int(config.sampling.num_samples),) + model.example_shape
+    options = samplers.options_from_config(config.sampling)
+
+    def sample_fn(params, key):
+        return samplers.sample(
+            config.sampling.method, key, shape, sde=model.sde,
+            score_fn=param_lib.bind(model.fns.score, params),
+            energy_fn=param_lib.bind(model.fns.energy, params),
+            num_steps=int(config.sampling.num_steps), **options)
+
+    return jax.jit(sample_fn)
+
+
+def first_replica(x: jax.Array) -> np.ndarray:
+    """A replicated array as numpy, on every process."""
+    return np.asarray(x.addressable_data(0))
+
+
+def write_samples(config, state: TrainState, step: int, workdir: str, writer, sample_fn) -> None:
+    """Draws samples with the (EMA) params and writes a PNG and a TensorBoard image."""
+    params = state.ema_params if config.sampling.use_ema else state.params
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
+    samples, info = sample_fn(params, key)
+    samples = first_replica(samples)
+    if jax.process_index() != 0:
+        return
+    image = plotting.samples_image(samples)
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    plotting.save_png(image, os.path.join(workdir, "samples", f"step_{step:08d}.png"))
+    plotting.save_png(image, os.path.join(workdir, "samples.png"))
+    writer.write_images(step, {"samples": image[None]})
+    nfe = {f"sample/{k}": float(np.mean(first_replica(v))) for k, v in info.items()
+           if np.ndim(v) == 0}
+    writer.write_scalars(step, nfe)
+
+
+class _Loop(NamedTuple):
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Mesh
+    step_fn: Callable
+    sample_fn: Callable
+    ckpt: checkpoints.Checkpointer
+    writer: Any
+
+
+def _flush(loop: _Loop, history: list, step: int) -> None:
+    """Logs the metrics since the last flush (raising on a non-finite step)."""
+    if not history:
+        return
+    scalars = summarize(history, step)
+    history.clear()
+    loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+    append_metrics(loop.workdir, dict(scalars, step=step, split="train"))
+
+
+def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState:
+    """The loop body: steps, logs, checkpoints, sample grids, preemption."""
+    cfg = loop.config.training
+    hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.n_iters, writer=loop.writer)]
+    history: list = []
+    for step in range(int(state.step) + 1, cfg.n_iters + 1):
+        if watcher.should_stop(step - 1):
+            _flush(loop, history, step - 1)
+            loop.ckpt.save(step - 1, state)
+            logging.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command "
+                            "to resume", step - 1)
+            break
+        state, metrics = loop.step_fn(state, global_batch(next(data_iter), loop.mesh))
+        history.append(metrics)
+        for hook in hooks:
+            hook(step)
+        last = step == cfg.n_iters
+        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
+            _flush(loop, history, step)
+        if step % cfg.checkpoint_every == 0 or last:
+            loop.ckpt.save(step, state)
+        if step % cfg.sample_every == 0 or last:
+            write_samples(loop.config, state, step, loop.workdir, loop.writer, loop.sample_fn)
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains the model of ``config`` in ``workdir``, resuming from its latest checkpoint.
+
+    Leaves in ``workdir``: ``config.json``, ``checkpoints/``, TensorBoard event files,
+    ``metrics.jsonl`` (one JSON line per log step) and ``samples.png`` (+ ``samples/``).
+    """
+    mesh = make_mesh()
+    configuration.validate(config, num_devices=mesh.size)
+    configuration.check_workdir(config, workdir)
+    configuration.save(config, workdir)
+    model = builders.build_model(config)
+    tx = make_optimizer(config.optim)
+    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints)
+    state = restore_or_init(ckpt, model, tx, config, mesh)
+    logging.info("model has %d parameters", num_params(state.params))
+    loss_fn = builders.build_loss_fn(config, model)
+    step_fn = compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    data_iter = data_lib.get_dataset(
+        config.data, batch_size=config.training.batch_size, split="train", seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        start_step=int(state.step))
+    loop = _Loop(config, workdir, mesh, step_fn, make_sample_fn(config, model), ckpt, writer)
+    try:
+        with checkpoints.PreemptionWatcher() as watcher:
+            state = _run_steps(loop, state, data_iter, watcher)
+    finally:
+        writer.flush()
+        ckpt.close()
+    return state
+
+
+def num_params(params: Any) -> int:
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
