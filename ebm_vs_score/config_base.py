@@ -38,7 +38,7 @@ def _model(scale: str) -> ml_collections.ConfigDict:
     model.parameterization = "unconstrained"
     model.sigma_data = 1.0 if scale == "toy" else 0.5
     model.hidden = (128, 128, 128)
-    model.ch = {"toy": 0, "digits": 32, "cifar": 128}[scale]
+    model.ch = {"toy": 0, "digits": 16, "cifar": 128}[scale]
     model.ch_mult = {"toy": (1,), "digits": (1, 2), "cifar": (1, 2, 2, 2)}[scale]
     model.num_res_blocks = {"toy": 0, "digits": 1, "cifar": 2}[scale]
     model.attn_resolutions = {"toy": (), "digits": (4,), "cifar": (16,)}[scale]
@@ -64,11 +64,11 @@ def _sde(scale: str) -> ml_collections.ConfigDict:
 
 def _training(scale: str) -> ml_collections.ConfigDict:
     training = ml_collections.ConfigDict()
-    training.n_iters = {"toy": 4000, "digits": 3000, "cifar": 800_000}[scale]
-    training.batch_size = {"toy": 512, "digits": 128, "cifar": 128}[scale]
+    training.n_iters = {"toy": 4000, "digits": 2000, "cifar": 800_000}[scale]
+    training.batch_size = {"toy": 512, "digits": 64, "cifar": 128}[scale]
     training.log_every = {"toy": 200, "digits": 250, "cifar": 100}[scale]
     training.checkpoint_every = {"toy": 1000, "digits": 1000, "cifar": 10_000}[scale]
-    training.sample_every = {"toy": 2000, "digits": 1500, "cifar": 50_000}[scale]
+    training.sample_every = {"toy": 2000, "digits": 2000, "cifar": 50_000}[scale]
     training.keep_checkpoints = 3
     training.ema_decay = {"toy": 0.999, "digits": 0.999, "cifar": 0.9999}[scale]
     training.objective = "dsm"
@@ -98,15 +98,16 @@ def _optim(scale: str) -> ml_collections.ConfigDict:
 def _sampling(scale: str) -> ml_collections.ConfigDict:
     sampling = ml_collections.ConfigDict()
     sampling.method = "euler_maruyama"
-    sampling.num_steps = {"toy": 500, "digits": 500, "cifar": 1000}[scale]
+    sampling.num_steps = {"toy": 500, "digits": 250, "cifar": 1000}[scale]
     sampling.num_samples = {"toy": 2048, "digits": 64, "cifar": 64}[scale]
     sampling.denoise = True
     sampling.snr = 0.16
     sampling.n_steps_each = 1
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
-    sampling.step_size = {"toy": 0.1, "digits": 0.05, "cifar": 2e-5}[scale]
-    sampling.target_acceptance = 0.574
+    sampling.step_size = 2e-5  # Langevin step at the smallest noise level (NCSN epsilon)
+    # None: each MCMC method's own default (MALA 0.574, HMC 0.65).
+    sampling.target_acceptance = ml_collections.config_dict.placeholder(float)
     sampling.num_leapfrog = 5
     sampling.adapt = True
     sampling.ode_solver = "heun"
@@ -125,6 +126,9 @@ def _eval(scale: str) -> ml_collections.ConfigDict:
     ev.nll_probes = {"toy": 0, "digits": 1, "cifar": 1}[scale]
     ev.ais = True
     ev.checkpoint = -1
+    # Local file of the FID Inception weights (ebm_vs_score/metrics/inception.py says where
+    # to get them); None: FID/IS with the standard network are skipped.
+    ev.inception_weights = ml_collections.config_dict.placeholder(str)
     return ev
 
 

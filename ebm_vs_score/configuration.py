@@ -123,6 +123,10 @@ def _validate_sampling(config) -> None:
     sampling = config.sampling
     _choice(sampling.method, SAMPLERS, "sampling.method")
     _positive(config, ["sampling.num_steps", "sampling.num_samples", "sampling.step_size"])
+    target = sampling.target_acceptance
+    _require(target is None or 0 < target < 1,
+             f"sampling.target_acceptance={target} must lie in (0, 1), or be None for the "
+             "method's default")
     conservative = config.model.parameterization != "unconstrained"
     _require(conservative or sampling.method not in MH_SAMPLERS,
              f"sampling.method={sampling.method!r} needs an energy for its Metropolis-Hastings "

@@ -70,5 +70,6 @@ class MLP(nn.Module):
       h = nn.Dropout(self.dropout)(h, deterministic=not train)
     if self.out == "scalar":
       return nn.Dense(1, dtype=jnp.float32, kernel_init=default_init)(h)[:, 0].astype(x.dtype)
-    out = nn.Dense(math.prod(x.shape[1:]), dtype=self.dtype, kernel_init=zeros_init if self.zero_init_output else default_init)(h)
+    init = zeros_init if self.zero_init_output else default_init
+    out = nn.Dense(math.prod(x.shape[1:]), dtype=self.dtype, kernel_init=init)(h)
     return out.reshape(x.shape).astype(x.dtype)

@@ -1,0 +1,283 @@
+"""Likelihoods: probability-flow ODE log-densities and bits/dim; AIS for energy models.
+
+* ``ode_log_prob``: the instantaneous change of variables along the probability-flow ODE
+  (Song et al. 2021, App. D.2; Chen et al. 2018, Thm. 1; Grathwohl et al. 2019, FFJORD),
+  integrated from ``eps`` to ``T`` with diffrax's adaptive Tsit5. The divergence is exact
+  (one linearization and D JVPs) or the Skilling-Hutchinson estimate with probes drawn
+  once and held fixed along the trajectory (FFJORD, Sec. 3.1), which keeps the estimate of
+  ``log p`` unbiased.
+* ``bits_per_dim`` / ``dataset_bits_per_dim``: NLL in bits/dim of data scaled to [-1, 1]
+  with uniform dequantization, as Song et al. 2021 report it (their Table 2; score_sde
+  ``likelihood.py`` and ``run_lib.evaluate``).
+* ``ais_log_normalizer``: annealed importance sampling (Neal 2001) of log Z for
+  ``exp(-E(x))`` at a fixed noise level, with HMC transitions, and ``ais_log_prob``.
+
+Everything is a pure function of arrays; nothing is jitted here except the per-batch
+function of ``dataset_bits_per_dim``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ebm_vs_score import samplers
+from ebm_vs_score.samplers import MCMCState, ScoreFn
+
+PROBES = ("rademacher", "gaussian")
+
+
+def _draw_probes(key: jax.Array, num_probes: int, x: jax.Array, probe: str) -> jax.Array:
+    """(num_probes, B, ...) probes with E[v v^T] = I."""
+    shape = (num_probes,) + x.shape
+    if probe == "rademacher":
+        return jax.random.rademacher(key, shape, x.dtype)
+    if probe == "gaussian":
+        return jax.random.normal(key, shape, x.dtype)
+    raise ValueError(f"unknown probe {probe!r}; valid names: {list(PROBES)}")
+
+
+def drift_and_divergence(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                         probes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """``fn(x)`` and its per-example divergence tr(d fn / d x), (B,).
+
+    ``fn`` must act example-wise (DESIGN.md rule 2). Exact when ``probes`` is None: the sum
+    over the D basis vectors e_j of e_j . (J e_j), by D JVPs of one linearization.
+    Otherwise the Skilling-Hutchinson mean over probes v of v . (J v) (Hutchinson 1989).
+    """
+    fx, jvp = jax.linearize(fn, x)
+    if probes is None:
+        dim = math.prod(x.shape[1:])
+        eye = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
+        vs = jnp.broadcast_to(eye, (dim,) + x.shape)
+    else:
+        vs = probes
+    quad = jax.vmap(lambda v: jnp.sum((v * jvp(v)).reshape(x.shape[0], -1), axis=-1))(vs)
+    return fx, jnp.sum(quad, 0) if probes is None else jnp.mean(quad, 0)
+
+
+def ode_log_prob(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array | None = None,
+                 num_probes: int = 0, rtol: float = 1e-5, atol: float = 1e-5,
+                 probe: str = "rademacher") -> tuple[jax.Array, dict[str, jax.Array]]:
+    """log p_eps(x) per example (nats, in the space of x) by the probability-flow ODE.
+
+    Integrates d/dt (x, delta) = (f~(x, t), div f~(x, t)), f~ = f - g^2 s / 2 (Song et al.
+    2021, eq. 13 and eq. 39-40), from t = eps to T, and returns
+    log p(x) = prior_logp(x(T)) + delta(T).
+
+    Args:
+      score_fn: ``s(x, t)``, params bound.
+      x: (B, ...) points, read as samples at time ``sde.eps``.
+      sde: the noise process.
+      key: PRNG key for the probes (needed iff ``num_probes > 0``).
+      num_probes: 0 = exact divergence (D JVPs per evaluation; small D); else the
+        Hutchinson estimate with ``num_probes`` probes drawn once from ``key``.
+      rtol, atol: tolerances of the adaptive solver (one step size for the whole batch).
+      probe: 'rademacher' (default) or 'gaussian'.
+
+    Returns:
+      (log_prob (B,), info) with info ``nfe`` (evaluations of the augmented vector field,
+      each one score linearization plus D or ``num_probes`` JVPs), ``prior_logp``,
+      ``delta_logp`` (B,), ``num_steps`` and ``z`` = x(T), the latent code.
+    """
+    if num_probes < 0:
+        raise ValueError(f"num_probes={num_probes} must be 0 (exact) or a positive count")
+    if num_probes > 0 and key is None:
+        raise ValueError("a Hutchinson estimate (num_probes > 0) needs a PRNG key")
+    probes = _draw_probes(key, num_probes, x, probe) if num_probes else None
+    drift = samplers.ode_drift(score_fn, sde)
+
+    def vector_field(y, t):
+        z, _ = y
+        tb = jnp.full((z.shape[0],), t, z.dtype)
+        return drift_and_divergence(lambda u: drift(u, tb), z, probes)
+
+    y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
+    (z, delta), info = samplers.solve_adaptive(vector_field, y0, sde.eps, sde.T,
+                                               rtol=rtol, atol=atol)
+    prior = sde.prior_logp(z)
+    info = {"nfe": info["nfe"], "num_steps": info["num_steps"], "prior_logp": prior,
+            "delta_logp": delta, "z": z}
+    return prior + delta, info
+
+
+def uniform_dequantize(key: jax.Array, x: jax.Array, num_bins: int = 256) -> jax.Array:
+    """Uniform dequantization of data on the grid {-1 + 2k/(num_bins-1)}: k = round((x+1)/2
+    (num_bins-1)), returns 2 (k + u) / num_bins - 1, u ~ U[0, 1) (score_sde run_lib)."""
+    k = jnp.round((x + 1.0) / 2.0 * (num_bins - 1))
+    return 2.0 * (k + jax.random.uniform(key, x.shape, x.dtype)) / num_bins - 1.0
+
+
+def bits_per_dim(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array,
+                 num_probes: int = 1, dequantize: bool = True, num_bins: int = 256,
+                 rtol: float = 1e-5, atol: float = 1e-5,
+                 probe: str = "rademacher") -> tuple[jax.Array, dict[str, jax.Array]]:
+    """NLL in bits/dim of data x in [-1, 1] with ``num_bins`` levels (Song et al. 2021).
+
+    Integer data k in {0..L-1}^D (L = num_bins) are dequantized to x = 2 (k + u) / L - 1,
+    u ~ U[0, 1)^D. The density of y = k + u is p_y = p_x (2/L)^D, and log P(k) >=
+    E_u log p_y(k + u) (Theis et al. 2016), so
+
+        bpd = -(log p_x(x) + D log(2/L)) / (D ln 2) = -log p_x(x) / (D ln 2) + log2(L) - 1,
+
+    i.e. the offset 7 of score_sde for L = 256. With ``dequantize=False`` x is taken to
+    be dequantized already (the offset still applies). ``key`` is split into the
+    dequantization key and the probe key: ``k_deq, k_probe = jax.random.split(key)``.
+
+    Returns:
+      (bpd (B,), info) with info of ``ode_log_prob`` plus ``log_prob`` (nats) and ``x``,
+      the dequantized points.
+    """
+    k_deq, k_probe = jax.random.split(key)
+    if dequantize:
+        x = uniform_dequantize(k_deq, x, num_bins)
+    log_p, info = ode_log_prob(score_fn, x, sde=sde, key=k_probe, num_probes=num_probes,
+                               rtol=rtol, atol=atol, probe=probe)
+    dim = math.prod(x.shape[1:])
+    bpd = -(log_p + dim * math.log(2.0 / num_bins)) / (dim * math.log(2.0))
+    return bpd, {**info, "log_prob": log_p, "x": x}
+
+
+def dataset_bits_per_dim(score_fn: ScoreFn, batches: Iterable[Any], *, sde, key: jax.Array,
+                         num_probes: int = 1, dequantize: bool = True,
+                         num_bins: int = 256, rtol: float = 1e-5, atol: float = 1e-5,
+                         log_every: int = 10,
+                         callback: Callable[[int, float], None] | None = None,
+                         ) -> tuple[float, float]:
+    """Mean bits/dim over every example of ``batches`` and its standard error.
+
+    Batch i uses ``fold_in(key, i)``. The per-batch function is jitted once (per batch
+    shape). Every ``log_every`` batches the running mean is logged (absl) and passed to
+    ``callback(num_batches_done, running_mean)``.
+
+    Returns:
+      (mean, standard error = std / sqrt(n)) over all n examples, in bits/dim.
+    """
+    fn = jax.jit(functools.partial(
+        bits_per_dim, score_fn, sde=sde, num_probes=num_probes,
+        dequantize=dequantize, num_bins=num_bins, rtol=rtol, atol=atol))
+    values: list[np.ndarray] = []
+    for i, batch in enumerate(batches):
+        bpd, _ = fn(jnp.asarray(batch), key=jax.random.fold_in(key, i))
+        values.append(np.asarray(bpd))
+        if (i + 1) % log_every == 0:
+            running = float(np.mean(np.concatenate(values)))
+            logging.info("bits/dim: %d batches, running mean %.4f", i + 1, running)
+            if callback is not None:
+                callback(i + 1, running)
+    if not values:
+        raise ValueError("dataset_bits_per_dim got no batches; check the evaluation split")
+    allv = np.concatenate(values).astype(np.float64)
+    stderr = float(allv.std(ddof=1) / math.sqrt(allv.size)) if allv.size > 1 else float("nan")
+    return float(allv.mean()), stderr
+
+
+# ----------------------------------------------------------------------------------------
+# Annealed importance sampling (Neal 2001)
+# ----------------------------------------------------------------------------------------
+
+
+def ais_schedule(num_steps: int, schedule: str = "sigmoid", delta: float = 4.0) -> jax.Array:
+    """Inverse temperatures 0 = beta_0 < ... < beta_K = 1, (K+1,).
+
+    'linear', or 'sigmoid' (Grosse et al. 2015, Sec. 6: sigma(delta (2k/K - 1)) rescaled to
+    [0, 1]), which spends more steps near both ends.
+    """
+    u = jnp.linspace(0.0, 1.0, num_steps + 1)
+    if schedule == "linear":
+        return u
+    if schedule == "sigmoid":
+        s = jax.nn.sigmoid(delta * (2.0 * u - 1.0))
+        return (s - s[0]) / (s[-1] - s[0])
+    raise ValueError(f"unknown AIS schedule {schedule!r}; valid names: ['linear', 'sigmoid']")
+
+
+def _ais_potential(energy_fn, beta, base_std: float):
+    """U_beta = (1-beta) |x|^2 / (2 s^2) + beta E(x) with aux (E, grad E) cached (1 NFE)."""
+
+    def potential(x):
+        e, g = samplers.energy_and_grad(energy_fn, x)
+        return _mix(x, beta, base_std, e, g)
+
+    return potential
+
+
+def _mix(x, beta, base_std, e, g):
+    base = 0.5 * jnp.sum(x.reshape(x.shape[0], -1) ** 2, -1) / base_std**2
+    return (1 - beta) * base + beta * e, (1 - beta) * x / base_std**2 + beta * g, (e, g)
+
+
+def _log_mean_exp_and_stderr(log_w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """log mean exp(log_w), its delta-method standard error std(w) / (sqrt(n) mean(w)),
+    and the effective sample size (sum w)^2 / sum w^2 (Kong 1992)."""
+    n = log_w.shape[0]
+    w = jnp.exp(log_w - jnp.max(log_w))
+    log_mean = jnp.log(jnp.mean(w)) + jnp.max(log_w)
+    stderr = jnp.std(w, ddof=1) / (jnp.sqrt(n) * jnp.mean(w))
+    return log_mean, stderr, jnp.sum(w) ** 2 / jnp.sum(w**2)
+
+
+def ais_log_normalizer(energy_fn: Callable[[jax.Array], jax.Array], key: jax.Array,
+                       shape: tuple[int, ...], *, base: str = "gaussian",
+                       base_std: float = 1.0, num_steps: int = 200, num_leapfrog: int = 5,
+                       step_size: float = 0.1, num_chains: int = 256,
+                       schedule: str = "sigmoid") -> tuple[jax.Array, dict[str, jax.Array]]:
+    """log Z = log ∫ exp(-E(x)) dx by annealed importance sampling (Neal 2001).
+
+    Geometric path f_beta = f_0^(1-beta) exp(-beta E) from the base f_0 = exp(-|x|^2 /
+    (2 base_std^2)) (log Z_0 = D/2 log(2 pi base_std^2)) to exp(-E), ``num_steps``
+    intermediate targets, one MH-corrected HMC step (``num_leapfrog`` leapfrog steps of
+    size ``step_size``) per target, ``num_chains`` independent chains, all in one
+    ``lax.scan``. Weights log w = sum_k (beta_k - beta_{k-1}) (-E(x_{k-1}) - log f_0(x_{k-1})).
+
+    Args:
+      energy_fn: ``E(x) -> (B,)`` at a fixed noise level (bind t: ``lambda x:
+        energy(x, jnp.full(x.shape[:1], t))``); examples must not interact.
+      key: PRNG key.
+      shape: the shape of ONE example (no chain axis), e.g. (2,) or (32, 32, 3).
+
+    Returns:
+      (log_z, info): info ``stderr`` (delta method over the weights), ``ess``,
+      ``acceptance`` (mean HMC acceptance probability), ``log_weights`` (num_chains,),
+      ``nfe``. log Ẑ is biased low by about stderr^2 / 2 (Jensen).
+    """
+    if base != "gaussian":
+        raise ValueError(f"unknown AIS base {base!r}; valid names: ['gaussian']")
+    betas = ais_schedule(num_steps, schedule)
+    k_init, k_run = jax.random.split(key)
+    x = base_std * jax.random.normal(k_init, (num_chains,) + tuple(shape))
+    e, g = samplers.energy_and_grad(energy_fn, x)
+
+    def step(carry, inp):
+        x, e, g, log_w = carry
+        k, beta_prev, beta = inp
+        base = 0.5 * jnp.sum(x.reshape(num_chains, -1) ** 2, -1) / base_std**2
+        log_w = log_w + (beta - beta_prev) * (base - e)
+        state = MCMCState(x, *_mix(x, beta, base_std, e, g))
+        state, prob = samplers.hmc_step(
+            jax.random.fold_in(k_run, k), state, _ais_potential(energy_fn, beta, base_std),
+            step_size, num_leapfrog=num_leapfrog)
+        return (state.x, *state.aux, log_w), jnp.mean(prob)
+
+    carry = (x, e, g, jnp.zeros((num_chains,), x.dtype))
+    (_, _, _, log_w), acc = jax.lax.scan(
+        step, carry, (jnp.arange(num_steps), betas[:-1], betas[1:]))
+    dim = math.prod(shape)
+    log_mean, stderr, ess = _log_mean_exp_and_stderr(log_w)
+    log_z = 0.5 * dim * math.log(2 * math.pi * base_std**2) + log_mean
+    info = {"stderr": stderr, "ess": ess, "acceptance": jnp.mean(acc), "log_weights": log_w,
+            "nfe": jnp.asarray(1 + num_steps * num_leapfrog)}
+    return log_z, info
+
+
+def ais_log_prob(energy_fn_at_t: Callable[[jax.Array], jax.Array], x: jax.Array,
+                 log_z: jax.Array) -> jax.Array:
+    """log p(x) = -E(x) - log Z with log Z from ``ais_log_normalizer`` (nats, (B,))."""
+    return -energy_fn_at_t(x) - log_z
