@@ -150,7 +150,8 @@ def _validate_objective(config) -> None:
 
     conservative = config.model.parameterization != "unconstrained"
     try:
-        losses.validate_training(config.training, conservative, data_dim(config))
+        losses.validate_training(config.training, conservative, data_dim(config),
+                                 sde_name=config.sde.name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
