@@ -14,6 +14,7 @@ from typing import Any
 import flax.serialization
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 
@@ -21,7 +22,9 @@ class Checkpointer:
     """Keeps the last ``max_to_keep`` train states under ``workdir/checkpoints``."""
 
     def __init__(self, workdir: str, max_to_keep: int = 3):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        # Local paths become absolute (Orbax needs that); gs:// and other URLs pass through.
+        root = workdir if "://" in workdir else os.path.abspath(workdir)
+        self.directory = epath.Path(root) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)

@@ -8,9 +8,10 @@ value and the valid choices, so that ``main`` can print it and stop before anyth
 from __future__ import annotations
 
 import json
-import os
 
+import jax
 import ml_collections
+from etils import epath
 
 from ebm_vs_score import parameterization as param_lib
 
@@ -164,21 +165,21 @@ def data_dim(config) -> int:
 
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes the final config to ``workdir/config.json`` and returns the path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    with open(path, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    return path
+    """Writes the final config to ``workdir/config.json`` (process 0) and returns the path."""
+    path = epath.Path(workdir) / "config.json"
+    if jax.process_index() != 0:
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    return str(path)
 
 
 def load_saved(workdir: str) -> dict | None:
     """The config saved in ``workdir`` as a plain dict, or None if there is none."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 # Fields that may change between runs in the same workdir (schedules and evaluation),

@@ -14,8 +14,12 @@ import os
 import sys
 import traceback
 
-import jax
+# TensorFlow is only the input pipeline; keep its C++ start-up chatter out of the log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -71,8 +75,8 @@ def _hide_gpus_from_tensorflow() -> None:
 
 
 def _fail(message: str, workdir: str) -> None:
-    if os.path.isdir(workdir):
-        with open(os.path.join(workdir, "error.log"), "a") as f:
+    if epath.Path(workdir).is_dir():
+        with (epath.Path(workdir) / "error.log").open("a") as f:
             f.write(traceback.format_exc())
     sys.stderr.write(f"error: {message}\n")
     sys.exit(1)

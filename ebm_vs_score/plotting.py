@@ -33,13 +33,17 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
+def new_figure(figsize=(4, 4)):
+    """A matplotlib Figure that does not touch pyplot's global backend (notebook-safe)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def figure_to_array(fig) -> np.ndarray:
     """Renders a matplotlib figure to uint8 RGB."""
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     buf.seek(0)
     from PIL import Image
 
@@ -49,12 +53,8 @@ def figure_to_array(fig) -> np.ndarray:
 def scatter_image(points: np.ndarray, reference: np.ndarray | None = None,
                   lim: float = 4.0, title: str = "") -> np.ndarray:
     """A 2-D scatter plot of samples (and optionally data) as uint8 RGB."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = new_figure()
+    ax = fig.subplots()
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=1, c="tab:gray", alpha=0.4, label="data")
     ax.scatter(points[:, 0], points[:, 1], s=1, c="tab:blue", alpha=0.6, label="samples")
@@ -74,7 +74,10 @@ def samples_image(samples: np.ndarray) -> np.ndarray:
     return scatter_image(samples[:, :2])
 
 
-def save_png(image: np.ndarray, path: str) -> None:
+def save_png(image: np.ndarray, path) -> None:
+    """Writes uint8 RGB to ``path`` (a local path or any etils.epath, e.g. gs://)."""
+    from etils import epath
     from PIL import Image
 
-    Image.fromarray(image).save(path)
+    with epath.Path(path).open("wb") as f:
+        Image.fromarray(image).save(f, format="PNG")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,6 +22,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -129,7 +129,7 @@ def append_metrics(workdir: str, record: dict) -> None:
     """Appends one JSON line to ``workdir/metrics.jsonl`` (never rewritten)."""
     if jax.process_index() != 0:
         return
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    with (epath.Path(workdir) / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -173,9 +173,9 @@ def write_samples(config, state: TrainState, step: int, workdir: str, writer, sa
     if jax.process_index() != 0:
         return
     image = plotting.samples_image(samples)
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    plotting.save_png(image, os.path.join(workdir, "samples", f"step_{step:08d}.png"))
-    plotting.save_png(image, os.path.join(workdir, "samples.png"))
+    (epath.Path(workdir) / "samples").mkdir(parents=True, exist_ok=True)
+    plotting.save_png(image, epath.Path(workdir) / "samples" / f"step_{step:08d}.png")
+    plotting.save_png(image, epath.Path(workdir) / "samples.png")
     writer.write_images(step, {"samples": image[None]})
     nfe = {f"sample/{k}": float(np.mean(first_replica(v))) for k, v in info.items()
            if np.ndim(v) == 0}
@@ -258,7 +258,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     finally:
         writer.flush()
         ckpt.close()
+    logging.info("finished at step %d, params checksum %r", int(state.step),
+                 params_checksum(state.params))
     return state
+
+
+def params_checksum(params: Any) -> float:
+    """Sum of |p| over all parameters: a cheap fingerprint to compare runs and processes."""
+    total = sum(jnp.sum(jnp.abs(p.astype(jnp.float32))) for p in jax.tree.leaves(params))
+    return float(first_replica(jnp.asarray(total)))
 
 
 def num_params(params: Any) -> int:
