@@ -43,9 +43,21 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         # E = ||F||^2 / 2: a zero-initialized output layer makes F = 0 a stationary point
         # of every objective (score and all parameter gradients vanish there).
         net = net.clone(zero_init_output=False)
-    fns = param_lib.get_model_fns(config.model.parameterization, net, sde,
-                                  float(config.model.sigma_data))
+    sigma_data = float(config.model.sigma_data)
+    if is_drl(config):
+        # DRL energies are indexed by level, not time: the "sde" is the DRL ladder.
+        from ebm_vs_score import drl
+
+        sde = drl.make_schedule(int(config.drl.num_levels))
+        fns = drl.model_fns(config.model.parameterization, net, sde, sigma_data)
+    else:
+        fns = param_lib.get_model_fns(config.model.parameterization, net, sde, sigma_data)
     return Model(net=net, sde=sde, fns=fns, example_shape=example_shape(config))
+
+
+def is_drl(config: ml_collections.ConfigDict) -> bool:
+    """Whether the model is trained by diffusion recovery likelihood (Gao et al. 2021)."""
+    return config.training.objective == "drl"
 
 
 def init_params(model: Model, key: jax.Array) -> Any:
@@ -56,6 +68,10 @@ def init_params(model: Model, key: jax.Array) -> Any:
 
 def build_loss_fn(config: ml_collections.ConfigDict, model: Model):
     """The objective named by ``training.objective`` as ``loss_fn(params, batch, key)``."""
+    if is_drl(config):
+        from ebm_vs_score import drl
+
+        return drl.make_drl_loss(config.drl, model.fns.energy, schedule=model.sde)
     from ebm_vs_score import losses
 
     return losses.get_loss_fn(config.training, model.fns, model.sde)

@@ -138,6 +138,8 @@ def _drl() -> ml_collections.ConfigDict:
     drl.num_steps = 30
     drl.step_size = 2e-4
     drl.metropolis = False
+    # Langevin step factor per level: 'authors' (Gao et al.'s code) or 'sigma' (their Sec. 4).
+    drl.step_schedule = "authors"
     return drl
 
 

@@ -150,9 +150,23 @@ def _validate_objective(config) -> None:
     from ebm_vs_score import losses
 
     conservative = config.model.parameterization != "unconstrained"
+    if config.training.objective == "drl":
+        _validate_drl(config, conservative)
+        return
     try:
         losses.validate_training(config.training, conservative, data_dim(config),
                                  sde_name=config.sde.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _validate_drl(config, conservative: bool) -> None:
+    from ebm_vs_score import drl
+
+    _require(conservative, "training.objective='drl' trains an energy: set "
+             "model.parameterization='resnet_energy' or 'conservative'")
+    try:
+        drl.validate_drl(config.drl)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -149,6 +149,15 @@ def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
     shape = (int(config.sampling.num_samples),) + model.example_shape
     options = samplers.options_from_config(config.sampling)
 
+    if builders.is_drl(config):
+        from ebm_vs_score import drl
+
+        def drl_sample_fn(params, key):
+            energy = param_lib.bind(model.fns.energy, params)
+            return drl.drl_sample(energy, key, shape, config.drl, schedule=model.sde)
+
+        return jax.jit(drl_sample_fn)
+
     def sample_fn(params, key):
         return samplers.sample(
             config.sampling.method, key, shape, sde=model.sde,

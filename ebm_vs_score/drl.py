@@ -1,0 +1,642 @@
+"""Diffusion recovery likelihood (DRL): a ladder of EBMs, each trained by recovery likelihood.
+
+Gao, Song, Poole, Wu & Kingma, "Learning Energy-Based Models by Diffusion Recovery
+Likelihood", ICLR 2021 (hereafter *Gao et al.*): recovery likelihood (Sec. 3), diffusion
+recovery likelihood (Sec. 4), training (Algorithm 1) and progressive sampling (Algorithm 2).
+Where the paper leaves a number implicit (which levels, the step-size factor, the loss
+weight), this module follows the authors' code, github.com/ruiqigao/recovery_likelihood,
+``model.py`` (``get_sigma_schedule``, ``p_sample_langevin``, ``training_losses``).
+
+Diffusion (Gao et al. Sec. 4). Levels t = 0..T, x_0 ~ data (see the schedule below),
+    x_{t+1} = a_{t+1} x_t + sigma_{t+1} eps,   a_{t+1} = sqrt(1 - sigma_{t+1}^2),
+so x_t = abar_t x_data + sbar_t eps, and x_T ~ N(0, I). Trained level t (0 <= t < T)
+models y_t = a_{t+1} x_t with the recovery (conditional) EBM
+    log p(y_t | x_{t+1}) = -E(y_t, t) - ||x_{t+1} - y_t||^2 / (2 sigma_{t+1}^2) + const.
+The noisiest trained level t = T-1 is an ordinary EBM: y_{T-1} = x_{T-1} and its
+conditional has no quadratic (data) term, so its chains start from white noise x_T and
+sample the marginal exp(-E(y, T-1)) (authors' code: ``is_recovery[T] = 0``,
+``a_s_prev[T] = 1``).
+
+Schedule (`make_schedule`). From the 1000-step linear schedule of Ho et al. 2020,
+beta_i = linspace(1e-4, 0.02, 1000)[i], level t < T is DDPM step i_t = t * (1000 //
+(2 (T - 1))) and level T is step 999: for T = 6 (the paper's T6) i = 0, 100, 200, 300,
+400, 500, 999, so abar = 1.000, 0.946, 0.810, 0.628, 0.440, 0.279, 0.006. The trained
+levels are dense over the first half of the chain, where x_t still carries signal; one
+marginal EBM at level T-1 bridges the rest, with x_T ~ N(0, I). a_t is the product of
+sqrt(1 - beta_i) over the DDPM steps of segment t; x_0 is the data after one DDPM step
+(sbar_0 = 0.01). T = 1 gives steps (0, 999): a single marginal EBM of the data.
+
+Energy and its noise input. ``energy_fn(params, y, t, key=None) -> (B,)`` is the project's
+energy interface with ``t`` the integer level (B,); f_theta = -E, and E is in log-density
+units: -E(., t) = log p_theta(y_t) + const. `model_fns` builds it from any family of
+:mod:`ebm_vs_score.parameterization` (C-ResNet ``resnet_energy``, energy U-Net
+``conservative``) by passing a `DRLConditioning` where they take an ``sde``: the network
+sees c_in y with c_in = 1 / sqrt(alpha_t^2 sigma_data^2 + sigma_{t+1}^2), alpha_t the
+signal scale of y_t, and c_noise = log sigma_{t+1}, and the C-ResNet output is divided by
+sigma_{t+1} c_in. The noise scale is the recovery noise sigma_{t+1}, not the std of y_t:
+the level-t energy enters only through p(y_t | x_{t+1}), whose scale is sigma_{t+1} (Gao et
+al. Sec. 3.3: p(y | x_tilde) ~ N(x_tilde + sigma^2 grad f(x_tilde), sigma^2)), whereas y_0
+carries almost no noise (std 0.0095), and the C-ResNet's 1 / std output factor would then
+ask the network for the data energy / 100: on 8gaussians a 64x64 MLP regressed onto the
+exact level-0 energy reaches MSE 2.6 that way and 0.22 with sigma_{t+1}, and DRL training
+never learns the angular structure of the ring with the former. (The authors' code
+divides a raw network by the squared step size instead, ``log_prob = net / b0``.)
+
+Langevin (Gao et al. Sec. 4, Algorithms 1-2). K steps of
+    y <- y + (s_t^2 / 2) grad_y log p(y | x_{t+1}) + s_t eps,
+started at y = x_{t+1}, with s_t^2 = b^2 (sbar_t / sbar_0) sigma_{t+1}^2: the paper's
+s_t = b sigma_{t+1} times the authors' level factor ``c_t_square = sigma_cum[t] /
+sigma_cum[0]``; b^2 = ``drl.step_size`` (``mcmc_step_size_b_square = 2e-4``). The level
+factor grows to ~96 at t = 5, so b^2 small enough for the top level leaves the low levels'
+chains far from mixing: with the exact energies of a 2-D mixture and K = 30 the paper's
+b^2 = 2e-4 gives samples with 1.8 times the data std. The optional ``drl.step_schedule='sigma'``
+drops the factor (s_t = b sigma_{t+1}, as the paper's Sec. 4 writes it); with b^2 = 0.1 every
+level mixes on the 2-D toys. With ``drl.metropolis`` each step is a MALA proposal accepted
+with the Metropolis-Hastings probability (the authors' code has no correction).
+
+Loss (Algorithm 1). Per example, t ~ U{0..T-1}, (y_t^+, x_{t+1}) from the diffusion,
+y_t^- = K Langevin steps from x_{t+1} (stop-gradient), and
+    loss = mean_i (sigma_1 / sigma_{t_i+1}) (E(y_i^+, t_i) - E(y_i^-, t_i)),
+whose gradient is the negative recovery log-likelihood gradient of each level, weighted by
+sigma_1 / sigma_{t+1} (authors' ``loss_scale``).
+
+Functions taking a *bound* energy ``energy_fn(y, t)`` (params closed over, as samplers do):
+`conditional_langevin`, `drl_sample`, `long_run_chain`, `drl_nll_by_ais`.
+`make_drl_loss` takes the unbound ``energy_fn(params, y, t, key=None)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ebm_vs_score import parameterization as param_lib
+from ebm_vs_score.sde import batch_mul
+
+BoundEnergy = Callable[[jax.Array, jax.Array], jax.Array]
+DDPM_STEPS = 1000
+BETA_START, BETA_END = 1e-4, 0.02
+# drl.step_schedule -> c_t(schedule, t) of the Langevin step s_t^2 = b^2 c_t sigma_{t+1}^2.
+STEP_SCHEDULES = {
+    "authors": lambda schedule, t: schedule.sigma_bars[t] / schedule.sigma_bars[0],
+    "sigma": lambda schedule, t: 1.0,
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Schedule
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DRLSchedule:
+    """The T + 1 levels of the DRL diffusion, as tuples of Python floats (hashable).
+
+    Entry t of each tuple belongs to level t = 0..T: ``ddpm_steps`` i_t, ``alphas`` a_t,
+    ``sigmas`` sigma_t (a_t^2 + sigma_t^2 = 1; entry 0 is the one DDPM step that makes
+    x_0), ``alpha_bars`` abar_t = prod_{s<=t} a_s, ``sigma_bars`` sbar_t.
+    Methods take a trained level t (int array, (B,); floats are rounded) in 0..T-1.
+    """
+
+    ddpm_steps: tuple[int, ...]
+    alphas: tuple[float, ...]
+    sigmas: tuple[float, ...]
+    alpha_bars: tuple[float, ...]
+    sigma_bars: tuple[float, ...]
+
+    @property
+    def num_levels(self) -> int:
+        """T, the number of trained levels."""
+        return len(self.alphas) - 1
+
+    def _take(self, values: Sequence[float], t: jax.Array) -> jax.Array:
+        t = jnp.asarray(t)
+        if not jnp.issubdtype(t.dtype, jnp.integer):
+            t = jnp.round(t)
+        index = jnp.clip(t.astype(jnp.int32), 0, len(values) - 1)
+        return jnp.asarray(values, jnp.float32)[index]
+
+    def _y_scales(self) -> tuple[float, ...]:
+        return self.alphas[1:-1] + (1.0,)
+
+    def y_scale(self, t: jax.Array) -> jax.Array:
+        """a'_t: y_t = a'_t x_t, with a'_t = a_{t+1} and a'_{T-1} = 1."""
+        return self._take(self._y_scales(), t)
+
+    def recovery_sigma(self, t: jax.Array) -> jax.Array:
+        """sigma_{t+1}, the noise of the step x_t -> x_{t+1}."""
+        return self._take(self.sigmas[1:], t)
+
+    def is_recovery(self, t: jax.Array) -> jax.Array:
+        """1.0 where level t has the quadratic data term, 0.0 at the top level T-1."""
+        return self._take((1.0,) * (self.num_levels - 1) + (0.0,), t)
+
+    def signal_scale(self, t: jax.Array) -> jax.Array:
+        """alpha of y_t = alpha x_data + std eps: a'_t abar_t."""
+        scales = tuple(s * a for s, a in zip(self._y_scales(), self.alpha_bars, strict=False))
+        return self._take(scales, t)
+
+    def noise_std(self, t: jax.Array) -> jax.Array:
+        """std of y_t = alpha x_data + std eps: a'_t sbar_t."""
+        stds = tuple(s * b for s, b in zip(self._y_scales(), self.sigma_bars, strict=False))
+        return self._take(stds, t)
+
+    def loss_weight(self, t: jax.Array) -> jax.Array:
+        """sigma_1 / sigma_{t+1} (authors' ``loss_scale``)."""
+        return self._take(tuple(self.sigmas[1] / s for s in self.sigmas[1:]), t)
+
+    def step_size_sq(self, t: jax.Array, step_size: float,
+                     step_schedule: str = "authors") -> jax.Array:
+        """Langevin s_t^2 = b^2 c_t sigma_{t+1}^2, with b^2 = ``step_size``.
+
+        ``step_schedule`` picks c_t: 'authors' (default) c_t = sbar_t / sbar_0, the authors'
+        ``c_t_square``; 'sigma' c_t = 1, the paper's s_t = b sigma_{t+1} (Sec. 4).
+        """
+        if step_schedule not in STEP_SCHEDULES:
+            raise ValueError(f"drl.step_schedule={step_schedule!r} is not valid; choose one of "
+                             f"{list(STEP_SCHEDULES)}")
+        factor = STEP_SCHEDULES[step_schedule]
+        sq = tuple(step_size * factor(self, k) * self.sigmas[k + 1] ** 2
+                   for k in range(self.num_levels))
+        return self._take(sq, t)
+
+    def diffuse_pair(self, key: jax.Array, x_data: jax.Array,
+                     t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(y_t, x_{t+1}) for clean data, the training pair of Algorithm 1."""
+        k_t, k_next = jax.random.split(key)
+        x_t = batch_mul(self._take(self.alpha_bars, t), x_data) + batch_mul(
+            self._take(self.sigma_bars, t), jax.random.normal(k_t, x_data.shape))
+        x_next = batch_mul(self._take(self.alphas[1:], t), x_t) + batch_mul(
+            self.recovery_sigma(t), jax.random.normal(k_next, x_data.shape))
+        return batch_mul(self.y_scale(t), x_t), x_next
+
+
+@dataclasses.dataclass(frozen=True)
+class DRLConditioning:
+    """The ``sde`` that :mod:`ebm_vs_score.parameterization` preconditions a level with.
+
+    ``alpha(t)`` is the signal scale of y_t and ``marginal_std(t)`` the recovery noise
+    sigma_{t+1} (module docstring: why not the std of y_t).
+    """
+
+    schedule: DRLSchedule
+
+    def alpha(self, t: jax.Array) -> jax.Array:
+        return self.schedule.signal_scale(t)
+
+    def marginal_std(self, t: jax.Array) -> jax.Array:
+        return self.schedule.recovery_sigma(t)
+
+
+def model_fns(parameterization: str, net: Any, schedule: DRLSchedule,
+              sigma_data: float) -> param_lib.ModelFns:
+    """Energy (and score) of a DRL model: ``param_lib.get_model_fns`` with levels for times.
+
+    Args:
+      parameterization: 'resnet_energy' (C-ResNet) or 'conservative' (energy U-Net); a
+        score-only family has no energy to train.
+      net: the Flax network (scalar for 'resnet_energy').
+      schedule: the DRL levels.
+      sigma_data: data std of the preconditioning.
+
+    Returns:
+      ``ModelFns`` whose ``energy(params, y, t, key=None)`` takes the level t (B,).
+    """
+    fns = param_lib.get_model_fns(parameterization, net, DRLConditioning(schedule), sigma_data)
+    if fns.energy is None:
+        raise ValueError(f"model.parameterization={parameterization!r} has no energy for "
+                         "training.objective='drl'; use 'resnet_energy' or 'conservative'")
+    return fns
+
+
+def ddpm_steps(num_levels: int, num_ddpm_steps: int = DDPM_STEPS) -> tuple[int, ...]:
+    """DDPM step of each level 0..T: t * (N // (2 (T - 1))) for t < T, then N - 1."""
+    if num_levels == 1:
+        return (0, num_ddpm_steps - 1)
+    spacing = num_ddpm_steps // (2 * (num_levels - 1))
+    if spacing < 1:
+        raise ValueError(f"drl.num_levels={num_levels} is too many for a {num_ddpm_steps}-step "
+                         f"schedule; use at most {num_ddpm_steps // 2 + 1} levels")
+    return tuple(t * spacing for t in range(num_levels)) + (num_ddpm_steps - 1,)
+
+
+@functools.cache
+def make_schedule(num_levels: int, *, num_ddpm_steps: int = DDPM_STEPS,
+                  beta_start: float = BETA_START, beta_end: float = BETA_END) -> DRLSchedule:
+    """The T = ``num_levels`` DRL levels selected from a linear-beta DDPM chain.
+
+    Gao et al. Sec. 4 and App. B, as the authors' ``get_sigma_schedule`` computes it: level
+    t < T is DDPM step t * (N // (2 (T - 1))), level T is step N - 1 (module docstring),
+    and a_t is the product of sqrt(1 - beta) over the steps of segment t.
+    """
+    steps = ddpm_steps(num_levels, num_ddpm_steps)
+    log_sqrt_alpha = 0.5 * np.log1p(-np.linspace(beta_start, beta_end, num_ddpm_steps))
+    cum = np.concatenate([[0.0], np.cumsum(log_sqrt_alpha)])  # cum[i] = sum_{j < i}
+    ends = np.asarray(steps) + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    alphas = np.exp(cum[ends] - cum[starts])
+    alpha_bars = np.exp(cum[ends])
+    as_tuple = lambda v: tuple(float(e) for e in v)
+    return DRLSchedule(ddpm_steps=steps, alphas=as_tuple(alphas),
+                       sigmas=as_tuple(np.sqrt(-np.expm1(2 * np.log(alphas)))),
+                       alpha_bars=as_tuple(alpha_bars),
+                       sigma_bars=as_tuple(np.sqrt(-np.expm1(2 * np.log(alpha_bars)))))
+
+
+# ----------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------
+
+
+class DRLSettings(NamedTuple):
+    """The ``drl`` config fields, checked and typed."""
+
+    num_levels: int
+    num_steps: int
+    step_size: float
+    metropolis: bool
+    step_schedule: str = "authors"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def validate_drl(drl_config: Any) -> DRLSettings:
+    """Checks ``drl.num_levels``, ``num_steps``, ``step_size``, ``metropolis`` and the
+    optional ``step_schedule`` ('authors', the default, or 'sigma'; see `DRLSchedule`).
+
+    Returns:
+      The typed settings.
+
+    Raises:
+      ValueError: one sentence naming the bad field and the fix.
+    """
+    levels, steps = drl_config.num_levels, drl_config.num_steps
+    size, mh = drl_config.step_size, drl_config.metropolis
+    max_levels = DDPM_STEPS // 2 + 1
+    if not _is_int(levels) or not 1 <= levels <= max_levels:
+        raise ValueError(f"drl.num_levels={levels!r} must be an integer from 1 to {max_levels}; "
+                         "the paper uses 6 (--config.drl.num_levels=6)")
+    if not _is_int(steps) or steps < 1:
+        raise ValueError(f"drl.num_steps={steps!r} must be an integer >= 1 (Langevin steps per "
+                         "level); the paper uses 30 (--config.drl.num_steps=30)")
+    if isinstance(size, bool) or not isinstance(size, int | float) or not (
+            math.isfinite(size) and size > 0):
+        raise ValueError(f"drl.step_size={size!r} must be a positive number (b^2 of the step "
+                         "s_t^2 = b^2 c_t sigma_{t+1}^2); the paper uses 2e-4 "
+                         "(--config.drl.step_size=2e-4)")
+    if not isinstance(mh, bool | np.bool_):
+        raise ValueError(f"drl.metropolis={mh!r} must be True or False; set "
+                         "--config.drl.metropolis=False (the paper) or True (MALA correction)")
+    step_schedule = getattr(drl_config, "step_schedule", "authors")
+    if step_schedule not in STEP_SCHEDULES:
+        raise ValueError(f"drl.step_schedule={step_schedule!r} is not valid; choose one of "
+                         f"{list(STEP_SCHEDULES)} (--config.drl.step_schedule=authors)")
+    return DRLSettings(int(levels), int(steps), float(size), bool(mh), step_schedule)
+
+
+# ----------------------------------------------------------------------------------------
+# Langevin / MALA
+# ----------------------------------------------------------------------------------------
+
+
+class ChainState(NamedTuple):
+    """A batch of chain positions with their log-density and its gradient."""
+
+    y: jax.Array
+    log_prob: jax.Array
+    grad: jax.Array
+
+
+def _value_and_grad(log_prob_fn: Callable[[jax.Array], jax.Array], y: jax.Array) -> ChainState:
+    """Per-example log p and grad_y log p (one VJP; examples do not interact)."""
+    log_prob, vjp = jax.vjp(log_prob_fn, y)
+    (grad,) = vjp(jnp.ones_like(log_prob))
+    return ChainState(y, log_prob, grad)
+
+
+def _sum_sq(x: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=-1)
+
+
+def langevin_step(log_prob_fn: Callable[[jax.Array], jax.Array], state: ChainState,
+                  key: jax.Array, step_sq: jax.Array,
+                  metropolis: bool) -> tuple[ChainState, jax.Array, jax.Array]:
+    """One Langevin step y + (s^2/2) grad + s eps, Metropolis-adjusted (MALA) if asked.
+
+    Args:
+      log_prob_fn: y (B, ...) -> log p(y) (B,), up to a constant.
+      state: current positions with log p and gradient.
+      key: PRNG key.
+      step_sq: s^2, shape (B,).
+      metropolis: accept with the Metropolis-Hastings probability (else always move).
+
+    Returns:
+      ``(state, accept_prob, accepted)``: the MH probability min(1, ratio) (B,) is computed
+      either way (a free diagnostic of the discretization error); ``accepted`` is all True
+      without ``metropolis``.
+    """
+    k_noise, k_accept = jax.random.split(key)
+    noise = jax.random.normal(k_noise, state.y.shape, state.y.dtype)
+    drift = batch_mul(0.5 * step_sq, state.grad)
+    new = _value_and_grad(log_prob_fn, state.y + drift + batch_mul(jnp.sqrt(step_sq), noise))
+    back = state.y - new.y - batch_mul(0.5 * step_sq, new.grad)
+    log_ratio = new.log_prob - state.log_prob - _sum_sq(back) / (2 * step_sq) + 0.5 * _sum_sq(
+        noise)
+    log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+    accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
+    if not metropolis:
+        return new, accept_prob, jnp.ones_like(accept_prob, bool)
+    accepted = jax.random.uniform(k_accept, accept_prob.shape) < accept_prob
+    state = jax.tree.map(lambda a, b: jnp.where(
+        accepted.reshape(accepted.shape + (1,) * (a.ndim - 1)), a, b), new, state)
+    return state, accept_prob, accepted
+
+
+def run_chain(log_prob_fn: Callable[[jax.Array], jax.Array], key: jax.Array, y0: jax.Array,
+              step_sq: jax.Array, num_steps: int, metropolis: bool) -> tuple[jax.Array, dict]:
+    """``num_steps`` Langevin/MALA steps from ``y0`` as one ``lax.scan``.
+
+    Returns:
+      ``(y, info)`` with ``info['acceptance']`` and ``info['accept_prob']`` (mean over
+      steps, per example (B,)) and ``info['nfe']`` (gradient evaluations, num_steps + 1).
+    """
+    def step(state, i):
+        state, prob, accepted = langevin_step(log_prob_fn, state, jax.random.fold_in(key, i),
+                                              step_sq, metropolis)
+        return state, (prob, accepted)
+
+    state, (prob, accepted) = jax.lax.scan(step, _value_and_grad(log_prob_fn, y0),
+                                           jnp.arange(num_steps))
+    info = {"acceptance": jnp.mean(accepted.astype(jnp.float32), axis=0),
+            "accept_prob": jnp.mean(prob, axis=0), "nfe": num_steps + 1}
+    return state.y, info
+
+
+def conditional_log_prob(energy_fn: BoundEnergy, schedule: DRLSchedule, x_tilde: jax.Array,
+                         level: jax.Array) -> Callable[[jax.Array], jax.Array]:
+    """y -> log p(y | x_tilde) + const = -E(y, t) - is_rec_t ||x_tilde - y||^2 / (2 sigma^2).
+
+    Gao et al. Sec. 3.1 / Sec. 4: the recovery EBM of level t given x_{t+1} = x_tilde; at
+    the top level (is_recovery = 0) the marginal EBM exp(-E(y, T-1)).
+    """
+    coef = schedule.is_recovery(level) / (2 * schedule.recovery_sigma(level) ** 2)
+
+    def log_prob(y):
+        return -energy_fn(y, level) - coef * _sum_sq(y - x_tilde)
+
+    return log_prob
+
+
+def conditional_langevin(energy_fn: BoundEnergy, key: jax.Array, x_tilde: jax.Array,
+                         level: jax.Array, schedule: DRLSchedule, *, num_steps: int,
+                         step_size: float, metropolis: bool = False,
+                         step_schedule: str = "authors") -> tuple[jax.Array, dict]:
+    """Samples y_t ~ p(y_t | x_{t+1} = x_tilde) by K steps from y = x_tilde (Algorithm 1).
+
+    Args:
+      energy_fn: bound energy (y, t) -> (B,).
+      key: PRNG key.
+      x_tilde: x_{t+1}, (B, ...).
+      level: t, int (B,).
+      schedule: the DRL levels.
+      num_steps: K.
+      step_size: b^2 (``drl.step_size``) of s_t^2 = b^2 c_t sigma_{t+1}^2.
+      metropolis: MALA correction.
+      step_schedule: c_t of the step size, 'authors' or 'sigma' (`DRLSchedule`).
+
+    Returns:
+      ``(y, info)`` as :func:`run_chain`.
+    """
+    log_prob = conditional_log_prob(energy_fn, schedule, x_tilde, level)
+    step_sq = schedule.step_size_sq(level, step_size, step_schedule)
+    return run_chain(log_prob, key, x_tilde, step_sq, num_steps, metropolis)
+
+
+# ----------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------
+
+
+def make_drl_loss(drl_config: Any, energy_fn: Callable[..., jax.Array], *,
+                  schedule: DRLSchedule | None = None) -> Callable:
+    """The DRL objective (Gao et al. Algorithm 1) as ``loss_fn(params, batch, key)``.
+
+    Args:
+      drl_config: ``config.drl`` (validated here).
+      energy_fn: unbound ``energy_fn(params, y, t, key=None) -> (B,)``, t the level (the
+        ``energy`` of `model_fns`).
+      schedule: the levels; default ``make_schedule(drl.num_levels)``.
+
+    Returns:
+      ``loss_fn(params, batch, key) -> (loss, metrics)``, ``batch['x']`` clean data.
+      Metrics: ``energy_pos`` / ``energy_neg`` (mean E of y^+ / y^-), ``acceptance`` (MH
+      acceptance; 1 without ``drl.metropolis``), ``accept_prob`` (MH probability, also as a
+      diagnostic for the unadjusted chain), ``level`` (mean t), ``displacement`` (RMS
+      per-coordinate distance of y^- from x_{t+1}, in units of sigma_{t+1}).
+      The Langevin chains run in eval mode (no dropout) with stop-gradient params; the two
+      energies of the loss get ``key`` (dropout, if any).
+    """
+    cfg = validate_drl(drl_config)
+    schedule = schedule or make_schedule(cfg.num_levels)
+
+    def loss_fn(params, batch, key):
+        x = batch["x"]
+        k_level, k_pair, k_chain, k_dropout = jax.random.split(key, 4)
+        level = jax.random.randint(k_level, (x.shape[0],), 0, schedule.num_levels)
+        y_pos, x_next = schedule.diffuse_pair(k_pair, x, level)
+        frozen = jax.lax.stop_gradient(params)
+        y_neg, info = conditional_langevin(
+            lambda y, t: energy_fn(frozen, y, t), k_chain, x_next, level, schedule,
+            num_steps=cfg.num_steps, step_size=cfg.step_size, metropolis=cfg.metropolis,
+            step_schedule=cfg.step_schedule)
+        y_neg = jax.lax.stop_gradient(y_neg)
+        energy = energy_fn(params, jnp.concatenate([y_pos, y_neg]),
+                           jnp.concatenate([level, level]), k_dropout)
+        e_pos, e_neg = jnp.split(energy, 2)
+        loss = jnp.mean(schedule.loss_weight(level) * (e_pos - e_neg))
+        dim = math.prod(x.shape[1:])
+        disp = jnp.sqrt(_sum_sq(y_neg - x_next) / dim) / schedule.recovery_sigma(level)
+        metrics = {"energy_pos": jnp.mean(e_pos), "energy_neg": jnp.mean(e_neg),
+                   "acceptance": jnp.mean(info["acceptance"]),
+                   "accept_prob": jnp.mean(info["accept_prob"]),
+                   "level": jnp.mean(level.astype(jnp.float32)), "displacement": jnp.mean(disp)}
+        return loss, metrics
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------
+
+
+def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int], drl_config: Any, *,
+               schedule: DRLSchedule | None = None,
+               keep_levels: bool = False) -> tuple[jax.Array, dict]:
+    """Progressive sampling from white noise down the T levels (Gao et al. Algorithm 2).
+
+    x_T ~ N(0, I); for t = T-1..0: y_t = K Langevin steps on p(y_t | x_{t+1}) from x_{t+1},
+    x_t = y_t / a'_t. One ``lax.scan`` over levels around the ``lax.scan`` over steps.
+
+    Args:
+      energy_fn: bound energy (y, t) -> (B,), t the level.
+      key: PRNG key.
+      shape: (B, ...) of the samples.
+      drl_config: ``config.drl``.
+      schedule: the levels; default ``make_schedule(drl.num_levels)``.
+      keep_levels: also return every x_t in ``info['levels']`` (T + 1, B, ...), t = 0..T.
+
+    Returns:
+      ``(x_0, info)``: ``info['nfe']`` = T (K + 1) energy-gradient evaluations,
+      ``info['acceptance']`` (mean), ``info['acceptance_per_level']`` and
+      ``info['accept_prob_per_level']`` ((T,), index t).
+    """
+    cfg = validate_drl(drl_config)
+    schedule = schedule or make_schedule(cfg.num_levels)
+    k_init, k_chain = jax.random.split(key)
+    x_top = jax.random.normal(k_init, tuple(shape))
+
+    def one_level(x, t):
+        level = jnp.full((x.shape[0],), t, jnp.int32)
+        y, info = conditional_langevin(
+            energy_fn, jax.random.fold_in(k_chain, t), x, level, schedule,
+            num_steps=cfg.num_steps, step_size=cfg.step_size, metropolis=cfg.metropolis,
+            step_schedule=cfg.step_schedule)
+        x = batch_mul(1.0 / schedule.y_scale(level), y)
+        return x, (x, jnp.mean(info["acceptance"]), jnp.mean(info["accept_prob"]))
+
+    levels = jnp.arange(cfg.num_levels - 1, -1, -1)
+    x0, (xs, acc, prob) = jax.lax.scan(one_level, x_top, levels)
+    info = {"nfe": cfg.num_levels * (cfg.num_steps + 1), "acceptance": jnp.mean(acc),
+            "acceptance_per_level": acc[::-1], "accept_prob_per_level": prob[::-1]}
+    if keep_levels:
+        info["levels"] = jnp.concatenate([xs[::-1], x_top[None]])
+    return x0, info
+
+
+def _snapshot_slots(num_steps: int,
+                    snapshot_steps: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique snapshot steps in [0, num_steps] (default: 11 evenly spaced) and, per
+    step 0..num_steps, the index of its snapshot or -1."""
+    if snapshot_steps is None:
+        snapshot_steps = np.linspace(0, num_steps, 11).round().astype(int)
+    steps = np.unique(np.asarray(snapshot_steps, int))
+    if steps.size == 0 or steps[0] < 0 or steps[-1] > num_steps:
+        raise ValueError(f"snapshot_steps={list(snapshot_steps)} must be non-empty and lie in "
+                         f"[0, num_steps={num_steps}]")
+    slots = np.full(num_steps + 1, -1, np.int32)
+    slots[steps] = np.arange(steps.size)
+    return steps, slots
+
+
+def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_steps: int,
+                   level: int, drl_config: Any, *, snapshot_steps: Sequence[int] | None = None,
+                   conditional: bool = True,
+                   schedule: DRLSchedule | None = None) -> tuple[jax.Array, dict]:
+    """A long chain of one level's learned EBM, for the "steady long-run MCMC" check.
+
+    Gao et al. Sec. 6 run the conditional chains far beyond K steps and find that the
+    samples stay realistic. With ``conditional`` the target is p(y_t | x_tilde = x0) (the
+    recovery EBM of ``level``); otherwise the marginal exp(-E(y, level)). The chain starts
+    at ``x0`` and uses the level's step size s_t^2 and ``drl.metropolis``.
+
+    Args:
+      energy_fn: bound energy (y, t) -> (B,).
+      key: PRNG key.
+      x0: start (and, if ``conditional``, the conditioning x_{t+1}), (B, ...).
+      num_steps: chain length.
+      level: t, a Python int in 0..T-1 (0 = the data-level EBM).
+      drl_config: ``config.drl``.
+      snapshot_steps: steps at which to record y (0 = the start); default 11 evenly spaced.
+      conditional: target the conditional (True) or the marginal (False) EBM.
+      schedule: the levels; default ``make_schedule(drl.num_levels)``.
+
+    Returns:
+      ``(snapshots, info)``: snapshots (S, B, ...) at ``info['steps']`` (S,);
+      ``info['log_prob']`` (S, B) of the target at each snapshot, ``info['acceptance']``
+      and ``info['accept_prob']`` (B,) over the chain, ``info['nfe']``.
+    """
+    cfg = validate_drl(drl_config)
+    schedule = schedule or make_schedule(cfg.num_levels)
+    steps, slots = _snapshot_slots(num_steps, snapshot_steps)
+    t = jnp.full((x0.shape[0],), level, jnp.int32)
+    log_prob = (conditional_log_prob(energy_fn, schedule, x0, t) if conditional
+                else lambda y: -energy_fn(y, t))
+    step_sq = schedule.step_size_sq(t, cfg.step_size, cfg.step_schedule)
+    init = _value_and_grad(log_prob, x0)
+    buf = jnp.zeros((steps.size,) + x0.shape, x0.dtype).at[0].set(x0)
+    lp_buf = jnp.zeros((steps.size, x0.shape[0])).at[0].set(init.log_prob)
+
+    def step(carry, i):
+        state, buf, lp_buf = carry
+        state, prob, accepted = langevin_step(log_prob, state, jax.random.fold_in(key, i),
+                                              step_sq, cfg.metropolis)
+        slot = jnp.asarray(slots)[i]
+        at = jnp.maximum(slot, 0)
+        buf = buf.at[at].set(jnp.where(slot >= 0, state.y, buf[at]))
+        lp_buf = lp_buf.at[at].set(jnp.where(slot >= 0, state.log_prob, lp_buf[at]))
+        return (state, buf, lp_buf), (prob, accepted)
+
+    (_, buf, lp_buf), (prob, accepted) = jax.lax.scan(step, (init, buf, lp_buf),
+                                                      jnp.arange(1, num_steps + 1))
+    info = {"steps": jnp.asarray(steps), "log_prob": lp_buf, "nfe": num_steps + 1,
+            "acceptance": jnp.mean(accepted.astype(jnp.float32), axis=0),
+            "accept_prob": jnp.mean(prob, axis=0)}
+    return buf, info
+
+
+# ----------------------------------------------------------------------------------------
+# Likelihood
+# ----------------------------------------------------------------------------------------
+
+
+def drl_nll_by_ais(energy_fn: BoundEnergy, key: jax.Array, x: jax.Array, drl_config: Any, *,
+                   num_chains: int = 256, schedule: DRLSchedule | None = None,
+                   **ais_options: Any) -> tuple[jax.Array, dict]:
+    """NLL (nats) of data ``x`` under the lowest-level EBM, its normalizer by AIS.
+
+    The level-0 EBM is the model of y_0 = a'_0 x_0 (x_0: data after one DDPM step), so
+    log p(x) = -E(a'_0 x, 0) - log Z + D log a'_0, with log Z = log int exp(-E(y, 0)) dy
+    from ``likelihood.ais_log_normalizer`` (Gao et al. Sec. 6 estimate Z by AIS too).
+    This scores the level-0 EBM alone, not the progressive sampler: its recovery
+    likelihood fixes each mode's shape but hardly the modes' relative masses when modes are
+    further apart than sigma_1 (on 8gaussians the marginal level-0 chains of a well-trained
+    model drift to weights 0.04-0.27 over 20k steps while the conditional chains stay put).
+
+    Args:
+      energy_fn: bound energy (y, t) -> (B,).
+      key: PRNG key for AIS.
+      x: data, (B, ...).
+      drl_config: ``config.drl``.
+      num_chains: AIS chains.
+      schedule: the levels; default ``make_schedule(drl.num_levels)``.
+      **ais_options: passed on to ``ais_log_normalizer`` (``num_steps``, ``num_leapfrog``,
+        ``step_size``, ``base_std``, ...).
+
+    Returns:
+      ``(nll, info)``: nll (B,) in nats in the space x lives in; ``info`` is the AIS info
+      with ``log_z`` added.
+    """
+    from ebm_vs_score import likelihood
+
+    cfg = validate_drl(drl_config)
+    schedule = schedule or make_schedule(cfg.num_levels)
+    scale = float(schedule._y_scales()[0])
+
+    def level0_energy(y):
+        return energy_fn(y, jnp.zeros((y.shape[0],), jnp.int32))
+
+    log_z, info = likelihood.ais_log_normalizer(
+        level0_energy, key, tuple(x.shape[1:]), num_chains=num_chains, **ais_options)
+    dim = math.prod(x.shape[1:])
+    nll = level0_energy(scale * x) + log_z - dim * math.log(scale)
+    return nll, dict(info, log_z=log_z)
