@@ -1,0 +1,183 @@
+"""Benchmark-local experiments behind the findings in BENCHMARKS.md (nothing here is used
+by the library; each compares what the library does with one alternative).
+
+    python -m benchmarks.experiments [--scale=digits] [--batch=64] [--only=loop,probes,qc]
+
+* ``loop``: a score evaluated bare, inside ``lax.scan`` (how samplers, Hutchinson with
+  K > 1 and ``lax.map`` call it) and in an unrolled loop; counts the convolutions XLA
+  leaves non-canonical (XLA:CPU runs those with a naive loop; jax-ml/jax#12868).
+* ``probes``: ``conservativeness.asymmetry`` with K probes vs the same estimate with the
+  probe loop unrolled in Python (each probe still ``jax.checkpoint``-ed).
+* ``qc``: the QC train step with ``conservativeness._probe_terms`` (one vjp + one jvp)
+  vs one ``jax.linearize`` whose linear map is applied (Jv) and transposed (J^T v).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import rows, timing
+from benchmarks.suites import RowSpec
+from ebm_vs_score import builders, conservativeness, train
+
+CANONICAL = "dim_labels=b01f_01io->b01f"
+
+
+def _conv_labels(compiled) -> dict[str, int]:
+    """Number of convolutions in the optimized HLO, and how many are non-canonical."""
+    labels = re.findall(r"convolution\([^)]*\), window=\{[^}]*\}, (dim_labels=[^,\s]+)",
+                        compiled.as_text())
+    return {"convolutions": len(labels),
+            "non_canonical": sum(label != CANONICAL for label in labels)}
+
+
+def _perturbed(params, scale: float = 0.02):
+    """Params away from the zero-initialized output layer, so that J != 0."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape, p.dtype)
+                              for p, k in zip(leaves, keys, strict=True)])
+
+
+def _measure(fn, args, per_call: int, opts: rows.Options) -> dict:
+    compiled, compile_s = timing.compile_timed(jax.jit(fn), *args)
+    t = timing.time_runner(timing.call_runner(compiled, *args), repeats=opts.repeats,
+                           min_time=opts.min_time)
+    return {"wall_ms": 1e3 * t.median_s / per_call, "cpu_ms": 1e3 * t.cpu_s / per_call,
+            "compile_s": compile_s["compile_s"], "flops": timing.cost_flops(compiled),
+            **_conv_labels(compiled)}
+
+
+def loop_experiment(spec: RowSpec, opts: rows.Options, length: int = 4) -> dict:
+    """ms per score evaluation: bare, in a ``lax.scan`` of ``length``, unrolled."""
+    _, model, params, x, t = rows.model_and_params(spec)
+    score = model.fns.score
+
+    def looped(unroll):
+        def fn(params, x, t):
+            body = lambda c, _: (score(params, x + 1e-3 * c, t), None)
+            return jax.lax.scan(body, jnp.zeros_like(x), None, length=length,
+                                unroll=unroll)[0]
+        return fn
+
+    return {"bare": _measure(score, (params, x, t), 1, opts),
+            "scan": _measure(looped(1), (params, x, t), length, opts),
+            "unrolled": _measure(looped(True), (params, x, t), length, opts)}
+
+
+def hutchinson_unrolled(field, x, key, num_probes):
+    """``conservativeness.hutchinson_traces`` with the probe loop unrolled (same keys)."""
+    keys = jax.random.split(key, num_probes)
+    probe = jax.checkpoint(lambda k: conservativeness._probe_terms(
+        field, x, jax.random.rademacher(k, x.shape, x.dtype)))
+    terms = [probe(k) for k in keys]
+    return (sum(a for a, _ in terms) / num_probes, sum(b for _, b in terms) / num_probes)
+
+
+def probe_terms_linearized(field, x, v):
+    """``(||J^T v||^2, (J^T v).(J v))`` from one ``jax.linearize`` (one forward pass)."""
+    _, jvp_fn = jax.linearize(field, x)
+    jv = jvp_fn(v)
+    (jtv,) = jax.linear_transpose(jvp_fn, x)(v)
+    flat = lambda a: a.reshape(a.shape[0], -1)
+    return jnp.sum(flat(jtv) ** 2, axis=-1), jnp.sum(flat(jtv) * flat(jv), axis=-1)
+
+
+@contextlib.contextmanager
+def patched(module, name, value):
+    """Temporarily replaces ``module.name`` (experiment only; restored on exit)."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def probes_experiment(spec: RowSpec, opts: rows.Options, num_probes: int = 4) -> dict:
+    """Per-probe time of K-probe Asym: library (scan) vs unrolled; results must agree."""
+    _, model, params, x, t = rows.model_and_params(spec)
+    params = _perturbed(params)
+    key = jax.random.PRNGKey(2)
+    field = lambda p, y: model.fns.score(p, y, t)
+    lib = lambda p, x, k: conservativeness.hutchinson_traces(
+        lambda y: field(p, y), x, k, num_probes)
+    unrolled = lambda p, x, k: hutchinson_unrolled(lambda y: field(p, y), x, k, num_probes)
+    out = {"scan": _measure(lib, (params, x, key), num_probes, opts),
+           "unrolled": _measure(unrolled, (params, x, key), num_probes, opts)}
+    a, b = jax.jit(lib)(params, x, key), jax.jit(unrolled)(params, x, key)
+    out["max_rel_diff"] = max(float(jnp.max(jnp.abs(u - v)) / (jnp.max(jnp.abs(u)) + 1e-30))
+                              for u, v in zip(a, b, strict=True))
+    return out
+
+
+def _qc_step(spec: RowSpec, opts: rows.Options) -> dict:
+    config = rows.make_config(spec.scale, "QC", spec.batch)
+    model = builders.build_model(config)
+    mesh = train.make_mesh()
+    tx = train.make_optimizer(config.optim)
+    state = train.replicate(train.init_state(model, tx, config.seed), mesh)
+    state = state.replace(params=_perturbed(state.params))
+    loss_fn = builders.build_loss_fn(config, model)
+    x = np.random.default_rng(0).standard_normal((spec.batch,) + model.example_shape)
+    batch = {"x": jnp.asarray(x, jnp.float32)}
+    grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    key = jax.random.PRNGKey(3)
+    (loss, metrics), grads = grad(state.params, batch, key)
+    res = _measure(jax.value_and_grad(loss_fn, has_aux=True), (state.params, batch, key), 1,
+                   opts)
+    res["qc"] = float(metrics["qc"])
+    res["grad_norm"] = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))
+    return res
+
+
+def qc_experiment(spec: RowSpec, opts: rows.Options) -> dict:
+    """Loss+gradient of the QC objective: vjp + jvp (library) vs one linearize."""
+    out = {"vjp_jvp": _qc_step(spec, opts)}
+    with patched(conservativeness, "_probe_terms", probe_terms_linearized):
+        out["linearize"] = _qc_step(spec, opts)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments")
+    p.add_argument("--scale", default="digits")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--only", default="loop,probes,qc")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.5)
+    p.add_argument("--out")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    opts = rows.Options(args.repeats, args.min_time, 0, ())
+    spec = lambda family: RowSpec("experiment", "asym", args.scale, family, args.batch)
+    argv = sys.argv[1:] if argv is None else argv
+    result = {"machine": timing.machine_info(argv, module="benchmarks.experiments")}
+    todo = args.only.split(",")
+    for family in ("U", "C"):
+        if "loop" in todo:
+            result[f"loop/{family}"] = loop_experiment(spec(family), opts)
+            print(f"loop/{family}", json.dumps(result[f"loop/{family}"]), flush=True)
+        if "probes" in todo:
+            result[f"probes/{family}"] = probes_experiment(spec(family), opts)
+            print(f"probes/{family}", json.dumps(result[f"probes/{family}"]), flush=True)
+    if "qc" in todo:
+        result["qc"] = qc_experiment(spec("QC"), opts)
+        print("qc", json.dumps(result["qc"]), flush=True)
+    result["machine"]["load_average_end"] = list(os.getloadavg())
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Smoke test of the speed harness (benchmarks/): toy rows, one repeat, tiny settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # benchmarks/ is not installed; `pytest` from anywhere finds it
+    sys.path.insert(0, REPO)
+
+from benchmarks import suites  # noqa: E402
+
+TOY_ROWS = {
+    "train/toy/U", "train/toy/C", "train/toy/C-ResNet", "train/toy/QC",
+    "sampler/toy/pc/U", "sampler/toy/pc/C", "sampler/toy/ancestral/U",
+    "sampler/toy/ancestral/C", "sampler/toy/mala/C", "asym/toy/U", "asym/toy/C",
+}
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_row_selection():
+    rows = suites.plan(suites.SUITES["cpu"])
+    assert {r.name for r in suites.select(rows, "toy")} == TOY_ROWS
+    assert [r.name for r in suites.select(rows, "train/digits/*")] == [
+        "train/digits/U", "train/digits/C", "train/digits/C-ResNet", "train/digits/QC"]
+    assert {r.name for r in suites.select(rows, "mala")} == {"sampler/toy/mala/C",
+                                                              "sampler/digits/mala/C"}
+    with pytest.raises(ValueError, match="selects no row"):
+        suites.select(rows, "nonsense")
+
+
+@pytest.fixture(scope="module")
+def toy_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "toy.json"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--suite=cpu", "--only=toy",
+           "--repeats=1", "--min-time=0", "--sampler-steps=2", "--asym-probes=1",
+           "--matmul-size=128", f"--out={out}"]
+    # Plumbing only, numbers unused: skip LLVM optimization to halve XLA:CPU compile time.
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=flags)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_toy_json_fields(toy_result):
+    result, stdout = toy_result
+    m = result["machine"]
+    for field in ("devices", "platform", "cpu_count", "jax_version", "date", "command"):
+        assert m[field], field
+    assert "--only=toy" in m["command"] and "benchmarks.run" in m["command"]
+    assert _positive(result["peak"]["float32"]["flops_per_s"])
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == TOY_ROWS
+    assert not [r["error"] for r in rows.values() if "error" in r]
+    for name, r in rows.items():
+        if r["kind"] == "train":
+            assert isinstance(r["batch"], int) and r["batch"] > 0
+            for field in ("time_s", "steps_per_s", "examples_per_s", "compile_s", "lower_s"):
+                assert _positive(r[field]), (name, field)
+            assert r["memory"]["peak_bytes"] > 0 and r["memory"]["peak_source"]
+            assert r["flops"] is None or _positive(r["peak_fraction"]["float32"])
+        elif r["kind"] == "sampler":
+            assert r["nfe"] >= r["num_steps"] and _positive(r["time_per_nfe_s"]), name
+            assert r["overhead"] == pytest.approx(r["time_per_nfe_s"] / r["bare_eval_s"] - 1)
+        else:
+            assert _positive(r["probes"]["1"]["per_probe_over_forward"]), name
+    assert "training step" in stdout and "samplers" in stdout and "Asym" in stdout
+
+
+def test_toy_ratios(toy_result):
+    result, _ = toy_result
+    rows = {r["name"]: r for r in result["rows"]}
+    ratios = result["ratios"]["toy"]
+    assert set(ratios) == {"C/U", "C-ResNet/U", "QC/U"}
+    for family in ("C", "C-ResNet", "QC"):
+        row, base = rows[f"train/toy/{family}"], rows["train/toy/U"]
+        assert ratios[f"{family}/U"] == pytest.approx(row["time_s"] / base["time_s"])
+        assert row["time_vs_U"] == pytest.approx(ratios[f"{family}/U"])
+        cpu = row["cpu_time_s"] / base["cpu_time_s"]
+        assert result["ratios_cpu"]["toy"][f"{family}/U"] == pytest.approx(cpu)
