@@ -1,4 +1,5 @@
-"""Figures written during training and evaluation: sample grids, 2-D scatter plots.
+"""Figures written during training and evaluation: sample grids, 2-D scatter plots,
+score fields with their curl.
 
 Images are returned as uint8 arrays (H, W, 3) so the same picture goes to a PNG file and
 to TensorBoard.
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 
-def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
+def image_grid(images: np.ndarray, pad: int = 1, cols: int | None = None) -> np.ndarray:
     """Tiles (N, H, W, C) images in [-1, 1] into one uint8 (rows*H, cols*W, 3) grid."""
     n, h, w, c = images.shape
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = int(math.ceil(math.sqrt(n))) if cols is None else cols
     rows = int(math.ceil(n / cols))
     pixels = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
     if c == 1:
@@ -81,3 +83,46 @@ def save_png(image: np.ndarray, path) -> None:
 
     with epath.Path(path).open("wb") as f:
         Image.fromarray(image).save(f, format="PNG")
+
+
+def score_field_figure(fields: Mapping[str, Mapping[str, np.ndarray]], times: Sequence[float],
+                       title: str = "") -> np.ndarray:
+    """Score fields side by side with their curl, as uint8 RGB.
+
+    One row per model, one column per noise level: the heat map is the rotation density
+    ds_y/dx - ds_x/dy (diverging colours, 0 = white, one symmetric scale per column so the
+    models compare at a glance; a conservative field stays white), the arrows the score
+    direction (unit length); panel titles give max |curl|.
+
+    Args:
+      fields: model label -> ``evaluate.score_field_grid`` output: ``'x'``, ``'y'`` (n, n)
+        grid coordinates, ``'score'`` (T, n, n, 2) and ``'curl'`` (T, n, n).
+      times: the T noise levels (for the panel titles).
+      title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(fields), len(times)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    vmax = [max(max(float(np.max(np.abs(g["curl"][c]))) for g in fields.values()), 1e-12)
+            for c in range(cols)]
+    for r, (label, grid) in enumerate(fields.items()):
+        x, y = grid["x"], grid["y"]
+        extent = (x.min(), x.max(), y.min(), y.max())
+        for c, t in enumerate(times):
+            ax, curl, s = axes[r, c], grid["curl"][c], grid["score"][c]
+            im = ax.imshow(curl, origin="lower", extent=extent, cmap="RdBu_r", vmin=-vmax[c],
+                           vmax=vmax[c])
+            norm = np.maximum(np.linalg.norm(s, axis=-1, keepdims=True), 1e-12)
+            ax.quiver(x, y, *(s / norm).transpose(2, 0, 1), angles="xy",
+                      scale=1.5 * x.shape[0], width=0.004)
+            ax.set_title(f"{label}, t={t:g}\nmax|curl|={np.max(np.abs(curl)):.2g}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    if title:
+        fig.suptitle(title)
+    return figure_to_array(fig)

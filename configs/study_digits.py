@@ -1,0 +1,17 @@
+"""The energy-vs-score study on sklearn digits (8x8), sized for a 2-core CPU.
+
+python -m ebm_vs_score.main --mode=study --config=configs/study_digits.py --workdir=DIR
+
+Budget per run: 2000 steps at batch 64 of the 176k-parameter U-Net (C is about 2-3x slower
+per step: its score is a gradient), 250 Euler-Maruyama steps for 297 samples (the size of
+the test split, so FD/precision/recall compare equal sets), MALA for the energies, AIS,
+and the ODE NLL of the first 128 test digits at tolerance 1e-4 with one Hutchinson probe.
+Three seeds; fewer with --config.study.seeds=(0,). Every field: ebm_vs_score/config_base.py
+(shared by all runs) and ebm_vs_score/study.py (the `study` section, the digits budget).
+"""
+
+from ebm_vs_score import study
+
+
+def get_config():
+    return study.get_config("digits")

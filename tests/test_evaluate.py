@@ -1,0 +1,187 @@
+"""evaluate: every metric group per data type, files written, clear failures.
+
+The statistics themselves (FD of two halves of digits near 0 and growing with noise, MMD,
+precision/recall, Fisher divergence of the exact score = 0) are tested in test_metrics.py;
+here the wiring: which groups run for which data, their keys and files, and the curl.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ebm_vs_score import builders, checkpoints, config_base, configuration, evaluate, train
+from ebm_vs_score.metrics import inception
+
+N_ITERS = 4
+
+
+def _toy_config(family: str):
+    config = config_base.get_config("toy", family)
+    config.model.hidden = (16, 16)
+    config.training.n_iters = N_ITERS
+    config.training.batch_size = 32
+    config.training.log_every = 2
+    config.sampling.num_steps = 4
+    config.sampling.num_samples = 16
+    config.eval.num_examples = 64
+    config.eval.batch_size = 40  # two sampling chunks of 40 and 24 -> 64 samples
+    config.eval.asym_levels = 3
+    config.eval.num_samples = 64
+    config.eval.nll_rtol = 1e-3
+    config.eval.nll_atol = 1e-3
+    return config
+
+
+def _checkpoint_initial_state(config, workdir: str) -> None:
+    """A workdir as training leaves it, with the initial state saved at step N_ITERS (the
+    metrics need a model, not a trained one; training is tested in test_train)."""
+    model = builders.build_model(config)
+    state = train.init_state(model, train.make_optimizer(config.optim), config.seed)
+    state = state.replace(step=jnp.asarray(N_ITERS, jnp.int32))
+    configuration.save(config, workdir)
+    ckpt = checkpoints.Checkpointer(workdir)
+    ckpt.save(N_ITERS, state)
+    ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def energy_run(tmp_path_factory):
+    """A toy energy checkpoint and its full evaluation."""
+    workdir = str(tmp_path_factory.mktemp("energy"))
+    config = _toy_config("energy")
+    _checkpoint_initial_state(config, workdir)
+    return config, workdir, evaluate.evaluate(config, workdir)
+
+
+def test_rotation_density_of_linear_fields():
+    """curl of x -> A x is A[1,0] - A[0,1]: 0 for a gradient field, 2 for a rotation."""
+    points = jax.random.normal(jax.random.PRNGKey(0), (7, 2))
+    for a, expected in [([[1.0, 0.5], [0.5, -2.0]], 0.0), ([[0.0, -1.0], [1.0, 0.0]], 2.0),
+                        ([[0.3, -0.2], [1.1, 0.7]], 1.3)]:
+        matrix = jnp.asarray(a)
+        s, curl = evaluate.rotation_density(lambda x, t, m=matrix: x @ m.T, points, 0.5)
+        np.testing.assert_allclose(s, points @ matrix.T, rtol=1e-6)
+        np.testing.assert_allclose(curl, expected, atol=1e-6)
+
+
+def test_score_field_grid_of_a_conservative_model_is_curl_free():
+    config = config_base.get_config("toy", "energy")
+    model = builders.build_model(config)
+    params = builders.init_params(model, jax.random.PRNGKey(0))
+    grid = evaluate.score_field_grid(model.fns.score, params, (0.05, 0.5), lim=2.0, n=5)
+    assert grid["score"].shape == (2, 5, 5, 2) and grid["curl"].shape == (2, 5, 5)
+    assert grid["x"].shape == (5, 5) and np.abs(grid["score"]).max() > 0
+    assert np.abs(grid["curl"]).max() < 1e-4 * np.abs(grid["score"]).max()
+
+
+def test_toy_evaluation_has_every_metric_group(energy_run):
+    _, workdir, results = energy_run
+    levels = 3
+    for key in ("asym", "nasym", "nll_nats", "nll_true_nats", "nll_gap_nats", "fisher",
+                "ais_log_z", "ais_nll_nats", "sample_nfe", "mmd", "swd"):
+        assert np.isfinite(results[key]), key
+    for key in ("asym_per_level", "nasym_per_level", "fisher_per_level", "t_levels"):
+        assert len(results[key]) == levels, key
+    assert results["sample_nfe"] == 5  # 4 Euler-Maruyama steps + the denoising step
+    assert results["sample_nonfinite"] == 0.0
+    assert abs(results["asym"]) < 1e-4  # an energy's score is a gradient field
+    assert results["nll_true_nats"] == pytest.approx(1.41, abs=0.3)  # 8 Gaussians, std 1/sqrt(33)
+    with open(evaluate.eval_path(workdir, N_ITERS)) as f:
+        assert json.load(f) == json.loads(json.dumps(results))
+    samples = np.load(evaluate.samples_path(workdir, N_ITERS, "euler_maruyama", "npz"))["samples"]
+    assert samples.shape == (64, 2)
+    assert os.path.exists(evaluate.samples_path(workdir, N_ITERS, "euler_maruyama"))
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
+    assert evals and evals[-1]["mmd"] == results["mmd"] and "fisher_per_level" not in evals[-1]
+
+
+def test_second_sampler_for_an_energy(energy_run):
+    config, workdir, results = energy_run
+    extra = evaluate.evaluate_sampler(config, workdir, "mala")
+    assert 0.0 < extra["sample_acceptance"] <= 1.0
+    assert extra["sample_nfe"] == 4 * 2 + 1  # levels x (n_steps_each + 1) + denoising
+    assert {"mmd", "swd"} <= set(extra) and "nll_nats" not in extra
+    assert os.path.exists(evaluate.eval_path(workdir, N_ITERS, "mala"))
+    assert os.path.exists(evaluate.samples_path(workdir, N_ITERS, "mala"))
+    assert config.sampling.method == "euler_maruyama"  # the caller's config is untouched
+
+
+def test_groups_follow_the_data():
+    """Fisher divergence needs a mixture toy; the true NLL a closed-form density."""
+    moons = config_base.get_config("toy", "score")
+    moons.data.dataset = "moons"
+    assert evaluate.fisher_metrics(moons, None, None, None, None) == {}
+    assert evaluate._true_density(moons.data) is None
+    moons.data.dataset = "checkerboard"
+    density = evaluate._true_density(moons.data)
+    assert float(density.log_prob(jnp.zeros((1, 2)))[0]) == pytest.approx(-np.log(6.0))
+
+
+def test_sample_metrics_draws_in_chunks():
+    config = _toy_config("score")
+    config.eval.batch_size = 4
+    model = builders.build_model(config)
+    params = builders.init_params(model, jax.random.PRNGKey(0))
+    samples, info = evaluate.sample_metrics(config, model, params, jax.random.PRNGKey(1), 10)
+    assert samples.shape == (10, 2) and np.isfinite(samples).all()
+    assert info == {"sample_nfe": 5.0}
+    assert len({tuple(s) for s in np.round(samples, 5)}) == 10  # chunks use different keys
+
+
+def test_non_finite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
+    config = _toy_config("score")
+    x = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    samples = x[::-1].copy()
+    samples[:3] = np.nan
+
+    monkeypatch.setattr(evaluate, "sample_metrics",
+                        lambda *args: (samples, {"sample_nfe": 5.0}))
+    ctx = evaluate.EvalContext(config, str(tmp_path), None, 0, None, x)
+    results = evaluate.sampler_metrics(ctx, jax.random.PRNGKey(0))
+    assert results["sample_nonfinite"] == pytest.approx(3 / 32)
+    assert np.isfinite(results["mmd"]) and np.isfinite(results["swd"])
+    assert os.path.exists(evaluate.samples_path(str(tmp_path), 0, "euler_maruyama"))
+
+
+class _FakeClassifier(NamedTuple):
+    accuracy: float = 0.9
+
+    def apply(self, images):
+        flat = np.asarray(images).reshape(len(images), -1)
+        return flat[:, :6], flat[:, :10] * 5.0
+
+
+def test_classifier_metrics_of_identical_sets():
+    images = np.random.default_rng(0).uniform(-1, 1, (40, 8, 8, 1))
+    out = evaluate.classifier_metrics(_FakeClassifier(), images, images)
+    assert out["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert out["precision"] == 1.0 and out["recall"] == 1.0
+    assert out["is"] > 1.0 and out["classifier_accuracy"] == 0.9
+    shifted = evaluate.classifier_metrics(_FakeClassifier(), images + 0.5, images)
+    assert shifted["fd"] > 1.0
+
+
+def test_missing_inception_weights_stop_evaluation_first(tmp_path):
+    """Set but missing weights: the inception module's sentence, before any checkpoint work."""
+    config = config_base.get_config("digits", "score")
+    config.eval.inception_weights = str(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError) as error:
+        evaluate.evaluate(config, str(tmp_path / "run"))  # no checkpoint there either
+    assert str(error.value) == inception.missing_weights_message(config.eval.inception_weights)
+
+
+def test_inception_skipped_with_a_log_line(caplog):
+    config = config_base.get_config("digits", "score")
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    with caplog.at_level(logging.INFO):
+        assert evaluate.inception_metrics(config, images, images) == {}
+    assert "eval.inception_weights is not set" in caplog.text

@@ -1,0 +1,459 @@
+"""The study: run configs, resume, clear failures, REPORT.md with every column filled.
+
+Fast tests drive `run_study` with fake training/evaluation (the logic of resuming,
+failures and the report) and one real two-family toy study; the slow tests run the toy
+study with all four families and the digits study (reduced steps) end to end.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from ebm_vs_score import config_base, configuration, evaluate, study, train
+from ebm_vs_score.metrics import inception
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------
+
+
+def table_cells(report: str) -> list[list[str]]:
+    """Cells of every markdown table row (header and body) of a report."""
+    rows = [line for line in report.splitlines()
+            if line.startswith("|") and not line.startswith("|---")]
+    return [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
+
+
+def assert_tables_filled(report: str) -> None:
+    cells = table_cells(report)
+    assert cells, "no tables in the report"
+    widths = collections.Counter()
+    for row in cells:
+        widths[len(row)] += 1
+        for cell in row:
+            assert cell and cell != "-" and "nan" not in cell.lower() and cell != "failed", row
+
+
+def section(report: str, title: str) -> str:
+    start = report.index(f"## {title}")
+    end = report.find("\n## ", start + 1)
+    return report[start:] if end < 0 else report[start:end]
+
+
+def mtimes(root: str) -> dict[str, float]:
+    """Modification times of every file under ``root`` (runs are never rewritten)."""
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+            for d, _, files in os.walk(root) for f in files}
+
+
+def _toy_metrics(family: str, seed: int) -> dict:
+    base = 1.0 + 0.1 * seed + 0.01 * study.STUDY_FAMILIES.index(family)
+    out = {"asym": 0.0 if family in study.ENERGY_FAMILIES else 1e-3 * base, "nasym": 0.01,
+           "asym_per_level": [1e-3, 2e-3], "nasym_per_level": [0.01, 0.02],
+           "t_levels": [0.001, 1.0], "nll_nats": 2.0 * base, "nll_true_nats": 1.4,
+           "nll_gap_nats": 2.0 * base - 1.4, "fisher": base, "fisher_per_level": [3.0, 1.0],
+           "sample_nfe": 11.0, "mmd": 0.01 * base, "swd": 0.1 * base}
+    if family in study.ENERGY_FAMILIES:
+        out.update(ais_log_z=1.0, ais_nll_nats=2.1)
+    return out
+
+
+def _image_metrics(family: str, seed: int) -> dict:
+    base = 1.0 + 0.1 * seed + 0.01 * study.STUDY_FAMILIES.index(family)
+    return {"asym": 1e-3 * base, "nasym": 0.01, "nasym_per_level": [0.01, 0.02],
+            "t_levels": [0.001, 1.0], "nll_bpd": 3.0 * base, "nll_bpd_stderr": 0.1,
+            "sample_nfe": 6.0, "fd": 5.0 * base, "is": 2.0, "is_std": 0.1,
+            "precision": 0.5, "recall": 0.4 * base, "classifier_accuracy": 0.9}
+
+
+class Fakes:
+    """Stand-ins for train_and_evaluate / evaluate that count calls and write the files a
+    run leaves (final checkpoint directory, eval JSON)."""
+
+    def __init__(self, metrics=_toy_metrics):
+        self.calls = collections.Counter()
+        self.fail: set[str] = set()
+        self.stop_at: int | None = None
+        self.metrics = metrics
+
+    def train(self, config, workdir):
+        name = study.run_name(config.family, config.seed)
+        self.calls["train", name] += 1
+        if name in self.fail:
+            raise RuntimeError(f"loss exploded in {name}")
+        step = config.training.n_iters if self.stop_at is None else self.stop_at
+        os.makedirs(os.path.join(workdir, "checkpoints", str(step)), exist_ok=True)
+        return types.SimpleNamespace(step=step)
+
+    def evaluate(self, config, workdir):
+        self.calls["evaluate", study.run_name(config.family, config.seed)] += 1
+        results = dict(self.metrics(config.family, config.seed), step=config.training.n_iters)
+        evaluate.write_json_atomic(evaluate.eval_path(workdir, config.training.n_iters), results)
+        return results
+
+    def evaluate_sampler(self, config, workdir, method):
+        self.calls["sampler", study.run_name(config.family, config.seed)] += 1
+        return {"sample_nfe": 21.0, "sample_acceptance": 0.6, "mmd": 0.02, "swd": 0.2,
+                "fd": 4.0, "is": 2.1, "is_std": 0.1, "precision": 0.6, "recall": 0.5}
+
+
+def _linear_fields(config, study_dir, records):
+    """Score grids of linear fields: a rotation for score models, a gradient for energies."""
+    import jax.numpy as jnp
+
+    fields = {}
+    for family in config.study.families:
+        a = jnp.eye(2) if family in study.ENERGY_FAMILIES else jnp.asarray([[0., -1.], [1., 0.]])
+        fields[study.family_info(family, True).label] = evaluate.score_field_grid(
+            lambda p, x, t, key=None: x @ p.T, a, config.study.field_times, 2.0, 5)
+    return fields
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    fake = Fakes()
+    monkeypatch.setattr(train, "train_and_evaluate", fake.train)
+    monkeypatch.setattr(evaluate, "evaluate", fake.evaluate)
+    monkeypatch.setattr(evaluate, "evaluate_sampler", fake.evaluate_sampler)
+    monkeypatch.setattr(study, "score_fields", _linear_fields)
+    return fake
+
+
+def _toy_study_config(seeds=(0, 1)):
+    config = study.get_config("toy")
+    config.study.seeds = seeds
+    config.study.compilation_cache = False
+    return config
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+# ----------------------------------------------------------------------------------------
+# Run configs
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", ["toy", "digits"])
+def test_run_configs_differ_only_in_the_family(scale, tmp_path):
+    config = study.get_config(scale)
+    flat = {}
+    for family in study.STUDY_FAMILIES:
+        run = study.run_config(config, family, 3, str(tmp_path))
+        configuration.validate(run)
+        flat[family] = dict(study._leaves(run))
+        assert run.seed == 3 and run.eval.classifier_dir == str(tmp_path / "classifier")
+    differing = {p for p in flat["score"] if len({str(f[p]) for f in flat.values()}) > 1}
+    assert differing <= set(study.FAMILY_FIELDS)
+    assert flat["qc"]["training.qc_weight"] == config.study.qc_weight > 0
+    assert flat["score"]["training.qc_weight"] == 0
+    resnet = flat["resnet_energy"]["model.name"]
+    assert resnet == ("mlp" if scale == "toy" else "resnet_energy")
+    assert study.family_info("resnet_energy", scale == "toy").label == (
+        "C-MLP" if scale == "toy" else "C-ResNet")
+
+
+@pytest.mark.parametrize("scale", ["toy", "digits", "cifar"])
+def test_study_config_files(scale, tmp_path):
+    """configs/study_<scale>.py is study.get_config(scale) and validates for every family."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfg", f"{REPO}/configs/study_{scale}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert config.to_dict() == study.get_config(scale).to_dict()
+    assert tuple(config.study.families) == study.STUDY_FAMILIES
+    assert len(config.study.seeds) >= 2
+    study.validate_study(config, str(tmp_path))
+
+
+def test_shared_overrides_reach_every_run(tmp_path):
+    config = study.get_config("digits")
+    config.training.n_iters, config.optim.lr, config.sampling.num_steps = 30, 3e-4, 7
+    for family in study.STUDY_FAMILIES:
+        run = study.run_config(config, family, 0, str(tmp_path))
+        assert (run.training.n_iters, run.optim.lr, run.sampling.num_steps) == (30, 3e-4, 7)
+        assert run.model.ch == config.model.ch and run.training.objective == "dsm"
+
+
+def test_invalid_study_configs_are_one_sentence(tmp_path):
+    config = study.get_config("toy")
+    config.sampling.method = "mala"
+    with pytest.raises(configuration.ConfigError, match="study.extra_sampler='mala'"):
+        study.validate_study(config, str(tmp_path))
+    config = study.get_config("toy")
+    config.study.families = ("score", "drl")
+    with pytest.raises(configuration.ConfigError, match="study.families"):
+        study.validate_study(config, str(tmp_path))
+    config = study.get_config("toy")
+    config.study.seeds = ()
+    with pytest.raises(configuration.ConfigError, match="study.seeds"):
+        study.validate_study(config, str(tmp_path))
+    config = study.get_config("toy")
+    config.training.qc_weight = 0.1
+    with pytest.raises(configuration.ConfigError, match="training.qc_weight is set by each "
+                       "family in a study and cannot be overridden; .* study.qc_weight"):
+        study.validate_study(config, str(tmp_path))
+
+
+def test_missing_inception_weights_stop_the_study_before_any_run(tmp_path, fakes):
+    config = _toy_study_config()
+    config.eval.inception_weights = str(tmp_path / "inception_fid.npz")
+    with pytest.raises(FileNotFoundError) as error:
+        study.run_study(config, str(tmp_path / "study"))
+    assert str(error.value) == inception.missing_weights_message(config.eval.inception_weights)
+    assert not fakes.calls and not os.path.exists(tmp_path / "study")
+
+
+# ----------------------------------------------------------------------------------------
+# Resume, failures, foreign directories (fake training and evaluation)
+# ----------------------------------------------------------------------------------------
+
+
+def test_fake_toy_study_report_and_no_recomputation(tmp_path, fakes):
+    config, workdir = _toy_study_config(), str(tmp_path / "study")
+    path = study.run_study(config, workdir)
+    report = _read(path)
+    assert_tables_filled(report)
+    table1 = section(report, "Table 1")
+    for label in ("| U |", "| C |", "| C-MLP |", "| QC |", "| C + mala (acc. 0.60) |",
+                  "| C-MLP + mala (acc. 0.60) |"):
+        assert label in table1
+    assert "±" in table1 and "MMD²" in table1 and "true NLL" in table1
+    assert "| C + mala" not in section(report, "Likelihood and conservativeness")
+    assert "score_fields.png" in report and os.path.exists(os.path.join(workdir, "figures",
+                                                                        "score_fields.png"))
+    assert "--config.study.seeds=(0,1)" in section(report, "Commands")
+    runs = [study.run_name(f, s) for f in study.STUDY_FAMILIES for s in (0, 1)]
+    assert fakes.calls == collections.Counter(
+        {**{("train", r): 1 for r in runs}, **{("evaluate", r): 1 for r in runs},
+         **{("sampler", r): 1 for r in runs if r.startswith(study.ENERGY_FAMILIES)}})
+    for run in runs:
+        done = json.loads(_read(os.path.join(workdir, "runs", run, study.DONE_FILE)))
+        assert done["step"] == config.training.n_iters and done["num_params"] > 0
+
+    before = mtimes(os.path.join(workdir, "runs"))
+    fakes.calls.clear()
+    study.run_study(config, workdir)
+    assert not fakes.calls  # finished runs are never recomputed ...
+    assert mtimes(os.path.join(workdir, "runs")) == before  # ... nor rewritten
+    assert len(_read(os.path.join(workdir, "commands.jsonl")).splitlines()) == 2
+
+
+def test_crashed_run_is_reported_and_retried_alone(tmp_path, fakes, caplog):
+    config, workdir = _toy_study_config(), str(tmp_path / "study")
+    fakes.fail.add("qc_seed1")
+    with pytest.raises(study.StudyError, match=r"1 of 8 study runs failed \(qc_seed1"):
+        study.run_study(config, workdir)
+    run_dir = os.path.join(workdir, "runs", "qc_seed1")
+    sentence = (f"study run qc_seed1 failed (RuntimeError: loss exploded in qc_seed1); its "
+                f"directory is {run_dir} and the traceback is in {run_dir}/error.log")
+    assert sentence in caplog.text
+    assert "loss exploded" in _read(os.path.join(run_dir, "error.log"))
+    report = _read(os.path.join(workdir, "REPORT.md"))
+    assert sentence in section(report, "Failed runs")
+    assert "| QC (1 of 2 seeds) |" in section(report, "Table 1")
+    assert sum(fakes.calls[k] for k in fakes.calls if k[0] == "evaluate") == 7  # others went on
+
+    before = mtimes(os.path.join(workdir, "runs"))
+    fakes.fail.clear()
+    fakes.calls.clear()
+    study.run_study(config, workdir)
+    assert fakes.calls == collections.Counter({("train", "qc_seed1"): 1,
+                                               ("evaluate", "qc_seed1"): 1})
+    after = mtimes(os.path.join(workdir, "runs"))
+    assert {p: t for p, t in after.items() if p in before and "qc_seed1" not in p} == {
+        p: t for p, t in before.items() if "qc_seed1" not in p}
+    assert "Failed runs" not in _read(os.path.join(workdir, "REPORT.md"))
+
+
+def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
+    config, workdir = _toy_study_config(seeds=(0,)), str(tmp_path / "study")
+    study.run_study(config, workdir)
+    for path, value in [("model.hidden", (64, 64)), ("sampling.num_steps", 9),
+                        ("training.n_iters", 10), ("study.extra_sampler", "")]:
+        other = _toy_study_config(seeds=(0,))
+        study._set(other, path, value)
+        with pytest.raises(configuration.ConfigError) as error:
+            study.run_study(other, workdir)
+        message = str(error.value)
+        assert message.startswith(f"study directory {workdir} was created from a different "
+                                  f"study config ({path}: ") and "\n" not in message
+        assert message.endswith("use a new --workdir, or the same config to resume it")
+    fakes.calls.clear()
+    study.run_study(_toy_study_config(seeds=(0, 1)), workdir)  # more seeds: runs are added
+    assert {k[1] for k in fakes.calls} == {study.run_name(f, 1) for f in study.STUDY_FAMILIES}
+
+
+def test_single_run_workdir_is_not_a_study_dir(tmp_path, fakes):
+    configuration.save(config_base.get_config("toy", "score"), str(tmp_path))
+    with pytest.raises(configuration.ConfigError, match="workdir of a single run"):
+        study.run_study(_toy_study_config(), str(tmp_path))
+
+
+def test_interrupted_run_stops_the_study(tmp_path, fakes):
+    fakes.stop_at = 7
+    with pytest.raises(study.StudyError, match="score_seed0 stopped at step 7 of 4000"):
+        study.run_study(_toy_study_config(), str(tmp_path / "study"))
+    assert not any(k[0] == "evaluate" for k in fakes.calls)
+
+
+def test_final_checkpoint_without_eval_is_evaluated_not_retrained(tmp_path, fakes):
+    config, workdir = _toy_study_config(seeds=(0,)), str(tmp_path / "study")
+    run_dir = os.path.join(workdir, "runs", "energy_seed0")
+    os.makedirs(os.path.join(run_dir, "checkpoints", str(config.training.n_iters)))
+    study.run_study(config, workdir)
+    assert ("train", "energy_seed0") not in fakes.calls
+    assert fakes.calls["evaluate", "energy_seed0"] == 1
+
+
+def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
+    fake = Fakes(_image_metrics)
+    monkeypatch.setattr(train, "train_and_evaluate", fake.train)
+    monkeypatch.setattr(evaluate, "evaluate", fake.evaluate)
+    monkeypatch.setattr(evaluate, "evaluate_sampler", fake.evaluate_sampler)
+    monkeypatch.setattr(evaluate, "offline_classifier",
+                        lambda config, workdir: types.SimpleNamespace(accuracy=0.93))
+    config = study.get_config("digits")
+    config.study.seeds, config.study.compilation_cache = (0, 1), False
+    report = _read(study.run_study(config, str(tmp_path)))
+    assert_tables_filled(report)
+    header = table_cells(section(report, "Table 1"))[0]
+    assert header == ["model", "conservative?", "short-cuts to inputs?", "FD ↓", "IS ↑",
+                      "precision ↑", "recall ↑", "NLL bits/dim ↓", "Asym ↓", "NAsym ↓", "NFE",
+                      "train steps/s ↑", "params"]
+    kinds = {row[0]: row[1:3] for row in table_cells(section(report, "Table 1"))[1:]}
+    assert kinds["U"] == ["no", "yes"] and kinds["C"] == ["yes", "yes"]
+    assert kinds["C-ResNet"] == ["yes", "no"] and kinds["QC"] == ["no (regularized)", "yes"]
+    assert "test accuracy 0.930" in report and "Inception network: skipped" in report
+    assert table_cells(section(report, "Sample quality"))[0][1:] == [
+        "FD ↓", "IS ↑", "precision ↑", "recall ↑", "NFE"]
+
+
+# ----------------------------------------------------------------------------------------
+# Real studies
+# ----------------------------------------------------------------------------------------
+
+
+def _tiny_toy(config):
+    config.model.hidden = (16, 16)
+    config.training.n_iters = 8
+    config.training.batch_size = 32
+    config.training.log_every = 4
+    config.sampling.num_steps = 4
+    for name, value in dict(num_examples=64, num_samples=64, batch_size=64, asym_levels=2,
+                            nll_rtol=1e-3, nll_atol=1e-3).items():
+        config.eval[name] = value
+    config.study.field_grid = 5
+    config.study.field_times = (0.05, 0.5)
+    return config
+
+
+def test_toy_study_end_to_end_and_resume(tmp_path, monkeypatch):
+    """One real (energy) family: every metric, both samplers, the curl-free field; then a
+    second invocation recomputes nothing. All four families: the slow test below."""
+    config = _tiny_toy(_toy_study_config(seeds=(0,)))
+    config.study.families = ("energy",)
+    config.eval.ais = False  # AIS is covered by test_evaluate
+    workdir = str(tmp_path / "study")
+    report = _read(study.run_study(config, workdir))
+    assert_tables_filled(report)
+    assert "| C + mala" in section(report, "Table 1")
+    for name in ("samples_energy_euler_maruyama.png", "samples_energy_mala.png",
+                 "score_fields.png"):
+        assert f"figures/{name}" in report and os.path.exists(os.path.join(workdir, "figures",
+                                                                           name))
+    curl = table_cells(section(report, "Score fields"))[1]
+    assert curl[0] == "C" and max(float(v) for v in curl[1:]) < 1e-4  # a gradient field
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished run was recomputed")
+
+    before = mtimes(os.path.join(workdir, "runs"))
+    monkeypatch.setattr(train, "train_and_evaluate", never)
+    monkeypatch.setattr(evaluate, "evaluate", never)
+    monkeypatch.setattr(evaluate, "evaluate_sampler", never)
+    again = _read(study.run_study(config, workdir))
+    assert mtimes(os.path.join(workdir, "runs")) == before
+    assert section(again, "Table 1") == section(report, "Table 1")
+
+
+@pytest.mark.slow
+def test_toy_study_all_families_two_seeds(tmp_path):
+    config = _tiny_toy(_toy_study_config(seeds=(0, 1)))
+    config.study.compilation_cache = True
+    report = _read(study.run_study(config, str(tmp_path)))
+    assert_tables_filled(report)
+    rows = {row[0] for row in table_cells(section(report, "Table 1"))[1:]}
+    assert {"U", "C", "C-MLP", "QC"} <= rows
+    assert "±" in section(report, "Likelihood and conservativeness")
+    curl = {row[0]: [float(v) for v in row[1:]]
+            for row in table_cells(section(report, "Score fields"))[1:]}
+    assert max(curl["C"] + curl["C-MLP"]) < 1e-4 < max(curl["U"])  # energies are curl-free
+
+
+DIGITS_REDUCED = [
+    "--config.training.n_iters=30", "--config.training.log_every=10",
+    "--config.training.checkpoint_every=30", "--config.training.sample_every=1000",
+    "--config.sampling.num_steps=5", "--config.eval.num_examples=96",
+    "--config.eval.num_samples=96", "--config.eval.batch_size=96",
+    "--config.eval.asym_levels=2", "--config.eval.asym_probes=1",
+    "--config.eval.nll_examples=16", "--config.eval.nll_rtol=1e-2",
+    "--config.eval.nll_atol=1e-2", "--config.eval.ais=False",
+    "--config.eval.classifier_steps=50", "--config.study.seeds=(0,1)",
+]
+
+
+def _main(workdir, *args):
+    cmd = [sys.executable, "-m", "ebm_vs_score.main", "--mode=study",
+           "--config=configs/study_digits.py", f"--workdir={workdir}", *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=5400)
+
+
+@pytest.mark.slow
+def test_digits_study_reduced_end_to_end(tmp_path):
+    """configs/study_digits.py, 30 steps, 2 seeds, through the command line."""
+    workdir = str(tmp_path / "study")
+    start = time.time()
+    proc = _main(workdir, *DIGITS_REDUCED)
+    elapsed = time.time() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"reduced digits study: {elapsed:.0f} s")
+    report = _read(os.path.join(workdir, "REPORT.md"))
+    assert_tables_filled(report)
+    table1 = table_cells(section(report, "Table 1"))
+    assert {row[0] for row in table1[1:]} >= {"U", "C", "C-ResNet", "QC"}
+    assert all("±" in cell for row in table1[1:] for cell in row[3:7])  # FD, IS, P, R
+    assert os.path.exists(os.path.join(workdir, "classifier", "params.msgpack"))
+    for family in study.STUDY_FAMILIES:
+        assert os.path.exists(os.path.join(workdir, "figures",
+                                           f"samples_{family}_euler_maruyama.png"))
+    commands = section(report, "Commands")
+    assert "--config.study.seeds=(0,1)" in commands and "--mode=study" in commands
+    assert re.search(r"steps/s", report)
+
+    before = mtimes(os.path.join(workdir, "runs"))
+    other = _main(workdir, *DIGITS_REDUCED[1:], "--config.training.n_iters=31")
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines()[-1].startswith(
+        f"error: study directory {workdir} was created from a different study config "
+        "(training.n_iters: 30 -> 31)")
+    assert mtimes(os.path.join(workdir, "runs")) == before
+    np.testing.assert_equal(len(os.listdir(os.path.join(workdir, "runs"))), 8)
