@@ -9,7 +9,7 @@ classifier (same data, seed and steps), never with published FIDs.
 
 Network (`FeatureCNN`): three 3x3 convolutions (strides 1, 2, 2) each with GroupNorm and
 swish, a global mean pool, a `feature_dim` dense layer with swish -- the *features* -- and a
-dense layer to the class *logits*. GroupNorm is per example (no BatchNorm), so features of
+dense layer to the class *logits*. GroupNorm is per example (no batch normalization), so features of
 an example never depend on the rest of its batch. Works for any (N, H, W, C) images in
 [-1, 1]. Training: AdamW with cosine decay, cross-entropy, minibatches drawn by
 `np.random.default_rng(seed)`: deterministic given `seed` (on one backend).

@@ -26,7 +26,7 @@ layouts, for each BasicConv2d `<prefix>` (e.g. `Conv2d_1a_3x3`, `Mixed_5b.branch
   <prefix>.bn.weight, .bn.bias, .bn.running_mean, .bn.running_var   (out,)  (eps 1e-3)
 
 plus `fc.weight` (1008, 2048) and `fc.bias` (1008,); `*.num_batches_tracked` and other
-extra names are ignored. `expected_weight_shapes()` lists all 472 names. BatchNorm is
+extra names are ignored. `expected_weight_shapes()` lists all 472 names. batch normalization is
 folded into the convolutions at load time (inference only). Make the file from the
 pytorch-fid checkpoint with `convert_torch_checkpoint` (the only step that needs torch):
 
@@ -52,7 +52,7 @@ INCEPTION_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/downl
 INPUT_SIZE = 299
 POOL3_DIM = 2048
 NUM_LOGITS = 1008
-BN_EPS = 1e-3  # torchvision BasicConv2d / TF graph BatchNorm epsilon
+BN_EPS = 1e-3  # torchvision BasicConv2d / TF graph batch normalization epsilon
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: features comparable across devices
 
 
@@ -73,7 +73,7 @@ def missing_weights_message(path: Any) -> str:
 
 
 class BasicConv(nn.Module):
-    """Conv + (folded) BatchNorm + ReLU: torchvision's BasicConv2d with BN folded in."""
+    """Conv + (folded) batch normalization + ReLU: torchvision's BasicConv2d with BN folded in."""
 
     features: int
     kernel: tuple[int, int] = (1, 1)
@@ -215,7 +215,7 @@ class InceptionV3(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------
-# Weights: pytorch-fid state_dict names -> Flax params (BatchNorm folded)
+# Weights: pytorch-fid state_dict names -> Flax params (batch normalization folded)
 # ----------------------------------------------------------------------------------------
 
 
@@ -259,7 +259,7 @@ def _check_names(named: Mapping[str, Any]) -> None:
 def params_from_state_dict(named: Mapping[str, Any]) -> dict:
     """Flax params of `InceptionV3` from pytorch-fid `state_dict` arrays (see module doc).
 
-    Each conv's BatchNorm is folded in: with s = gamma / sqrt(var + 1e-3), the kernel is
+    Each conv's batch normalization is folded in: with s = gamma / sqrt(var + 1e-3), the kernel is
     W s (per output channel, transposed OIHW -> HWIO) and the bias is beta - mean s.
     """
     _check_names(named)

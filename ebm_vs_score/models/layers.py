@@ -1,6 +1,6 @@
 """Building blocks shared by the U-Net, the ResNet energy and the MLP.
 
-Every layer acts on each example separately (GroupNorm, never BatchNorm), so that an
+Every layer acts on each example separately (GroupNorm, never batch normalization), so that an
 energy's score can be taken as ``-grad`` of the batch sum (DESIGN.md, rule 2). Layers
 compute in ``dtype`` and keep float32 parameters (mixed precision); normalization
 statistics and softmax run in float32.
