@@ -69,8 +69,10 @@ def _initialize_distributed() -> None:
 
 def _hide_gpus_from_tensorflow() -> None:
     """TensorFlow is only the input pipeline: keep it off the accelerators JAX uses."""
-    import tensorflow as tf
-
+    try:
+        import tensorflow as tf
+    except ImportError:  # a JAX-only install: toys and digits need no TensorFlow
+        return
     tf.config.set_visible_devices([], "GPU")
 
 

@@ -219,3 +219,20 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
         configuration.check_workdir(other, str(tmp_path))
     more_steps = _toy_config(10)
     configuration.check_workdir(more_steps, str(tmp_path))
+
+
+def test_prefetch_to_device_keeps_order_and_runs_ahead():
+    mesh = train.make_mesh()
+    pulled = []
+
+    def batches():
+        for i in range(5):
+            pulled.append(i)
+            yield {"x": np.full((len(jax.devices()), 2), i, np.float32)}
+
+    it = train.prefetch_to_device(batches(), mesh, size=2)
+    first = next(it)
+    assert pulled == [0, 1]  # one batch already on its way while batch 0 is used
+    assert isinstance(first["x"], jax.Array) and float(first["x"][0, 0]) == 0.0
+    rest = [float(b["x"][0, 0]) for b in it]
+    assert rest == [1.0, 2.0, 3.0, 4.0]
