@@ -33,12 +33,14 @@ class Options:
     keep_runners: bool = False  # keep train-step runners alive for --profile
 
 
-def make_config(scale: str, family: str, batch: int | None):
+def make_config(scale: str, family: str, batch: int | None, dtype: str = "float32"):
     """The training config of a benchmark family; QC gets one probe and a positive weight.
 
-    ``batch`` None keeps the config's ``training.batch_size``.
+    ``batch`` None keeps the config's ``training.batch_size``; ``dtype`` is the compute
+    dtype (``model.dtype``).
     """
     config = config_base.get_config(scale, FAMILIES[family])
+    config.model.dtype = dtype
     if batch is not None:
         config.training.batch_size = batch
     if family == "QC":
@@ -56,7 +58,7 @@ def _normal(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 def _timed(compiled, run: Callable[[int], None], opts: Options, compile_s: dict) -> dict:
     """Median time of ``run`` plus compile times, FLOPs and memory of ``compiled``."""
     t = timing.time_runner(run, repeats=opts.repeats, min_time=opts.min_time)
-    flops = timing.cost_flops(compiled)
+    flops = compile_s.get("flops")
     out = {**t.as_dict(), **compile_s, "flops": flops,
            "flops_per_s": None if flops is None else flops / t.median_s,
            "memory": timing.memory_info(compiled)}
@@ -68,7 +70,7 @@ def train_row(spec: RowSpec, opts: Options) -> tuple[dict, Any]:
 
     Returns the row and, if ``opts.keep_runners``, ``(compiled, run)`` for profiling.
     """
-    config = make_config(spec.scale, spec.family, spec.batch)
+    config = make_config(spec.scale, spec.family, spec.batch, spec.dtype)
     model = builders.build_model(config)
     mesh = train.make_mesh()
     tx = train.make_optimizer(config.optim)
@@ -96,7 +98,7 @@ def train_row(spec: RowSpec, opts: Options) -> tuple[dict, Any]:
 
 def model_and_params(spec: RowSpec):
     """``(config, model, params, x, t)`` of a row: initial params, N(0, I) inputs, t = 0.5."""
-    config = make_config(spec.scale, spec.family, spec.batch)
+    config = make_config(spec.scale, spec.family, spec.batch, spec.dtype)
     model = builders.build_model(config)
     params = builders.init_params(model, jax.random.PRNGKey(config.seed))
     x = jnp.asarray(_normal((spec.batch,) + model.example_shape))
@@ -108,6 +110,22 @@ def bare_eval(fn: Callable, params, x, t, opts: Options) -> dict:
     """Time of one batched call ``fn(params, x, t)`` (a score or an energy), compiled alone."""
     compiled, compile_s = timing.compile_timed(jax.jit(fn), params, x, t)
     return _timed(compiled, timing.call_runner(compiled, params, x, t), opts, compile_s)
+
+
+def bare_loop_eval(fn: Callable, params, x, t, num_evals: int, opts: Options) -> dict:
+    """Seconds per evaluation of ``fn`` called ``num_evals`` times in one compiled loop,
+    each call on the previous one's output (as a sampler chains them): the baseline a
+    sampler is compared with, free of the per-call dispatch a lone call pays (on a GPU
+    that dispatch made samplers look cheaper than the network they run)."""
+
+    def chain(params, x, t):
+        return jax.lax.fori_loop(0, num_evals, lambda _, y: y - 1e-3 * fn(params, y, t), x)
+
+    compiled, compile_s = timing.compile_timed(jax.jit(chain), params, x, t)
+    t_loop = timing.time_runner(timing.call_runner(compiled, params, x, t),
+                                repeats=opts.repeats, min_time=opts.min_time)
+    return {"time_s": t_loop.median_s / num_evals, "loop_time_s": t_loop.median_s,
+            "num_evals": num_evals, "compile_s": compile_s["compile_s"]}
 
 
 def _sampler_fn(method: str, shape: tuple[int, ...], model, num_steps: int, options: dict):
@@ -124,11 +142,12 @@ def _sampler_fn(method: str, shape: tuple[int, ...], model, num_steps: int, opti
     return jax.jit(sample_fn)
 
 
-def sampler_row(spec: RowSpec, opts: Options, bare: dict) -> dict:
-    """Seconds per network evaluation of a sampler vs ``bare`` (one batched score call).
+def sampler_row(spec: RowSpec, opts: Options, bare: dict, bare_loop: dict) -> dict:
+    """Seconds per network evaluation of a sampler vs the bare score evaluations.
 
-    ``overhead = (sampler time / NFE) / bare time - 1``: what the sampler adds per
-    evaluation (its arithmetic, the scan, MH energies) beyond the network itself.
+    ``overhead = (sampler time / NFE) / bare_loop time - 1``: what the sampler adds per
+    evaluation (its arithmetic, MH energies) beyond the network run in a loop of its own;
+    ``bare_eval_s`` is one lone batched call (with its dispatch), for reference.
     """
     from ebm_vs_score import samplers
 
@@ -145,17 +164,21 @@ def sampler_row(spec: RowSpec, opts: Options, bare: dict) -> dict:
     info = {k: float(np.mean(v)) for k, v in jax.device_get(info).items() if np.size(v) == 1}
     nfe = info.get("nfe")
     per_nfe = None if not nfe else t.median_s / nfe
+    compile_s.pop("flops")  # a scan: XLA counts its body once
     return {**t.as_dict(), **compile_s, "num_steps": opts.sampler_steps, "nfe": nfe,
             "info": info, "time_per_nfe_s": per_nfe, "bare_eval_s": bare["time_s"],
-            "overhead": None if per_nfe is None else per_nfe / bare["time_s"] - 1.0,
+            "bare_loop_eval_s": bare_loop["time_s"],
+            "overhead": None if per_nfe is None else per_nfe / bare_loop["time_s"] - 1.0,
             "memory": timing.memory_info(compiled)}
 
 
 def score_and_energy_evals(spec: RowSpec, opts: Options) -> dict:
-    """Bare evaluations of one family: ``score`` (U: forward; C: forward + gradient) and,
-    for C, ``energy`` (forward only)."""
+    """Bare evaluations of one family: ``score`` (U: forward; C: forward + gradient), the
+    same in a loop of ``sampler_steps`` chained calls (``score_loop``) and, for C,
+    ``energy`` (forward only)."""
     _, model, params, x, t = model_and_params(spec)
-    out = {"score": bare_eval(model.fns.score, params, x, t, opts)}
+    out = {"score": bare_eval(model.fns.score, params, x, t, opts),
+           "score_loop": bare_loop_eval(model.fns.score, params, x, t, opts.sampler_steps, opts)}
     if model.fns.energy is not None:
         out["energy"] = bare_eval(model.fns.energy, params, x, t, opts)
     return out

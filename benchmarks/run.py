@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks import profile, report, rows, suites, timing
@@ -50,12 +51,18 @@ def measure(spec: suites.RowSpec, opts: rows.Options, cache: dict) -> tuple[dict
         cache[key] = rows.score_and_energy_evals(spec, opts)
     evals = cache[key]
     if spec.kind == "sampler":
-        return rows.sampler_row(spec, opts, evals["score"]), None
+        return rows.sampler_row(spec, opts, evals["score"], evals["score_loop"]), None
     return rows.asym_row(spec, opts, evals), None
 
 
-def run_rows(specs: list[suites.RowSpec], opts: rows.Options) -> tuple[list[dict], dict]:
-    """Measures every row; a failing row records its error and the others still run."""
+def run_rows(specs: list[suites.RowSpec], opts: rows.Options,
+             on_row: Callable[[list[dict]], None] = lambda rows: None
+             ) -> tuple[list[dict], dict]:
+    """Measures every row; a failing row records its error and the others still run.
+
+    ``on_row(rows so far)`` runs after each row (``main`` rewrites the JSON file then, so a
+    run stopped by a time limit keeps every row it finished).
+    """
     results, runners, cache = [], {}, {}
     for spec in specs:
         batch = "config default" if spec.batch is None else spec.batch
@@ -70,6 +77,7 @@ def run_rows(specs: list[suites.RowSpec], opts: rows.Options) -> tuple[list[dict
             traceback.print_exc()
             row["error"] = f"{type(e).__name__}: {e}"
         results.append(row)
+        on_row(results)
     return results, runners
 
 
@@ -95,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         n = args.matmul_size or n
         result["peak"][dtype] = timing.matmul_peak(n, dtype, repeats=opts.repeats,
                                                    min_time=opts.min_time)
-    result["rows"], runners = run_rows(specs, opts)
+    save = lambda done: _write_json(args.out, {**result, "rows": done, "partial": True})
+    result["rows"], runners = run_rows(specs, opts, save if args.out else lambda done: None)
     result["ratios"] = report.add_ratios(result["rows"], "time_s")
     result["ratios_cpu"] = report.add_ratios(result["rows"], "cpu_time_s")
     _add_peak_fractions(result)
@@ -106,10 +115,17 @@ def main(argv: list[str] | None = None) -> dict:
     if "profile" in result:
         print("\n" + profile.render(result["profile"]["top_ops"]))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        _write_json(args.out, result)
         print(f"\nwrote {args.out}")
     return result
+
+
+def _write_json(path: str, result: dict) -> None:
+    """Writes ``result`` to ``path`` atomically (a reader never sees half a file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
 
 
 def _add_peak_fractions(result: dict) -> None:

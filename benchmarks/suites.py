@@ -1,6 +1,7 @@
 """The benchmark suites: which rows run, at which batch sizes, and row selection.
 
-A row is named ``kind/scale/...``: ``train/<scale>/<family>``,
+A row is named ``kind/scale/...``: ``train/<scale>/<family>`` (``<family>-bf16``: the same
+step with bfloat16 compute and float32 parameters),
 ``sampler/<scale>/<method>/<family>`` and ``asym/<scale>/<family>``, with scale in
 toy/digits/cifar and family in U, C, C-ResNet, QC (the four families of DESIGN.md).
 """
@@ -30,6 +31,8 @@ class Suite:
     matmul: tuple[tuple[int, str], ...]
     repeats: int
     min_time: float
+    # mixed precision (bf16 compute, float32 params): these scales' train rows again
+    bf16_train_batch: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 SUITES = {
@@ -56,8 +59,10 @@ SUITES = {
         matmul=((8192, "float32"), (8192, "bfloat16")),
         repeats=10,
         min_time=0.5,
+        bf16_train_batch={"cifar": 128},
     ),
 }
+BF16_FAMILIES = ("U", "C")  # the mixed-precision rows: the unconstrained and the energy model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +75,15 @@ class RowSpec:
     family: str  # U | C | C-ResNet | QC
     batch: int | None  # None: the config's training.batch_size
     method: str = ""
+    dtype: str = "float32"  # model.dtype: compute dtype; parameters stay float32
 
 
 def plan(suite: Suite) -> list[RowSpec]:
     """Every row of a suite, in the order they run."""
     rows = [RowSpec(f"train/{s}/{f}", "train", s, f, b)
             for s, b in suite.train_batch.items() for f in FAMILIES]
+    rows += [RowSpec(f"train/{s}/{f}-bf16", "train", s, f, b, dtype="bfloat16")
+             for s, b in suite.bf16_train_batch.items() for f in BF16_FAMILIES]
     for scale, batch in suite.sampler_batch.items():
         for method in SAMPLER_METHODS:
             for family in ("U", "C"):

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # benchmarks/ is not installed; `pytest` from anywhere finds it
     sys.path.insert(0, REPO)
 
-from benchmarks import suites  # noqa: E402
+from benchmarks import report, run, suites  # noqa: E402
 
 TOY_ROWS = {
     "train/toy/U", "train/toy/C", "train/toy/C-ResNet", "train/toy/QC",
@@ -69,10 +69,12 @@ def test_toy_json_fields(toy_result):
             for field in ("time_s", "steps_per_s", "examples_per_s", "compile_s", "lower_s"):
                 assert _positive(r[field]), (name, field)
             assert r["memory"]["peak_bytes"] > 0 and r["memory"]["peak_source"]
-            assert r["flops"] is None or _positive(r["peak_fraction"]["float32"])
+            assert _positive(r["flops"]) and _positive(r["peak_fraction"]["float32"])
         elif r["kind"] == "sampler":
             assert r["nfe"] >= r["num_steps"] and _positive(r["time_per_nfe_s"]), name
-            assert r["overhead"] == pytest.approx(r["time_per_nfe_s"] / r["bare_eval_s"] - 1)
+            assert _positive(r["bare_loop_eval_s"]) and _positive(r["bare_eval_s"])
+            assert r["overhead"] == pytest.approx(r["time_per_nfe_s"] / r["bare_loop_eval_s"] - 1)
+            assert "flops" not in r  # a scan: XLA would count one step
         else:
             assert _positive(r["probes"]["1"]["per_probe_over_forward"]), name
     assert "training step" in stdout and "samplers" in stdout and "Asym" in stdout
@@ -89,3 +91,24 @@ def test_toy_ratios(toy_result):
         assert row["time_vs_U"] == pytest.approx(ratios[f"{family}/U"])
         cpu = row["cpu_time_s"] / base["cpu_time_s"]
         assert result["ratios_cpu"]["toy"][f"{family}/U"] == pytest.approx(cpu)
+
+
+def test_bf16_rows_are_compared_with_bf16_u():
+    """Mixed-precision rows form their own ratio group: C-bf16 / U-bf16, not / U."""
+    specs = [s for s in suites.plan(suites.SUITES["gpu"]) if s.name.endswith("-bf16")]
+    assert [s.name for s in specs] == ["train/cifar/U-bf16", "train/cifar/C-bf16"]
+    assert {s.dtype for s in specs} == {"bfloat16"}
+    rows = [{"kind": "train", "scale": "cifar", "family": f, "dtype": d, "time_s": t}
+            for f, d, t in [("U", "float32", 1.0), ("C", "float32", 2.0),
+                            ("U", "bfloat16", 0.5), ("C", "bfloat16", 0.75)]]
+    ratios = report.add_ratios(rows)
+    assert ratios == {"cifar": {"C/U": 2.0}, "cifar-bf16": {"C/U": 1.5}}
+
+
+def test_every_finished_row_is_handed_on(monkeypatch):
+    """``on_row`` sees the rows so far after each one (the JSON survives a time limit)."""
+    specs = suites.select(suites.plan(suites.SUITES["cpu"]), "train/toy/U,train/toy/C")
+    monkeypatch.setattr(run.rows, "train_row", lambda spec, opts: ({"time_s": 1.0}, None))
+    seen = []
+    run.run_rows(specs, None, lambda done: seen.append([r["name"] for r in done]))
+    assert seen == [["train/toy/U"], ["train/toy/U", "train/toy/C"]]
