@@ -51,11 +51,19 @@ def batch_jacobian(field: Field, x: jax.Array) -> jax.Array:
     return jax.jacfwd(shifted)(jnp.zeros((d,), x.dtype))
 
 
+UNROLL_PROBES = 4  # Hutchinson probes written out in the program; more run in a lax.scan
+
+
 def _probe_terms(field: Field, x: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(||J^T v||^2, (J^T v).(J v))`` per example for one probe batch ``v`` like ``x``."""
-    _, vjp_fn = jax.vjp(field, x)
-    (jtv,) = vjp_fn(v)
-    _, jv = jax.jvp(field, (x,), (v,))
+    """``(||J^T v||^2, (J^T v).(J v))`` per example for one probe batch ``v`` like ``x``.
+
+    One ``jax.linearize`` gives ``J v``, and the transpose of that same linear map gives
+    ``J^T v``: one forward pass of the field instead of two (a vjp and a jvp each run
+    it), which cut the QC step's FLOPs by 15% (BENCHMARKS.md, finding 3).
+    """
+    _, jvp_fn = jax.linearize(field, x)
+    jv = jvp_fn(v)
+    (jtv,) = jax.linear_transpose(jvp_fn, x)(v)
     return jnp.sum(_flat(jtv) ** 2, axis=-1), jnp.sum(_flat(jtv) * _flat(jv), axis=-1)
 
 
@@ -66,14 +74,23 @@ def hutchinson_traces(
 
     Chao et al. 2023, eq. 9-10 (the Asym estimate is their L_QC). Each probe draws an
     independent Rademacher ``v`` per example and costs one vjp and one jvp of the batch.
-    With more than one probe a ``lax.scan`` whose body is rematerialized (``jax.checkpoint``)
-    keeps memory at one probe, forward and backward. Differentiable w.r.t. anything the
-    field closes over, through both Jacobian factors.
+    Up to ``UNROLL_PROBES`` probes run one after another in the program, each
+    rematerialized (``jax.checkpoint``) so memory stays at one probe; more run in a
+    ``lax.scan`` with the same body (XLA:CPU runs the input-gradient convolutions of a
+    scan body 4-6x slower, BENCHMARKS.md finding 2; a scan compiles faster for many
+    probes). Both draw the same probes. Differentiable w.r.t. anything the field closes
+    over, through both Jacobian factors.
     """
     if num_probes < 1:
         raise ValueError(f"num_probes={num_probes} must be >= 1 for a Hutchinson estimate.")
     if num_probes == 1:
         return _probe_terms(field, x, jax.random.rademacher(key, x.shape, x.dtype))
+    keys = jax.random.split(key, num_probes)
+    if num_probes <= UNROLL_PROBES:
+        probe = jax.checkpoint(lambda k: _probe_terms(
+            field, x, jax.random.rademacher(k, x.shape, x.dtype)))
+        terms = [probe(k) for k in keys]
+        return (sum(t[0] for t in terms) / num_probes, sum(t[1] for t in terms) / num_probes)
 
     @jax.checkpoint
     def body(carry, k):
@@ -81,7 +98,7 @@ def hutchinson_traces(
         return (carry[0] + sq, carry[1] + cross), None
 
     zeros = jnp.zeros((x.shape[0],), x.dtype)
-    (sq, cross), _ = jax.lax.scan(body, (zeros, zeros), jax.random.split(key, num_probes))
+    (sq, cross), _ = jax.lax.scan(body, (zeros, zeros), keys)
     return sq / num_probes, cross / num_probes
 
 

@@ -228,3 +228,16 @@ def test_conv_energy_models_have_zero_asym(name):
     asym, _, tr_jjt = _exact_with_norm(lambda y: fns.score(params, y, t), x)
     assert np.all(tr_jjt > 0)
     assert np.all(np.abs(asym) <= 1e-5 * tr_jjt)
+
+
+def test_unrolled_and_scanned_probes_agree(monkeypatch):
+    """The written-out probes (K <= UNROLL_PROBES) and the lax.scan draw the same probes."""
+    w = jax.random.normal(jax.random.PRNGKey(3), (5, 5))
+    field = lambda y: jnp.tanh(y @ w)  # noqa: E731
+    x = jax.random.normal(jax.random.PRNGKey(4), (3, 5))
+    key = jax.random.PRNGKey(5)
+    unrolled = cons.hutchinson_traces(field, x, key, 3)
+    monkeypatch.setattr(cons, "UNROLL_PROBES", 0)
+    scanned = cons.hutchinson_traces(field, x, key, 3)
+    for a, b in zip(unrolled, scanned, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
