@@ -92,6 +92,8 @@ def _validate_model(config) -> None:
              f"data.image_size={size} is not divisible by 2**(len(model.ch_mult)-1)="
              f"{2 ** (levels - 1)}; shorten model.ch_mult or change the image size")
     resolutions = {size // 2**i for i in range(levels)}
+    if model.name != "unet":  # the ResNet energy has no attention: the field is unused
+        return
     bad = [r for r in model.attn_resolutions if r not in resolutions]
     _require(not bad, f"model.attn_resolutions={tuple(model.attn_resolutions)} has {bad}, "
              f"which are not feature-map sizes of this U-Net; valid: {sorted(resolutions)}")

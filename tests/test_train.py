@@ -236,3 +236,13 @@ def test_prefetch_to_device_keeps_order_and_runs_ahead():
     assert isinstance(first["x"], jax.Array) and float(first["x"][0, 0]) == 0.0
     rest = [float(b["x"][0, 0]) for b in it]
     assert rest == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_attention_sizes_are_checked_only_for_the_unet():
+    resnet = config_base.get_config("digits", "resnet_energy")
+    resnet.model.attn_resolutions = (3,)  # unused by the ResNet energy
+    configuration.validate(resnet, num_devices=1)
+    unet = config_base.get_config("digits", "score")
+    unet.model.attn_resolutions = (3,)
+    with pytest.raises(configuration.ConfigError, match="attn_resolutions"):
+        configuration.validate(unet, num_devices=1)
