@@ -59,7 +59,7 @@ def _probe_terms(field: Field, x: jax.Array, v: jax.Array) -> tuple[jax.Array, j
 
     One ``jax.linearize`` gives ``J v``, and the transpose of that same linear map gives
     ``J^T v``: one forward pass of the field instead of two (a vjp and a jvp each run
-    it), which cut the QC step's FLOPs by 15% (BENCHMARKS.md, finding 3).
+    it), which cut the QC train step's FLOPs by 20% (BENCHMARKS.md, finding 3).
     """
     _, jvp_fn = jax.linearize(field, x)
     jv = jvp_fn(v)
@@ -73,7 +73,8 @@ def hutchinson_traces(
     """Hutchinson estimates of ``(tr(J J^T), tr(J J))`` per example, each (B,).
 
     Chao et al. 2023, eq. 9-10 (the Asym estimate is their L_QC). Each probe draws an
-    independent Rademacher ``v`` per example and costs one vjp and one jvp of the batch.
+    independent Rademacher ``v`` per example and costs one linearization of the batch and
+    its transpose (``_probe_terms``).
     Up to ``UNROLL_PROBES`` probes run one after another in the program, each
     rematerialized (``jax.checkpoint``) so memory stays at one probe; more run in a
     ``lax.scan`` with the same body (XLA:CPU runs the input-gradient convolutions of a
@@ -83,18 +84,20 @@ def hutchinson_traces(
     """
     if num_probes < 1:
         raise ValueError(f"num_probes={num_probes} must be >= 1 for a Hutchinson estimate.")
+
+    def probe(k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _probe_terms(field, x, jax.random.rademacher(k, x.shape, x.dtype))
+
     if num_probes == 1:
-        return _probe_terms(field, x, jax.random.rademacher(key, x.shape, x.dtype))
+        return probe(key)
     keys = jax.random.split(key, num_probes)
     if num_probes <= UNROLL_PROBES:
-        probe = jax.checkpoint(lambda k: _probe_terms(
-            field, x, jax.random.rademacher(k, x.shape, x.dtype)))
-        terms = [probe(k) for k in keys]
+        terms = [jax.checkpoint(probe)(k) for k in keys]
         return (sum(t[0] for t in terms) / num_probes, sum(t[1] for t in terms) / num_probes)
 
     @jax.checkpoint
     def body(carry, k):
-        sq, cross = _probe_terms(field, x, jax.random.rademacher(k, x.shape, x.dtype))
+        sq, cross = probe(k)
         return (carry[0] + sq, carry[1] + cross), None
 
     zeros = jnp.zeros((x.shape[0],), x.dtype)

@@ -101,6 +101,17 @@ def compile_train_step(loss_fn, tx, ema_decay: float, mesh: Mesh, state: TrainSt
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
+def fresh_state_and_step(config: ml_collections.ConfigDict, model: builders.Model,
+                         mesh: Mesh) -> tuple[TrainState, Callable]:
+    """A freshly initialized state, replicated on ``mesh``, and the compiled train step of
+    ``config`` (what a run without a checkpoint starts from; benchmarks and checks use it)."""
+    tx = make_optimizer(config.optim)
+    state = replicate(init_state(model, tx, config.seed), mesh)
+    step = compile_train_step(builders.build_loss_fn(config, model), tx,
+                              config.training.ema_decay, mesh, state)
+    return state, step
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, P()))
 

@@ -53,10 +53,7 @@ def _peak_memory_bytes() -> int | None:
 
 def train_steps(config, model, mesh, steps: int) -> tuple[object, dict]:
     """Runs the compiled train step ``steps`` times on synthetic images; times it."""
-    tx = train.make_optimizer(config.optim)
-    state = train.replicate(train.init_state(model, tx, config.seed), mesh)
-    loss_fn = builders.build_loss_fn(config, model)
-    step_fn = train.compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state)
+    state, step_fn = train.fresh_state_and_step(config, model, mesh)
     rng = np.random.default_rng(config.seed)
     shape = (int(config.training.batch_size),) + model.example_shape
     batch = train.global_batch({"x": rng.uniform(-1, 1, shape).astype(np.float32)}, mesh)

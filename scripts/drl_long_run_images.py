@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> dict:
                                                 schedule=schedule, keep_levels=True))(k_sample)
     x0 = np.asarray(x0)
     top_row, x1 = x0, info["levels"][1]
+    test_x, _ = data.load_digits_split("test")
     if args.start == "data":
-        test_x = data.load_digits_split("test")[0]
         if args.num_chains > len(test_x):
             raise ValueError(f"--start=data has {len(test_x)} test digits; use "
                              f"--num_chains <= {len(test_x)}")
@@ -132,7 +132,6 @@ def run(args: argparse.Namespace) -> dict:
     chain_seconds = time.time() - start
 
     clf = evaluate.offline_classifier(config, args.workdir)
-    test_x, _ = data.load_digits_split("test")
     train_x, _ = data.load_digits_split("train")
     features = lambda images: clf.apply(np.clip(images, -1, 1))[0]  # noqa: E731
     reference = distances.feature_statistics(features(test_x))

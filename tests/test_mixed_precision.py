@@ -46,10 +46,7 @@ def _losses(family: str, dtype: str) -> tuple[list[float], object]:
     config = _config(family, dtype)
     model = builders.build_model(config)
     mesh = train.make_mesh()
-    tx = train.make_optimizer(config.optim)
-    state = train.replicate(train.init_state(model, tx, config.seed), mesh)
-    step = train.compile_train_step(builders.build_loss_fn(config, model), tx,
-                                    config.training.ema_decay, mesh, state)
+    state, step = train.fresh_state_and_step(config, model, mesh)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(STEPS):
