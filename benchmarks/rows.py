@@ -146,11 +146,11 @@ def sampler_row(spec: RowSpec, opts: Options, bare: dict, bare_loop: dict) -> di
     evaluation (its arithmetic, MH energies) beyond the network run in a loop of its own;
     ``bare_eval_s`` is one lone batched call (with its dispatch), for reference.
     """
-    from ebm_vs_score import samplers
+    from ebm_vs_score import settings
 
     config, model, params, _, _ = model_and_params(spec)
     config.sampling.method = spec.method
-    options = samplers.options_from_config(config.sampling)
+    options = settings.sampler_options(config)
     shape = (spec.batch,) + model.example_shape
     fn = _sampler_fn(spec.method, shape, model, opts.sampler_steps, options)
     key = jax.random.PRNGKey(1)

@@ -1,7 +1,8 @@
-"""From a config to the objects the math modules need: SDE, network, score/energy, loss.
+"""From typed settings to the objects the math modules need: SDE, network, score/energy, loss.
 
-One place maps config names to functions (each by a plain dict in the module that owns
-it), so that train, eval, sample and study build exactly the same model.
+``settings`` reads and validates the config; this module calls the math with plain
+arguments, so that train, eval, sample and study build exactly the same model. The public
+functions still take the config (they call ``settings`` first) so call sites stay short.
 """
 
 from __future__ import annotations
@@ -12,47 +13,54 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ebm_vs_score import configuration, models
+from ebm_vs_score import drl, losses, models, settings
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
+from ebm_vs_score.drl_ladder import DRLSchedule
 
 
 class Model(NamedTuple):
-    """A network with its noise process and the score/energy functions it yields."""
+    """A network with its noise process and the score/energy functions it yields.
+
+    ``sde`` is the noise process of score-based models (None for DRL); ``ladder`` the DRL
+    level ladder (None otherwise): a DRL energy is indexed by integer levels, not times.
+    """
 
     net: Any
-    sde: sde_lib.SDE
+    sde: sde_lib.SDE | None
     fns: param_lib.ModelFns
     example_shape: tuple[int, ...]
+    ladder: DRLSchedule | None = None
 
 
-def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """Shape of one example: (D,) for toy data, (H, W, C) for images."""
-    if configuration.is_toy(config):
-        return (int(config.data.toy_dim),)
-    size = int(config.data.image_size)
-    return (size, size, int(config.data.num_channels))
+example_shape = settings.example_shape
+
+
+def build_sde(s: settings.SDESettings) -> sde_lib.SDE:
+    """The SDE of ``sde.*``."""
+    return sde_lib.make_sde(s.name, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
+                            beta_min=s.beta_min, beta_max=s.beta_max,
+                            num_scales=s.num_scales, eps=s.eps)
 
 
 def build_model(config: ml_collections.ConfigDict) -> Model:
-    """Builds network, SDE and the parameterization named by the config."""
-    sde = sde_lib.get_sde(config.sde)
-    scalar = param_lib.SCALAR_OUTPUT[config.model.parameterization]
+    """Builds network, SDE (or DRL ladder) and the parameterization named by the config."""
+    parameterization = config.model.parameterization
+    scalar = param_lib.SCALAR_OUTPUT[parameterization]
     net = models.get_network(config.model, scalar_output=scalar)
-    if config.model.parameterization == "conservative":
+    if parameterization == "conservative":
         # E = ||F||^2 / 2: a zero-initialized output layer makes F = 0 a stationary point
         # of every objective (score and all parameter gradients vanish there).
         net = net.clone(zero_init_output=False)
     sigma_data = float(config.model.sigma_data)
+    shape = example_shape(config)
     if is_drl(config):
-        # DRL energies are indexed by level, not time: the "sde" is the DRL ladder.
-        from ebm_vs_score import drl
-
-        sde = drl.make_schedule(int(config.drl.num_levels))
-        fns = drl.model_fns(config.model.parameterization, net, sde, sigma_data)
-    else:
-        fns = param_lib.get_model_fns(config.model.parameterization, net, sde, sigma_data)
-    return Model(net=net, sde=sde, fns=fns, example_shape=example_shape(config))
+        ladder = settings.drl_settings(config.drl).schedule
+        fns = drl.model_fns(parameterization, net, ladder, sigma_data)
+        return Model(net=net, sde=None, fns=fns, example_shape=shape, ladder=ladder)
+    sde = build_sde(settings.sde_settings(config))
+    fns = param_lib.get_model_fns(parameterization, net, sde, sigma_data)
+    return Model(net=net, sde=sde, fns=fns, example_shape=shape)
 
 
 def is_drl(config: ml_collections.ConfigDict) -> bool:
@@ -66,12 +74,32 @@ def init_params(model: Model, key: jax.Array) -> Any:
     return model.net.init({"params": key}, x, jnp.zeros((1,)), train=False)["params"]
 
 
+def loss_from_settings(s: settings.LossSettings, fns: param_lib.ModelFns, sde: sde_lib.SDE):
+    """The score-matching objective of ``s`` as ``loss_fn(params, batch, key)``."""
+    qc = dict(reduce_mean=s.reduce_mean, qc_weight=s.qc_weight, qc_probes=s.qc_probes,
+              qc_fraction=s.qc_fraction, qc_every=s.qc_every)
+    lw = s.likelihood_weighting
+    if s.objective == "dsm":
+        if s.dsm_variant == "smld":
+            return losses.smld_loss(fns.score, sde, **qc)
+        if s.dsm_variant == "ddpm":
+            return losses.ddpm_loss(fns.score, sde, **qc)
+        return losses.dsm_loss(fns.score, sde, likelihood_weighting=lw, **qc)
+    if s.objective in ("ssm", "ssm_vr"):
+        return losses.ssm_loss(fns.score, sde, variance_reduction=s.objective == "ssm_vr",
+                               projection=s.ssm_projection,
+                               num_projections=s.ssm_num_projections,
+                               likelihood_weighting=lw, **qc)
+    if s.objective == "ism":
+        return losses.ism_loss(fns.score, sde, max_dim=s.ism_max_dim, likelihood_weighting=lw,
+                               **qc)
+    raise ValueError(f"unknown training.objective {s.objective!r}; valid names: "
+                     f"{list(losses.OBJECTIVES)}")
+
+
 def build_loss_fn(config: ml_collections.ConfigDict, model: Model):
     """The objective named by ``training.objective`` as ``loss_fn(params, batch, key)``."""
     if is_drl(config):
-        from ebm_vs_score import drl
-
-        return drl.make_drl_loss(config.drl, model.fns.energy, schedule=model.sde)
-    from ebm_vs_score import losses
-
-    return losses.get_loss_fn(config.training, model.fns, model.sde)
+        s = settings.drl_settings(config.drl)
+        return drl.make_drl_loss(model.fns.energy, model.ladder, s.chain)
+    return loss_from_settings(settings.loss_settings(config), model.fns, model.sde)

@@ -77,6 +77,11 @@ def _training(scale: str) -> ml_collections.ConfigDict:
     training.reduce_mean = True
     training.qc_weight = 0.0
     training.qc_probes = 1
+    # Amortized L_QC (same expectation): on this share of each batch, and on one step in
+    # qc_every on average, weighted x qc_every there (losses.amortized_qc).
+    training.qc_fraction = 1.0
+    training.qc_every = 1
+    training.ism_max_dim = 64  # exact ISM costs D jvps: refused above this dimension
     training.ssm_projection = "rademacher"
     training.ssm_num_projections = 1
     return training
@@ -109,7 +114,9 @@ def _sampling(scale: str) -> ml_collections.ConfigDict:
     # None: each MCMC method's own default (MALA 0.574, HMC 0.65).
     sampling.target_acceptance = ml_collections.config_dict.placeholder(float)
     sampling.num_leapfrog = 5
-    sampling.adapt = True
+    # None: each MCMC method's own default (adapt for mala/hmc; not for ula/uhmc, which have
+    # no Metropolis test to make an adapted step exact).
+    sampling.adapt = ml_collections.config_dict.placeholder(bool)
     sampling.ode_solver = "heun"
     sampling.rtol = 1e-5
     sampling.atol = 1e-5

@@ -16,9 +16,9 @@ Asym is 0 exactly for gradient fields (symmetric J); NAsym is 1 for a rotation
 
 Both evaluate the field on the whole batch at once. That is valid because fields are
 example-wise (no network here mixes examples, DESIGN.md rule 2), and it lets a field close
-over per-example times ``t`` of shape (B,). :func:`hutchinson_traces` is also the L_QC
-regularizer of ``losses.py`` (Chao et al. 2023, eq. 9-10); it is differentiable through
-both Jacobian factors.
+over per-example times ``t`` of shape (B,). The Hutchinson traces are
+``estimators.hutchinson_traces``, also the L_QC regularizer of ``losses.py`` (Chao et al.
+2023, eq. 9-10), differentiable through both Jacobian factors.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from ebm_vs_score import estimators
 
 Field = Callable[[jax.Array], jax.Array]
 
@@ -51,58 +53,10 @@ def batch_jacobian(field: Field, x: jax.Array) -> jax.Array:
     return jax.jacfwd(shifted)(jnp.zeros((d,), x.dtype))
 
 
-UNROLL_PROBES = 4  # Hutchinson probes written out in the program; more run in a lax.scan
-
-
-def _probe_terms(field: Field, x: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(||J^T v||^2, (J^T v).(J v))`` per example for one probe batch ``v`` like ``x``.
-
-    One ``jax.linearize`` gives ``J v``, and the transpose of that same linear map gives
-    ``J^T v``: one forward pass of the field instead of two (a vjp and a jvp each run
-    it), which cut the QC train step's FLOPs by 20% (BENCHMARKS.md, finding 3).
-    """
-    _, jvp_fn = jax.linearize(field, x)
-    jv = jvp_fn(v)
-    (jtv,) = jax.linear_transpose(jvp_fn, x)(v)
-    return jnp.sum(_flat(jtv) ** 2, axis=-1), jnp.sum(_flat(jtv) * _flat(jv), axis=-1)
-
-
-def hutchinson_traces(
-    field: Field, x: jax.Array, key: jax.Array, num_probes: int
-) -> tuple[jax.Array, jax.Array]:
-    """Hutchinson estimates of ``(tr(J J^T), tr(J J))`` per example, each (B,).
-
-    Chao et al. 2023, eq. 9-10 (the Asym estimate is their L_QC). Each probe draws an
-    independent Rademacher ``v`` per example and costs one linearization of the batch and
-    its transpose (``_probe_terms``).
-    Up to ``UNROLL_PROBES`` probes run one after another in the program, each
-    rematerialized (``jax.checkpoint``) so memory stays at one probe; more run in a
-    ``lax.scan`` with the same body (XLA:CPU runs the input-gradient convolutions of a
-    scan body 4-6x slower, BENCHMARKS.md finding 2; a scan compiles faster for many
-    probes). Both draw the same probes. Differentiable w.r.t. anything the field closes
-    over, through both Jacobian factors.
-    """
-    if num_probes < 1:
-        raise ValueError(f"num_probes={num_probes} must be >= 1 for a Hutchinson estimate.")
-
-    def probe(k: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return _probe_terms(field, x, jax.random.rademacher(k, x.shape, x.dtype))
-
-    if num_probes == 1:
-        return probe(key)
-    keys = jax.random.split(key, num_probes)
-    if num_probes <= UNROLL_PROBES:
-        terms = [jax.checkpoint(probe)(k) for k in keys]
-        return (sum(t[0] for t in terms) / num_probes, sum(t[1] for t in terms) / num_probes)
-
-    @jax.checkpoint
-    def body(carry, k):
-        sq, cross = probe(k)
-        return (carry[0] + sq, carry[1] + cross), None
-
-    zeros = jnp.zeros((x.shape[0],), x.dtype)
-    (sq, cross), _ = jax.lax.scan(body, (zeros, zeros), keys)
-    return sq / num_probes, cross / num_probes
+# The Hutchinson traces live in ``estimators`` (shared with L_QC); these names stay here
+# for callers of this module (benchmarks/experiments.py).
+hutchinson_traces = estimators.hutchinson_traces
+_probe_terms = estimators._probe_terms
 
 
 def _asym_nasym(tr_jjt: jax.Array, tr_jj: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -128,7 +82,11 @@ def asymmetry(
     Returns:
       ``(asym, nasym)``, each of shape (B,). With Hutchinson, NAsym is the ratio of the
       two estimates (biased for few probes, consistent as ``num_probes`` grows).
+
+    Raises:
+      ValueError: ``field(x)`` not shaped like ``x``, ``num_probes < 0``, or no key.
     """
+    estimators.check_field(field, x, "field")
     if num_probes < 0:
         raise ValueError(f"num_probes={num_probes} must be 0 (exact) or a positive count.")
     if num_probes == 0:

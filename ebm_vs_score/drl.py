@@ -62,13 +62,14 @@ sigma_1 / sigma_{t+1} (authors' ``loss_scale``).
 
 Functions taking a *bound* energy ``energy_fn(y, t)`` (params closed over, as samplers do):
 `conditional_langevin`, `drl_sample`, `long_run_chain`, `drl_nll_by_ais`.
-`make_drl_loss` takes the unbound ``energy_fn(params, y, t, key=None)``.
+`make_drl_loss` takes the unbound ``energy_fn(params, y, t, key=None)``. The chain settings
+come as a `DRLChain` (plain values; ``settings.DRLSettings`` builds it from the config),
+the ladder as a ``drl_ladder.DRLSchedule``; the Langevin / MALA step is ``mcmc.mala_step``
+on the potential U = -log p(y | x_tilde) with h = s_t^2 / 2.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -77,122 +78,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebm_vs_score import mcmc
 from ebm_vs_score import parameterization as param_lib
-from ebm_vs_score.sde import batch_mul
+from ebm_vs_score.drl_ladder import (  # noqa: F401 - the ladder's names, as drl.* too
+    DDPM_STEPS,
+    MAX_LEVELS,
+    STEP_SCHEDULES,
+    DRLConditioning,
+    DRLSchedule,
+    ddpm_steps,
+    make_schedule,
+)
+from ebm_vs_score.sde import batch_mul, sum_sq
 
 BoundEnergy = Callable[[jax.Array, jax.Array], jax.Array]
-DDPM_STEPS = 1000
-BETA_START, BETA_END = 1e-4, 0.02
-# drl.step_schedule -> c_t(schedule, t) of the Langevin step s_t^2 = b^2 c_t sigma_{t+1}^2.
-STEP_SCHEDULES = {
-    "authors": lambda schedule, t: schedule.sigma_bars[t] / schedule.sigma_bars[0],
-    "sigma": lambda schedule, t: 1.0,
-}
 
 
-# ----------------------------------------------------------------------------------------
-# Schedule
-# ----------------------------------------------------------------------------------------
+class DRLChain(NamedTuple):
+    """The Langevin chains of DRL (Gao et al. Algorithms 1-2): K = ``num_steps`` steps of
+    s_t^2 = b^2 c_t sigma_{t+1}^2 with b^2 = ``step_size``, c_t by ``step_schedule``
+    ('authors' or 'sigma'), MALA-corrected if ``metropolis``."""
 
-
-@dataclasses.dataclass(frozen=True)
-class DRLSchedule:
-    """The T + 1 levels of the DRL diffusion, as tuples of Python floats (hashable).
-
-    Entry t of each tuple belongs to level t = 0..T: ``ddpm_steps`` i_t, ``alphas`` a_t,
-    ``sigmas`` sigma_t (a_t^2 + sigma_t^2 = 1; entry 0 is the one DDPM step that makes
-    x_0), ``alpha_bars`` abar_t = prod_{s<=t} a_s, ``sigma_bars`` sbar_t.
-    Methods take a trained level t (int array, (B,); floats are rounded) in 0..T-1.
-    """
-
-    ddpm_steps: tuple[int, ...]
-    alphas: tuple[float, ...]
-    sigmas: tuple[float, ...]
-    alpha_bars: tuple[float, ...]
-    sigma_bars: tuple[float, ...]
-
-    @property
-    def num_levels(self) -> int:
-        """T, the number of trained levels."""
-        return len(self.alphas) - 1
-
-    def _take(self, values: Sequence[float], t: jax.Array) -> jax.Array:
-        t = jnp.asarray(t)
-        if not jnp.issubdtype(t.dtype, jnp.integer):
-            t = jnp.round(t)
-        index = jnp.clip(t.astype(jnp.int32), 0, len(values) - 1)
-        return jnp.asarray(values, jnp.float32)[index]
-
-    def _y_scales(self) -> tuple[float, ...]:
-        return self.alphas[1:-1] + (1.0,)
-
-    def y_scale(self, t: jax.Array) -> jax.Array:
-        """a'_t: y_t = a'_t x_t, with a'_t = a_{t+1} and a'_{T-1} = 1."""
-        return self._take(self._y_scales(), t)
-
-    def recovery_sigma(self, t: jax.Array) -> jax.Array:
-        """sigma_{t+1}, the noise of the step x_t -> x_{t+1}."""
-        return self._take(self.sigmas[1:], t)
-
-    def is_recovery(self, t: jax.Array) -> jax.Array:
-        """1.0 where level t has the quadratic data term, 0.0 at the top level T-1."""
-        return self._take((1.0,) * (self.num_levels - 1) + (0.0,), t)
-
-    def signal_scale(self, t: jax.Array) -> jax.Array:
-        """alpha of y_t = alpha x_data + std eps: a'_t abar_t."""
-        scales = tuple(s * a for s, a in zip(self._y_scales(), self.alpha_bars, strict=False))
-        return self._take(scales, t)
-
-    def noise_std(self, t: jax.Array) -> jax.Array:
-        """std of y_t = alpha x_data + std eps: a'_t sbar_t."""
-        stds = tuple(s * b for s, b in zip(self._y_scales(), self.sigma_bars, strict=False))
-        return self._take(stds, t)
-
-    def loss_weight(self, t: jax.Array) -> jax.Array:
-        """sigma_1 / sigma_{t+1} (authors' ``loss_scale``)."""
-        return self._take(tuple(self.sigmas[1] / s for s in self.sigmas[1:]), t)
-
-    def step_size_sq(self, t: jax.Array, step_size: float,
-                     step_schedule: str = "authors") -> jax.Array:
-        """Langevin s_t^2 = b^2 c_t sigma_{t+1}^2, with b^2 = ``step_size``.
-
-        ``step_schedule`` picks c_t: 'authors' (default) c_t = sbar_t / sbar_0, the authors'
-        ``c_t_square``; 'sigma' c_t = 1, the paper's s_t = b sigma_{t+1} (Sec. 4).
-        """
-        if step_schedule not in STEP_SCHEDULES:
-            raise ValueError(f"drl.step_schedule={step_schedule!r} is not valid; choose one of "
-                             f"{list(STEP_SCHEDULES)}")
-        factor = STEP_SCHEDULES[step_schedule]
-        sq = tuple(step_size * factor(self, k) * self.sigmas[k + 1] ** 2
-                   for k in range(self.num_levels))
-        return self._take(sq, t)
-
-    def diffuse_pair(self, key: jax.Array, x_data: jax.Array,
-                     t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(y_t, x_{t+1}) for clean data, the training pair of Algorithm 1."""
-        k_t, k_next = jax.random.split(key)
-        x_t = batch_mul(self._take(self.alpha_bars, t), x_data) + batch_mul(
-            self._take(self.sigma_bars, t), jax.random.normal(k_t, x_data.shape))
-        x_next = batch_mul(self._take(self.alphas[1:], t), x_t) + batch_mul(
-            self.recovery_sigma(t), jax.random.normal(k_next, x_data.shape))
-        return batch_mul(self.y_scale(t), x_t), x_next
-
-
-@dataclasses.dataclass(frozen=True)
-class DRLConditioning:
-    """The ``sde`` that :mod:`ebm_vs_score.parameterization` preconditions a level with.
-
-    ``alpha(t)`` is the signal scale of y_t and ``marginal_std(t)`` the recovery noise
-    sigma_{t+1} (module docstring: why not the std of y_t).
-    """
-
-    schedule: DRLSchedule
-
-    def alpha(self, t: jax.Array) -> jax.Array:
-        return self.schedule.signal_scale(t)
-
-    def marginal_std(self, t: jax.Array) -> jax.Array:
-        return self.schedule.recovery_sigma(t)
+    num_steps: int
+    step_size: float
+    metropolis: bool = False
+    step_schedule: str = "authors"
 
 
 def model_fns(parameterization: str, net: Any, schedule: DRLSchedule,
@@ -215,185 +125,41 @@ def model_fns(parameterization: str, net: Any, schedule: DRLSchedule,
                          "training.objective='drl'; use 'resnet_energy' or 'conservative'")
     return fns
 
-
-def ddpm_steps(num_levels: int, num_ddpm_steps: int = DDPM_STEPS) -> tuple[int, ...]:
-    """DDPM step of each level 0..T: t * (N // (2 (T - 1))) for t < T, then N - 1."""
-    if num_levels == 1:
-        return (0, num_ddpm_steps - 1)
-    spacing = num_ddpm_steps // (2 * (num_levels - 1))
-    if spacing < 1:
-        raise ValueError(f"drl.num_levels={num_levels} is too many for a {num_ddpm_steps}-step "
-                         f"schedule; use at most {num_ddpm_steps // 2 + 1} levels")
-    return tuple(t * spacing for t in range(num_levels)) + (num_ddpm_steps - 1,)
-
-
-@functools.cache
-def make_schedule(num_levels: int, *, num_ddpm_steps: int = DDPM_STEPS,
-                  beta_start: float = BETA_START, beta_end: float = BETA_END) -> DRLSchedule:
-    """The T = ``num_levels`` DRL levels selected from a linear-beta DDPM chain.
-
-    Gao et al. Sec. 4 and App. B, as the authors' ``get_sigma_schedule`` computes it: level
-    t < T is DDPM step t * (N // (2 (T - 1))), level T is step N - 1 (module docstring),
-    and a_t is the product of sqrt(1 - beta) over the steps of segment t.
-    """
-    steps = ddpm_steps(num_levels, num_ddpm_steps)
-    log_sqrt_alpha = 0.5 * np.log1p(-np.linspace(beta_start, beta_end, num_ddpm_steps))
-    cum = np.concatenate([[0.0], np.cumsum(log_sqrt_alpha)])  # cum[i] = sum_{j < i}
-    ends = np.asarray(steps) + 1
-    starts = np.concatenate([[0], ends[:-1]])
-    alphas = np.exp(cum[ends] - cum[starts])
-    alpha_bars = np.exp(cum[ends])
-    as_tuple = lambda v: tuple(float(e) for e in v)
-    return DRLSchedule(ddpm_steps=steps, alphas=as_tuple(alphas),
-                       sigmas=as_tuple(np.sqrt(-np.expm1(2 * np.log(alphas)))),
-                       alpha_bars=as_tuple(alpha_bars),
-                       sigma_bars=as_tuple(np.sqrt(-np.expm1(2 * np.log(alpha_bars)))))
-
-
 # ----------------------------------------------------------------------------------------
-# Config
+# Langevin / MALA (the kernel is mcmc.mala_step with h = s^2 / 2)
 # ----------------------------------------------------------------------------------------
 
 
-class DRLSettings(NamedTuple):
-    """The ``drl`` config fields, checked and typed."""
-
-    num_levels: int
-    num_steps: int
-    step_size: float
-    metropolis: bool
-    step_schedule: str = "authors"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def validate_drl(drl_config: Any) -> DRLSettings:
-    """Checks ``drl.num_levels``, ``num_steps``, ``step_size``, ``metropolis`` and the
-    optional ``step_schedule`` ('authors', the default, or 'sigma'; see `DRLSchedule`).
-
-    Returns:
-      The typed settings.
-
-    Raises:
-      ValueError: one sentence naming the bad field and the fix.
-    """
-    levels, steps = drl_config.num_levels, drl_config.num_steps
-    size, mh = drl_config.step_size, drl_config.metropolis
-    max_levels = DDPM_STEPS // 2 + 1
-    if not _is_int(levels) or not 1 <= levels <= max_levels:
-        raise ValueError(f"drl.num_levels={levels!r} must be an integer from 1 to {max_levels}; "
-                         "the paper uses 6 (--config.drl.num_levels=6)")
-    if not _is_int(steps) or steps < 1:
-        raise ValueError(f"drl.num_steps={steps!r} must be an integer >= 1 (Langevin steps per "
-                         "level); the paper uses 30 (--config.drl.num_steps=30)")
-    if isinstance(size, bool) or not isinstance(size, int | float) or not (
-            math.isfinite(size) and size > 0):
-        raise ValueError(f"drl.step_size={size!r} must be a positive number (b^2 of the step "
-                         "s_t^2 = b^2 c_t sigma_{t+1}^2); the paper uses 2e-4 "
-                         "(--config.drl.step_size=2e-4)")
-    if not isinstance(mh, bool | np.bool_):
-        raise ValueError(f"drl.metropolis={mh!r} must be True or False; set "
-                         "--config.drl.metropolis=False (the paper) or True (MALA correction)")
-    step_schedule = getattr(drl_config, "step_schedule", "authors")
-    if step_schedule not in STEP_SCHEDULES:
-        raise ValueError(f"drl.step_schedule={step_schedule!r} is not valid; choose one of "
-                         f"{list(STEP_SCHEDULES)} (--config.drl.step_schedule=authors)")
-    return DRLSettings(int(levels), int(steps), float(size), bool(mh), step_schedule)
-
-
-# ----------------------------------------------------------------------------------------
-# Langevin / MALA
-# ----------------------------------------------------------------------------------------
-
-
-class ChainState(NamedTuple):
-    """A batch of chain positions with their log-density and its gradient."""
-
-    y: jax.Array
-    log_prob: jax.Array
-    grad: jax.Array
-
-
-def _value_and_grad(log_prob_fn: Callable[[jax.Array], jax.Array], y: jax.Array) -> ChainState:
-    """Per-example log p and grad_y log p (one VJP; examples do not interact)."""
-    log_prob, vjp = jax.vjp(log_prob_fn, y)
-    (grad,) = vjp(jnp.ones_like(log_prob))
-    return ChainState(y, log_prob, grad)
-
-
-def _sum_sq(x: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=-1)
-
-
-def langevin_step(log_prob_fn: Callable[[jax.Array], jax.Array], state: ChainState,
-                  key: jax.Array, step_sq: jax.Array,
-                  metropolis: bool) -> tuple[ChainState, jax.Array, jax.Array]:
-    """One Langevin step y + (s^2/2) grad + s eps, Metropolis-adjusted (MALA) if asked.
-
-    Args:
-      log_prob_fn: y (B, ...) -> log p(y) (B,), up to a constant.
-      state: current positions with log p and gradient.
-      key: PRNG key.
-      step_sq: s^2, shape (B,).
-      metropolis: accept with the Metropolis-Hastings probability (else always move).
-
-    Returns:
-      ``(state, accept_prob, accepted)``: the MH probability min(1, ratio) (B,) is computed
-      either way (a free diagnostic of the discretization error); ``accepted`` is all True
-      without ``metropolis``.
-    """
-    k_noise, k_accept = jax.random.split(key)
-    noise = jax.random.normal(k_noise, state.y.shape, state.y.dtype)
-    drift = batch_mul(0.5 * step_sq, state.grad)
-    new = _value_and_grad(log_prob_fn, state.y + drift + batch_mul(jnp.sqrt(step_sq), noise))
-    back = state.y - new.y - batch_mul(0.5 * step_sq, new.grad)
-    log_ratio = new.log_prob - state.log_prob - _sum_sq(back) / (2 * step_sq) + 0.5 * _sum_sq(
-        noise)
-    log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
-    accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
-    if not metropolis:
-        return new, accept_prob, jnp.ones_like(accept_prob, bool)
-    accepted = jax.random.uniform(k_accept, accept_prob.shape) < accept_prob
-    state = jax.tree.map(lambda a, b: jnp.where(
-        accepted.reshape(accepted.shape + (1,) * (a.ndim - 1)), a, b), new, state)
-    return state, accept_prob, accepted
-
-
-def run_chain(log_prob_fn: Callable[[jax.Array], jax.Array], key: jax.Array, y0: jax.Array,
-              step_sq: jax.Array, num_steps: int, metropolis: bool) -> tuple[jax.Array, dict]:
-    """``num_steps`` Langevin/MALA steps from ``y0`` as one ``lax.scan``.
+def run_chain(potential: mcmc.Potential, key: jax.Array, y0: jax.Array, step_sq: jax.Array,
+              num_steps: int, metropolis: bool) -> tuple[jax.Array, dict]:
+    """``num_steps`` Langevin steps y + (s^2/2) grad log p + s eps (MALA if ``metropolis``)
+    from ``y0``, as one ``lax.scan``; ``potential`` is U = -log p, ``step_sq`` s^2 (B,).
 
     Returns:
       ``(y, info)`` with ``info['acceptance']`` and ``info['accept_prob']`` (mean over
       steps, per example (B,)) and ``info['nfe']`` (gradient evaluations, num_steps + 1).
     """
     def step(state, i):
-        state, prob, accepted = langevin_step(log_prob_fn, state, jax.random.fold_in(key, i),
-                                              step_sq, metropolis)
+        state, prob, accepted = mcmc.mala_step(jax.random.fold_in(key, i), state, potential,
+                                               0.5 * step_sq, metropolis=metropolis)
         return state, (prob, accepted)
 
-    state, (prob, accepted) = jax.lax.scan(step, _value_and_grad(log_prob_fn, y0),
+    state, (prob, accepted) = jax.lax.scan(step, mcmc.init_state(potential, y0),
                                            jnp.arange(num_steps))
     info = {"acceptance": jnp.mean(accepted.astype(jnp.float32), axis=0),
             "accept_prob": jnp.mean(prob, axis=0), "nfe": num_steps + 1}
-    return state.y, info
+    return state.x, info
 
 
-def conditional_log_prob(energy_fn: BoundEnergy, schedule: DRLSchedule, x_tilde: jax.Array,
-                         level: jax.Array) -> Callable[[jax.Array], jax.Array]:
-    """y -> log p(y | x_tilde) + const = -E(y, t) - is_rec_t ||x_tilde - y||^2 / (2 sigma^2).
+def conditional_potential(energy_fn: BoundEnergy, schedule: DRLSchedule, x_tilde: jax.Array,
+                          level: jax.Array) -> mcmc.Potential:
+    """U(y) = -log p(y | x_tilde) + const = E(y, t) + is_rec_t ||x_tilde - y||^2 / (2 sigma^2).
 
     Gao et al. Sec. 3.1 / Sec. 4: the recovery EBM of level t given x_{t+1} = x_tilde; at
-    the top level (is_recovery = 0) the marginal EBM exp(-E(y, T-1)).
+    the top level (is_recovery = 0) the marginal EBM exp(-E(y, T-1)). With its gradient.
     """
     coef = schedule.is_recovery(level) / (2 * schedule.recovery_sigma(level) ** 2)
-
-    def log_prob(y):
-        return -energy_fn(y, level) - coef * _sum_sq(y - x_tilde)
-
-    return log_prob
+    return mcmc.energy_potential(lambda y: energy_fn(y, level) + coef * sum_sq(y - x_tilde))
 
 
 def conditional_langevin(energy_fn: BoundEnergy, key: jax.Array, x_tilde: jax.Array,
@@ -416,25 +182,24 @@ def conditional_langevin(energy_fn: BoundEnergy, key: jax.Array, x_tilde: jax.Ar
     Returns:
       ``(y, info)`` as :func:`run_chain`.
     """
-    log_prob = conditional_log_prob(energy_fn, schedule, x_tilde, level)
+    potential = conditional_potential(energy_fn, schedule, x_tilde, level)
     step_sq = schedule.step_size_sq(level, step_size, step_schedule)
-    return run_chain(log_prob, key, x_tilde, step_sq, num_steps, metropolis)
-
+    return run_chain(potential, key, x_tilde, step_sq, num_steps, metropolis)
 
 # ----------------------------------------------------------------------------------------
 # Loss
 # ----------------------------------------------------------------------------------------
 
 
-def make_drl_loss(drl_config: Any, energy_fn: Callable[..., jax.Array], *,
-                  schedule: DRLSchedule | None = None) -> Callable:
+def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
+                  chain: DRLChain) -> Callable:
     """The DRL objective (Gao et al. Algorithm 1) as ``loss_fn(params, batch, key)``.
 
     Args:
-      drl_config: ``config.drl`` (validated here).
       energy_fn: unbound ``energy_fn(params, y, t, key=None) -> (B,)``, t the level (the
         ``energy`` of `model_fns`).
-      schedule: the levels; default ``make_schedule(drl.num_levels)``.
+      schedule: the levels (``make_schedule(num_levels)``).
+      chain: the Langevin chains' settings.
 
     Returns:
       ``loss_fn(params, batch, key) -> (loss, metrics)``, ``batch['x']`` clean data.
@@ -445,8 +210,7 @@ def make_drl_loss(drl_config: Any, energy_fn: Callable[..., jax.Array], *,
       The Langevin chains run in eval mode (no dropout) with stop-gradient params; the two
       energies of the loss get ``key`` (dropout, if any).
     """
-    cfg = validate_drl(drl_config)
-    schedule = schedule or make_schedule(cfg.num_levels)
+    cfg = chain
 
     def loss_fn(params, batch, key):
         x = batch["x"]
@@ -464,7 +228,7 @@ def make_drl_loss(drl_config: Any, energy_fn: Callable[..., jax.Array], *,
         e_pos, e_neg = jnp.split(energy, 2)
         loss = jnp.mean(schedule.loss_weight(level) * (e_pos - e_neg))
         dim = math.prod(x.shape[1:])
-        disp = jnp.sqrt(_sum_sq(y_neg - x_next) / dim) / schedule.recovery_sigma(level)
+        disp = jnp.sqrt(sum_sq(y_neg - x_next) / dim) / schedule.recovery_sigma(level)
         metrics = {"energy_pos": jnp.mean(e_pos), "energy_neg": jnp.mean(e_neg),
                    "acceptance": jnp.mean(info["acceptance"]),
                    "accept_prob": jnp.mean(info["accept_prob"]),
@@ -479,8 +243,8 @@ def make_drl_loss(drl_config: Any, energy_fn: Callable[..., jax.Array], *,
 # ----------------------------------------------------------------------------------------
 
 
-def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int], drl_config: Any, *,
-               schedule: DRLSchedule | None = None,
+def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int],
+               schedule: DRLSchedule, chain: DRLChain, *,
                keep_levels: bool = False) -> tuple[jax.Array, dict]:
     """Progressive sampling from white noise down the T levels (Gao et al. Algorithm 2).
 
@@ -491,8 +255,8 @@ def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int], drl
       energy_fn: bound energy (y, t) -> (B,), t the level.
       key: PRNG key.
       shape: (B, ...) of the samples.
-      drl_config: ``config.drl``.
-      schedule: the levels; default ``make_schedule(drl.num_levels)``.
+      schedule: the levels.
+      chain: the Langevin chains' settings.
       keep_levels: also return every x_t in ``info['levels']`` (T + 1, B, ...), t = 0..T.
 
     Returns:
@@ -500,8 +264,7 @@ def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int], drl
       ``info['acceptance']`` (mean), ``info['acceptance_per_level']`` and
       ``info['accept_prob_per_level']`` ((T,), index t).
     """
-    cfg = validate_drl(drl_config)
-    schedule = schedule or make_schedule(cfg.num_levels)
+    cfg = chain
     k_init, k_chain = jax.random.split(key)
     x_top = jax.random.normal(k_init, tuple(shape))
 
@@ -514,9 +277,9 @@ def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int], drl
         x = batch_mul(1.0 / schedule.y_scale(level), y)
         return x, (x, jnp.mean(info["acceptance"]), jnp.mean(info["accept_prob"]))
 
-    levels = jnp.arange(cfg.num_levels - 1, -1, -1)
+    levels = jnp.arange(schedule.num_levels - 1, -1, -1)
     x0, (xs, acc, prob) = jax.lax.scan(one_level, x_top, levels)
-    info = {"nfe": cfg.num_levels * (cfg.num_steps + 1), "acceptance": jnp.mean(acc),
+    info = {"nfe": schedule.num_levels * (cfg.num_steps + 1), "acceptance": jnp.mean(acc),
             "acceptance_per_level": acc[::-1], "accept_prob_per_level": prob[::-1]}
     if keep_levels:
         info["levels"] = jnp.concatenate([xs[::-1], x_top[None]])
@@ -539,9 +302,9 @@ def _snapshot_slots(num_steps: int,
 
 
 def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_steps: int,
-                   level: int, drl_config: Any, *, snapshot_steps: Sequence[int] | None = None,
-                   conditional: bool = True,
-                   schedule: DRLSchedule | None = None) -> tuple[jax.Array, dict]:
+                   level: int, schedule: DRLSchedule, chain: DRLChain, *,
+                   snapshot_steps: Sequence[int] | None = None,
+                   conditional: bool = True) -> tuple[jax.Array, dict]:
     """A long chain of one level's learned EBM, for the "steady long-run MCMC" check.
 
     Gao et al. Sec. 6 run the conditional chains far beyond K steps and find that the
@@ -555,35 +318,34 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
       x0: start (and, if ``conditional``, the conditioning x_{t+1}), (B, ...).
       num_steps: chain length.
       level: t, a Python int in 0..T-1 (0 = the data-level EBM).
-      drl_config: ``config.drl``.
+      schedule: the levels.
+      chain: the chain settings (``step_size``, ``step_schedule``, ``metropolis``).
       snapshot_steps: steps at which to record y (0 = the start); default 11 evenly spaced.
       conditional: target the conditional (True) or the marginal (False) EBM.
-      schedule: the levels; default ``make_schedule(drl.num_levels)``.
 
     Returns:
       ``(snapshots, info)``: snapshots (S, B, ...) at ``info['steps']`` (S,);
       ``info['log_prob']`` (S, B) of the target at each snapshot, ``info['acceptance']``
       and ``info['accept_prob']`` (B,) over the chain, ``info['nfe']``.
     """
-    cfg = validate_drl(drl_config)
-    schedule = schedule or make_schedule(cfg.num_levels)
+    cfg = chain
     steps, slots = _snapshot_slots(num_steps, snapshot_steps)
     t = jnp.full((x0.shape[0],), level, jnp.int32)
-    log_prob = (conditional_log_prob(energy_fn, schedule, x0, t) if conditional
-                else lambda y: -energy_fn(y, t))
+    potential = (conditional_potential(energy_fn, schedule, x0, t) if conditional
+                 else mcmc.energy_potential(lambda y: energy_fn(y, t)))
     step_sq = schedule.step_size_sq(t, cfg.step_size, cfg.step_schedule)
-    init = _value_and_grad(log_prob, x0)
+    init = mcmc.init_state(potential, x0)
     buf = jnp.zeros((steps.size,) + x0.shape, x0.dtype).at[0].set(x0)
-    lp_buf = jnp.zeros((steps.size, x0.shape[0])).at[0].set(init.log_prob)
+    lp_buf = jnp.zeros((steps.size, x0.shape[0])).at[0].set(-init.potential)
 
     def step(carry, i):
         state, buf, lp_buf = carry
-        state, prob, accepted = langevin_step(log_prob, state, jax.random.fold_in(key, i),
-                                              step_sq, cfg.metropolis)
+        state, prob, accepted = mcmc.mala_step(jax.random.fold_in(key, i), state, potential,
+                                               0.5 * step_sq, metropolis=cfg.metropolis)
         slot = jnp.asarray(slots)[i]
         at = jnp.maximum(slot, 0)
-        buf = buf.at[at].set(jnp.where(slot >= 0, state.y, buf[at]))
-        lp_buf = lp_buf.at[at].set(jnp.where(slot >= 0, state.log_prob, lp_buf[at]))
+        buf = buf.at[at].set(jnp.where(slot >= 0, state.x, buf[at]))
+        lp_buf = lp_buf.at[at].set(jnp.where(slot >= 0, -state.potential, lp_buf[at]))
         return (state, buf, lp_buf), (prob, accepted)
 
     (_, buf, lp_buf), (prob, accepted) = jax.lax.scan(step, (init, buf, lp_buf),
@@ -599,8 +361,8 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
 # ----------------------------------------------------------------------------------------
 
 
-def drl_nll_by_ais(energy_fn: BoundEnergy, key: jax.Array, x: jax.Array, drl_config: Any, *,
-                   num_chains: int = 256, schedule: DRLSchedule | None = None,
+def drl_nll_by_ais(energy_fn: BoundEnergy, key: jax.Array, x: jax.Array,
+                   schedule: DRLSchedule, *, num_chains: int = 256,
                    **ais_options: Any) -> tuple[jax.Array, dict]:
     """NLL (nats) of data ``x`` under the lowest-level EBM, its normalizer by AIS.
 
@@ -616,9 +378,8 @@ def drl_nll_by_ais(energy_fn: BoundEnergy, key: jax.Array, x: jax.Array, drl_con
       energy_fn: bound energy (y, t) -> (B,).
       key: PRNG key for AIS.
       x: data, (B, ...).
-      drl_config: ``config.drl``.
+      schedule: the levels.
       num_chains: AIS chains.
-      schedule: the levels; default ``make_schedule(drl.num_levels)``.
       **ais_options: passed on to ``ais_log_normalizer`` (``num_steps``, ``num_leapfrog``,
         ``step_size``, ``base_std``, ...).
 
@@ -628,8 +389,6 @@ def drl_nll_by_ais(energy_fn: BoundEnergy, key: jax.Array, x: jax.Array, drl_con
     """
     from ebm_vs_score import likelihood
 
-    cfg = validate_drl(drl_config)
-    schedule = schedule or make_schedule(cfg.num_levels)
     scale = float(schedule._y_scales()[0])
 
     def level0_energy(y):

@@ -10,7 +10,8 @@
   with uniform dequantization, as Song et al. 2021 report it (their Table 2; score_sde
   ``likelihood.py`` and ``run_lib.evaluate``).
 * ``ais_log_normalizer``: annealed importance sampling (Neal 2001) of log Z for
-  ``exp(-E(x))`` at a fixed noise level, with HMC transitions, and ``ais_log_prob``.
+  ``exp(-E(x))`` at a fixed noise level, with the HMC transitions of :mod:`mcmc`, and
+  ``ais_log_prob``. The divergence and the probes are those of :mod:`estimators`.
 
 Everything is a pure function of arrays; nothing is jitted here except the per-batch
 function of ``dataset_bits_per_dim``.
@@ -28,39 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ebm_vs_score import samplers
-from ebm_vs_score.samplers import MCMCState, ScoreFn
+from ebm_vs_score import estimators, mcmc
+from ebm_vs_score.mcmc import MCMCState
+from ebm_vs_score.samplers import ScoreFn, ode_drift, solve_adaptive
+from ebm_vs_score.sde import sum_sq
 
 PROBES = ("rademacher", "gaussian")
-
-
-def _draw_probes(key: jax.Array, num_probes: int, x: jax.Array, probe: str) -> jax.Array:
-    """(num_probes, B, ...) probes with E[v v^T] = I."""
-    shape = (num_probes,) + x.shape
-    if probe == "rademacher":
-        return jax.random.rademacher(key, shape, x.dtype)
-    if probe == "gaussian":
-        return jax.random.normal(key, shape, x.dtype)
-    raise ValueError(f"unknown probe {probe!r}; valid names: {list(PROBES)}")
-
-
-def drift_and_divergence(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-                         probes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """``fn(x)`` and its per-example divergence tr(d fn / d x), (B,).
-
-    ``fn`` must act example-wise (DESIGN.md rule 2). Exact when ``probes`` is None: the sum
-    over the D basis vectors e_j of e_j . (J e_j), by D JVPs of one linearization.
-    Otherwise the Skilling-Hutchinson mean over probes v of v . (J v) (Hutchinson 1989).
-    """
-    fx, jvp = jax.linearize(fn, x)
-    if probes is None:
-        dim = math.prod(x.shape[1:])
-        eye = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
-        vs = jnp.broadcast_to(eye, (dim,) + x.shape)
-    else:
-        vs = probes
-    quad = jax.vmap(lambda v: jnp.sum((v * jvp(v)).reshape(x.shape[0], -1), axis=-1))(vs)
-    return fx, jnp.sum(quad, 0) if probes is None else jnp.mean(quad, 0)
 
 
 def ode_log_prob(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array | None = None,
@@ -86,21 +60,30 @@ def ode_log_prob(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array | None 
       (log_prob (B,), info) with info ``nfe`` (evaluations of the augmented vector field,
       each one score linearization plus D or ``num_probes`` JVPs), ``prior_logp``,
       ``delta_logp`` (B,), ``num_steps`` and ``z`` = x(T), the latent code.
+
+    Raises:
+      ValueError: ``score_fn`` output not shaped like ``x``, a bad probe count or name, or
+        Hutchinson without a key.
     """
     if num_probes < 0:
         raise ValueError(f"num_probes={num_probes} must be 0 (exact) or a positive count")
     if num_probes > 0 and key is None:
         raise ValueError("a Hutchinson estimate (num_probes > 0) needs a PRNG key")
-    probes = _draw_probes(key, num_probes, x, probe) if num_probes else None
-    drift = samplers.ode_drift(score_fn, sde)
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; valid names: {list(PROBES)}")
+    t0 = jnp.full((x.shape[0],), sde.eps, x.dtype)
+    estimators.check_field(lambda u: score_fn(u, t0), x, "score_fn")
+    probes = (estimators.probes(key, (num_probes,) + x.shape, probe, x.dtype)
+              if num_probes else None)
+    drift = ode_drift(score_fn, sde)
 
     def vector_field(y, t):
         z, _ = y
         tb = jnp.full((z.shape[0],), t, z.dtype)
-        return drift_and_divergence(lambda u: drift(u, tb), z, probes)
+        return estimators.divergence(lambda u: drift(u, tb), z, probes)
 
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
-    (z, delta), info = samplers.solve_adaptive(vector_field, y0, sde.eps, sde.T,
+    (z, delta), info = solve_adaptive(vector_field, y0, sde.eps, sde.T,
                                                rtol=rtol, atol=atol)
     prior = sde.prior_logp(z)
     info = {"nfe": info["nfe"], "num_steps": info["num_steps"], "prior_logp": prior,
@@ -203,14 +186,14 @@ def _ais_potential(energy_fn, beta, base_std: float):
     """U_beta = (1-beta) |x|^2 / (2 s^2) + beta E(x) with aux (E, grad E) cached (1 NFE)."""
 
     def potential(x):
-        e, g = samplers.energy_and_grad(energy_fn, x)
+        e, g = mcmc.energy_and_grad(energy_fn, x)
         return _mix(x, beta, base_std, e, g)
 
     return potential
 
 
 def _mix(x, beta, base_std, e, g):
-    base = 0.5 * jnp.sum(x.reshape(x.shape[0], -1) ** 2, -1) / base_std**2
+    base = 0.5 * sum_sq(x) / base_std**2
     return (1 - beta) * base + beta * e, (1 - beta) * x / base_std**2 + beta * g, (e, g)
 
 
@@ -253,15 +236,15 @@ def ais_log_normalizer(energy_fn: Callable[[jax.Array], jax.Array], key: jax.Arr
     betas = ais_schedule(num_steps, schedule)
     k_init, k_run = jax.random.split(key)
     x = base_std * jax.random.normal(k_init, (num_chains,) + tuple(shape))
-    e, g = samplers.energy_and_grad(energy_fn, x)
+    e, g = mcmc.energy_and_grad(energy_fn, x)
 
     def step(carry, inp):
         x, e, g, log_w = carry
         k, beta_prev, beta = inp
-        base = 0.5 * jnp.sum(x.reshape(num_chains, -1) ** 2, -1) / base_std**2
+        base = 0.5 * sum_sq(x) / base_std**2
         log_w = log_w + (beta - beta_prev) * (base - e)
         state = MCMCState(x, *_mix(x, beta, base_std, e, g))
-        state, prob = samplers.hmc_step(
+        state, prob, _ = mcmc.hmc_step(
             jax.random.fold_in(k_run, k), state, _ais_potential(energy_fn, beta, base_std),
             step_size, num_leapfrog=num_leapfrog)
         return (state.x, *state.aux, log_w), jnp.mean(prob)

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from ebm_vs_score import conservativeness
-from ebm_vs_score import sde as sde_lib
-from ebm_vs_score.parameterization import ModelFns, ScoreFn
+from ebm_vs_score import estimators
+from ebm_vs_score.parameterization import ScoreFn
 from ebm_vs_score.sde import SDE, batch_mul
 
 Params = Any
@@ -47,8 +46,9 @@ Model = Callable[[jax.Array, jax.Array], jax.Array]  # score with params and dro
 # objective(model, x0, key) -> (per-example term (B,), x_t, t, std): where it evaluated.
 Objective = Callable[[Model, jax.Array, jax.Array], tuple[jax.Array, ...]]
 
+OBJECTIVES = ("dsm", "ssm", "ssm_vr", "ism", "drl")  # training.objective ('drl': drl.py)
 DSM_VARIANTS = ("continuous", "smld", "ddpm")
-PROJECTIONS = ("rademacher", "gaussian", "sphere")
+PROJECTIONS = estimators.PROBES
 ISM_MAX_DIM = 64
 
 
@@ -62,8 +62,7 @@ def _half_sq(r: jax.Array, reduce_mean: bool) -> jax.Array:
     return per / _dim(r) if reduce_mean else per
 
 
-def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.sum((a * b).reshape(a.shape[0], -1), axis=-1)
+_dot = estimators.dot
 
 
 def _perturb(sde, x0: jax.Array, key: jax.Array):
@@ -91,26 +90,57 @@ def qc_regularizer(
     Rademacher probes (one vjp + one jvp each), scaled by std(t)^2 as their code does.
     Gradients flow through both Jacobian factors (no stop_gradient). Returns (B,).
     """
-    tr_jjt, tr_jj = conservativeness.hutchinson_traces(field, x, key, num_probes)
+    tr_jjt, tr_jj = estimators.hutchinson_traces(field, x, key, num_probes)
     return std**2 * (tr_jjt - tr_jj)
 
 
-def projections(key: jax.Array, shape: tuple[int, ...], kind: str = "rademacher") -> jax.Array:
-    """Random projections v with E[v v^T] = I per example (Song et al. 2019, Sec. 3).
+def qc_subset_size(batch_size: int, fraction: float) -> int:
+    """How many examples of a batch L_QC is taken on: max(1, round(fraction B))."""
+    return max(1, min(batch_size, round(fraction * batch_size)))
 
-    ``shape`` is (M, B, ...); ``kind``: 'rademacher' (+-1), 'gaussian' (N(0, I)) or 'sphere'
-    (uniform on the sphere of radius sqrt(D) of each example).
+
+def amortized_qc(field: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
+                 t: jax.Array, std: jax.Array, key: jax.Array, num_probes: int = 1, *,
+                 fraction: float = 1.0, every: int = 1) -> jax.Array:
+    """L_QC per example of a subset, unbiased for the batch mean of :func:`qc_regularizer`.
+
+    The first ``qc_subset_size(B, fraction)`` examples (a batch is an i.i.d. draw, so they
+    are a uniform subset: their mean is unbiased for the batch mean), and, if ``every > 1``,
+    only on a random 1/every of the calls (a Bernoulli draw from ``key``, via ``lax.cond``
+    so the skipped calls cost nothing) with the term multiplied by ``every`` there and 0
+    elsewhere: E[result.mean()] = E[qc_regularizer(...).mean()] (Chao et al. 2023, eq. 9-10
+    taken at a fraction of the cost). ``fraction=1, every=1`` is exactly ``qc_regularizer``.
+
+    Args:
+      field: ``field(y, t)``, the score with params bound.
+      x, t, std: the perturbed batch (B, ...), its times and stds (B,).
+      key: PRNG key of the probes (and of the Bernoulli draw when ``every > 1``).
+      num_probes: Hutchinson probes per example.
+      fraction: the share of the batch in (0, 1].
+      every: take the term on 1 call in ``every`` on average.
+
+    Returns:
+      (m,) per-example L_QC of the subset, m = ``qc_subset_size(B, fraction)``.
     """
-    if kind == "rademacher":
-        return jax.random.rademacher(key, shape, jnp.float32)
-    if kind == "gaussian":
-        return jax.random.normal(key, shape)
-    if kind == "sphere":
-        g = jax.random.normal(key, shape)
-        axes = tuple(range(2, len(shape)))
-        norm = jnp.sqrt(jnp.sum(g**2, axis=axes, keepdims=True))
-        return g * jnp.sqrt(math.prod(shape[2:])) / norm
-    raise ValueError(f"unknown training.ssm_projection {kind!r}; valid names: {list(PROJECTIONS)}")
+    m = qc_subset_size(x.shape[0], fraction)
+    if m < x.shape[0]:
+        x, t, std = x[:m], t[:m], std[:m]
+    if every == 1:
+        return qc_regularizer(lambda y: field(y, t), x, std, key, num_probes)
+    k_take, k_qc = jax.random.split(key)
+    take = jax.random.uniform(k_take) < 1.0 / every
+    return jax.lax.cond(
+        take, lambda: every * qc_regularizer(lambda y: field(y, t), x, std, k_qc, num_probes),
+        lambda: jnp.zeros((m,), x.dtype))
+
+
+def projections(key: jax.Array, shape: tuple[int, ...], kind: str = "rademacher") -> jax.Array:
+    """Random projections v with E[v v^T] = I per example (Song et al. 2019, Sec. 3), float32.
+
+    ``shape`` is (M, B, ...); ``kind``: 'rademacher', 'gaussian' or 'sphere'
+    (``estimators.probes``).
+    """
+    return estimators.probes(key, shape, kind, jnp.float32)
 
 
 def ssm_objective(
@@ -126,9 +156,7 @@ def ssm_objective(
     (SSM-VR, eq. 9) the second term is ``1/2 ||s||^2``. One forward pass (``jax.linearize``)
     and one jvp per projection. In expectation both equal 1/2 ||s - grad log p||^2 - const.
     """
-    s, jvp_fn = jax.linearize(field, x)
-    jv = jax.vmap(jvp_fn)(v)
-    vjv = jax.vmap(_dot)(v, jv)
+    s, vjv = estimators.jvp_quadratic(field, x, v)
     if variance_reduction:
         second = 0.5 * _dot(s, s)
     else:
@@ -139,14 +167,10 @@ def ssm_objective(
 def ism_objective(field: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
     """Implicit score matching per example, ``tr(ds/dx) + 1/2 ||s||^2`` (Hyvarinen 2005, eq. 4).
 
-    The trace is exact: one forward pass (``jax.linearize``) and D jvps, each along one
-    coordinate of every example at once (examples do not interact); for small D only.
+    The trace is exact (``estimators.divergence``): one forward pass and D jvps, each along
+    one coordinate of every example at once (examples do not interact); for small D only.
     """
-    s, jvp_fn = jax.linearize(field, x)
-    d, b = _dim(x), x.shape[0]
-    basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + x.shape[1:])
-    cols = jax.vmap(lambda e: jvp_fn(jnp.broadcast_to(e, x.shape)))(basis)  # (D, B, ...)
-    trace = jnp.einsum("dbd->b", cols.reshape(d, b, d))
+    s, trace = estimators.divergence(field, x)
     return trace + 0.5 * _dot(s, s)
 
 
@@ -234,7 +258,7 @@ def _ism(sde, max_dim: int, **weighting) -> Objective:
     """Noise-conditional exact ISM at t ~ U(eps, T), weighted by lambda(t) (Hyvarinen 2005)."""
 
     def objective(model, x0, key):
-        _check_ism_dim(_dim(x0), max_dim)
+        check_ism_dim(_dim(x0), max_dim)
         x_t, t, _, std = _perturb(sde, x0, key)
         per = ism_objective(lambda y: model(y, t), x_t)
         return _weighted(per, sde, x_t, t, std, **weighting), x_t, t, std
@@ -242,29 +266,32 @@ def _ism(sde, max_dim: int, **weighting) -> Objective:
     return objective
 
 
-def _with_regularizer(
-    objective: Objective,
-    score_fn,
-    name: str,
-    qc_weight: float,
-    qc_probes: int,
-    train: bool,
-    reduce_mean: bool,
-) -> LossFn:
-    """``loss_fn(params, batch, key)``: the objective plus ``qc_weight * L_QC`` at its x_t, t."""
-    _check_qc(qc_weight, qc_probes)
+class QC(NamedTuple):
+    """L_QC settings: weight lambda (0 = off), Hutchinson probes, and its amortization."""
+
+    weight: float = 0.0
+    probes: int = 1
+    fraction: float = 1.0
+    every: int = 1
+
+
+def _with_regularizer(objective: Objective, score_fn, name: str, qc: QC, train: bool,
+                      reduce_mean: bool) -> LossFn:
+    """``loss_fn(params, batch, key)``: the objective plus ``qc.weight * L_QC`` at its x_t, t."""
+    check_qc(*qc)
 
     def loss_fn(params, batch, key):
         k_obj, k_drop, k_qc = jax.random.split(key, 3)
         dropout = k_drop if train else None
-        model = lambda x, t: score_fn(params, x, t, dropout)
+        model = lambda x, t: score_fn(params, x, t, dropout)  # noqa: E731
         per, x_t, t, std = objective(model, batch["x"], k_obj)
         metrics = {name: jnp.mean(per)}
         loss = metrics[name]
-        if qc_weight > 0:
-            qc = qc_regularizer(lambda y: model(y, t), x_t, std, k_qc, qc_probes)
-            metrics["qc"] = jnp.mean(qc / _dim(x_t) if reduce_mean else qc)
-            loss = loss + qc_weight * metrics["qc"]
+        if qc.weight > 0:
+            term = amortized_qc(model, x_t, t, std, k_qc, qc.probes, fraction=qc.fraction,
+                                every=qc.every)
+            metrics["qc"] = jnp.mean(term / _dim(x_t) if reduce_mean else term)
+            loss = loss + qc.weight * metrics["qc"]
         metrics["loss"] = loss
         return loss, metrics
 
@@ -283,6 +310,8 @@ def dsm_loss(
     reduce_mean: bool = False,
     qc_weight: float = 0.0,
     qc_probes: int = 1,
+    qc_fraction: float = 1.0,
+    qc_every: int = 1,
     train: bool = True,
 ) -> LossFn:
     """Continuous-time DSM for VE / VP / sub-VP (Song et al. 2021, eq. 7), metric ``'dsm'``.
@@ -294,10 +323,13 @@ def dsm_loss(
         of std(t)^2.
       reduce_mean: divide per-example terms by the dimension D (see the module docstring).
       qc_weight, qc_probes: lambda and the number of probes K of L_QC (0 = off).
+      qc_fraction, qc_every: L_QC on that share of the batch, on 1 step in ``qc_every`` on
+        average (weighted so its expectation is unchanged; :func:`amortized_qc`).
       train: evaluate the network in training mode (dropout on).
     """
     objective = _continuous_dsm(sde, likelihood_weighting, reduce_mean)
-    return _with_regularizer(objective, score_fn, "dsm", qc_weight, qc_probes, train, reduce_mean)
+    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
+    return _with_regularizer(objective, score_fn, "dsm", qc, train, reduce_mean)
 
 
 def smld_loss(
@@ -307,12 +339,15 @@ def smld_loss(
     reduce_mean: bool = False,
     qc_weight: float = 0.0,
     qc_probes: int = 1,
+    qc_fraction: float = 1.0,
+    qc_every: int = 1,
     train: bool = True,
 ) -> LossFn:
     """SMLD / NCSN DSM over the VE SDE's N geometric levels (Song & Ermon 2019, eq. 5-6)."""
-    _check_sde_for_variant("smld", _sde_name(sde))
+    check_sde_for_variant("smld", sde.name)
     objective = _smld_dsm(sde, reduce_mean)
-    return _with_regularizer(objective, score_fn, "dsm", qc_weight, qc_probes, train, reduce_mean)
+    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
+    return _with_regularizer(objective, score_fn, "dsm", qc, train, reduce_mean)
 
 
 def ddpm_loss(
@@ -322,12 +357,15 @@ def ddpm_loss(
     reduce_mean: bool = False,
     qc_weight: float = 0.0,
     qc_probes: int = 1,
+    qc_fraction: float = 1.0,
+    qc_every: int = 1,
     train: bool = True,
 ) -> LossFn:
     """DDPM L_simple over the VP chain's N steps (Ho et al. 2020, eq. 14), metric ``'dsm'``."""
-    _check_sde_for_variant("ddpm", _sde_name(sde))
+    check_sde_for_variant("ddpm", sde.name)
     objective = _ddpm_dsm(sde, reduce_mean)
-    return _with_regularizer(objective, score_fn, "dsm", qc_weight, qc_probes, train, reduce_mean)
+    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
+    return _with_regularizer(objective, score_fn, "dsm", qc, train, reduce_mean)
 
 
 def ssm_loss(
@@ -341,6 +379,8 @@ def ssm_loss(
     reduce_mean: bool = False,
     qc_weight: float = 0.0,
     qc_probes: int = 1,
+    qc_fraction: float = 1.0,
+    qc_every: int = 1,
     train: bool = True,
 ) -> LossFn:
     """Sliced score matching on perturbed data (Song et al. 2019, eq. 8; eq. 9 if VR).
@@ -348,7 +388,7 @@ def ssm_loss(
     Metric ``'ssm'`` or ``'ssm_vr'``. ``projection`` in 'rademacher', 'gaussian', 'sphere';
     ``num_projections`` projections per example. Other arguments as in :func:`dsm_loss`.
     """
-    _check_ssm(projection, num_projections)
+    check_ssm(projection, num_projections)
     objective = _ssm(
         sde,
         variance_reduction,
@@ -358,7 +398,8 @@ def ssm_loss(
         reduce_mean=reduce_mean,
     )
     name = "ssm_vr" if variance_reduction else "ssm"
-    return _with_regularizer(objective, score_fn, name, qc_weight, qc_probes, train, reduce_mean)
+    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
+    return _with_regularizer(objective, score_fn, name, qc, train, reduce_mean)
 
 
 def ism_loss(
@@ -370,6 +411,8 @@ def ism_loss(
     reduce_mean: bool = False,
     qc_weight: float = 0.0,
     qc_probes: int = 1,
+    qc_fraction: float = 1.0,
+    qc_every: int = 1,
     train: bool = True,
 ) -> LossFn:
     """Exact implicit score matching on perturbed data (Hyvarinen 2005, eq. 4), metric ``'ism'``.
@@ -380,25 +423,17 @@ def ism_loss(
     objective = _ism(
         sde, max_dim, likelihood_weighting=likelihood_weighting, reduce_mean=reduce_mean
     )
-    return _with_regularizer(objective, score_fn, "ism", qc_weight, qc_probes, train, reduce_mean)
+    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
+    return _with_regularizer(objective, score_fn, "ism", qc, train, reduce_mean)
 
 
 # ----------------------------------------------------------------------------------------
-# Validation: each refusal is one sentence saying what is wrong and how to fix it.
+# Checks of plain arguments: each refusal is one sentence saying what is wrong and how to
+# fix it (``settings.py`` calls them at start-up, the factories when they build a loss).
 
 
-def _sde_name(sde) -> str:
-    """'ve', 'vp' or 'subvp' (sub-VP subclasses VP, so it is tested first)."""
-    if isinstance(sde, sde_lib.SubVPSDE):
-        return "subvp"
-    if isinstance(sde, sde_lib.VPSDE):
-        return "vp"
-    if isinstance(sde, sde_lib.VESDE):
-        return "ve"
-    raise ValueError(f"unknown SDE {type(sde).__name__}; use VESDE, VPSDE or SubVPSDE")
-
-
-def _check_sde_for_variant(variant: str, sde_name: str | None) -> None:
+def check_sde_for_variant(variant: str, sde_name: str | None) -> None:
+    """SMLD is defined on the VE chain, DDPM on the VP chain."""
     need = {"smld": "ve", "ddpm": "vp"}.get(variant)
     if need is not None and sde_name is not None and sde_name != need:
         raise ValueError(
@@ -408,14 +443,22 @@ def _check_sde_for_variant(variant: str, sde_name: str | None) -> None:
         )
 
 
-def _check_qc(qc_weight: float, qc_probes: int) -> None:
-    if qc_weight < 0:
-        raise ValueError(f"training.qc_weight={qc_weight} must be >= 0 (0 turns L_QC off)")
-    if qc_probes < 1:
-        raise ValueError(f"training.qc_probes={qc_probes} must be >= 1 (Hutchinson probes)")
+def check_qc(weight: float, probes: int, fraction: float = 1.0, every: int = 1) -> None:
+    """lambda >= 0, K >= 1, fraction in (0, 1], every >= 1."""
+    if weight < 0:
+        raise ValueError(f"training.qc_weight={weight} must be >= 0 (0 turns L_QC off)")
+    if probes < 1:
+        raise ValueError(f"training.qc_probes={probes} must be >= 1 (Hutchinson probes)")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"training.qc_fraction={fraction} must lie in (0, 1] (the share of "
+                         "the batch L_QC is taken on; 1 = all)")
+    if int(every) != every or every < 1:
+        raise ValueError(f"training.qc_every={every} must be an integer >= 1 (L_QC on one "
+                         "step in qc_every on average; 1 = every step)")
 
 
-def _check_ssm(projection: str, num_projections: int) -> None:
+def check_ssm(projection: str, num_projections: int) -> None:
+    """A known projection kind and at least one projection."""
     if projection not in PROJECTIONS:
         raise ValueError(
             f"unknown training.ssm_projection {projection!r}; valid names: {list(PROJECTIONS)}"
@@ -424,130 +467,11 @@ def _check_ssm(projection: str, num_projections: int) -> None:
         raise ValueError(f"training.ssm_num_projections={num_projections} must be >= 1")
 
 
-def _check_ism_dim(data_dim: int, max_dim: int) -> None:
+def check_ism_dim(data_dim: int, max_dim: int) -> None:
+    """Exact ISM costs D jvps: refuse D above ``max_dim``."""
     if data_dim > max_dim:
         raise ValueError(
             f"training.objective='ism' needs D={data_dim} Jacobian-vector products per step for "
             f"its exact trace, above training.ism_max_dim={max_dim}; use training.objective="
             "'ssm' or 'ssm_vr' (sliced score matching) for data of this size"
         )
-
-
-def _get(cfg, name: str, default):
-    """A config field, or ``default`` when the config does not have it."""
-    return getattr(cfg, name, default)
-
-
-def validate_training(
-    training_config: Any,
-    conservative: bool,
-    data_dim: int | None = None,
-    *,
-    sde_name: str | None = None,
-) -> None:
-    """Raises ``ValueError`` (one sentence) for a training config that makes no sense.
-
-    Builds nothing; the config validator calls it at start-up. Checks the objective and DSM
-    variant names, QC settings (``qc_weight >= 0``, ``qc_probes >= 1``, no QC on a
-    conservative model), SSM projections, SMLD only on VE and DDPM only on VP (when
-    ``sde_name`` is given), likelihood weighting only with continuous-time objectives, and
-    ISM only up to ``training.ism_max_dim`` dimensions (when ``data_dim`` is given).
-    """
-    objective = _get(training_config, "objective", "dsm")
-    if objective not in _OBJECTIVES:
-        raise ValueError(
-            f"unknown training.objective {objective!r}; valid names: {sorted(_OBJECTIVES)}"
-        )
-    qc_weight = float(_get(training_config, "qc_weight", 0.0))
-    _check_qc(qc_weight, int(_get(training_config, "qc_probes", 1)))
-    if qc_weight > 0 and conservative:
-        raise ValueError(
-            f"training.qc_weight > 0 needs model.parameterization='unconstrained': the score of "
-            f"a conservative model is a gradient field whose Asym is identically 0, so set "
-            f"training.qc_weight=0 (got {qc_weight}) or use the unconstrained parameterization"
-        )
-    if objective in ("ssm", "ssm_vr"):
-        _check_ssm(
-            _get(training_config, "ssm_projection", "rademacher"),
-            int(_get(training_config, "ssm_num_projections", 1)),
-        )
-    if objective == "ism" and data_dim is not None:
-        _check_ism_dim(data_dim, int(_get(training_config, "ism_max_dim", ISM_MAX_DIM)))
-    if objective == "dsm":
-        variant = _get(training_config, "dsm_variant", "continuous")
-        if variant not in DSM_VARIANTS:
-            raise ValueError(
-                f"unknown training.dsm_variant {variant!r}; valid names: {list(DSM_VARIANTS)}"
-            )
-        _check_sde_for_variant(variant, sde_name)
-        if variant != "continuous" and _get(training_config, "likelihood_weighting", False):
-            raise ValueError(
-                f"training.likelihood_weighting=True applies to continuous-time objectives, not "
-                f"training.dsm_variant={variant!r}; set it to False or use dsm_variant='continuous'"
-            )
-
-
-def _common(cfg) -> dict:
-    return dict(
-        reduce_mean=bool(_get(cfg, "reduce_mean", False)),
-        qc_weight=float(_get(cfg, "qc_weight", 0.0)),
-        qc_probes=int(_get(cfg, "qc_probes", 1)),
-    )
-
-
-def _build_dsm(cfg, fns, sde) -> LossFn:
-    variant = _get(cfg, "dsm_variant", "continuous")
-    if variant == "smld":
-        return smld_loss(fns.score, sde, **_common(cfg))
-    if variant == "ddpm":
-        return ddpm_loss(fns.score, sde, **_common(cfg))
-    lw = bool(_get(cfg, "likelihood_weighting", False))
-    return dsm_loss(fns.score, sde, likelihood_weighting=lw, **_common(cfg))
-
-
-def _build_ssm(cfg, fns, sde, variance_reduction: bool) -> LossFn:
-    return ssm_loss(
-        fns.score,
-        sde,
-        variance_reduction=variance_reduction,
-        projection=_get(cfg, "ssm_projection", "rademacher"),
-        num_projections=int(_get(cfg, "ssm_num_projections", 1)),
-        likelihood_weighting=bool(_get(cfg, "likelihood_weighting", False)),
-        **_common(cfg),
-    )
-
-
-def _build_ism(cfg, fns, sde) -> LossFn:
-    return ism_loss(
-        fns.score,
-        sde,
-        max_dim=int(_get(cfg, "ism_max_dim", ISM_MAX_DIM)),
-        likelihood_weighting=bool(_get(cfg, "likelihood_weighting", False)),
-        **_common(cfg),
-    )
-
-
-# training.objective -> builder(training_config, model_fns, sde) -> loss_fn.
-# Hook: 'drl' (diffusion recovery likelihood; needs model_fns.energy) is added here by its
-# own builder; until then 'drl' is refused with the list of the available names.
-_OBJECTIVES: dict[str, Callable[..., LossFn]] = {
-    "dsm": _build_dsm,
-    "ssm": lambda cfg, fns, sde: _build_ssm(cfg, fns, sde, variance_reduction=False),
-    "ssm_vr": lambda cfg, fns, sde: _build_ssm(cfg, fns, sde, variance_reduction=True),
-    "ism": _build_ism,
-}
-
-
-def get_loss_fn(training_config: Any, model_fns: ModelFns, sde: SDE) -> LossFn:
-    """The loss named by ``training.objective`` for ``model_fns`` (``parameterization.ModelFns``).
-
-    Reads ``objective`` ('dsm', 'ssm', 'ssm_vr', 'ism'), ``dsm_variant`` ('continuous',
-    'smld', 'ddpm'), ``likelihood_weighting``, ``reduce_mean``, ``qc_weight``, ``qc_probes``,
-    ``ssm_projection``, ``ssm_num_projections`` and ``ism_max_dim``; absent fields take the
-    factories' defaults. Invalid combinations raise ``ValueError`` (:func:`validate_training`).
-
-    Returns:
-      ``loss_fn(params, batch, key) -> (loss, metrics)``.
-    """
-    validate_training(training_config, model_fns.conservative, sde_name=_sde_name(sde))
-    return _OBJECTIVES[_get(training_config, "objective", "dsm")](training_config, model_fns, sde)

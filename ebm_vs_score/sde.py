@@ -12,8 +12,11 @@ VE). The names and signatures follow the score_sde codebase so users can move ov
 * ``marginal_prob(x0, t) -> (mean, std)``: ``mean`` like ``x0``, ``std`` of shape (B,);
 * ``sde(x, t) -> (drift, diffusion)``: ``drift`` like ``x``, ``diffusion`` of shape (B,);
 * ``prior_sampling(key, shape)`` and ``prior_logp(z) -> (B,)``;
-* ``discretize(x, t) -> (f, G)``: the discrete chain step used by reverse diffusion and
-  ancestral sampling (Song et al. 2021, Appendix E);
+* ``discretize(x, t) -> (f, G)``: the training chain's step at t (Song et al. 2021, App. E);
+* ``grid_step(x, t, t_next) -> (f, G)``: the forward chain step between two grid times, the
+  step the reverse-diffusion predictor inverts; ``ancestral_step`` (the ancestral sampler's
+  step), ``corrector_alpha(t)`` (the Langevin corrector's alpha_i), ``name`` and
+  ``has_discrete_chain``: what samplers and losses used to ask by class checks;
 * ``T`` (end time, 1.0), ``eps`` (smallest time used in training/sampling), ``N``.
 
 The objects are frozen dataclasses of Python floats: hashable, closed over by ``jax.jit``
@@ -23,7 +26,6 @@ as constants, and holding no state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +37,15 @@ def batch_mul(a: jax.Array, x: jax.Array) -> jax.Array:
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
 
 
+def sum_sq(x: jax.Array) -> jax.Array:
+    """Per-example squared norm ||x_b||^2, shape (B,)."""
+    return jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=-1)
+
+
 def _gaussian_logp(z: jax.Array, std: float) -> jax.Array:
     """log N(z; 0, std^2 I) per example, shape (B,)."""
     d = np.prod(z.shape[1:])
-    sq = jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=-1)
-    return -0.5 * d * jnp.log(2 * jnp.pi * std**2) - sq / (2 * std**2)
+    return -0.5 * d * jnp.log(2 * jnp.pi * std**2) - sum_sq(z) / (2 * std**2)
 
 
 class _SDE:
@@ -48,6 +54,8 @@ class _SDE:
     T: float = 1.0
     eps: float
     N: int
+    name: str = ""
+    has_discrete_chain: bool = True
 
     def alpha(self, t: jax.Array) -> jax.Array:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -68,6 +76,16 @@ class _SDE:
         """Decreasing times T -> eps, ``num_steps`` points, as used by the samplers."""
         return jnp.linspace(self.T, self.eps, num_steps)
 
+    def corrector_alpha(self, t: jax.Array) -> jax.Array:
+        """alpha_i of the Langevin corrector's step 2 alpha_i (r ||z|| / ||s||)^2 (Alg. 4/5)."""
+        return jnp.ones_like(t)
+
+    def _no_chain(self) -> ValueError:
+        return ValueError(
+            f"ancestral sampling needs a discrete chain, which {self.name} lacks: use "
+            "sampling.method='euler_maruyama', 'pc' (another predictor) or 'ode', "
+            "or sde.name='vp'")
+
 
 @dataclasses.dataclass(frozen=True)
 class VESDE(_SDE):
@@ -81,6 +99,7 @@ class VESDE(_SDE):
     sigma_max: float = 50.0
     N: int = 1000
     eps: float = 1e-5
+    name = "ve"
 
     def alpha(self, t):
         return jnp.ones_like(t)
@@ -108,6 +127,18 @@ class VESDE(_SDE):
         prev = jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
         return jnp.zeros_like(x), jnp.sqrt(sigma**2 - prev**2)
 
+    def grid_step(self, x, t, t_next):
+        """SMLD chain between grid times: f = 0, G^2 = sigma(t)^2 - sigma(t_next)^2 (eq. 45)."""
+        sigma, sigma_next = self.marginal_std(t), self.marginal_std(t_next)
+        return jnp.zeros_like(x), jnp.sqrt(sigma**2 - sigma_next**2)
+
+    def ancestral_step(self, x, score, noise, t, t_next):
+        """SMLD ancestral step (Song et al. 2021, App. F):
+        x + (sigma^2 - sigma'^2) s + sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2) z."""
+        var, var_next = self.marginal_std(t) ** 2, self.marginal_std(t_next) ** 2
+        x_mean = x + batch_mul(var - var_next, score)
+        return x_mean + batch_mul(jnp.sqrt(var_next * (var - var_next) / var), noise)
+
     def prior_sampling(self, key, shape):
         return jax.random.normal(key, shape) * self.sigma_max
 
@@ -127,6 +158,7 @@ class VPSDE(_SDE):
     beta_max: float = 20.0
     N: int = 1000
     eps: float = 1e-3
+    name = "vp"
 
     def beta(self, t):
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -169,6 +201,27 @@ class VPSDE(_SDE):
         beta = self.discrete_betas[self.timestep(t)]
         return batch_mul(jnp.sqrt(1.0 - beta), x) - x, jnp.sqrt(beta)
 
+    def grid_beta(self, t, t_next):
+        """beta of the DDPM chain respaced on the grid: 1 - beta = alpha(t)^2 / alpha(t_next)^2
+        (Nichol & Dhariwal 2021, Sec. 4)."""
+        return -jnp.expm1(2.0 * (self.log_alpha(t) - self.log_alpha(t_next)))
+
+    def grid_step(self, x, t, t_next):
+        """DDPM chain between grid times: f = (sqrt(1 - beta) - 1) x, G^2 = beta (eq. 46)."""
+        beta = self.grid_beta(t, t_next)
+        return batch_mul(jnp.sqrt(1.0 - beta) - 1.0, x), jnp.sqrt(beta)
+
+    def ancestral_step(self, x, score, noise, t, t_next):
+        """DDPM ancestral step (Ho et al. 2020, Alg. 2, with the score):
+        x <- (x + beta s) / sqrt(1 - beta) + sqrt(beta) z."""
+        beta = self.grid_beta(t, t_next)
+        x_mean = batch_mul(jax.lax.rsqrt(1.0 - beta), x + batch_mul(beta, score))
+        return x_mean + batch_mul(jnp.sqrt(beta), noise)
+
+    def corrector_alpha(self, t):
+        """1 - beta_i of the training chain (Song et al. 2021, Alg. 5)."""
+        return 1.0 - self.discrete_betas[self.timestep(t)]
+
     def prior_sampling(self, key, shape):
         return jax.random.normal(key, shape)
 
@@ -182,6 +235,9 @@ class SubVPSDE(VPSDE):
     g(t)^2 = beta(t) (1 - exp(-2 beta_min t - (beta_max - beta_min) t^2)); std(t) = 1 - alpha(t)^2.
     """
 
+    name = "subvp"
+    has_discrete_chain = False
+
     def marginal_std(self, t):
         return -jnp.expm1(2.0 * self.log_alpha(t))
 
@@ -191,35 +247,35 @@ class SubVPSDE(VPSDE):
         return -0.5 * batch_mul(beta, x), jnp.sqrt(beta * discount)
 
     def discretize(self, x, t):  # pragma: no cover - no discrete chain exists
-        raise ValueError(
-            "sub-VP has no discrete chain: use the euler_maruyama, pc or ode samplers,"
-            " or sde.name='vp' for ancestral sampling"
-        )
+        raise self._no_chain()
+
+    def grid_step(self, x, t, t_next):
+        """No chain exists: f = drift dt, G = g sqrt(dt) (Euler-Maruyama, score_sde's default)."""
+        drift, g = self.sde(x, t)
+        dt = t - t_next
+        return batch_mul(dt, drift), g * jnp.sqrt(dt)
+
+    def ancestral_step(self, x, score, noise, t, t_next):
+        raise self._no_chain()
 
 
 SDE = VESDE | VPSDE | SubVPSDE
 
-_SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
+SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
+SDE_NAMES = tuple(SDES)  # sde.name
 
 
-def get_sde(sde_config: Any) -> SDE:
-    """Builds the SDE named by ``sde_config.name`` ('ve', 'vp', 'subvp').
+def make_sde(name: str, *, sigma_min: float, sigma_max: float, beta_min: float,
+             beta_max: float, num_scales: int, eps: float) -> SDE:
+    """The SDE named ``name`` ('ve', 'vp', 'subvp'); VE takes the sigmas, VP/sub-VP the betas.
 
-    Reads ``sigma_min, sigma_max`` (VE), ``beta_min, beta_max`` (VP, sub-VP),
-    ``num_scales`` (N) and ``eps`` (smallest time).
+    Raises:
+      ValueError: for an unknown name, listing the valid ones.
     """
-    if sde_config.name not in _SDES:
-        raise ValueError(f"unknown sde.name {sde_config.name!r}; valid names: {sorted(_SDES)}")
-    if sde_config.name == "ve":
-        return VESDE(
-            sigma_min=float(sde_config.sigma_min),
-            sigma_max=float(sde_config.sigma_max),
-            N=int(sde_config.num_scales),
-            eps=float(sde_config.eps),
-        )
-    return _SDES[sde_config.name](
-        beta_min=float(sde_config.beta_min),
-        beta_max=float(sde_config.beta_max),
-        N=int(sde_config.num_scales),
-        eps=float(sde_config.eps),
-    )
+    if name not in SDES:
+        raise ValueError(f"unknown sde.name {name!r}; valid names: {list(SDE_NAMES)}")
+    if name == "ve":
+        return VESDE(sigma_min=float(sigma_min), sigma_max=float(sigma_max),
+                     N=int(num_scales), eps=float(eps))
+    return SDES[name](beta_min=float(beta_min), beta_max=float(beta_max),
+                      N=int(num_scales), eps=float(eps))

@@ -175,17 +175,19 @@ def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> 
 
 def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
     """``sample_fn(params, key) -> (samples, info)`` for the configured sampler, jitted once."""
-    from ebm_vs_score import samplers
+    from ebm_vs_score import samplers, settings
 
     shape = (int(config.sampling.num_samples),) + model.example_shape
-    options = samplers.options_from_config(config.sampling)
+    options = settings.sampler_options(config)
 
     if builders.is_drl(config):
         from ebm_vs_score import drl
 
+        chain = settings.drl_settings(config.drl).chain
+
         def drl_sample_fn(params, key):
             energy = param_lib.bind(model.fns.energy, params)
-            return drl.drl_sample(energy, key, shape, config.drl, schedule=model.sde)
+            return drl.drl_sample(energy, key, shape, model.ladder, chain)
 
         return jax.jit(drl_sample_fn)
 

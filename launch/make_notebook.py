@@ -68,6 +68,7 @@ CELLS = [
             parameterization,
             plotting,
             samplers,
+            settings,
             train,
         )
 
@@ -207,7 +208,7 @@ CELLS = [
                 method, key, (NUM_SAMPLES,) + model.example_shape, sde=model.sde,
                 score_fn=parameterization.bind(model.fns.score, p),
                 energy_fn=parameterization.bind(model.fns.energy, p),
-                num_steps=SAMPLE_STEPS, **samplers.options_from_config(config.sampling)))
+                num_steps=SAMPLE_STEPS, **settings.sampler_options(config)))
             samples, info = run(jax.random.PRNGKey(seed))
             return np.asarray(samples), jax.device_get(info)
 

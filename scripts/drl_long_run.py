@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ebm_vs_score import data, drl
+from ebm_vs_score import data, drl, settings
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score.metrics.distances import mmd
 from ebm_vs_score.models import MLP
@@ -46,7 +46,7 @@ def train(args: argparse.Namespace, cfg, emit) -> tuple:
     net = MLP(hidden=tuple(args.hidden), out="scalar", embedding_dim=32)
     fns = drl.model_fns("resnet_energy", net, schedule, 1.0)
     params = net.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
-    loss_fn = drl.make_drl_loss(cfg, fns.energy, schedule=schedule)
+    loss_fn = drl.make_drl_loss(fns.energy, schedule, cfg.chain)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
 
     @jax.jit
@@ -86,7 +86,8 @@ def check_long_run(args: argparse.Namespace, cfg, energy, emit) -> None:
     schedule = drl.make_schedule(cfg.num_levels)
     held_out = data.sample_toy(args.toy, 2, args.num_chains)
     reference = mmd(data.sample_toy(args.toy, 1, args.num_chains), held_out, BANDWIDTHS)
-    samples, info = jax.jit(lambda k: drl.drl_sample(energy, k, (args.num_chains, 2), cfg))(
+    samples, info = jax.jit(lambda k: drl.drl_sample(energy, k, (args.num_chains, 2), schedule,
+                                                 cfg.chain))(
         jax.random.PRNGKey(args.seed + 1))
     emit(dict(phase="progressive", mmd=mmd(np.asarray(samples), held_out, BANDWIDTHS),
               mmd_reference=reference, acceptance=float(info["acceptance"]), nfe=int(info["nfe"])))
@@ -97,7 +98,8 @@ def check_long_run(args: argparse.Namespace, cfg, energy, emit) -> None:
     snapshot_steps = np.unique(np.r_[0, np.geomspace(1, args.chain_steps, 12).astype(int)])
     for kind, x0 in starts.items():
         snaps, info = jax.jit(lambda k, x0=x0, kind=kind: drl.long_run_chain(
-            energy, k, x0, args.chain_steps, 0, cfg, snapshot_steps=snapshot_steps,
+            energy, k, x0, args.chain_steps, 0, schedule, cfg.chain,
+            snapshot_steps=snapshot_steps,
             conditional=kind == "conditional"))(jax.random.PRNGKey(args.seed + 3))
         scale = float(schedule.y_scale(level0[:1])[0])
         for step, snap, log_prob in zip(info["steps"], snaps, info["log_prob"], strict=True):
@@ -129,8 +131,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = drl_config(args)
-    drl.validate_drl(cfg)
+    cfg = settings.drl_settings(drl_config(args))
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
 
     def emit(record: dict) -> None:

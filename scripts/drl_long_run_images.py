@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_vs_score import builders, data, drl, evaluate, plotting
+from ebm_vs_score import builders, data, drl, evaluate, plotting, settings
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score.metrics import distances
 
@@ -101,12 +101,13 @@ def run(args: argparse.Namespace) -> dict:
     model = builders.build_model(config)
     step, params = evaluate.restore_params(config, args.workdir, model)
     energy = param_lib.bind(model.fns.energy, params)
-    schedule = model.sde
+    schedule = model.ladder
+    chain_settings = settings.drl_settings(config.drl).chain
     k_sample, k_chain = jax.random.split(jax.random.PRNGKey(args.seed))
     shape = (args.num_chains,) + model.example_shape
     start = time.time()
-    x0, info = jax.jit(lambda k: drl.drl_sample(energy, k, shape, config.drl,
-                                                schedule=schedule, keep_levels=True))(k_sample)
+    x0, info = jax.jit(lambda k: drl.drl_sample(energy, k, shape, schedule, chain_settings,
+                                                keep_levels=True))(k_sample)
     x0 = np.asarray(x0)
     top_row, x1 = x0, info["levels"][1]
     test_x, _ = data.load_digits_split("test")
@@ -121,8 +122,8 @@ def run(args: argparse.Namespace) -> dict:
     num_steps = int(config.drl.num_steps)
     steps = snapshot_steps(args.chain_steps, num_steps)
     chain = jax.jit(lambda key, x: drl.long_run_chain(
-        energy, key, x, args.chain_steps, 0, config.drl, snapshot_steps=steps,
-        schedule=schedule))
+        energy, key, x, args.chain_steps, 0, schedule, chain_settings,
+        snapshot_steps=steps))
     start = time.time()
     snaps, chain_info = chain(k_chain, x1)
     # y_0 = a'_0 x_0: snapshots back to data space (step 0 is x_1 itself, left as is).
