@@ -20,7 +20,7 @@ import optax
 import pytest
 from scipy.stats import spearmanr
 
-from ebm_vs_score import data, drl
+from ebm_vs_score import data, drl, settings
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score.config_base import get_config
 from ebm_vs_score.metrics.distances import mmd
@@ -31,7 +31,13 @@ BANDWIDTHS = [0.1, 0.3, 1.0]  # MMD kernel scales for unit-variance 2-D toys
 
 def _drl_config(num_levels=6, num_steps=30, step_size=2e-4, metropolis=False):
     return ml_collections.ConfigDict(dict(num_levels=num_levels, num_steps=num_steps,
-                                          step_size=step_size, metropolis=metropolis))
+                                          step_size=step_size, metropolis=metropolis,
+                                          step_schedule="authors"))
+
+
+def _drl(num_levels=6, num_steps=30, step_size=2e-4, metropolis=False, step_schedule="authors"):
+    """Typed DRL settings (what settings.drl_settings returns for such a config)."""
+    return settings.DRLSettings(num_levels, num_steps, step_size, metropolis, step_schedule)
 
 
 def _gaussian_energy(mean, var):
@@ -60,9 +66,10 @@ def _mixture_energy(mixture, schedule):
 @pytest.mark.parametrize("scale", ["toy", "digits", "cifar"])
 def test_config_defaults_validate(scale):
     cfg = get_config(scale, "drl").drl
-    settings = drl.validate_drl(cfg)
-    assert settings[:4] == (cfg.num_levels, cfg.num_steps, cfg.step_size, cfg.metropolis)
-    assert drl.validate_drl(_drl_config()) == drl.DRLSettings(6, 30, 2e-4, False, "authors")
+    typed = settings.drl_settings(cfg)
+    assert (typed.num_levels, typed.num_steps, typed.step_size, typed.metropolis) == (
+        cfg.num_levels, cfg.num_steps, cfg.step_size, cfg.metropolis)
+    assert settings.drl_settings(_drl_config()) == _drl(6, 30, 2e-4, False, "authors")
 
 
 @pytest.mark.parametrize("field, value", [
@@ -75,7 +82,7 @@ def test_bad_settings_give_one_sentence(field, value):
     cfg = types.SimpleNamespace(**_drl_config().to_dict())  # a ConfigDict would refuse a type
     setattr(cfg, field, value)
     with pytest.raises(ValueError) as err:
-        drl.validate_drl(cfg)
+        settings.drl_settings(cfg)
     message = str(err.value)
     assert message.startswith(f"drl.{field}=") and "\n" not in message
     assert "--config.drl." in message  # says how to fix it
@@ -190,12 +197,12 @@ def test_metropolis_keeps_the_exact_target_where_ula_is_biased():
 
 def test_long_run_chain_snapshots_and_stays_on_target():
     schedule = drl.make_schedule(6)
-    cfg = _drl_config(step_size=0.05, metropolis=True)
+    cfg = _drl(step_size=0.05, metropolis=True)
     mean, var, n = jnp.asarray([0.3, 0.3]), 0.04, 2000
     x0 = jnp.full((n, 2), -1.0)
     cond_mean, cond_var = _conditional_moments(schedule, 0, mean, var, jnp.asarray([-1.0, -1.0]))
     snaps, info = jax.jit(lambda k: drl.long_run_chain(
-        _gaussian_energy(mean, var), k, x0, 600, 0, cfg,
+        _gaussian_energy(mean, var), k, x0, 600, 0, cfg.schedule, cfg.chain,
         snapshot_steps=(0, 200, 400, 600)))(jax.random.PRNGKey(0))
     snaps = np.asarray(snaps)
     assert snaps.shape == (4, n, 2) and info["nfe"] == 601
@@ -209,10 +216,11 @@ def test_long_run_chain_snapshots_and_stays_on_target():
 
 
 def test_marginal_long_run_chain():
-    cfg = _drl_config(step_size=2e-3, metropolis=True)
+    cfg = _drl(step_size=2e-3, metropolis=True)
     mean, var = jnp.asarray([1.0, 0.0]), 0.5
     snaps, _ = jax.jit(lambda k: drl.long_run_chain(
-        _gaussian_energy(mean, var), k, jnp.zeros((2000, 2)), 300, 3, cfg, conditional=False,
+        _gaussian_energy(mean, var), k, jnp.zeros((2000, 2)), 300, 3, cfg.schedule, cfg.chain,
+        conditional=False,
         snapshot_steps=(300,)))(jax.random.PRNGKey(0))
     np.testing.assert_allclose(np.asarray(snaps[0]).mean(0), mean, atol=0.05)
     np.testing.assert_allclose(np.asarray(snaps[0]).var(0).mean(), var, rtol=0.1)
@@ -226,9 +234,10 @@ def test_marginal_long_run_chain():
 def test_progressive_sampling_with_exact_energies_reproduces_the_mixture():
     """Algorithm 2 driven by the exact noisy-mixture energies of every level."""
     mixture, schedule = data.eight_gaussians(), drl.make_schedule(6)
-    cfg = _drl_config(step_size=0.03, metropolis=True)
+    cfg = _drl(step_size=0.03, metropolis=True)
     samples, info = jax.jit(lambda k: drl.drl_sample(
-        _mixture_energy(mixture, schedule), k, (2000, 2), cfg, keep_levels=True))(
+        _mixture_energy(mixture, schedule), k, (2000, 2), schedule, cfg.chain,
+        keep_levels=True))(
         jax.random.PRNGKey(0))
     assert info["nfe"] == 6 * 31 and info["levels"].shape == (7, 2000, 2)
     np.testing.assert_array_equal(info["levels"][0], samples)
@@ -270,8 +279,8 @@ def _fit(loss_fn, params, batches, lr=1e-3, seed=0):
 
 
 def test_loss_runs_with_finite_gradients_and_decreases():
-    fns, params, _ = _toy_model()
-    loss_fn = drl.make_drl_loss(_drl_config(num_steps=5, step_size=2e-3), fns.energy)
+    fns, params, schedule = _toy_model()
+    loss_fn = drl.make_drl_loss(fns.energy, schedule, drl.DRLChain(5, 2e-3))
     batch = {"x": jnp.asarray(data.sample_toy("8gaussians", 0, 64))}
     grad_fn = jax.jit(jax.value_and_grad(
         lambda p: loss_fn(p, batch, jax.random.PRNGKey(0)), has_aux=True))
@@ -295,7 +304,7 @@ def test_loss_works_with_the_resnet_energy_and_metropolis():
     fns = drl.model_fns("resnet_energy", net, schedule, 0.5)
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 1)), jnp.float32)
     params = net.init(jax.random.PRNGKey(0), x, jnp.zeros((2,)))["params"]
-    loss_fn = drl.make_drl_loss(_drl_config(2, 2, 1e-3, True), fns.energy)
+    loss_fn = drl.make_drl_loss(fns.energy, schedule, drl.DRLChain(2, 1e-3, True))
     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
         params, {"x": x}, jax.random.PRNGKey(0))
     assert np.isfinite(loss) and 0 <= metrics["acceptance"] <= 1
@@ -323,8 +332,8 @@ def test_model_fns_condition_on_the_recovery_noise_and_build_both_energy_familie
 # ---------------------------------------------------------------------------------------
 
 
-TOY_CFG = _drl_config(num_steps=30, step_size=0.1, metropolis=True)
-TOY_CFG.step_schedule = "sigma"  # s_t = b sigma_{t+1}: every level's chain mixes on the toy
+# s_t = b sigma_{t+1} ('sigma'): every level's chain mixes on the toy
+TOY_CFG = _drl(num_steps=30, step_size=0.1, metropolis=True, step_schedule="sigma")
 
 
 def _train_and_check(num_iters, hidden, cfg=TOY_CFG, seed=0):
@@ -333,10 +342,12 @@ def _train_and_check(num_iters, hidden, cfg=TOY_CFG, seed=0):
     rng = np.random.default_rng(seed)
     batches = jnp.asarray(np.stack([data.sample_toy("8gaussians", rng, 256)
                                     for _ in range(num_iters)]))
-    params, losses = _fit(drl.make_drl_loss(cfg, fns.energy), params, batches, seed=seed)
+    params, losses = _fit(drl.make_drl_loss(fns.energy, cfg.schedule, cfg.chain), params,
+                          batches, seed=seed)
     assert np.all(np.isfinite(losses))
     energy = param_lib.bind(fns.energy, params)
-    samples, _ = jax.jit(lambda k: drl.drl_sample(energy, k, (2000, 2), cfg))(
+    samples, _ = jax.jit(lambda k: drl.drl_sample(energy, k, (2000, 2), cfg.schedule,
+                                                       cfg.chain))(
         jax.random.PRNGKey(seed + 1))
     held_out = data.sample_toy("8gaussians", 2, 2000)
     gaussian = np.random.default_rng(seed).standard_normal((2000, 2))  # same mean, covariance
@@ -353,8 +364,7 @@ def _train_and_check(num_iters, hidden, cfg=TOY_CFG, seed=0):
 def test_drl_fits_8gaussians_fast():
     """Short run (K = 15 at twice the step): the level-0 energy already ranks the grid like
     log p and the samples are far closer to the data than the best Gaussian's."""
-    cfg = _drl_config(num_steps=15, step_size=0.2, metropolis=True)
-    cfg.step_schedule = "sigma"
+    cfg = _drl(num_steps=15, step_size=0.2, metropolis=True, step_schedule="sigma")
     mmds, rho = _train_and_check(2500, (64, 64), cfg)
     assert rho > 0.85, rho  # 0.91-0.95 over seeds 0-2
     assert mmds["model"] < 0.4 * mmds["gaussian"], mmds  # 0.017-0.020 vs 0.096 for N(0, I)
@@ -379,7 +389,7 @@ def test_nll_by_ais_of_a_gaussian_level0_energy_is_analytic():
     var, dim = 0.3, 2
     x = jnp.asarray([[0.1, -0.2], [1.0, 2.0]])
     nll, info = jax.jit(lambda k: drl.drl_nll_by_ais(
-        _gaussian_energy(jnp.zeros(dim), var), k, x, _drl_config(), num_chains=256,
+        _gaussian_energy(jnp.zeros(dim), var), k, x, drl.make_schedule(6), num_chains=256,
         num_steps=100, base_std=0.6))(jax.random.PRNGKey(0))
     var_x = var / drl.make_schedule(6).alphas[1] ** 2
     expected = 0.5 * np.sum(np.asarray(x) ** 2, 1) / var_x + 0.5 * dim * np.log(2 * np.pi * var_x)

@@ -42,12 +42,14 @@ def _fns(sde):
 
 # ula and uhmc adapted their step by default before (issue #13 made adapt=False their
 # default), so the old behaviour is asked for explicitly.
+_SLOW = pytest.mark.slow  # the kernels merged into mcmc run fast; the rest with -m slow
 SAMPLE_CASES = [
     ("mala", "ve", {}, {}), ("hmc", "vp", {}, {}), ("ula", "vp", {}, {"adapt": True}),
-    ("uhmc", "ve", {}, {"adapt": True}), ("ald", "ve", {}, {}), ("pc", "ve", {}, {}),
-    ("pc", "vp", {}, {}), ("ancestral", "ve", {}, {}), ("ancestral", "vp", {}, {}),
-    ("euler_maruyama", "subvp", {}, {}), ("ode", "vp", {}, {}), ("pc", "subvp", {}, {}),
-    ("mala", "vp", {"adapt": False, "step_size": 1e-3}, {}),
+    pytest.param("uhmc", "ve", {}, {"adapt": True}, marks=_SLOW),
+    *(pytest.param(m, s, {}, {}, marks=_SLOW) for m, s in [
+        ("ald", "ve"), ("pc", "ve"), ("pc", "vp"), ("ancestral", "ve"), ("ancestral", "vp"),
+        ("euler_maruyama", "subvp"), ("ode", "vp"), ("pc", "subvp")]),
+    pytest.param("mala", "vp", {"adapt": False, "step_size": 1e-3}, {}, marks=_SLOW),
 ]
 
 
@@ -79,6 +81,7 @@ def test_drl_loss_reproduces_reference():
     _check("drl/loss", [float(v) for _, v in sorted(metrics.items())])
 
 
+@pytest.mark.slow
 def test_ais_on_the_shared_hmc_kernel_reproduces_reference():
     log_z, info = likelihood.ais_log_normalizer(
         lambda x: 0.5 * jnp.sum((x / 0.7) ** 2, -1), jax.random.key(2), (2,), num_steps=20,
@@ -86,6 +89,7 @@ def test_ais_on_the_shared_hmc_kernel_reproduces_reference():
     _check("ais", [float(log_z)] + np.asarray(info["log_weights"]).tolist())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_probes", [0, 2])
 def test_ode_log_prob_on_the_shared_trace_reproduces_reference(num_probes):
     score, _ = _fns(SDES["vp"])
@@ -95,6 +99,7 @@ def test_ode_log_prob_on_the_shared_trace_reproduces_reference(num_probes):
     _check("ode_hutch" if num_probes else "ode_exact", log_p)
 
 
+@pytest.mark.slow
 def test_asymmetry_reproduces_reference():
     a = jax.random.normal(jax.random.key(5), (3, 3))
     x = jax.random.normal(jax.random.key(6), (5, 3))
@@ -118,10 +123,12 @@ def _loss_builds(score):
     }
 
 
-def test_losses_on_the_shared_estimators_reproduce_reference():
+@pytest.mark.parametrize("name", [
+    "dsm", "ism", *(pytest.param(n, marks=_SLOW) for n in ("dsm_lw", "smld", "ddpm", "ssm",
+                                                            "ssm_vr"))])
+def test_losses_on_the_shared_estimators_reproduce_reference(name):
     score = lambda p, x, t, key=None: jnp.tanh(x @ p) - x * 0.3  # noqa: E731
     w = jax.random.normal(jax.random.key(8), (2, 2))
     batch = {"x": jax.random.normal(jax.random.key(9), (32, 2))}
-    for name, build in _loss_builds(score).items():
-        _, metrics = jax.jit(build())(w, batch, jax.random.key(10))
-        _check(f"loss/{name}", [float(v) for _, v in sorted(metrics.items())])
+    _, metrics = jax.jit(_loss_builds(score)[name]())(w, batch, jax.random.key(10))
+    _check(f"loss/{name}", [float(v) for _, v in sorted(metrics.items())])
