@@ -1,4 +1,5 @@
-"""Objectives: the score-matching identities, DSM minima, L_QC, config refusals, training."""
+"""Objectives: the score-matching identities, DSM minima, L_QC (and its amortized form),
+config refusals (through settings), training."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from ebm_vs_score import builders, config_base, data, losses
+from ebm_vs_score import builders, config_base, data, losses, settings
 from ebm_vs_score import conservativeness as cons
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
@@ -253,22 +253,25 @@ def test_qc_alone_makes_an_untied_autoencoder_conservative():
 
 
 # ----------------------------------------------------------------------------------------
-# Configs: get_loss_fn and the one-sentence refusals.
+# Configs: settings.loss_settings and its one-sentence refusals.
 
 
-def _cfg(**kw):
-    base = dict(
-        objective="dsm",
-        dsm_variant="continuous",
-        likelihood_weighting=False,
-        reduce_mean=True,
-        qc_weight=0.0,
-        qc_probes=1,
-        ssm_projection="rademacher",
-        ssm_num_projections=1,
-    )
-    base.update(kw)
-    return ml_collections.ConfigDict(base)
+def _config(conservative=False, dim=2, sde_name="vp", **training):
+    """The toy score config with ``training`` overrides (a conservative model, D dims)."""
+    config = config_base.get_config("toy", "score")
+    if conservative:
+        config.model.parameterization = "conservative"
+    if dim != 2:
+        config.data.dataset, config.data.toy_dim = "gmm", dim
+    config.sde.name = sde_name
+    config.training.update(training)
+    return config
+
+
+def _loss(sde=None, fns=None, **training):
+    """The loss of the toy config with ``training`` overrides, built as train builds it."""
+    typed = settings.loss_settings(_config(**training))
+    return builders.loss_from_settings(typed, fns or _fns(), sde or _VP)
 
 
 def _fns(conservative=False):
@@ -278,23 +281,37 @@ def _fns(conservative=False):
 @pytest.mark.parametrize(
     "kw, conservative, dim, sde_name, match",
     [
-        (dict(qc_weight=1e-4), True, 2, None, "needs model.parameterization='unconstrained'"),
-        (dict(qc_weight=-1.0), False, 2, None, "must be >= 0"),
-        (dict(qc_weight=1e-4, qc_probes=0), False, 2, None, "qc_probes=0 must be >= 1"),
+        (dict(qc_weight=1e-4), True, 2, "vp", "needs model.parameterization='unconstrained'"),
+        (dict(qc_weight=-1.0), False, 2, "vp", "must be >= 0"),
+        (dict(qc_weight=1e-4, qc_probes=0), False, 2, "vp", "qc_probes=0 must be >= 1"),
+        (dict(qc_fraction=0.0), False, 2, "vp", "qc_fraction=0.0 must lie in \\(0, 1\\]"),
+        (dict(qc_fraction=1.5), False, 2, "vp", "qc_fraction=1.5 must lie in"),
+        (dict(qc_every=0), False, 2, "vp", "qc_every=0 must be an integer >= 1"),
         (dict(dsm_variant="smld"), False, 2, "vp", "sde.name='ve'"),
         (dict(dsm_variant="ddpm"), False, 2, "ve", "sde.name='vp'"),
         (dict(dsm_variant="ddpm"), False, 2, "subvp", "sde.name='vp'"),
         (dict(dsm_variant="smld", likelihood_weighting=True), False, 2, "ve", "continuous"),
-        (dict(dsm_variant="bogus"), False, 2, None, "valid names"),
-        (dict(objective="ism"), False, 65, None, "'ssm' or 'ssm_vr'"),
-        (dict(objective="drl_typo"), False, 2, None, "valid names: \\['dsm', 'ism'"),
-        (dict(objective="ssm", ssm_projection="cube"), False, 2, None, "valid names"),
-        (dict(objective="ssm", ssm_num_projections=0), False, 2, None, "must be >= 1"),
+        (dict(dsm_variant="bogus"), False, 2, "vp", "choose one of"),
+        (dict(objective="ism"), False, 65, "vp", "'ssm' or 'ssm_vr'"),
+        (dict(objective="drl_typo"), False, 2, "vp", "choose one of \\['dsm', 'ssm'"),
+        (dict(objective="ssm", ssm_projection="cube"), False, 2, "vp", "valid names"),
+        (dict(objective="ssm", ssm_num_projections=0), False, 2, "vp", "must be >= 1"),
     ],
 )
 def test_invalid_training_configs_are_refused(kw, conservative, dim, sde_name, match):
-    with pytest.raises(ValueError, match=match):
-        losses.validate_training(_cfg(**kw), conservative, dim, sde_name=sde_name)
+    with pytest.raises(settings.ConfigError, match=match) as error:
+        settings.loss_settings(_config(conservative, dim, sde_name, **kw))
+    assert "\n" not in str(error.value)
+
+
+def test_every_objective_name_is_known_to_the_losses_list():
+    """'drl' is a valid objective (issue #14): the list the config is checked against has it."""
+    assert set(losses.OBJECTIVES) == {"dsm", "ssm", "ssm_vr", "ism", "drl"}
+    for objective in losses.OBJECTIVES:
+        config = _config(objective=objective)
+        if objective == "drl":
+            config.model.parameterization = "resnet_energy"
+        assert settings.loss_settings(config).objective == objective
 
 
 def test_factories_refuse_the_wrong_sde_and_large_ism():
@@ -303,28 +320,63 @@ def test_factories_refuse_the_wrong_sde_and_large_ism():
         losses.smld_loss(score, _VP)
     with pytest.raises(ValueError, match="sde.name='vp'"):
         losses.ddpm_loss(score, sde_lib.SubVPSDE())
-    with pytest.raises(ValueError, match="needs model.parameterization"):
-        losses.get_loss_fn(_cfg(qc_weight=1e-4), _fns(conservative=True), _VP)
-    with pytest.raises(ValueError, match="sde.name='vp'"):
-        losses.get_loss_fn(_cfg(dsm_variant="ddpm"), _fns(), _VE)
     loss_fn = losses.ism_loss(lambda p, x, t, key=None: -x, _VP, max_dim=4)
     with pytest.raises(ValueError, match="ism_max_dim=4"):
         loss_fn(None, {"x": jnp.zeros((2, 5))}, jax.random.key(0))
 
 
-def test_get_loss_fn_reports_every_term():
+def test_built_loss_reports_every_term():
     batch = {"x": _MIX.sample(jax.random.key(0), 64)}
     for kw, names in [
         (dict(), {"loss", "dsm"}),
         (dict(objective="ssm_vr", qc_weight=0.5, qc_probes=2), {"loss", "ssm_vr", "qc"}),
     ]:  # shapes only: nothing compiled
-        loss_fn = losses.get_loss_fn(_cfg(**kw), _fns(), _VP)
+        loss_fn = _loss(**kw)
         _, metrics = jax.eval_shape(loss_fn, 0.3, batch, jax.random.key(1))
         assert set(metrics) == names and all(v.shape == () for v in metrics.values())
-    cfg = _cfg(qc_weight=0.5, qc_probes=2)
-    loss, metrics = jax.jit(losses.get_loss_fn(cfg, _fns(), _VP))(0.3, batch, jax.random.key(1))
+    loss, metrics = jax.jit(_loss(qc_weight=0.5, qc_probes=2))(0.3, batch, jax.random.key(1))
     assert set(metrics) == {"loss", "dsm", "qc"}
     np.testing.assert_allclose(loss, metrics["dsm"] + 0.5 * metrics["qc"], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# Amortized L_QC (issue #15): a fraction of the batch, one step in k, same expectation.
+
+_A = jnp.array([[0.3, 1.2], [-0.4, 0.5]])  # Asym of x -> A x is 1/2 ||A - A^T||_F^2 = 2.56
+_ASYM_A = 0.5 * float(jnp.sum((_A - _A.T) ** 2))
+
+
+def _linear_score(params, x, t, key=None):
+    return x @ params.T
+
+
+def test_unamortized_qc_is_the_full_hutchinson_regularizer():
+    """fraction=1, every=1: L_QC on every example, with the probes of the key's third split
+    (the pre-amortization loss, whose value tests/test_reference_values.py pins)."""
+    batch, key = {"x": _MIX.sample(jax.random.key(0), 32)}, jax.random.key(3)
+    _, metrics = losses.dsm_loss(_linear_score, _VP, qc_weight=0.5, qc_probes=2,
+                                 reduce_mean=True)(_A, batch, key)
+    k_obj, _, k_qc = jax.random.split(key, 3)
+    x_t, t, _, std = losses._perturb(_VP, batch["x"], k_obj)
+    qc = losses.qc_regularizer(lambda y: _linear_score(_A, y, t), x_t, std, k_qc, 2)
+    np.testing.assert_array_equal(metrics["qc"], jnp.mean(qc / 2))
+
+
+@pytest.mark.parametrize("fraction, every", [(1.0, 1), (0.25, 1), (1.0, 4), (0.25, 4)])
+def test_amortized_qc_has_the_full_expectation(fraction, every):
+    """For the linear field Ax, E[L_QC] = E_t[std(t)^2] Asym(A) / D exactly (Hutchinson is
+    unbiased, t ~ U(eps, T)); the amortized estimate's mean over 4000 keys is within 4
+    standard errors of it, and it takes the term on the expected share of steps."""
+    batch = {"x": _MIX.sample(jax.random.key(0), 16)}
+    loss_fn = losses.dsm_loss(_linear_score, _VP, qc_weight=1.0, reduce_mean=True,
+                              qc_fraction=fraction, qc_every=every)
+    keys = jax.random.split(jax.random.key(1), 4000)
+    qc = np.asarray(jax.jit(jax.vmap(lambda k: loss_fn(_A, batch, k)[1]["qc"]))(keys))
+    ts = np.linspace(_VP.eps, _VP.T, 100_001)
+    mean_var = float(np.mean(np.asarray(_VP.marginal_std(jnp.asarray(ts))) ** 2))
+    expected = mean_var * _ASYM_A / 2
+    assert abs(qc.mean() - expected) < 4 * qc.std() / np.sqrt(qc.size), (qc.mean(), expected)
+    np.testing.assert_allclose(np.mean(qc != 0), 1.0 / every, atol=0.03)
 
 
 # ----------------------------------------------------------------------------------------
@@ -370,7 +422,7 @@ def _train(family: str, objective: str, steps: int = 300):
     name, scalar, qc_weight = _FAMILIES[family]
     net = _toy_net(scalar, zero_init_output=name != "conservative")  # as builders does
     fns = param_lib.get_model_fns(name, net, _TOY_SDE, 1.0)
-    loss_fn = losses.get_loss_fn(_cfg(objective=objective, qc_weight=qc_weight), fns, _TOY_SDE)
+    loss_fn = _loss(_TOY_SDE, fns, objective=objective, qc_weight=qc_weight)
     tx = optax.adam(3e-3)
 
     @jax.jit
