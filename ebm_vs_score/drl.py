@@ -307,10 +307,9 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
                    conditional: bool = True) -> tuple[jax.Array, dict]:
     """A long chain of one level's learned EBM, for the "steady long-run MCMC" check.
 
-    Gao et al. Sec. 6 run the conditional chains far beyond K steps and find that the
-    samples stay realistic. With ``conditional`` the target is p(y_t | x_tilde = x0) (the
-    recovery EBM of ``level``); otherwise the marginal exp(-E(y, level)). The chain starts
-    at ``x0`` and uses the level's step size s_t^2 and ``drl.metropolis``.
+    Gao et al. Sec. 6 run the conditional chains far beyond K steps: the samples stay
+    realistic. Target: p(y_t | x_tilde = x0) if ``conditional`` (the recovery EBM of
+    ``level``), else exp(-E(y, level)); from ``x0``, with the level's step size s_t^2.
 
     Args:
       energy_fn: bound energy (y, t) -> (B,).

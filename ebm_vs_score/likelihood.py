@@ -37,6 +37,18 @@ from ebm_vs_score.sde import sum_sq
 PROBES = ("rademacher", "gaussian")
 
 
+def _check_ode_args(score_fn, x, sde, key, num_probes: int, probe: str) -> None:
+    """ValueError naming the argument: probe count, key, probe kind, score_fn's shape."""
+    if num_probes < 0:
+        raise ValueError(f"num_probes={num_probes} must be 0 (exact) or a positive count")
+    if num_probes > 0 and key is None:
+        raise ValueError("a Hutchinson estimate (num_probes > 0) needs a PRNG key")
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; valid names: {list(PROBES)}")
+    t0 = jnp.full((x.shape[0],), sde.eps, x.dtype)
+    estimators.check_field(lambda u: score_fn(u, t0), x, "score_fn")
+
+
 def ode_log_prob(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array | None = None,
                  num_probes: int = 0, rtol: float = 1e-5, atol: float = 1e-5,
                  probe: str = "rademacher") -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -65,14 +77,7 @@ def ode_log_prob(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array | None 
       ValueError: ``score_fn`` output not shaped like ``x``, a bad probe count or name, or
         Hutchinson without a key.
     """
-    if num_probes < 0:
-        raise ValueError(f"num_probes={num_probes} must be 0 (exact) or a positive count")
-    if num_probes > 0 and key is None:
-        raise ValueError("a Hutchinson estimate (num_probes > 0) needs a PRNG key")
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; valid names: {list(PROBES)}")
-    t0 = jnp.full((x.shape[0],), sde.eps, x.dtype)
-    estimators.check_field(lambda u: score_fn(u, t0), x, "score_fn")
+    _check_ode_args(score_fn, x, sde, key, num_probes, probe)
     probes = (estimators.probes(key, (num_probes,) + x.shape, probe, x.dtype)
               if num_probes else None)
     drift = ode_drift(score_fn, sde)
@@ -252,9 +257,8 @@ def ais_log_normalizer(energy_fn: Callable[[jax.Array], jax.Array], key: jax.Arr
     carry = (x, e, g, jnp.zeros((num_chains,), x.dtype))
     (_, _, _, log_w), acc = jax.lax.scan(
         step, carry, (jnp.arange(num_steps), betas[:-1], betas[1:]))
-    dim = math.prod(shape)
     log_mean, stderr, ess = _log_mean_exp_and_stderr(log_w)
-    log_z = 0.5 * dim * math.log(2 * math.pi * base_std**2) + log_mean
+    log_z = 0.5 * math.prod(shape) * math.log(2 * math.pi * base_std**2) + log_mean
     info = {"stderr": stderr, "ess": ess, "acceptance": jnp.mean(acc), "log_weights": log_w,
             "nfe": jnp.asarray(1 + num_steps * num_leapfrog)}
     return log_z, info

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -266,19 +266,14 @@ def _ism(sde, max_dim: int, **weighting) -> Objective:
     return objective
 
 
-class QC(NamedTuple):
-    """L_QC settings: weight lambda (0 = off), Hutchinson probes, and its amortization."""
+def _regularized(objective: Objective, score_fn, name: str, *, reduce_mean: bool = False,
+                 qc_weight: float = 0.0, qc_probes: int = 1, qc_fraction: float = 1.0,
+                 qc_every: int = 1, train: bool = True) -> LossFn:
+    """``loss_fn(params, batch, key)``: the objective plus ``qc_weight * L_QC`` at its x_t, t.
 
-    weight: float = 0.0
-    probes: int = 1
-    fraction: float = 1.0
-    every: int = 1
-
-
-def _with_regularizer(objective: Objective, score_fn, name: str, qc: QC, train: bool,
-                      reduce_mean: bool) -> LossFn:
-    """``loss_fn(params, batch, key)``: the objective plus ``qc.weight * L_QC`` at its x_t, t."""
-    check_qc(*qc)
+    The keywords are those every factory takes (:func:`dsm_loss` documents them).
+    """
+    check_qc(qc_weight, qc_probes, qc_fraction, qc_every)
 
     def loss_fn(params, batch, key):
         k_obj, k_drop, k_qc = jax.random.split(key, 3)
@@ -287,11 +282,11 @@ def _with_regularizer(objective: Objective, score_fn, name: str, qc: QC, train: 
         per, x_t, t, std = objective(model, batch["x"], k_obj)
         metrics = {name: jnp.mean(per)}
         loss = metrics[name]
-        if qc.weight > 0:
-            term = amortized_qc(model, x_t, t, std, k_qc, qc.probes, fraction=qc.fraction,
-                                every=qc.every)
+        if qc_weight > 0:
+            term = amortized_qc(model, x_t, t, std, k_qc, qc_probes, fraction=qc_fraction,
+                                every=qc_every)
             metrics["qc"] = jnp.mean(term / _dim(x_t) if reduce_mean else term)
-            loss = loss + qc.weight * metrics["qc"]
+            loss = loss + qc_weight * metrics["qc"]
         metrics["loss"] = loss
         return loss, metrics
 
@@ -300,20 +295,11 @@ def _with_regularizer(objective: Objective, score_fn, name: str, qc: QC, train: 
 
 # ----------------------------------------------------------------------------------------
 # Public factories: score_fn(params, x, t, key=None) -> loss_fn(params, batch, key).
+# ``**common``: reduce_mean, qc_weight, qc_probes, qc_fraction, qc_every, train.
 
 
-def dsm_loss(
-    score_fn: ScoreFn,
-    sde: SDE,
-    *,
-    likelihood_weighting: bool = False,
-    reduce_mean: bool = False,
-    qc_weight: float = 0.0,
-    qc_probes: int = 1,
-    qc_fraction: float = 1.0,
-    qc_every: int = 1,
-    train: bool = True,
-) -> LossFn:
+def dsm_loss(score_fn: ScoreFn, sde: SDE, *, likelihood_weighting: bool = False,
+             **common: Any) -> LossFn:
     """Continuous-time DSM for VE / VP / sub-VP (Song et al. 2021, eq. 7), metric ``'dsm'``.
 
     Args:
@@ -321,110 +307,57 @@ def dsm_loss(
       sde: a ``VESDE``, ``VPSDE`` or ``SubVPSDE``.
       likelihood_weighting: lambda(t) = g(t)^2 (Song, Durkan, Murray & Ermon 2021) instead
         of std(t)^2.
-      reduce_mean: divide per-example terms by the dimension D (see the module docstring).
-      qc_weight, qc_probes: lambda and the number of probes K of L_QC (0 = off).
-      qc_fraction, qc_every: L_QC on that share of the batch, on 1 step in ``qc_every`` on
-        average (weighted so its expectation is unchanged; :func:`amortized_qc`).
-      train: evaluate the network in training mode (dropout on).
+      **common: ``reduce_mean`` (divide per-example terms by D, module docstring; False),
+        ``qc_weight`` and ``qc_probes`` (lambda and the probes K of L_QC; 0 = off, 1),
+        ``qc_fraction`` and ``qc_every`` (L_QC on that share of the batch, on 1 step in
+        ``qc_every`` on average, weighted so its expectation is unchanged:
+        :func:`amortized_qc`; 1, 1), ``train`` (dropout on; True). The same for every
+        factory below.
     """
-    objective = _continuous_dsm(sde, likelihood_weighting, reduce_mean)
-    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
-    return _with_regularizer(objective, score_fn, "dsm", qc, train, reduce_mean)
+    objective = _continuous_dsm(sde, likelihood_weighting, common.get("reduce_mean", False))
+    return _regularized(objective, score_fn, "dsm", **common)
 
 
-def smld_loss(
-    score_fn: ScoreFn,
-    sde: SDE,
-    *,
-    reduce_mean: bool = False,
-    qc_weight: float = 0.0,
-    qc_probes: int = 1,
-    qc_fraction: float = 1.0,
-    qc_every: int = 1,
-    train: bool = True,
-) -> LossFn:
+def smld_loss(score_fn: ScoreFn, sde: SDE, **common: Any) -> LossFn:
     """SMLD / NCSN DSM over the VE SDE's N geometric levels (Song & Ermon 2019, eq. 5-6)."""
     check_sde_for_variant("smld", sde.name)
-    objective = _smld_dsm(sde, reduce_mean)
-    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
-    return _with_regularizer(objective, score_fn, "dsm", qc, train, reduce_mean)
+    objective = _smld_dsm(sde, common.get("reduce_mean", False))
+    return _regularized(objective, score_fn, "dsm", **common)
 
 
-def ddpm_loss(
-    score_fn: ScoreFn,
-    sde: SDE,
-    *,
-    reduce_mean: bool = False,
-    qc_weight: float = 0.0,
-    qc_probes: int = 1,
-    qc_fraction: float = 1.0,
-    qc_every: int = 1,
-    train: bool = True,
-) -> LossFn:
+def ddpm_loss(score_fn: ScoreFn, sde: SDE, **common: Any) -> LossFn:
     """DDPM L_simple over the VP chain's N steps (Ho et al. 2020, eq. 14), metric ``'dsm'``."""
     check_sde_for_variant("ddpm", sde.name)
-    objective = _ddpm_dsm(sde, reduce_mean)
-    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
-    return _with_regularizer(objective, score_fn, "dsm", qc, train, reduce_mean)
+    objective = _ddpm_dsm(sde, common.get("reduce_mean", False))
+    return _regularized(objective, score_fn, "dsm", **common)
 
 
-def ssm_loss(
-    score_fn: ScoreFn,
-    sde: SDE,
-    *,
-    variance_reduction: bool = False,
-    projection: str = "rademacher",
-    num_projections: int = 1,
-    likelihood_weighting: bool = False,
-    reduce_mean: bool = False,
-    qc_weight: float = 0.0,
-    qc_probes: int = 1,
-    qc_fraction: float = 1.0,
-    qc_every: int = 1,
-    train: bool = True,
-) -> LossFn:
+def ssm_loss(score_fn: ScoreFn, sde: SDE, *, variance_reduction: bool = False,
+             projection: str = "rademacher", num_projections: int = 1,
+             likelihood_weighting: bool = False, **common: Any) -> LossFn:
     """Sliced score matching on perturbed data (Song et al. 2019, eq. 8; eq. 9 if VR).
 
     Metric ``'ssm'`` or ``'ssm_vr'``. ``projection`` in 'rademacher', 'gaussian', 'sphere';
     ``num_projections`` projections per example. Other arguments as in :func:`dsm_loss`.
     """
     check_ssm(projection, num_projections)
-    objective = _ssm(
-        sde,
-        variance_reduction,
-        projection,
-        num_projections,
-        likelihood_weighting=likelihood_weighting,
-        reduce_mean=reduce_mean,
-    )
+    objective = _ssm(sde, variance_reduction, projection, num_projections,
+                     likelihood_weighting=likelihood_weighting,
+                     reduce_mean=common.get("reduce_mean", False))
     name = "ssm_vr" if variance_reduction else "ssm"
-    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
-    return _with_regularizer(objective, score_fn, name, qc, train, reduce_mean)
+    return _regularized(objective, score_fn, name, **common)
 
 
-def ism_loss(
-    score_fn: ScoreFn,
-    sde: SDE,
-    *,
-    max_dim: int = ISM_MAX_DIM,
-    likelihood_weighting: bool = False,
-    reduce_mean: bool = False,
-    qc_weight: float = 0.0,
-    qc_probes: int = 1,
-    qc_fraction: float = 1.0,
-    qc_every: int = 1,
-    train: bool = True,
-) -> LossFn:
+def ism_loss(score_fn: ScoreFn, sde: SDE, *, max_dim: int = ISM_MAX_DIM,
+             likelihood_weighting: bool = False, **common: Any) -> LossFn:
     """Exact implicit score matching on perturbed data (Hyvarinen 2005, eq. 4), metric ``'ism'``.
 
     Refuses data with more than ``max_dim`` dimensions (the trace costs D jvps). Other
     arguments as in :func:`dsm_loss`.
     """
-    objective = _ism(
-        sde, max_dim, likelihood_weighting=likelihood_weighting, reduce_mean=reduce_mean
-    )
-    qc = QC(qc_weight, qc_probes, qc_fraction, qc_every)
-    return _with_regularizer(objective, score_fn, "ism", qc, train, reduce_mean)
+    objective = _ism(sde, max_dim, likelihood_weighting=likelihood_weighting,
+                     reduce_mean=common.get("reduce_mean", False))
+    return _regularized(objective, score_fn, "ism", **common)
 
 
 # ----------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ class _SDE:
     T: float = 1.0
     eps: float
     N: int
-    name: str = ""
+    name: str = ""  # sde.name
+    label: str = ""  # how the papers write it
     has_discrete_chain: bool = True
 
     def alpha(self, t: jax.Array) -> jax.Array:  # pragma: no cover - abstract
@@ -80,9 +81,10 @@ class _SDE:
         """alpha_i of the Langevin corrector's step 2 alpha_i (r ||z|| / ||s||)^2 (Alg. 4/5)."""
         return jnp.ones_like(t)
 
-    def _no_chain(self) -> ValueError:
+    def no_chain_error(self) -> ValueError:
+        """The error for asking a chain-less SDE (sub-VP) for a discrete chain step."""
         return ValueError(
-            f"ancestral sampling needs a discrete chain, which {self.name} lacks: use "
+            f"ancestral sampling needs a discrete chain, which the {self.label} SDE lacks: use "
             "sampling.method='euler_maruyama', 'pc' (another predictor) or 'ode', "
             "or sde.name='vp'")
 
@@ -99,10 +101,11 @@ class VESDE(_SDE):
     sigma_max: float = 50.0
     N: int = 1000
     eps: float = 1e-5
-    name = "ve"
 
     def alpha(self, t):
         return jnp.ones_like(t)
+
+    name, label = "ve", "VE"
 
     def marginal_std(self, t):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
@@ -158,10 +161,11 @@ class VPSDE(_SDE):
     beta_max: float = 20.0
     N: int = 1000
     eps: float = 1e-3
-    name = "vp"
 
     def beta(self, t):
         return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    name, label = "vp", "VP"
 
     def log_alpha(self, t):
         """log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2 (eq. 33)."""
@@ -235,7 +239,7 @@ class SubVPSDE(VPSDE):
     g(t)^2 = beta(t) (1 - exp(-2 beta_min t - (beta_max - beta_min) t^2)); std(t) = 1 - alpha(t)^2.
     """
 
-    name = "subvp"
+    name, label = "subvp", "sub-VP"
     has_discrete_chain = False
 
     def marginal_std(self, t):
@@ -247,7 +251,7 @@ class SubVPSDE(VPSDE):
         return -0.5 * batch_mul(beta, x), jnp.sqrt(beta * discount)
 
     def discretize(self, x, t):  # pragma: no cover - no discrete chain exists
-        raise self._no_chain()
+        raise self.no_chain_error()
 
     def grid_step(self, x, t, t_next):
         """No chain exists: f = drift dt, G = g sqrt(dt) (Euler-Maruyama, score_sde's default)."""
@@ -256,7 +260,7 @@ class SubVPSDE(VPSDE):
         return batch_mul(dt, drift), g * jnp.sqrt(dt)
 
     def ancestral_step(self, x, score, noise, t, t_next):
-        raise self._no_chain()
+        raise self.no_chain_error()
 
 
 SDE = VESDE | VPSDE | SubVPSDE

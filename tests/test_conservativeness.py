@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ebm_vs_score import conservativeness as cons
+from ebm_vs_score import estimators
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
 from ebm_vs_score.models import MLP, ResNetEnergy, UNet
@@ -135,7 +136,11 @@ def test_conservative_models_have_zero_asym(shape):
         assert np.all(np.abs(nasym) < 1e-5), name
 
 
-def test_unconstrained_model_is_asymmetric_and_nasym_in_unit_interval():
+def test_unconstrained_model_asym_is_half_the_skew_norm_of_its_jacobian():
+    """Asym(x) = 1/2 ||J - J^T||_F^2 and NAsym = ||J - J^T||_F^2 / (4 ||J||_F^2) for a
+    nonlinear U score, with J taken per example by ``jax.jacrev`` (another method than the
+    batched ``jacfwd`` of ``asymmetry``), and Asym(Ax) = 1/2 ||A - A^T||_F^2 for the
+    linear field of the model's own Jacobian at one point."""
     sde = sde_lib.VPSDE()
     net = MLP(hidden=(16, 16), embedding_dim=8)
     x = jax.random.normal(jax.random.key(2), (4, 3))
@@ -143,8 +148,26 @@ def test_unconstrained_model_is_asymmetric_and_nasym_in_unit_interval():
     fns = param_lib.get_model_fns("unconstrained", net, sde, 1.0)
     t = jnp.full((4,), 0.5)
     asym, nasym = jax.jit(lambda y: cons.asymmetry(lambda z: fns.score(params, z, t), y))(x)
-    assert np.all(np.asarray(asym) > 1e-3)
-    assert np.all((np.asarray(nasym) >= 0) & (np.asarray(nasym) <= 1))
+    one = lambda xi, ti: fns.score(params, xi[None], ti[None])[0]  # noqa: E731
+    jac = jax.vmap(jax.jacrev(one))(x, t)  # (B, D, D)
+    skew = np.sum(np.asarray(jac - jnp.swapaxes(jac, 1, 2)) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(asym, 0.5 * skew, rtol=1e-4)
+    np.testing.assert_allclose(nasym, skew / (4 * np.sum(np.asarray(jac) ** 2, (1, 2))),
+                               rtol=1e-4)
+    assert np.all(skew > 1e-3)  # a random U network is not a gradient field
+    a = jac[0]
+    lin_asym, lin_nasym = cons.asymmetry(lambda y: y @ a.T, x)
+    np.testing.assert_allclose(lin_asym, 0.5 * skew[0], rtol=1e-4)
+    np.testing.assert_allclose(lin_nasym, nasym[0], rtol=1e-4)
+
+
+def test_field_that_does_not_keep_the_shape_is_refused():
+    """A field must map a batch to a batch like it; the error names the argument."""
+    x = jnp.ones((4, 3))
+    with pytest.raises(ValueError, match="field maps x of shape \\(4, 3\\) to shape \\(4, 2\\)"):
+        cons.asymmetry(lambda y: y[:, :2], x)
+    with pytest.raises(ValueError, match="^field maps"):
+        cons.asymmetry(lambda y: jnp.sum(y, -1), x, key=jax.random.key(0), num_probes=2)
 
 
 def test_hutchinson_on_image_batch():
@@ -237,7 +260,7 @@ def test_unrolled_and_scanned_probes_agree(monkeypatch):
     x = jax.random.normal(jax.random.PRNGKey(4), (3, 5))
     key = jax.random.PRNGKey(5)
     unrolled = cons.hutchinson_traces(field, x, key, 3)
-    monkeypatch.setattr(cons, "UNROLL_PROBES", 0)
+    monkeypatch.setattr(estimators, "UNROLL_PROBES", 0)
     scanned = cons.hutchinson_traces(field, x, key, 3)
     for a, b in zip(unrolled, scanned, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5)

@@ -181,3 +181,10 @@ def test_bad_arguments_raise():
                                 num_probes=1, probe="sphere")
     with pytest.raises(ValueError, match="valid names"):
         likelihood.ais_schedule(10, "cosine")
+
+
+def test_score_fn_of_the_wrong_shape_is_refused():
+    """ode_log_prob names ``score_fn`` when its output is not shaped like x."""
+    x = _samples(2, 0)
+    with pytest.raises(ValueError, match="^score_fn maps x of shape"):
+        likelihood.ode_log_prob(lambda y, t: y[:, :3], x, sde=SDES["vp"])

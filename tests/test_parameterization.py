@@ -113,14 +113,18 @@ def test_unknown_parameterization_lists_the_valid_names():
         param_lib.get_model_fns("energy", MLP(), SDE, SIGMA_DATA)
 
 
-def test_bind_closes_over_params():
-    net = MLP(hidden=(8,), out="scalar", embedding_dim=8)
-    x = jnp.ones((2, 2))
+def test_bind_with_a_key_runs_the_network_in_training_mode():
+    """``bind(fn, params, key)`` is the model with dropout on (drawn from ``key``), and
+    without a key the deterministic eval-mode model; score models have no energy."""
+    net = MLP(hidden=(32,), out="vector", embedding_dim=8, dropout=0.5)
+    x = jax.random.normal(jax.random.key(1), (4, 2))
     params = _random_params(net, x)
-    fns = param_lib.get_model_fns("resnet_energy", net, SDE, SIGMA_DATA)
-    t = jnp.full((2,), 0.5)
-    bound, direct = jax.jit(lambda p: (param_lib.bind(fns.score, p)(x, t), fns.score(p, x, t)))(
-        params
-    )
-    np.testing.assert_array_equal(bound, direct)
-    assert param_lib.bind(None, params) is None
+    fns = param_lib.get_model_fns("unconstrained", net, SDE, SIGMA_DATA)
+    t = jnp.full((4,), 0.5)
+    key = jax.random.key(2)
+    train = param_lib.bind(fns.score, params, key)(x, t)
+    np.testing.assert_array_equal(train, fns.score(params, x, t, key))
+    evaluation = param_lib.bind(fns.score, params)(x, t)
+    np.testing.assert_array_equal(evaluation, fns.score(params, x, t))
+    assert float(jnp.max(jnp.abs(train - evaluation))) > 1e-3  # dropout changed the output
+    assert param_lib.bind(fns.energy, params) is None

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from ebm_vs_score import mcmc
-from ebm_vs_score.samplers.common import EnergyFn, Samples, ScoreFn, Shape, finish, initial, tvec
+from ebm_vs_score.samplers import common
+from ebm_vs_score.samplers.common import EnergyFn, Samples, ScoreFn, Shape
 
 ADAPT_RATE = 1.0  # Robbins-Monro gain of log c per MCMC step (batch-mean acceptance)
 
@@ -28,7 +29,7 @@ def _langevin_levels(key, x, score_fn, ts, steps, n_steps_each):
 
     def level(x, inp):
         i, t, h = inp
-        t = tvec(t, x)
+        t = common.tvec(t, x)
 
         def one(x, j):
             z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), x.shape)
@@ -53,11 +54,11 @@ def annealed_langevin(
     steps per level. NFE = num_steps * n_steps_each + denoise.
     """
     k_init, k_run = jax.random.split(key)
-    x = initial(k_init, shape, sde, init)
+    x = common.initial(k_init, shape, sde, init)
     ts = sde.time_grid(num_steps)
     steps = _level_steps(sde, ts, step_size)
     x = _langevin_levels(k_run, x, score_fn, ts, steps, n_steps_each)
-    x, nfe = finish(score_fn, sde, x, denoise, num_steps * n_steps_each)
+    x, nfe = common.finish(score_fn, sde, x, denoise, num_steps * n_steps_each)
     return x, {"nfe": jnp.asarray(nfe), "step_size_per_level": steps}
 
 
@@ -76,7 +77,7 @@ def _annealed_mcmc(key, shape, *, sde, score_fn, energy_fn, num_steps, n_steps_e
     Returns (x, nfe, acceptance per level (L,), last step h per level (L,)).
     """
     k_init, k_run = jax.random.split(key)
-    x = initial(k_init, shape, sde, init)
+    x = common.initial(k_init, shape, sde, init)
     ts = sde.time_grid(num_steps)
     base_steps = _level_steps(sde, ts, 1.0)
     adapt = adapt and energy_fn is not None
@@ -84,7 +85,7 @@ def _annealed_mcmc(key, shape, *, sde, score_fn, energy_fn, num_steps, n_steps_e
     def level(carry, inp):
         x, log_c = carry
         i, t, base = inp
-        potential = _annealed_potential(score_fn, energy_fn, tvec(t, x))
+        potential = _annealed_potential(score_fn, energy_fn, common.tvec(t, x))
 
         def one(carry, j):
             state, log_c = carry
@@ -114,7 +115,7 @@ def _mcmc_sampler(kernel, nfe_per_step, key, shape, *, sde, score_fn, energy_fn,
         n_steps_each=n_steps_each, step_size=step_size, adapt=adapt,
         target_acceptance=target_acceptance, init=init, kernel=kernel,
         nfe_per_step=nfe_per_step)
-    x, nfe = finish(score_fn, sde, x, denoise, nfe)
+    x, nfe = common.finish(score_fn, sde, x, denoise, nfe)
     info = {"nfe": jnp.asarray(nfe), "step_size_per_level": steps}
     if energy_fn is not None:
         info.update(acceptance=jnp.mean(acc), acceptance_per_level=acc)

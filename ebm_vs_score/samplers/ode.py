@@ -10,17 +10,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from ebm_vs_score.samplers.common import (
-    EnergyFn,
-    Samples,
-    ScoreFn,
-    Shape,
-    choose,
-    finish,
-    initial,
-    tvec,
-    tweedie_denoise,
-)
+from ebm_vs_score.samplers import common
+from ebm_vs_score.samplers.common import EnergyFn, Samples, ScoreFn, Shape
 from ebm_vs_score.sde import batch_mul
 
 TSIT5_NFE_PER_STEP = 6  # 7 stages, first-same-as-last: 6 new evaluations per (tried) step
@@ -47,13 +38,13 @@ def probability_flow_ode(
     plus denoise.
     """
     solvers = {"euler": 1, "heun": 2}
-    choose(ode_solver, solvers, "ode_solver")
+    common.choose(ode_solver, solvers, "ode_solver")
     drift = ode_drift(score_fn, sde)
-    x = initial(key, shape, sde, init)
+    x = common.initial(key, shape, sde, init)
     ts = sde.time_grid(num_steps + 1)
 
     def step(x, inp):
-        t, t_next = tvec(inp[0], x), tvec(inp[1], x)
+        t, t_next = common.tvec(inp[0], x), common.tvec(inp[1], x)
         dt = t_next - t
         d = drift(x, t)
         if ode_solver == "heun":
@@ -61,7 +52,7 @@ def probability_flow_ode(
         return x + batch_mul(dt, d), None
 
     x, _ = jax.lax.scan(step, x, (ts[:-1], ts[1:]))
-    x, nfe = finish(score_fn, sde, x, denoise, solvers[ode_solver] * num_steps)
+    x, nfe = common.finish(score_fn, sde, x, denoise, solvers[ode_solver] * num_steps)
     return x, {"nfe": jnp.asarray(nfe)}
 
 
@@ -92,10 +83,10 @@ def probability_flow_ode_adaptive(key, shape, *, sde, score_fn, energy_fn=None,
     """Probability-flow ODE from T to eps with adaptive Tsit5 (an RK45-class pair, like the
     RK45 of score_sde), at most ``num_steps`` solver steps. NFE from diffrax's stats."""
     drift = ode_drift(score_fn, sde)
-    x = initial(key, shape, sde, init)
-    x, info = solve_adaptive(lambda y, t: drift(y, tvec(t, y)), x, sde.T, sde.eps,
+    x = common.initial(key, shape, sde, init)
+    x, info = solve_adaptive(lambda y, t: drift(y, common.tvec(t, y)), x, sde.T, sde.eps,
                              rtol=rtol, atol=atol, max_steps=num_steps)
     if denoise:
-        x = tweedie_denoise(score_fn, sde, x, tvec(sde.eps, x))
+        x = common.tweedie_denoise(score_fn, sde, x, common.tvec(sde.eps, x))
         info["nfe"] = info["nfe"] + 1
     return x, info

@@ -10,16 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ebm_vs_score.samplers.common import (
-    EnergyFn,
-    Samples,
-    ScoreFn,
-    Shape,
-    choose,
-    finish,
-    initial,
-    tvec,
-)
+from ebm_vs_score.samplers import common
+from ebm_vs_score.samplers.common import EnergyFn, Samples, ScoreFn, Shape
 from ebm_vs_score.sde import batch_mul, sum_sq
 
 
@@ -42,7 +34,7 @@ def ancestral_predictor(score_fn, sde, key, x, t, t_next):
     """Ancestral step: DDPM (Ho et al. 2020, Alg. 2) for VP, SMLD (Song et al. 2021 App. F)
     for VE (``sde.ancestral_step``); sub-VP has no chain and raises ValueError."""
     if not sde.has_discrete_chain:
-        raise sde._no_chain()
+        raise sde.no_chain_error()
     z = jax.random.normal(key, x.shape, x.dtype)
     return sde.ancestral_step(x, score_fn(x, t), z, t, t_next)
 
@@ -83,21 +75,21 @@ def predictor_corrector(
 
     NFE = num_steps * (n_steps_each [corrector] + 1 [predictor]) + denoise.
     """
-    choose(predictor, PREDICTORS, "predictor")
-    choose(corrector, CORRECTORS, "corrector")
+    common.choose(predictor, PREDICTORS, "predictor")
+    common.choose(corrector, CORRECTORS, "corrector")
     pred, corr = PREDICTORS[predictor], CORRECTORS[corrector]
     if pred is None and corr is None:
         raise ValueError("predictor='none' and corrector='none' would not move the samples")
     if pred is ancestral_predictor and not sde.has_discrete_chain:
-        raise sde._no_chain()
+        raise sde.no_chain_error()
     k_init, k_run = jax.random.split(key)
-    x = initial(k_init, shape, sde, init)
+    x = common.initial(k_init, shape, sde, init)
     ts = sde.time_grid(num_steps + 1)
 
     def step(x, inp):
         i, t, t_next = inp
         k_corr, k_pred = jax.random.split(jax.random.fold_in(k_run, i))
-        t, t_next = tvec(t, x), tvec(t_next, x)
+        t, t_next = common.tvec(t, x), common.tvec(t_next, x)
         if corr is not None:
             def corr_step(x, j):
                 return corr(score_fn, sde, jax.random.fold_in(k_corr, j), x, t, snr), None
@@ -109,7 +101,7 @@ def predictor_corrector(
 
     x, _ = jax.lax.scan(step, x, (jnp.arange(num_steps), ts[:-1], ts[1:]))
     per_step = (n_steps_each if corr is not None else 0) + (pred is not None)
-    x, nfe = finish(score_fn, sde, x, denoise, num_steps * per_step)
+    x, nfe = common.finish(score_fn, sde, x, denoise, num_steps * per_step)
     return x, {"nfe": jnp.asarray(nfe)}
 
 

@@ -1,0 +1,81 @@
+"""The one config boundary (ebm_vs_score.settings): every shipped config turns into frozen
+typed settings, refusals are one sentence naming the field and the valid choices (taken
+from the module that owns them), and no math module reads a config."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+import runpy
+
+import pytest
+
+from ebm_vs_score import config_base, samplers, settings
+from ebm_vs_score import sde as sde_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("study"))
+MATH = ["sde.py", "parameterization.py", "losses.py", "conservativeness.py", "likelihood.py",
+        "drl.py", "drl_ladder.py", "estimators.py", "mcmc.py", "samplers"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_file_gives_frozen_settings(path):
+    config = runpy.run_path(str(path))["get_config"]()
+    typed = settings.from_config(config)
+    assert typed.is_drl == (config.training.objective == "drl")
+    assert (typed.drl is not None) == typed.is_drl
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        typed.loss.qc_weight = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("field, value, valid", [
+    ("sde.name", "cosine", sde_lib.SDE_NAMES),
+    ("sampling.method", "langevin", samplers.METHODS),
+])
+def test_unknown_names_list_the_owners_valid_names(field, value, valid):
+    config = config_base.get_config("toy", "score")
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(settings.ConfigError) as error:
+        settings.from_config(config)
+    message = str(error.value)
+    assert message.startswith(f"{field}={value!r}") and str(list(valid)) in message
+    assert "\n" not in message
+
+
+def test_metropolis_sampler_on_a_score_model_is_refused_once():
+    config = config_base.get_config("toy", "score")
+    config.sampling.method = "mala"
+    with pytest.raises(settings.ConfigError, match="needs energy differences.*'ula'"):
+        settings.from_config(config)
+
+
+def test_none_sampling_fields_take_the_methods_defaults():
+    config = config_base.get_config("toy", "energy")
+    config.sampling.method = "ula"
+    assert "adapt" not in settings.sampler_options(config)  # ula's own default: no adaptation
+    config.sampling.adapt = True
+    assert settings.sampler_options(config)["adapt"] is True
+
+
+def test_no_math_module_reads_a_config():
+    """DESIGN.md rule 5: only settings (and train/evaluate/study) read the config."""
+    package = ROOT / "ebm_vs_score"
+    offenders = []
+    for name in MATH:
+        paths = [package / name] if name.endswith(".py") else (package / name).glob("*.py")
+        for path in paths:
+            text = path.read_text()
+            if re.search(r"ml_collections|ConfigDict|config\.\w+\.\w+", text):
+                offenders.append(path.name)
+    assert not offenders, offenders
+
+
+def test_no_sde_class_checks_outside_sde_py():
+    package = ROOT / "ebm_vs_score"
+    pattern = re.compile(r"isinstance\([^)]*(VESDE|VPSDE|SubVPSDE)|type\(sde\)")
+    offenders = [p.name for p in package.rglob("*.py")
+                 if p.name != "sde.py" and pattern.search(p.read_text())]
+    assert not offenders, offenders
