@@ -25,6 +25,7 @@ data_dim = settings.data_dim
 TOY_DATASETS = settings.TOY_DATASETS
 IMAGE_DATASETS = settings.IMAGE_DATASETS
 SAMPLERS = samplers.METHODS
+MH_SAMPLERS = samplers.MH_METHODS
 
 
 def _require(ok: bool, message: str) -> None:
