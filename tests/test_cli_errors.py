@@ -1,0 +1,100 @@
+"""Every bad input to ``python -m ebm_vs_score.main`` ends in one sentence on stderr, exit
+status 1 and no traceback (DESIGN.md rule 8), and creates nothing it should not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(REPO, "configs", "toy_energy.py")
+
+
+def _main(*args, cwd=REPO):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "ebm_vs_score.main", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _one_sentence(out) -> str:
+    """The single stderr line of a failed run (asserting there is nothing else)."""
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_unknown_config_field_suggests_the_right_name(tmp_path):
+    line = _one_sentence(_main(f"--config={TOY}", f"--workdir={tmp_path / 'w'}",
+                               "--config.training.n_iter=3"))
+    assert "'n_iter'" in line and "did you mean 'n_iters'" in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_config_file(tmp_path):
+    line = _one_sentence(_main("--config=configs/no_such.py", f"--workdir={tmp_path / 'w'}"))
+    assert "configs/no_such.py" in line and "does not exist" in line
+
+
+def test_config_file_with_a_syntax_error(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config(:\n    pass\n")
+    line = _one_sentence(_main(f"--config={bad}", f"--workdir={tmp_path / 'w'}"))
+    assert "syntax error at line 1" in line and str(bad) in line
+
+
+def test_config_value_that_does_not_parse(tmp_path):
+    line = _one_sentence(_main(f"--config={TOY}", f"--workdir={tmp_path / 'w'}",
+                               "--config.training.n_iters=abc"))
+    assert "--config.training.n_iters=abc" in line
+
+
+def test_bad_config_value(tmp_path):
+    line = _one_sentence(_main(f"--config={TOY}", f"--workdir={tmp_path / 'w'}",
+                               "--config.training.batch_size=-3"))
+    assert "training.batch_size=-3 must be positive" in line
+    assert not (tmp_path / "w").exists()  # nothing committed for a run that never started
+
+
+def test_workdir_that_is_a_file(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("not a directory")
+    line = _one_sentence(_main(f"--config={TOY}", f"--workdir={target}"))
+    assert "is a file, not a directory" in line
+    assert target.read_text() == "not a directory"
+
+
+def test_workdir_without_write_permission(tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere a mode allows: use a filesystem that refuses
+        target = "/sys/ebm_vs_score_test/w"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = str(tmp_path / "ro" / "w")
+    line = _one_sentence(_main(f"--config={TOY}", f"--workdir={target}"))
+    assert "cannot write to --workdir" in line
+
+
+@pytest.mark.parametrize("mode", ["eval", "sample"])
+def test_eval_on_a_missing_workdir_creates_nothing(tmp_path, mode):
+    workdir = tmp_path / "never_trained"
+    line = _one_sentence(_main(f"--config={TOY}", f"--workdir={workdir}", f"--mode={mode}"))
+    assert "does not exist" in line and "--mode=train" in line
+    assert not workdir.exists()
+
+
+def test_missing_data_and_the_retry_with_data_dir(tmp_path):
+    """The message's advice (pass --config.data.data_dir=DIR) is accepted by the workdir:
+    the failed run committed no config, so the retry is refused only for the data."""
+    workdir = tmp_path / "w"
+    args = [f"--config={os.path.join(REPO, 'configs', 'cifar_score.py')}",
+            f"--workdir={workdir}"]
+    line = _one_sentence(_main(*args, f"--config.data.data_dir={tmp_path / 'empty'}"))
+    assert "cifar10" in line and "--config.data.data_dir=DIR" in line
+    assert not (workdir / "config.json").exists()
+    retry = _one_sentence(_main(*args, f"--config.data.data_dir={tmp_path / 'other'}"))
+    assert "different config" not in retry and str(tmp_path / "other") in retry
