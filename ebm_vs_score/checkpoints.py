@@ -175,11 +175,12 @@ def _set_sigterm_flag(signum, frame) -> None:
 def catch_sigterm() -> None:
     """Makes SIGTERM set the preemption flag instead of killing the process (one process).
 
-    ``main`` calls it first thing, so a SIGTERM during start-up (restore, compilation)
-    also ends in a clean preemption exit. With several processes, JAX's preemption
-    service (``jax.distributed.initialize``) owns SIGTERM and this does nothing.
+    ``main`` calls it first thing in a single-process run, so a SIGTERM during start-up
+    (restore, compilation) also ends in a clean preemption exit. It touches no JAX API
+    (that would start the backend before ``jax.distributed.initialize``); with several
+    processes JAX's preemption service owns SIGTERM and ``main`` does not call this.
     """
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _set_sigterm_flag)
 
 

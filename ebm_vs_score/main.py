@@ -162,7 +162,8 @@ def _quiet_library_logs() -> None:
 
 
 def main(argv):
-    checkpoints.catch_sigterm()  # before anything slow: a SIGTERM now is a clean preemption
+    if not (_COORDINATOR.value or _DISTRIBUTED.value):
+        checkpoints.catch_sigterm()  # before anything slow: a SIGTERM is a clean preemption
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet_library_logs()
