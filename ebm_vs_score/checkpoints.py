@@ -172,7 +172,7 @@ def _set_sigterm_flag(signum, frame) -> None:
     _SIGTERM.set()
 
 
-def catch_sigterm() -> None:
+def catch_sigterm(already_received: bool = False) -> None:
     """Makes SIGTERM set the preemption flag instead of killing the process (one process).
 
     ``main`` calls it first thing in a single-process run, so a SIGTERM during start-up
@@ -182,6 +182,8 @@ def catch_sigterm() -> None:
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _set_sigterm_flag)
+    if already_received:  # a SIGTERM that came before this handler was installed
+        _SIGTERM.set()
 
 
 def sigterm_received() -> bool:

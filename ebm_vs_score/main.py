@@ -16,7 +16,7 @@ Exit status:
     requeue on this status.
 
 On resume the workdir accepts changes only to fields that are safe to change
-(``workdir.MUTABLE_FIELDS``: schedules, ``optim.lr`` / ``optim.warmup``, ``data.data_dir``,
+(``workdir.RESUME_SAFE_FIELDS``: schedules, ``optim.lr`` / ``optim.warmup``, ``data.data_dir``,
 ``sampling.*``, ``eval.*``); ``--allow_config_change`` accepts any change. Accepted changes
 are appended to ``WORKDIR/config_changes.jsonl``.
 """
@@ -26,18 +26,26 @@ from __future__ import annotations
 import logging as pylogging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
+
+# SIGTERM during the seconds of imports below must not kill the run either: remember it
+# (``main`` hands it to the train loop's preemption flag, or exits 75 before any work).
+_EARLY_SIGTERM = threading.Event()
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: _EARLY_SIGTERM.set())
 
 # TensorFlow is only the input pipeline; keep its C++ start-up chatter out of the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from ebm_vs_score import checkpoints, errors
-from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score import checkpoints, errors  # noqa: E402
+from ebm_vs_score import workdir as workdir_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -135,7 +143,7 @@ def _load_config():
     """The --config value; ml_collections loads a missing file only when it is read."""
     try:
         config = _CONFIG.value
-        getattr(config, "to_dict")  # a file that failed to load raises on first access
+        config.get("seed")  # a config file that failed to load raises on first access
         return config
     except (AttributeError, KeyError, OSError, SyntaxError) as e:
         _fail(_config_file_error(e, sys.argv), None)
@@ -161,9 +169,23 @@ def _quiet_library_logs() -> None:
     handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
 
 
+def _take_over_sigterm() -> None:
+    """Training or a study in one process: SIGTERM sets the train loop's preemption flag
+    from now on. Several processes: JAX's preemption service owns SIGTERM; eval / sample:
+    SIGTERM stops them at once, as usual. In these two cases a SIGTERM that came during
+    start-up stops the run before any work (status 75, nothing written)."""
+    distributed = _COORDINATOR.value or _DISTRIBUTED.value
+    if not distributed and _MODE.value in ("train", "study"):
+        checkpoints.catch_sigterm(already_received=_EARLY_SIGTERM.is_set())
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _EARLY_SIGTERM.is_set():
+        sys.stderr.write("preempted before the run started: rerun the same command\n")
+        sys.exit(errors.PREEMPTED_EXIT_STATUS)
+
+
 def main(argv):
-    if not (_COORDINATOR.value or _DISTRIBUTED.value):
-        checkpoints.catch_sigterm()  # before anything slow: a SIGTERM is a clean preemption
+    _take_over_sigterm()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet_library_logs()

@@ -350,8 +350,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     finally:
         ckpt.close()
     if int(state.step) < config.training.n_iters:
-        logging.warning("preempted at step %d: its checkpoint is saved in %s; rerun the same "
-                        "command to resume", int(state.step), ckpt.directory)
+        saved = (f"its checkpoint is saved in {ckpt.directory}" if int(state.step) > 0
+                 else "nothing was trained yet")
+        logging.warning("preempted at step %d: %s; rerun the same command to resume",
+                        int(state.step), saved)
     else:
         logging.info("finished at step %d, params checksum %r", int(state.step),
                      params_checksum(state.params))

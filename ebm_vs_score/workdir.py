@@ -4,7 +4,7 @@ that the directory can be used at all (DESIGN.md rules 5, 6 and 8).
 A run commits its config (``WORKDIR/config.json``) only once its first step has trained,
 so a run that failed before (missing data, a bad value found late) leaves nothing that
 would refuse the corrected command. On resume, a field may change only if doing so keeps
-the run meaningful (:data:`MUTABLE_FIELDS`, :data:`MUTABLE_SECTIONS`: schedules, the
+the run meaningful (:data:`RESUME_SAFE_FIELDS`, :data:`MUTABLE_SECTIONS`: schedules, the
 learning rate after a divergence, where the data lives, sampling and evaluation), or when
 the user passes ``--allow_config_change``; every accepted change is appended to
 ``WORKDIR/config_changes.jsonl`` with the step it applies from, and ``config.json`` is the
@@ -26,11 +26,13 @@ from ebm_vs_score.errors import WorkdirError
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
 
-# Safe to change when resuming: they do not change what the checkpoint's state means.
+# Left out by :func:`config_differences` (schedules and evaluation; the study adds its own
+# rules on top of it).
 MUTABLE_SECTIONS = ("sampling", "eval")
-MUTABLE_FIELDS = (
-    "training.n_iters", "training.log_every", "training.checkpoint_every",
-    "training.sample_every", "training.keep_checkpoints",
+MUTABLE_FIELDS = ("training.n_iters", "training.log_every", "training.checkpoint_every",
+                  "training.sample_every", "training.keep_checkpoints")
+# Safe to change when resuming a run: they do not change what the checkpoint's state means.
+RESUME_SAFE_FIELDS = MUTABLE_FIELDS + (
     "training.grad_accum_steps", "model.remat",  # memory only: same math
     "optim.lr", "optim.warmup",  # the advice after a divergence (same optimizer state)
     "data.data_dir",  # where the same data lives
@@ -48,8 +50,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _is_mutable(path: str) -> bool:
-    return path.split(".")[0] in MUTABLE_SECTIONS or path in MUTABLE_FIELDS
+def _is_mutable(path: str, fields: tuple[str, ...]) -> bool:
+    return path.split(".")[0] in MUTABLE_SECTIONS or path in fields
 
 
 def _as_dict(config: ml_collections.ConfigDict) -> dict:
@@ -63,10 +65,12 @@ def changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, list]:
             if before.get(p) != now.get(p)}
 
 
-def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-    """Fields (other than the ones safe to change on resume) where ``config`` differs."""
+def config_differences(saved: dict, config: ml_collections.ConfigDict, *,
+                       mutable: tuple[str, ...] = MUTABLE_FIELDS) -> list[str]:
+    """Fields, other than ``mutable`` ones and ``sampling.*`` / ``eval.*``, where ``config``
+    differs from ``saved``, as ``"path: old -> new"``."""
     return [f"{p}: {a!r} -> {b!r}" for p, (a, b) in changes(saved, config).items()
-            if not _is_mutable(p)]
+            if not _is_mutable(p, mutable)]
 
 
 def load_saved(workdir: str) -> dict | None:
@@ -94,7 +98,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, *,
     """Refuses to resume a workdir whose saved config differs in a field that is not safe
     to change on resume, unless ``allow_changes`` (``--allow_config_change``)."""
     saved = load_saved(workdir)
-    diff = [] if saved is None or allow_changes else config_differences(saved, config)
+    diff = [] if saved is None or allow_changes else config_differences(
+        saved, config, mutable=RESUME_SAFE_FIELDS)
     if diff:
         shown = "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "")
         raise WorkdirError(
