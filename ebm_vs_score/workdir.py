@@ -89,7 +89,7 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{CONFIG_FILE}.tmp"
     tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-    tmp.rename(path)
+    tmp.replace(path)
     return str(path)
 
 
