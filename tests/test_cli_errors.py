@@ -103,3 +103,22 @@ def test_missing_data_and_the_retry_with_data_dir(tmp_path):
     retry = _one_sentence(_main(*args, f"--config.data.data_dir={tmp_path / 'other'}"),
                           only_line=False)
     assert "different config" not in retry and str(tmp_path / "other") in retry
+
+
+def test_divergence_stops_in_one_sentence_and_its_advice_resumes(tmp_path):
+    """lr 1e6 diverges within a few steps, before the first checkpoint: the message says
+    nothing was saved and which flag to add; the same command with a lower lr (a field the
+    workdir accepts on resume) then trains to the end."""
+    small = ["--config.model.hidden=(32,32)", "--config.training.batch_size=64",
+             "--config.training.n_iters=30", "--config.training.log_every=1",
+             "--config.training.checkpoint_every=10", "--config.sampling.num_steps=5",
+             "--config.sampling.num_samples=16"]
+    args = [f"--config={TOY}", f"--workdir={tmp_path / 'w'}", *small]
+    line = _one_sentence(_main(*args, "--config.optim.lr=1e6", "--config.optim.warmup=0",
+                               "--config.optim.grad_clip=0"), only_line=False)
+    assert "before its first checkpoint" in line and "add --config.optim.lr=100000" in line
+    assert "is kept" not in line
+    retry = _main(*args, "--config.optim.lr=1e-3", "--config.optim.warmup=0",
+                  "--config.optim.grad_clip=0")
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert "optim.lr" in (tmp_path / "w" / "config_changes.jsonl").read_text()
