@@ -91,14 +91,17 @@ def _truncate_largest_file(step_dir) -> str:
     return victim
 
 
-def _sigterm_trial(workdir, rng, after_save: bool) -> int:
-    """Starts a run and SIGTERMs it at a random moment; returns the run's exit status."""
+def _sigterm_trial(workdir, rng, after_save: bool, last_target: int = N_ITERS - EVERY) -> int:
+    """Starts a run and SIGTERMs it at a random moment (``after_save``: within 0.5 s of
+    the checkpoint of a random step up to ``last_target`` appearing); returns its status."""
     proc = subprocess.Popen(_cmd(workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    start, target = time.time(), int(rng.integers(1, N_ITERS // EVERY)) * EVERY
+    start, target = time.time(), int(rng.integers(1, last_target // EVERY + 1)) * EVERY
+    delay = rng.uniform(2, 40)
     while proc.poll() is None:
-        if after_save and target in _steps(workdir) or not after_save and (
-                time.time() - start > rng.uniform(2, 40)):
+        saved = _steps(workdir)
+        if after_save and saved and saved[-1] >= target or not after_save and (
+                time.time() - start > delay):
             time.sleep(rng.uniform(0, 0.5))
             break
         time.sleep(0.05)
@@ -120,7 +123,8 @@ def _resume_to_end(workdir):
 
 def test_sigterm_right_after_a_periodic_save_exits_preempted_and_resumes(tmp_path, reference):
     workdir = str(tmp_path / "run")
-    status = _sigterm_trial(workdir, np.random.default_rng(), after_save=True)
+    status = _sigterm_trial(workdir, np.random.default_rng(), after_save=True,
+                            last_target=2 * EVERY)  # early: the run cannot finish first
     assert status == errors.PREEMPTED_EXIT_STATUS
     _resume_to_end(workdir)
     _assert_same(_state(workdir), reference)
