@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebm_vs_score.errors import DataError
+
 TOY_NAMES = ("checkerboard", "8gaussians", "spiral", "moons", "gmm")
 DIGITS_NUM_TRAIN = 1500  # first 1500 sklearn digits; the last 297 are the test split
 TFDS_SHUFFLE_BUFFER = 50_000  # encoded examples: all of cifar10 / mnist, ~0.5 GB of celeb_a
@@ -388,7 +390,7 @@ def _unknown_dataset_error(name: str) -> ValueError:
 
 
 def _missing_dataset_error(name: str, data_dir: str) -> FileNotFoundError:
-    return FileNotFoundError(
+    return DataError(  # a FileNotFoundError that main reports in one sentence
         f"TFDS dataset {name!r} is not prepared in data_dir {data_dir!r}: on a machine with "
         f"internet run `python -c \"import tensorflow_datasets as tfds; tfds.builder("
         f"'{name}', data_dir='DIR').download_and_prepare()\"`, copy DIR here if needed, and "

@@ -59,6 +59,7 @@ from absl import logging
 from ebm_vs_score import builders, checkpoints, configuration, plotting, train
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
+from ebm_vs_score.errors import CheckpointError, DataError
 
 Results = dict[str, Any]
 MIXTURE_TOYS = ("8gaussians", "gmm")  # closed-form noised scores: exact Fisher divergence
@@ -93,11 +94,11 @@ def restore_params(config, workdir: str, model: builders.Model, step: int = -1):
     try:
         steps = ckpt.all_steps()
         if not steps:
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"no checkpoint in {ckpt.directory}; train first with --mode=train and the "
                 "same --config and --workdir")
         if step != -1 and step not in steps:
-            raise FileNotFoundError(f"eval.checkpoint={step} is not in {ckpt.directory}; "
+            raise CheckpointError(f"eval.checkpoint={step} is not in {ckpt.directory}; "
                                     f"available steps: {steps}")
         tx = train.make_optimizer(config.optim)
         template = train.init_state(model, tx, config.seed)
@@ -376,7 +377,7 @@ def check_inception_weights(config) -> None:
 
     path = config.eval.inception_weights
     if path is not None and not os.path.isfile(os.path.expanduser(path)):
-        raise FileNotFoundError(inception.missing_weights_message(path))
+        raise DataError(inception.missing_weights_message(path))
 
 
 def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:

@@ -2,25 +2,50 @@
 
 Thin by design (flax examples): it parses flags, starts JAX's multi-process runtime when
 asked to, and calls ``train_and_evaluate`` / ``evaluate`` / ``sample`` / ``run_study``,
-which notebooks and tests call directly too. A bad config value, missing data or a
-non-finite loss stops the run with one sentence on stderr (the traceback goes to
-``WORKDIR/error.log``); nothing already written is touched.
+which notebooks and tests call directly too.
+
+Exit status:
+  * 0: the mode finished (a training run reached ``training.n_iters``).
+  * 1: bad input (a config file or field, a workdir, missing data, a checkpoint that is not
+    there) or a diverged run: one sentence on stderr starting with ``error:``, the
+    traceback in ``WORKDIR/error.log``; nothing already written is touched. Any other
+    exception is a bug and keeps its traceback.
+  * 75 (EX_TEMPFAIL, ``errors.PREEMPTED_EXIT_STATUS``): preempted. SIGTERM stopped the run
+    after saving its current step (once) and the log says ``preempted at step N``;
+    rerunning the same command resumes bit-identically. The launchers in ``launch/``
+    requeue on this status.
+
+On resume the workdir accepts changes only to fields that are safe to change
+(``workdir.RESUME_SAFE_FIELDS``: schedules, ``optim.lr`` / ``optim.warmup``, ``data.data_dir``,
+``sampling.*``, ``eval.*``); ``--allow_config_change`` accepts any change. Accepted changes
+are appended to ``WORKDIR/config_changes.jsonl``.
 """
 
 from __future__ import annotations
 
 import logging as pylogging
 import os
+import re
+import signal
 import sys
+import threading
 import traceback
+
+# SIGTERM during the seconds of imports below must not kill the run either: remember it
+# (``main`` hands it to the train loop's preemption flag, or exits 75 before any work).
+_EARLY_SIGTERM = threading.Event()
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: _EARLY_SIGTERM.set())
 
 # TensorFlow is only the input pipeline; keep its C++ start-up chatter out of the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
-from absl import app, flags, logging
-from etils import epath
-from ml_collections import config_flags
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ebm_vs_score import checkpoints, errors  # noqa: E402
+from ebm_vs_score import workdir as workdir_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -36,6 +61,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with auto-detection "
     "(TPU pods, SLURM); implied by --coordinator_address.")
 
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir although fields that are not safe to "
+    "change on resume differ from its config.json (the changes are recorded).")
+
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,7 +73,9 @@ def _run_mode(mode: str, config, workdir: str):
     if mode == "train":
         from ebm_vs_score.train import train_and_evaluate
 
-        return train_and_evaluate(config, workdir)
+        return train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
+    if mode in ("eval", "sample"):
+        workdir_lib.require_run(workdir, mode)
     if mode == "eval":
         from ebm_vs_score.evaluate import evaluate
 
@@ -76,12 +107,60 @@ def _hide_gpus_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
-def _fail(message: str, workdir: str) -> None:
-    if epath.Path(workdir).is_dir():
-        with (epath.Path(workdir) / "error.log").open("a") as f:
-            f.write(traceback.format_exc())
+def _fail(message: str, workdir: str | None, status: int = 1) -> None:
+    """One sentence on stderr (the traceback, if any, appended to ``WORKDIR/error.log``)."""
+    if workdir and os.path.isdir(workdir) and os.access(workdir, os.W_OK):
+        with open(os.path.join(workdir, "error.log"), "a") as f:
+            f.write(f"error: {message}\n{traceback.format_exc()}")
     sys.stderr.write(f"error: {message}\n")
-    sys.exit(1)
+    sys.exit(status)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).replace("\\n", " ").split())
+
+
+def _config_file_error(error: Exception, argv: list[str]) -> str:
+    """One sentence for a --config flag that cannot be parsed (file or override)."""
+    paths = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    path = paths[-1].split(":")[0] if paths else None
+    if isinstance(error, SyntaxError):
+        return (f"config file {error.filename or path} has a syntax error at line "
+                f"{error.lineno}: {error.msg}; fix the file")
+    if path is not None and not os.path.isfile(path):
+        return (f"config file {path!r} does not exist; pass --config=configs/<name>.py "
+                "(relative to the directory you run from)")
+    if isinstance(error, (AttributeError, KeyError)):
+        suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(error))
+        if suggestion:
+            return (f"the config has no field {suggestion.group(2)!r}; did you mean "
+                    f"{suggestion.group(1)!r}? (check the --config.* flags)")
+        return f"a --config.* flag names a field the config does not have ({_one_line(error)})"
+    return f"--config could not be loaded: {_one_line(error)}"
+
+
+def _load_config():
+    """The --config value; ml_collections loads a missing file only when it is read."""
+    try:
+        config = _CONFIG.value
+        config.get("seed")  # a config file that failed to load raises on first access
+        return config
+    except (AttributeError, KeyError, OSError, SyntaxError) as e:
+        _fail(_config_file_error(e, sys.argv), None)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with one sentence instead of a traceback for a bad --config."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, (AttributeError, KeyError, OSError, SyntaxError)):
+            _fail(_config_file_error(cause, argv), None)
+        _fail(f"{_one_line(e)} (see --helpshort)", None)
+    except (AttributeError, KeyError, OSError, SyntaxError) as e:
+        _fail(_config_file_error(e, argv), None)
+    return []  # not reached
 
 
 def _quiet_library_logs() -> None:
@@ -90,19 +169,43 @@ def _quiet_library_logs() -> None:
     handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
 
 
+def _take_over_sigterm() -> None:
+    """Training or a study in one process: SIGTERM sets the train loop's preemption flag
+    from now on. Several processes: JAX's preemption service owns SIGTERM; eval / sample:
+    SIGTERM stops them at once, as usual. In these two cases a SIGTERM that came during
+    start-up stops the run before any work (status 75, nothing written)."""
+    distributed = _COORDINATOR.value or _DISTRIBUTED.value
+    if not distributed and _MODE.value in ("train", "study"):
+        checkpoints.catch_sigterm(already_received=_EARLY_SIGTERM.is_set())
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _EARLY_SIGTERM.is_set():
+        sys.stderr.write("preempted before the run started: rerun the same command\n")
+        sys.exit(errors.PREEMPTED_EXIT_STATUS)
+
+
 def main(argv):
+    _take_over_sigterm()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet_library_logs()
     _hide_gpus_from_tensorflow()
     _initialize_distributed()
-    logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
-                 jax.devices())
+    if jax.process_count() > 1:
+        logging.info("JAX process %d/%d, devices: %s", jax.process_index(),
+                     jax.process_count(), jax.devices())
+    config, workdir, mode = _load_config(), _WORKDIR.value, _MODE.value
     try:
-        _run_mode(_MODE.value, _CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, _WORKDIR.value)
+        result = _run_mode(mode, config, workdir)
+    except errors.UserError as e:
+        if checkpoints.sigterm_received() and mode == "study":
+            _fail(_one_line(str(e).splitlines()[0]), workdir, errors.PREEMPTED_EXIT_STATUS)
+        _fail(_one_line(str(e).splitlines()[0]) if str(e) else type(e).__name__, workdir)
+    if mode == "train" and int(result.step) < int(config.training.n_iters):
+        sys.stderr.write(f"preempted at step {int(result.step)}: rerun the same command to "
+                         f"resume (exit status {errors.PREEMPTED_EXIT_STATUS})\n")
+        sys.exit(errors.PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

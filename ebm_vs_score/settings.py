@@ -27,16 +27,13 @@ from ebm_vs_score import drl_ladder, losses, models, samplers
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
 from ebm_vs_score.drl import DRLChain
+from ebm_vs_score.errors import ConfigError
 
 TOY_DATASETS = data_lib.TOY_NAMES
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "celeb_a",
                   "svhn_cropped", "lsun/church_outdoor", "lsun/bedroom")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamw")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message says which and how to fix it."""
 
 
 def _require(ok: bool, message: str) -> None:

@@ -61,6 +61,7 @@ import numpy as np
 from absl import logging
 
 from ebm_vs_score import builders, config_base, configuration, evaluate, plotting, train
+from ebm_vs_score.errors import UserError
 
 STUDY_FAMILIES = ("score", "energy", "resnet_energy", "qc")
 ENERGY_FAMILIES = ("energy", "resnet_energy")  # the only ones with an energy for MH samplers
@@ -75,7 +76,7 @@ _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
 
 
-class StudyError(ValueError):
+class StudyError(UserError, ValueError):
     """The study stopped: failed runs, an interrupted run or a foreign directory."""
 
 

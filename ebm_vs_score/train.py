@@ -30,6 +30,8 @@ from jax.sharding import PartitionSpec as P
 from ebm_vs_score import builders, checkpoints, configuration, plotting
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.errors import NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -148,12 +150,25 @@ def summarize(history: list[dict], step: int) -> dict[str, float]:
     finite = np.array([h["finite"] for h in stacked])
     if not finite.all():
         bad = step - len(stacked) + 1 + int(np.argmin(finite))
-        raise FloatingPointError(
-            f"the loss or its gradient became non-finite at step {bad}; the run stopped and "
-            "the last good checkpoint is intact; lower optim.lr, raise optim.warmup or keep "
-            "optim.grad_clip > 0, then rerun the same command to resume")
+        raise NonFiniteLossError(f"the loss or its gradient became non-finite at step {bad}")
     keys = [k for k in stacked[0] if k != "finite"]
     return {k: float(np.mean([h[k] for h in stacked])) for k in keys}
+
+
+# A logged loss this many times the first one logged by the run means it diverged.
+EXPLODED_LOSS_FACTOR = 1e6
+
+
+def divergence_advice(config: ml_collections.ConfigDict, last_checkpoint: int | None) -> str:
+    """What to do after a divergence, with a command-line flag that the workdir accepts."""
+    flag = f"--config.optim.lr={float(config.optim.lr) / 10:g}"
+    if last_checkpoint is None:
+        return (f"the run stopped before its first checkpoint (due at step "
+                f"{config.training.checkpoint_every}), so nothing was saved; add {flag} (or "
+                "raise optim.warmup) to the same command and rerun it to start again")
+    return (f"the run stopped and its last checkpoint (step {last_checkpoint}) is kept; add "
+            f"{flag} (or raise optim.warmup) to the same command and rerun it to resume from "
+            f"step {last_checkpoint}")
 
 
 def append_metrics(workdir: str, record: dict) -> None:
@@ -165,12 +180,13 @@ def append_metrics(workdir: str, record: dict) -> None:
 
 
 def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> TrainState:
-    """The latest checkpoint of the workdir if there is one, else a fresh state."""
+    """The newest checkpoint of the workdir that loads if there is one, else a fresh state."""
     state = replicate(init_state(model, tx, config.seed), mesh)
     if ckpt.latest_step() is None:
         return state
-    logging.info("resuming from checkpoint at step %d", ckpt.latest_step())
-    return ckpt.restore(state)
+    state = ckpt.restore(state)
+    logging.info("resuming from checkpoint at step %d", int(state.step))
+    return state
 
 
 def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
@@ -232,16 +248,42 @@ class _Loop(NamedTuple):
     sample_fn: Callable
     ckpt: checkpoints.Checkpointer
     writer: Any
+    stats: dict  # "first_loss": the first loss this process logged (divergence reference)
 
 
-def _flush(loop: _Loop, history: list, step: int) -> None:
-    """Logs the metrics since the last flush (raising on a non-finite step)."""
+def _diverged(loop: _Loop, message: str) -> NonFiniteLossError:
+    advice = divergence_advice(loop.config, loop.ckpt.latest_step())
+    return NonFiniteLossError(f"{message}; {advice}")
+
+
+def _flush(loop: _Loop, history: list, step: int) -> dict[str, float]:
+    """Logs the metrics since the last flush (raising on a non-finite or exploded loss)."""
     if not history:
-        return
-    scalars = summarize(history, step)
+        return {}
+    try:
+        scalars = summarize(history, step)
+    except NonFiniteLossError as e:
+        raise _diverged(loop, str(e)) from None
     history.clear()
     loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
     append_metrics(loop.workdir, dict(scalars, step=step, split="train"))
+    first = loop.stats.setdefault("first_loss", abs(scalars["loss"]))
+    if abs(scalars["loss"]) > EXPLODED_LOSS_FACTOR * max(first, 1e-8):
+        raise _diverged(loop, f"the loss exploded to {scalars['loss']:.3g} by step {step} "
+                        f"(the run's first logged loss was {first:.3g})")
+    return scalars
+
+
+def _all_finite(tree: Any) -> bool:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return bool(first_replica(jnp.all(jnp.stack(leaves))))
+
+
+def _save(loop: _Loop, step: int, state: TrainState) -> None:
+    """Checkpoints ``state`` unless its parameters are not finite (then stops the run)."""
+    if not _all_finite((state.params, state.ema_params)):
+        raise _diverged(loop, f"the parameters became non-finite by step {step}")
+    loop.ckpt.save(step, state)
 
 
 def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState:
@@ -249,20 +291,23 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
 
     No host sync per step: metrics stay on the device until the next log, the state is
     donated, and batches reach the device ahead of their step (``prefetch_to_device``).
+    A state is checkpointed only after every step since the last log was finite.
     """
     from clu import periodic_actions
 
     cfg = loop.config.training
     hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.n_iters, writer=loop.writer)]
     history: list = []
-    for step in range(int(state.step) + 1, cfg.n_iters + 1):
+    start = int(state.step)
+    for step in range(start + 1, cfg.n_iters + 1):
         if watcher.should_stop(step - 1):
             _flush(loop, history, step - 1)
-            loop.ckpt.save(step - 1, state)
-            logging.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command "
-                            "to resume", step - 1)
+            if step - 1 > start:  # at most once: a step saved just before is not saved again
+                _save(loop, step - 1, state)
             break
         state, metrics = loop.step_fn(state, next(data_iter))
+        if step == start + 1:  # the config is in force once a step has trained with it
+            workdir_lib.commit(loop.config, loop.workdir, start)
         history.append(metrics)
         for hook in hooks:
             hook(step)
@@ -270,25 +315,55 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
         if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
             _flush(loop, history, step)
         if step % cfg.checkpoint_every == 0 or last:
-            loop.ckpt.save(step, state)
+            _save(loop, step, state)
         if step % cfg.sample_every == 0 or last:
             write_samples(loop.config, state, step, loop.workdir, loop.writer, loop.sample_fn)
     return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> TrainState:
     """Trains the model of ``config`` in ``workdir``, resuming from its latest checkpoint.
 
-    Leaves in ``workdir``: ``config.json``, ``checkpoints/``, TensorBoard event files,
-    ``metrics.jsonl`` (one JSON line per log step) and ``samples.png`` (+ ``samples/``).
+    Leaves in ``workdir``: ``config.json`` (written once the first step has trained),
+    ``checkpoints/``, TensorBoard event files, ``metrics.jsonl`` (one JSON line per log
+    step) and ``samples.png`` (+ ``samples/``). A SIGTERM stops the run after saving its
+    step once; the returned state's step is then below ``training.n_iters``.
+
+    Args:
+      config: the experiment config.
+      workdir: the run's directory.
+      allow_config_change: resume even if fields that are unsafe to change on resume
+        differ from ``workdir/config.json`` (the changes are recorded in the workdir).
+
+    Raises:
+      UserError: a bad config value, workdir or data, or a divergence (one sentence).
     """
     mesh = make_mesh()
     configuration.validate(config, num_devices=mesh.size)
-    configuration.check_workdir(config, workdir)
-    configuration.save(config, workdir)
+    workdir_lib.prepare_for_writing(workdir)
+    workdir_lib.check_workdir(config, workdir, allow_changes=allow_config_change)
     model = builders.build_model(config)
     tx = make_optimizer(config.optim)
-    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints)
+    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints,
+                                    set_aside_broken=True)
+    try:
+        state = _train(config, workdir, mesh, model, tx, ckpt)
+    finally:
+        ckpt.close()
+    if int(state.step) < config.training.n_iters:
+        saved = (f"its checkpoint is saved in {ckpt.directory}" if int(state.step) > 0
+                 else "nothing was trained yet")
+        logging.warning("preempted at step %d: %s; rerun the same command to resume",
+                        int(state.step), saved)
+    else:
+        logging.info("finished at step %d, params checksum %r", int(state.step),
+                     params_checksum(state.params))
+    return state
+
+
+def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
+    """Restores or initializes the state, builds the step, data and writer, and trains."""
     state = restore_or_init(ckpt, model, tx, config, mesh)
     logging.info("model has %d parameters", num_params(state.params))
     loss_fn = builders.build_loss_fn(config, model)
@@ -301,16 +376,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config.data, batch_size=config.training.batch_size, split="train", seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_step=int(state.step)), mesh)
-    loop = _Loop(config, workdir, mesh, step_fn, make_sample_fn(config, model), ckpt, writer)
+    loop = _Loop(config, workdir, mesh, step_fn, make_sample_fn(config, model), ckpt, writer,
+                 {})
     try:
         with checkpoints.PreemptionWatcher() as watcher:
-            state = _run_steps(loop, state, data_iter, watcher)
+            return _run_steps(loop, state, data_iter, watcher)
     finally:
         writer.flush()
-        ckpt.close()
-    logging.info("finished at step %d, params checksum %r", int(state.step),
-                 params_checksum(state.params))
-    return state
 
 
 def params_checksum(params: Any) -> float:

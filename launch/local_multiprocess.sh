@@ -7,8 +7,10 @@
 # Process i runs `python -m ebm_vs_score.main --config=CONFIG --workdir=WORKDIR
 # --coordinator_address=127.0.0.1:PORT --num_processes=N --process_id=i [extra...]` with
 # JAX_PLATFORMS=cpu, and writes its output to LOG_DIR/process_i.log. The script waits for
-# all of them; if one fails it stops the others and exits non-zero, showing the end of the
-# failed logs. Ctrl-C (or SIGTERM) asks every process to checkpoint and stop.
+# all of them; if one fails it stops the others and exits 1, showing the end of the
+# failed logs. Ctrl-C (or SIGTERM) asks every process to checkpoint and stop: they agree on
+# the step, save it once and exit 75 (preempted), and so does this script, so that a
+# scheduler requeues it; rerunning the same command resumes bit-identically.
 #
 # Environment: PORT (coordinator port; default: a free one), DEVICES_PER_PROCESS (CPU
 # devices per process, default 1), LOG_DIR (default WORKDIR/logs), PYTHON (default python).
@@ -78,8 +80,10 @@ on_signal() {
 }
 trap on_signal INT TERM
 
+PREEMPTED=75  # ebm_vs_score.errors.PREEMPTED_EXIT_STATUS
 statuses=()
 running=${num_processes}
+preempted=0
 failed=0
 first_failed=-1
 interrupted=0
@@ -92,7 +96,9 @@ while ((running > 0)); do
     wait "${pids[i]}" || rc=$?
     statuses[i]=${rc}
     running=$((running - 1))
-    if ((rc != 0 && failed == 0)); then
+    if ((rc == PREEMPTED)); then
+      preempted=1
+    elif ((rc != 0 && failed == 0)); then
       failed=1
       first_failed=${i}
       echo "process ${i} failed (exit ${rc}); stopping the others" >&2
@@ -111,6 +117,10 @@ if ((failed)); then
   echo "end of ${log_dir}/process_${first_failed}.log (the first to fail):" >&2
   tail -n 20 "${log_dir}/process_${first_failed}.log" | sed "s/^/  | /" >&2
   exit 1
+fi
+if ((preempted)); then
+  echo "preempted: checkpoint saved; rerun the same command to resume" >&2
+  exit "${PREEMPTED}"
 fi
 if ((interrupted)); then
   exit 130

@@ -30,6 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COPY_PATHS = ("pyproject.toml", "README.md", "ebm_vs_score", "configs")
 MODES = ("train", "eval", "sample", "study")
 LOG_DIR = "$HOME/ebm_vs_score_logs"
+# ebm_vs_score.errors.PREEMPTED_EXIT_STATUS (EX_TEMPFAIL): the run saved its checkpoint on
+# SIGTERM; rerunning the same launch resumes it. (Not imported: this runs without JAX.)
+PREEMPTED_EXIT_STATUS = 75
 # This worker's index in the pod, from the Cloud TPU metadata (what JAX itself reads).
 WORKER_ID = ("${TPU_WORKER_ID:-$(curl -sf -m 10 -H Metadata-Flavor:Google http://metadata."
              "google.internal/computeMetadata/v1/instance/attributes/agent-worker-number "
@@ -181,6 +184,11 @@ def execute(commands: list[list[str]], *, delete_after: bool) -> int:
         for command in body:
             print("+", shlex.join(command), file=sys.stderr, flush=True)
             status = subprocess.run(command, check=False).returncode
+            if status == PREEMPTED_EXIT_STATUS:
+                print("preempted: the run saved its checkpoint in the workdir; rerun the same "
+                      "command (add --reuse if the TPU VM still exists) to resume",
+                      file=sys.stderr)
+                break
             if status != 0:
                 print(f"error: exit status {status} from: {shlex.join(command)}",
                       file=sys.stderr)

@@ -173,7 +173,7 @@ class _FakeRun:
 
     def __call__(self, command, check=False):
         self.commands.append(command)
-        code = 1 if len(self.commands) - 1 == self.fail_at else 0
+        code = getattr(self, "code", 1) if len(self.commands) - 1 == self.fail_at else 0
         return subprocess.CompletedProcess(command, code)
 
 
@@ -279,6 +279,7 @@ FAKE_MAIN = """
 printf "%s\\n" "$@"
 echo "JAX_PLATFORMS=$JAX_PLATFORMS"
 for a in "$@"; do case $a in --process_id=*) id=${a#*=} ;; esac; done
+if [[ -n "${PREEMPT:-}" ]]; then exit 75; fi
 if [[ -z "${FAIL_ID:-}" ]]; then exit 0; fi
 if [[ "$id" == "$FAIL_ID" ]]; then exit 3; fi
 trap 'echo stopped; exit 143' TERM  # the others wait for the failed one, as JAX would
@@ -319,8 +320,9 @@ echo "$JAX_LOCAL_DEVICE_IDS" > "$STUBS/srun.devices"
 case "${SRUN_MODE:-ok}" in
   ok) exit 0 ;;
   fail) exit 3 ;;
-  wait)  # runs until SIGTERM, then 'checkpoints' and exits 0, like ebm_vs_score.main
-    trap 'echo term > "$STUBS/srun.term"; exit 0' TERM
+  preempted) exit 75 ;;  # SLURM preempted the step itself: main saved and exited 75
+  wait)  # runs until SIGTERM, then 'checkpoints' and exits 75, like ebm_vs_score.main
+    trap 'echo term > "$STUBS/srun.term"; exit 75' TERM
     echo $$ > "$STUBS/srun.pid"
     while :; do sleep 0.05; done ;;
 esac
@@ -383,10 +385,35 @@ def test_sbatch_checkpoints_and_requeues_on_sigterm(slurm):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)  # what --signal=B:TERM@120 does before the limit
     out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
+    assert process.returncode == 75, err
     assert (stubs / "srun.term").exists()  # the training processes were told to stop
     assert (stubs / "scancel.calls").read_text().split() == ["--signal=TERM", "77"]
     assert (stubs / "scontrol.calls").read_text().split() == ["requeue", "77"]
+
+
+def test_sbatch_requeues_when_the_run_exits_preempted(slurm):
+    stubs, env = slurm
+    process = _sbatch(dict(env, SRUN_MODE="preempted"))
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 75 and "preempted (exit 75)" in out
+    assert (stubs / "scontrol.calls").read_text().split() == ["requeue", "77"]
+
+
+def test_local_multiprocess_exits_preempted_when_the_processes_were_preempted(tmp_path):
+    fake = _stub(tmp_path / "python", FAKE_MAIN)
+    result = _local("2", "configs/toy_score.py", str(tmp_path / "run"),
+                    env={"PYTHON": str(fake), "PORT": "4321", "PREEMPT": "1"})
+    assert result.returncode == 75, result.stderr
+    assert "preempted" in result.stderr and "failed" not in result.stderr
+
+
+def test_tpu_runner_reports_a_preempted_run(monkeypatch, capsys):
+    commands = _plan()
+    fake = _FakeRun(fail_at=len(commands) - 1)
+    monkeypatch.setattr(fake, "code", 75, raising=False)
+    monkeypatch.setattr(tpu_pod.subprocess, "run", fake)
+    assert tpu_pod.main(BASE) == 75
+    assert "preempted" in capsys.readouterr().err
 
 
 # --- the Colab notebook ----------------------------------------------------------------------

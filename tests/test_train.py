@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_vs_score import checkpoints, config_base, configuration, train
+from ebm_vs_score import checkpoints, config_base, configuration, errors, train
+from ebm_vs_score import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
@@ -105,8 +107,10 @@ def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
     _wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == errors.PREEMPTED_EXIT_STATUS == 75, err[-2000:]
+    assert "Traceback" not in err and "finished at step" not in err
     (saved,) = _steps(workdir)
+    assert f"preempted at step {saved}" in err
     assert saved >= 5
     resumed = _run(_main_cmd(workdir, f"--config.training.n_iters={saved + 3}", *args[1:]))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -203,11 +207,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
             yield {"x": batch["x"] * (np.nan if i >= 13 else 1.0)}
 
     monkeypatch.setattr(train.data_lib, "get_dataset", poisoned)
-    with pytest.raises(FloatingPointError, match="non-finite at step 14.*last good checkpoint"):
+    with pytest.raises(errors.NonFiniteLossError,
+                       match=r"non-finite at step 14.*last checkpoint \(step 10\) is kept; add "
+                       r"--config.optim.lr=0.0001 .* resume from step 10"):
         train.train_and_evaluate(config, workdir)
     assert _steps(workdir) == [10]
     state = _final_params(workdir, config)
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
+    # The advice works: the same call with the lower learning rate resumes from step 10.
+    monkeypatch.setattr(train.data_lib, "get_dataset", real)
+    config.optim.lr = 1e-4
+    state = train.train_and_evaluate(config, workdir)
+    assert int(state.step) == 40 and _steps(workdir)[-1] == 40
+    (change,) = [json.loads(line) for line in open(os.path.join(workdir, "config_changes.jsonl"))]
+    assert change["step"] == 10 and change["changes"] == {"optim.lr": [1e-3, 1e-4]}
+    assert json.load(open(os.path.join(workdir, "config.json")))["optim"]["lr"] == 1e-4
+
+
+def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(tmp_path):
+    config = _toy_config(40)
+    config.optim.lr, config.optim.warmup, config.optim.grad_clip = 1e6, 0, 0.0
+    config.training.log_every, config.training.checkpoint_every = 1, 20
+    with pytest.raises(errors.NonFiniteLossError) as error:
+        train.train_and_evaluate(config, str(tmp_path))
+    message = str(error.value)
+    assert "before its first checkpoint" in message and "is kept" not in message
+    assert "--config.optim.lr=100000" in message and _steps(str(tmp_path)) == []
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):
@@ -215,10 +240,29 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
     configuration.save(config, str(tmp_path))
     other = _toy_config(2)
     other.model.hidden = (64, 64)
-    with pytest.raises(configuration.ConfigError, match="different config.*model.hidden"):
+    with pytest.raises(errors.WorkdirError,
+                       match="different config.*model.hidden.*--allow_config_change"):
         configuration.check_workdir(other, str(tmp_path))
-    more_steps = _toy_config(10)
-    configuration.check_workdir(more_steps, str(tmp_path))
+    workdir_lib.check_workdir(other, str(tmp_path), allow_changes=True)
+    safe = _toy_config(10)  # the fields the program's own advice names
+    safe.optim.lr, safe.optim.warmup, safe.data.data_dir = 1e-5, 500, "/elsewhere"
+    safe.sampling.num_steps = 7
+    configuration.check_workdir(safe, str(tmp_path))
+
+
+def test_accepted_changes_are_recorded_and_config_json_is_current(tmp_path):
+    workdir = str(tmp_path)
+    workdir_lib.commit(_toy_config(2), workdir, 0)
+    assert not os.path.exists(os.path.join(workdir, "config_changes.jsonl"))
+    workdir_lib.commit(_toy_config(2), workdir, 2)  # same config: nothing to record
+    assert not os.path.exists(os.path.join(workdir, "config_changes.jsonl"))
+    changed = _toy_config(9)
+    changed.optim.lr = 3e-4
+    workdir_lib.commit(changed, workdir, 2)
+    (record,) = [json.loads(line) for line in open(os.path.join(workdir, "config_changes.jsonl"))]
+    assert record["step"] == 2 and "time" in record
+    assert record["changes"] == {"optim.lr": [1e-3, 3e-4], "training.n_iters": [2, 9]}
+    assert workdir_lib.load_saved(workdir)["optim"]["lr"] == 3e-4
 
 
 def test_prefetch_to_device_keeps_order_and_runs_ahead():
