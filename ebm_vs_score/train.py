@@ -13,6 +13,7 @@ import collections
 import functools
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -239,7 +240,7 @@ def _flush(loop: _Loop, history: list, step: int) -> None:
     scalars = summarize(history, step)
     history.clear()
     loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-    append_metrics(loop.workdir, dict(scalars, step=step, split="train"))
+    append_metrics(loop.workdir, dict(scalars, step=step, split="train", wall_time=time.time()))
 
 
 def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ebm_vs_score import builders, checkpoints, config_base, configuration, evaluate, train
+from ebm_vs_score.evaluate import runner
 from ebm_vs_score.metrics import inception
 
 N_ITERS = 4
@@ -85,13 +86,16 @@ def test_score_field_grid_of_a_conservative_model_is_curl_free():
 def test_toy_evaluation_has_every_metric_group(energy_run):
     _, workdir, results = energy_run
     levels = 3
-    for key in ("asym", "nasym", "nll_nats", "nll_true_nats", "nll_gap_nats", "fisher",
-                "ais_log_z", "ais_nll_nats", "sample_nfe", "mmd", "swd"):
+    for key in ("asym", "nasym", "nll_nats", "nll_nats_stderr", "nll_true_nats",
+                "nll_gap_nats", "fisher", "ais_log_z", "ais_nll_nats", "ais_nll_nats_stderr",
+                "ais_nll_gap_nats", "sample_nfe", "mmd", "swd"):
         assert np.isfinite(results[key]), key
     for key in ("asym_per_level", "nasym_per_level", "fisher_per_level", "t_levels"):
         assert len(results[key]) == levels, key
     assert results["sample_nfe"] == 5  # 4 Euler-Maruyama steps + the denoising step
     assert results["sample_nonfinite"] == 0.0
+    assert results["nll_divergence"] == "exact" and results["nll_probes"] == 0
+    assert "bpd" not in " ".join(results)  # toys: nats, no dequantization, no offset
     assert abs(results["asym"]) < 1e-4  # an energy's score is a gradient field
     assert results["nll_true_nats"] == pytest.approx(1.41, abs=0.3)  # 8 Gaussians, std 1/sqrt(33)
     with open(evaluate.eval_path(workdir, N_ITERS)) as f:
@@ -116,14 +120,14 @@ def test_second_sampler_for_an_energy(energy_run):
 
 
 def test_groups_follow_the_data():
-    """Fisher divergence needs a mixture toy; the true NLL a closed-form density."""
+    """The true NLL needs a closed-form density (none for moons or images)."""
     moons = config_base.get_config("toy", "score")
     moons.data.dataset = "moons"
-    assert evaluate.fisher_metrics(moons, None, None, None, None) == {}
-    assert evaluate._true_density(moons.data) is None
+    assert evaluate.true_density(moons.data) is None
+    assert evaluate.true_density(config_base.get_config("digits", "score").data) is None
     moons.data.dataset = "checkerboard"
-    density = evaluate._true_density(moons.data)
-    assert float(density.log_prob(jnp.zeros((1, 2)))[0]) == pytest.approx(-np.log(6.0))
+    log_prob = evaluate.true_density(moons.data)
+    assert float(log_prob(jnp.zeros((1, 2)))[0]) == pytest.approx(-np.log(6.0))
 
 
 def test_sample_metrics_draws_in_chunks():
@@ -131,7 +135,7 @@ def test_sample_metrics_draws_in_chunks():
     config.eval.batch_size = 4
     model = builders.build_model(config)
     params = builders.init_params(model, jax.random.PRNGKey(0))
-    samples, info = evaluate.sample_metrics(config, model, params, jax.random.PRNGKey(1), 10)
+    samples, info = evaluate.draw_samples(config, model, params, jax.random.PRNGKey(1), 10)
     assert samples.shape == (10, 2) and np.isfinite(samples).all()
     assert info == {"sample_nfe": 5.0}
     assert len({tuple(s) for s in np.round(samples, 5)}) == 10  # chunks use different keys
@@ -143,7 +147,7 @@ def test_non_finite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
     samples = x[::-1].copy()
     samples[:3] = np.nan
 
-    monkeypatch.setattr(evaluate, "sample_metrics",
+    monkeypatch.setattr(runner, "draw_samples",
                         lambda *args: (samples, {"sample_nfe": 5.0}))
     ctx = evaluate.EvalContext(config, str(tmp_path), None, 0, None, x)
     results = evaluate.sampler_metrics(ctx, jax.random.PRNGKey(0))

@@ -21,6 +21,8 @@ import pytest
 
 from ebm_vs_score import config_base, configuration, evaluate, study, train
 from ebm_vs_score.metrics import inception
+from ebm_vs_score.study import plan
+from ebm_vs_score.study import report as report_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +130,7 @@ def fakes(monkeypatch):
     monkeypatch.setattr(train, "train_and_evaluate", fake.train)
     monkeypatch.setattr(evaluate, "evaluate", fake.evaluate)
     monkeypatch.setattr(evaluate, "evaluate_sampler", fake.evaluate_sampler)
-    monkeypatch.setattr(study, "score_fields", _linear_fields)
+    monkeypatch.setattr(report_lib, "score_fields", _linear_fields)
     return fake
 
 
@@ -156,7 +158,7 @@ def test_run_configs_differ_only_in_the_family(scale, tmp_path):
     for family in study.STUDY_FAMILIES:
         run = study.run_config(config, family, 3, str(tmp_path))
         configuration.validate(run)
-        flat[family] = dict(study._leaves(run))
+        flat[family] = dict(plan._leaves(run))
         assert run.seed == 3 and run.eval.classifier_dir == str(tmp_path / "classifier")
     differing = {p for p in flat["score"] if len({str(f[p]) for f in flat.values()}) > 1}
     assert differing <= set(study.FAMILY_FIELDS)
@@ -245,7 +247,7 @@ def test_fake_toy_study_report_and_no_recomputation(tmp_path, fakes):
         {**{("train", r): 1 for r in runs}, **{("evaluate", r): 1 for r in runs},
          **{("sampler", r): 1 for r in runs if r.startswith(study.ENERGY_FAMILIES)}})
     for run in runs:
-        done = json.loads(_read(os.path.join(workdir, "runs", run, study.DONE_FILE)))
+        done = json.loads(_read(os.path.join(workdir, "runs", run, plan.DONE_FILE)))
         assert done["step"] == config.training.n_iters and done["num_params"] > 0
 
     before = mtimes(os.path.join(workdir, "runs"))
@@ -289,7 +291,7 @@ def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
     for path, value in [("model.hidden", (64, 64)), ("sampling.num_steps", 9),
                         ("training.n_iters", 10), ("study.extra_sampler", "")]:
         other = _toy_study_config(seeds=(0,))
-        study._set(other, path, value)
+        plan._set(other, path, value)
         with pytest.raises(configuration.ConfigError) as error:
             study.run_study(other, workdir)
         message = str(error.value)
