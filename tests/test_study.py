@@ -348,6 +348,93 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
         "FD ↓", "IS ↑", "precision ↑", "recall ↑", "NFE"]
 
 
+def test_steady_steps_per_sec_from_metrics_records():
+    """Rate between the first and last timed train records after the start step: the
+    interval before the first record (start-up, compilation) is left out."""
+    records = [{"split": "train", "step": 10, "wall_time": 100.0},
+               {"split": "eval", "step": 10},
+               {"split": "train", "step": 20, "wall_time": 102.0},
+               {"split": "train", "step": 40, "wall_time": 106.0}]
+    assert study.steady_steps_per_sec(records, 0) == pytest.approx(30 / 6.0)
+    assert study.steady_steps_per_sec(records, 20) is None  # one record after step 20
+    assert study.steady_steps_per_sec([{"split": "train", "step": 5}], 0) is None
+
+
+# ----------------------------------------------------------------------------------------
+# The QC lambda sweep
+# ----------------------------------------------------------------------------------------
+
+
+def test_qc_sweep_config_file_and_variants(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cfg", f"{REPO}/configs/study_digits_qc_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert list(config.study.qc_weights) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert study.variants(config) == ["score", "qc_lam1e-04", "qc_lam1e-03", "qc_lam1e-02",
+                                      "qc_lam1e-01", "qc_lam1e+00"]
+    study.validate_study(config, str(tmp_path))
+    for variant, weight in [("qc_lam1e-02", 1e-2), ("score", 0.0)]:
+        assert study.run_config(config, variant, 0, str(tmp_path)).training.qc_weight == weight
+    config.study.qc_weights = (1e-3, 0.0)
+    with pytest.raises(configuration.ConfigError, match="study.qc_weights"):
+        study.validate_study(config, str(tmp_path))
+
+
+def test_fake_qc_sweep_report_and_added_lambda(tmp_path, fakes, monkeypatch):
+    weights = []
+
+    def train_recording(config, workdir):
+        weights.append(config.training.qc_weight)
+        return fakes.train(config, workdir)
+
+    monkeypatch.setattr(train, "train_and_evaluate", train_recording)
+    config = _toy_study_config(seeds=(0,))
+    config.study.families, config.study.qc_weights = ("score", "qc"), (1e-3, 1e-1)
+    workdir = str(tmp_path / "study")
+    report = _read(study.run_study(config, workdir))
+    assert weights == [0.0, 1e-3, 1e-1]
+    sweep = table_cells(section(report, "QC λ sweep"))
+    assert sweep[0] == ["model", "NAsym ↓", "MMD² ↓", "NLL nats ↓", "train steps/s ↑"]
+    assert [row[0] for row in sweep[1:]] == ["U", "QC λ=0.001", "QC λ=0.1"]
+    assert os.path.exists(os.path.join(workdir, "figures", "qc_sweep.png"))
+    assert_tables_filled(report)
+
+    config.study.qc_weights = (1e-3, 1e-1, 1.0)  # a lambda more: one run more, none redone
+    weights.clear()
+    report = _read(study.run_study(config, workdir))
+    assert weights == [1.0]
+    assert [row[0] for row in table_cells(section(report, "QC λ sweep"))[1:]] == [
+        "U", "QC λ=0.001", "QC λ=0.1", "QC λ=1"]
+
+
+@pytest.mark.slow
+def test_toy_qc_sweep_end_to_end(tmp_path):
+    """A real (tiny) sweep: each lambda reaches its run, every cell is filled, and the
+    steps/s come from the train loop's timed records in metrics.jsonl."""
+    config = _tiny_toy(_toy_study_config(seeds=(0,)))
+    config.study.families, config.study.qc_weights = ("qc",), (1e-3, 1.0)
+    config.training.log_every = 2
+    config.study.extra_sampler = ""
+    workdir = str(tmp_path / "study")
+    report = _read(study.run_study(config, workdir))
+    assert_tables_filled(report)
+    rows = table_cells(section(report, "QC λ sweep"))[1:]
+    assert [row[0] for row in rows] == ["QC λ=0.001", "QC λ=1"]
+    for variant, weight in [("qc_lam1e-03", 1e-3), ("qc_lam1e+00", 1.0)]:
+        run_dir = os.path.join(workdir, "runs", f"{variant}_seed0")
+        saved = json.loads(_read(os.path.join(run_dir, "config.json")))
+        assert saved["training"]["qc_weight"] == weight
+        records = [json.loads(line) for line in _read(
+            os.path.join(run_dir, "metrics.jsonl")).splitlines()]
+        assert all("wall_time" in r for r in records if r["split"] == "train")
+        timing = [r for r in records if r["split"] == "timing"]
+        assert timing and timing[0]["steps_per_sec"] > 0
+
+
 # ----------------------------------------------------------------------------------------
 # Real studies
 # ----------------------------------------------------------------------------------------

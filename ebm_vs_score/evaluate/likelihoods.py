@@ -94,20 +94,25 @@ def divergence_label(num_probes: int) -> str:
     return "exact" if int(num_probes) == 0 else f"hutchinson_{int(num_probes)}"
 
 
-def ode_log_probs(score_fn, params, x: np.ndarray, key, *, sde, protocol: Protocol
-                  ) -> tuple[np.ndarray, float]:
-    """log p_eps(x) (nats, (B,)) by the probability-flow ODE in batches; and the mean NFE.
-
-    Batch i uses probes from ``fold_in(key, i)``.
-    """
+def ode_runner(score_fn, *, sde, protocol: Protocol):
+    """The jitted ``(params, x, key) -> (log p_eps(x), info)`` of the probability-flow ODE."""
     @jax.jit
     def run(params, x, key):
         return likelihood.ode_log_prob(
             param_lib.bind(score_fn, params), x, sde=sde, key=key,
             num_probes=int(protocol.num_probes), rtol=protocol.rtol, atol=protocol.atol)
 
+    return run
+
+
+def ode_log_probs(run, params, x: np.ndarray, key, batch_size: int
+                  ) -> tuple[np.ndarray, float]:
+    """log p_eps(x) (nats, (B,)) by ``run`` (:func:`ode_runner`) in batches; the mean NFE.
+
+    Batch i uses probes from ``fold_in(key, i)``.
+    """
     values, nfe = [], []
-    for i, batch in enumerate(np.array_split(x, -(-len(x) // int(protocol.batch_size)))):
+    for i, batch in enumerate(np.array_split(x, -(-len(x) // int(batch_size)))):
         log_p, info = run(params, jnp.asarray(batch), jax.random.fold_in(key, i))
         values.append(np.asarray(log_p))
         nfe.append(float(info["nfe"]))
@@ -132,13 +137,13 @@ def ode_nll_metrics(score_fn, params, x: np.ndarray, key, *, sde, protocol: Prot
       ``nll_true_nats``, ``nll_gap_nats``, ``nll_gap_stderr``.
     """
     dim = int(np.prod(x.shape[1:]))
-    log_p, nfe = ode_log_probs(score_fn, params, x, key, sde=sde, protocol=protocol)
+    run = ode_runner(score_fn, sde=sde, protocol=protocol)
+    log_p, nfe = ode_log_probs(run, params, x, key, protocol.batch_size)
     out = nll_summary("nll", log_p, dim, protocol.num_bins)
     out.update(nll_nfe=nfe, nll_probes=int(protocol.num_probes),
                nll_divergence=divergence_label(protocol.num_probes))
     if protocol.num_probes > 0 and protocol.probe_check > 1:
-        out["nll_probe_std"] = probe_std(score_fn, params, x, key, log_p, sde=sde,
-                                         protocol=protocol)
+        out["nll_probe_std"] = probe_std(run, params, x, key, log_p, protocol)
     if true_log_prob is not None:
         true_nll = -np.asarray(true_log_prob(jnp.asarray(x)), np.float64)
         gap = -log_p - true_nll
@@ -147,15 +152,15 @@ def ode_nll_metrics(score_fn, params, x: np.ndarray, key, *, sde, protocol: Prot
     return out
 
 
-def probe_std(score_fn, params, x, key, log_p, *, sde, protocol: Protocol) -> float:
+def probe_std(run, params, x, key, log_p, protocol: Protocol) -> float:
     """Standard deviation of one example's NLL over probe draws, in the report's unit.
 
     The first ``probe_check`` examples are scored again with independent probes; for two
     draws a, b of the same example, E[(a - b)^2] / 2 is the probe variance.
     """
     n = min(int(protocol.probe_check), len(x))
-    again, _ = ode_log_probs(score_fn, params, x[:n], jax.random.fold_in(key, 1 << 20),
-                             sde=sde, protocol=protocol)
+    again, _ = ode_log_probs(run, params, x[:n], jax.random.fold_in(key, 1 << 20),
+                             protocol.batch_size)
     diff = again - log_p[:n]
     if protocol.num_bins is not None:
         diff = diff / (int(np.prod(x.shape[1:])) * math.log(2.0))
