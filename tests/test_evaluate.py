@@ -189,3 +189,37 @@ def test_inception_skipped_with_a_log_line(caplog):
     with caplog.at_level(logging.INFO):
         assert evaluate.inception_metrics(config, images, images) == {}
     assert "eval.inception_weights is not set" in caplog.text
+
+
+def test_image_likelihoods_share_points_offset_and_say_their_divergence():
+    """Digits-config evaluation of an exact Gaussian energy on 2x2 'images' (digits levels):
+    ODE and AIS bits/dim of the same dequantized points agree (both exact models), the
+    divergence is named, and the configured probes are used."""
+    from ebm_vs_score import data, parameterization
+    from ebm_vs_score import sde as sde_lib
+    from ebm_vs_score.evaluate import exact_models
+
+    config = config_base.get_config("digits", "energy")
+    config.eval.batch_size = 16
+    sde = sde_lib.VPSDE()
+    score, energy = exact_models.mixture_model(sde)
+    flat = lambda fn: (lambda p, x, t, key=None: fn(p, x.reshape(len(x), -1), t))  # noqa: E731
+    fns = parameterization.ModelFns(
+        score=lambda p, x, t, key=None: flat(score)(p, x, t).reshape(x.shape),
+        energy=flat(energy), conservative=True)
+    gauss = data.GaussianMixture(jnp.ones(1), jnp.zeros((1, 4)),
+                                                  jnp.full((1,), 0.5))
+    bins = data.DIGITS_LEVELS
+    levels = np.random.default_rng(0).integers(0, bins, (16, 2, 2, 1))
+    x = (2 * levels / (bins - 1) - 1).astype(np.float32)
+    model = builders.Model(None, sde, fns, (2, 2, 1))
+    ctx = evaluate.EvalContext(config, "unused", model, 0, gauss, x)
+    out = runner.likelihood_metrics(ctx, jax.random.PRNGKey(0))
+    assert out["nll_divergence"] == "exact" and out["nll_probes"] == 0
+    assert out["ais_nll_bpd"] == pytest.approx(out["nll_bpd"], abs=0.1 / (4 * np.log(2)))
+    # bits/dim = nats / (D ln 2) + log2(L) - 1 on both paths
+    offset = np.log2(bins) - 1
+    for prefix in ("nll", "ais_nll"):
+        assert out[f"{prefix}_bpd"] == pytest.approx(
+            out[f"{prefix}_nats"] / (4 * np.log(2)) + offset, abs=1e-9)
+        assert out[f"{prefix}_bpd_stderr"] > 0
