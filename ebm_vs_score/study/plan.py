@@ -127,6 +127,11 @@ def _set(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
     config[name] = value
 
 
+def is_writer() -> bool:
+    """Only process 0 writes the study's files; training and evaluation are collective."""
+    return jax.process_index() == 0
+
+
 def run_name(variant: str, seed: int) -> str:
     return f"{variant}_seed{int(seed)}"
 

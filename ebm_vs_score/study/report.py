@@ -12,7 +12,6 @@ import shutil
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
 from ebm_vs_score import builders, config_base, configuration, evaluate, plotting
@@ -21,10 +20,6 @@ from ebm_vs_score.study import plan
 from ebm_vs_score.study.plan import family_info
 
 RunRecord = Any  # run.RunRecord (run imports this module)
-
-
-def _writer() -> bool:
-    return jax.process_index() == 0
 
 
 def variant_label(variant: str, toy: bool) -> str:
@@ -61,7 +56,7 @@ def _copy_sample_grids(config, study_dir: str, records) -> list[tuple[str, str, 
             src = evaluate.samples_path(record.run_dir, step, method)
             if os.path.exists(src):
                 rel = os.path.join("figures", f"samples_{family}_{method}.png")
-                if _writer():
+                if plan.is_writer():
                     shutil.copyfile(src, os.path.join(study_dir, rel))
                 out.append((family, method, rel))
     return out
@@ -96,7 +91,7 @@ def make_figures(config, study_dir: str, records) -> dict[str, Any]:
         image = plotting.score_field_figure(fields, config.study.field_times,
                                             title="score direction and curl ds_y/dx - ds_x/dy")
         rel = os.path.join("figures", "score_fields.png")
-        if _writer():
+        if plan.is_writer():
             plotting.save_png(image, os.path.join(study_dir, rel))
         figures["score_fields"] = rel
         figures["curl"] = {label: np.mean(np.abs(g["curl"]), axis=(1, 2)).tolist()
@@ -422,7 +417,7 @@ def _sweep_figure(config, study_dir: str, records) -> dict[str, Any]:
     if not any(r.family == "qc" for r in rows):
         return {}
     rel = os.path.join("figures", "qc_sweep.png")
-    if _writer():
+    if plan.is_writer():
         image = sweep_image(rows, configuration.is_toy(config))
         plotting.save_png(image, os.path.join(study_dir, rel))
     return {"qc_sweep": rel}
@@ -445,7 +440,7 @@ def write_report(config, study_dir: str, records: Sequence[RunRecord], figures: 
     lines += _runs_lines(records)
     lines += _command_lines(config, study_dir)
     path = os.path.join(study_dir, "REPORT.md")
-    if not _writer():
+    if not plan.is_writer():
         return path
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

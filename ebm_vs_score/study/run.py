@@ -48,14 +48,9 @@ from ebm_vs_score.study import plan, report
 from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
 
 
-def _writer() -> bool:
-    """Only process 0 writes the study's files; training and evaluation are collective."""
-    return jax.process_index() == 0
-
-
 def _record_invocation(config: ml_collections.ConfigDict, study_dir: str) -> None:
     """Saves the study config (atomically) and appends this command to commands.jsonl."""
-    if not _writer():
+    if not plan.is_writer():
         return
     evaluate.write_json_atomic(os.path.join(study_dir, "study_config.json"), plan._as_json(config))
     entry = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -178,7 +173,7 @@ def num_params(config: ml_collections.ConfigDict) -> int:
 def _failure(name: str, run_dir: str, error: Exception) -> str:
     """Appends the traceback to the run's error.log and returns the one-sentence message."""
     log = os.path.join(run_dir, "error.log")
-    if _writer():
+    if plan.is_writer():
         os.makedirs(run_dir, exist_ok=True)
         with open(log, "a") as f:
             f.write(traceback.format_exc())
@@ -207,7 +202,7 @@ def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
                              "its checkpoint is saved; rerun the same command to resume")
         logging.info("study: evaluating %s", name)
         done = _evaluate_run(cfg, run_dir, family, str(config.study.extra_sampler))
-        if _writer():
+        if plan.is_writer():
             evaluate.write_json_atomic(os.path.join(run_dir, DONE_FILE), done)
     except StudyError:
         raise
