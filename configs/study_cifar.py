@@ -8,7 +8,7 @@ GPUs or TPUs). FID/IS with the standard Inception network need eval.inception_we
 (ebm_vs_score/metrics/inception.py says where to get them); the offline-classifier FD/IS
 are always computed. No extra sampler by default; add MALA for the energies with
 --config.study.extra_sampler=mala. Every field: ebm_vs_score/config_base.py and
-ebm_vs_score/study.py.
+ebm_vs_score/study/plan.py.
 """
 
 from ebm_vs_score import study

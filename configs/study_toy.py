@@ -2,7 +2,7 @@
 
 python -m ebm_vs_score.main --mode=study --config=configs/study_toy.py --workdir=DIR
 
-Fields: ebm_vs_score/config_base.py (shared by every run) and ebm_vs_score/study.py (the
+Fields: ebm_vs_score/config_base.py (shared by every run) and ebm_vs_score/study/plan.py (the
 `study` section). Every field is overridable, e.g. --config.study.seeds=(0,1).
 """
 

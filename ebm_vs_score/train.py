@@ -13,6 +13,7 @@ import collections
 import functools
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -266,7 +267,7 @@ def _flush(loop: _Loop, history: list, step: int) -> dict[str, float]:
         raise _diverged(loop, str(e)) from None
     history.clear()
     loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-    append_metrics(loop.workdir, dict(scalars, step=step, split="train"))
+    append_metrics(loop.workdir, dict(scalars, step=step, split="train", wall_time=time.time()))
     first = loop.stats.setdefault("first_loss", abs(scalars["loss"]))
     if abs(scalars["loss"]) > EXPLODED_LOSS_FACTOR * max(first, 1e-8):
         raise _diverged(loop, f"the loss exploded to {scalars['loss']:.3g} by step {step} "

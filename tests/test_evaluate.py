@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ebm_vs_score import builders, checkpoints, config_base, configuration, evaluate, train
+from ebm_vs_score.evaluate import runner
 from ebm_vs_score.metrics import inception
 
 N_ITERS = 4
@@ -85,13 +86,16 @@ def test_score_field_grid_of_a_conservative_model_is_curl_free():
 def test_toy_evaluation_has_every_metric_group(energy_run):
     _, workdir, results = energy_run
     levels = 3
-    for key in ("asym", "nasym", "nll_nats", "nll_true_nats", "nll_gap_nats", "fisher",
-                "ais_log_z", "ais_nll_nats", "sample_nfe", "mmd", "swd"):
+    for key in ("asym", "nasym", "nll_nats", "nll_nats_stderr", "nll_true_nats",
+                "nll_gap_nats", "fisher", "ais_log_z", "ais_nll_nats", "ais_nll_nats_stderr",
+                "ais_nll_gap_nats", "sample_nfe", "mmd", "swd"):
         assert np.isfinite(results[key]), key
     for key in ("asym_per_level", "nasym_per_level", "fisher_per_level", "t_levels"):
         assert len(results[key]) == levels, key
     assert results["sample_nfe"] == 5  # 4 Euler-Maruyama steps + the denoising step
     assert results["sample_nonfinite"] == 0.0
+    assert results["nll_divergence"] == "exact" and results["nll_probes"] == 0
+    assert "bpd" not in " ".join(results)  # toys: nats, no dequantization, no offset
     assert abs(results["asym"]) < 1e-4  # an energy's score is a gradient field
     assert results["nll_true_nats"] == pytest.approx(1.41, abs=0.3)  # 8 Gaussians, std 1/sqrt(33)
     with open(evaluate.eval_path(workdir, N_ITERS)) as f:
@@ -116,14 +120,14 @@ def test_second_sampler_for_an_energy(energy_run):
 
 
 def test_groups_follow_the_data():
-    """Fisher divergence needs a mixture toy; the true NLL a closed-form density."""
+    """The true NLL needs a closed-form density (none for moons or images)."""
     moons = config_base.get_config("toy", "score")
     moons.data.dataset = "moons"
-    assert evaluate.fisher_metrics(moons, None, None, None, None) == {}
-    assert evaluate._true_density(moons.data) is None
+    assert evaluate.true_density(moons.data) is None
+    assert evaluate.true_density(config_base.get_config("digits", "score").data) is None
     moons.data.dataset = "checkerboard"
-    density = evaluate._true_density(moons.data)
-    assert float(density.log_prob(jnp.zeros((1, 2)))[0]) == pytest.approx(-np.log(6.0))
+    log_prob = evaluate.true_density(moons.data)
+    assert float(log_prob(jnp.zeros((1, 2)))[0]) == pytest.approx(-np.log(6.0))
 
 
 def test_sample_metrics_draws_in_chunks():
@@ -131,7 +135,7 @@ def test_sample_metrics_draws_in_chunks():
     config.eval.batch_size = 4
     model = builders.build_model(config)
     params = builders.init_params(model, jax.random.PRNGKey(0))
-    samples, info = evaluate.sample_metrics(config, model, params, jax.random.PRNGKey(1), 10)
+    samples, info = evaluate.draw_samples(config, model, params, jax.random.PRNGKey(1), 10)
     assert samples.shape == (10, 2) and np.isfinite(samples).all()
     assert info == {"sample_nfe": 5.0}
     assert len({tuple(s) for s in np.round(samples, 5)}) == 10  # chunks use different keys
@@ -143,7 +147,7 @@ def test_non_finite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
     samples = x[::-1].copy()
     samples[:3] = np.nan
 
-    monkeypatch.setattr(evaluate, "sample_metrics",
+    monkeypatch.setattr(runner, "draw_samples",
                         lambda *args: (samples, {"sample_nfe": 5.0}))
     ctx = evaluate.EvalContext(config, str(tmp_path), None, 0, None, x)
     results = evaluate.sampler_metrics(ctx, jax.random.PRNGKey(0))
@@ -185,3 +189,37 @@ def test_inception_skipped_with_a_log_line(caplog):
     with caplog.at_level(logging.INFO):
         assert evaluate.inception_metrics(config, images, images) == {}
     assert "eval.inception_weights is not set" in caplog.text
+
+
+def test_image_likelihoods_share_points_offset_and_say_their_divergence():
+    """Digits-config evaluation of an exact Gaussian energy on 2x2 'images' (digits levels):
+    ODE and AIS bits/dim of the same dequantized points agree (both exact models), the
+    divergence is named, and the configured probes are used."""
+    from ebm_vs_score import data, parameterization
+    from ebm_vs_score import sde as sde_lib
+    from ebm_vs_score.evaluate import exact_models
+
+    config = config_base.get_config("digits", "energy")
+    config.eval.batch_size = 16
+    sde = sde_lib.VPSDE()
+    score, energy = exact_models.mixture_model(sde)
+    flat = lambda fn: (lambda p, x, t, key=None: fn(p, x.reshape(len(x), -1), t))  # noqa: E731
+    fns = parameterization.ModelFns(
+        score=lambda p, x, t, key=None: flat(score)(p, x, t).reshape(x.shape),
+        energy=flat(energy), conservative=True)
+    gauss = data.GaussianMixture(jnp.ones(1), jnp.zeros((1, 4)),
+                                                  jnp.full((1,), 0.5))
+    bins = data.DIGITS_LEVELS
+    levels = np.random.default_rng(0).integers(0, bins, (16, 2, 2, 1))
+    x = (2 * levels / (bins - 1) - 1).astype(np.float32)
+    model = builders.Model(None, sde, fns, (2, 2, 1))
+    ctx = evaluate.EvalContext(config, "unused", model, 0, gauss, x)
+    out = runner.likelihood_metrics(ctx, jax.random.PRNGKey(0))
+    assert out["nll_divergence"] == "exact" and out["nll_probes"] == 0
+    assert out["ais_nll_bpd"] == pytest.approx(out["nll_bpd"], abs=0.1 / (4 * np.log(2)))
+    # bits/dim = nats / (D ln 2) + log2(L) - 1 on both paths
+    offset = np.log2(bins) - 1
+    for prefix in ("nll", "ais_nll"):
+        assert out[f"{prefix}_bpd"] == pytest.approx(
+            out[f"{prefix}_nats"] / (4 * np.log(2)) + offset, abs=1e-9)
+        assert out[f"{prefix}_bpd_stderr"] > 0

@@ -21,6 +21,8 @@ import pytest
 
 from ebm_vs_score import config_base, configuration, evaluate, study, train
 from ebm_vs_score.metrics import inception
+from ebm_vs_score.study import plan
+from ebm_vs_score.study import report as report_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +130,7 @@ def fakes(monkeypatch):
     monkeypatch.setattr(train, "train_and_evaluate", fake.train)
     monkeypatch.setattr(evaluate, "evaluate", fake.evaluate)
     monkeypatch.setattr(evaluate, "evaluate_sampler", fake.evaluate_sampler)
-    monkeypatch.setattr(study, "score_fields", _linear_fields)
+    monkeypatch.setattr(report_lib, "score_fields", _linear_fields)
     return fake
 
 
@@ -156,7 +158,7 @@ def test_run_configs_differ_only_in_the_family(scale, tmp_path):
     for family in study.STUDY_FAMILIES:
         run = study.run_config(config, family, 3, str(tmp_path))
         configuration.validate(run)
-        flat[family] = dict(study._leaves(run))
+        flat[family] = dict(plan._leaves(run))
         assert run.seed == 3 and run.eval.classifier_dir == str(tmp_path / "classifier")
     differing = {p for p in flat["score"] if len({str(f[p]) for f in flat.values()}) > 1}
     assert differing <= set(study.FAMILY_FIELDS)
@@ -245,7 +247,7 @@ def test_fake_toy_study_report_and_no_recomputation(tmp_path, fakes):
         {**{("train", r): 1 for r in runs}, **{("evaluate", r): 1 for r in runs},
          **{("sampler", r): 1 for r in runs if r.startswith(study.ENERGY_FAMILIES)}})
     for run in runs:
-        done = json.loads(_read(os.path.join(workdir, "runs", run, study.DONE_FILE)))
+        done = json.loads(_read(os.path.join(workdir, "runs", run, plan.DONE_FILE)))
         assert done["step"] == config.training.n_iters and done["num_params"] > 0
 
     before = mtimes(os.path.join(workdir, "runs"))
@@ -289,7 +291,7 @@ def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
     for path, value in [("model.hidden", (64, 64)), ("sampling.num_steps", 9),
                         ("training.n_iters", 10), ("study.extra_sampler", "")]:
         other = _toy_study_config(seeds=(0,))
-        study._set(other, path, value)
+        plan._set(other, path, value)
         with pytest.raises(configuration.ConfigError) as error:
             study.run_study(other, workdir)
         message = str(error.value)
@@ -344,6 +346,93 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
     assert "test accuracy 0.930" in report and "Inception network: skipped" in report
     assert table_cells(section(report, "Sample quality"))[0][1:] == [
         "FD ↓", "IS ↑", "precision ↑", "recall ↑", "NFE"]
+
+
+def test_steady_steps_per_sec_from_metrics_records():
+    """Rate between the first and last timed train records after the start step: the
+    interval before the first record (start-up, compilation) is left out."""
+    records = [{"split": "train", "step": 10, "wall_time": 100.0},
+               {"split": "eval", "step": 10},
+               {"split": "train", "step": 20, "wall_time": 102.0},
+               {"split": "train", "step": 40, "wall_time": 106.0}]
+    assert study.steady_steps_per_sec(records, 0) == pytest.approx(30 / 6.0)
+    assert study.steady_steps_per_sec(records, 20) is None  # one record after step 20
+    assert study.steady_steps_per_sec([{"split": "train", "step": 5}], 0) is None
+
+
+# ----------------------------------------------------------------------------------------
+# The QC lambda sweep
+# ----------------------------------------------------------------------------------------
+
+
+def test_qc_sweep_config_file_and_variants(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cfg", f"{REPO}/configs/study_digits_qc_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert list(config.study.qc_weights) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert study.variants(config) == ["score", "qc_lam1e-04", "qc_lam1e-03", "qc_lam1e-02",
+                                      "qc_lam1e-01", "qc_lam1e+00"]
+    study.validate_study(config, str(tmp_path))
+    for variant, weight in [("qc_lam1e-02", 1e-2), ("score", 0.0)]:
+        assert study.run_config(config, variant, 0, str(tmp_path)).training.qc_weight == weight
+    config.study.qc_weights = (1e-3, 0.0)
+    with pytest.raises(configuration.ConfigError, match="study.qc_weights"):
+        study.validate_study(config, str(tmp_path))
+
+
+def test_fake_qc_sweep_report_and_added_lambda(tmp_path, fakes, monkeypatch):
+    weights = []
+
+    def train_recording(config, workdir):
+        weights.append(config.training.qc_weight)
+        return fakes.train(config, workdir)
+
+    monkeypatch.setattr(train, "train_and_evaluate", train_recording)
+    config = _toy_study_config(seeds=(0,))
+    config.study.families, config.study.qc_weights = ("score", "qc"), (1e-3, 1e-1)
+    workdir = str(tmp_path / "study")
+    report = _read(study.run_study(config, workdir))
+    assert weights == [0.0, 1e-3, 1e-1]
+    sweep = table_cells(section(report, "QC λ sweep"))
+    assert sweep[0] == ["model", "NAsym ↓", "MMD² ↓", "NLL nats ↓", "train steps/s ↑"]
+    assert [row[0] for row in sweep[1:]] == ["U", "QC λ=0.001", "QC λ=0.1"]
+    assert os.path.exists(os.path.join(workdir, "figures", "qc_sweep.png"))
+    assert_tables_filled(report)
+
+    config.study.qc_weights = (1e-3, 1e-1, 1.0)  # a lambda more: one run more, none redone
+    weights.clear()
+    report = _read(study.run_study(config, workdir))
+    assert weights == [1.0]
+    assert [row[0] for row in table_cells(section(report, "QC λ sweep"))[1:]] == [
+        "U", "QC λ=0.001", "QC λ=0.1", "QC λ=1"]
+
+
+@pytest.mark.slow
+def test_toy_qc_sweep_end_to_end(tmp_path):
+    """A real (tiny) sweep: each lambda reaches its run, every cell is filled, and the
+    steps/s come from the train loop's timed records in metrics.jsonl."""
+    config = _tiny_toy(_toy_study_config(seeds=(0,)))
+    config.study.families, config.study.qc_weights = ("qc",), (1e-3, 1.0)
+    config.training.log_every = 2
+    config.study.extra_sampler = ""
+    workdir = str(tmp_path / "study")
+    report = _read(study.run_study(config, workdir))
+    assert_tables_filled(report)
+    rows = table_cells(section(report, "QC λ sweep"))[1:]
+    assert [row[0] for row in rows] == ["QC λ=0.001", "QC λ=1"]
+    for variant, weight in [("qc_lam1e-03", 1e-3), ("qc_lam1e+00", 1.0)]:
+        run_dir = os.path.join(workdir, "runs", f"{variant}_seed0")
+        saved = json.loads(_read(os.path.join(run_dir, "config.json")))
+        assert saved["training"]["qc_weight"] == weight
+        records = [json.loads(line) for line in _read(
+            os.path.join(run_dir, "metrics.jsonl")).splitlines()]
+        assert all("wall_time" in r for r in records if r["split"] == "train")
+        timing = [r for r in records if r["split"] == "timing"]
+        assert timing and timing[0]["steps_per_sec"] > 0
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Metrics of the energy-vs-score study.
 
 * `distances`: Frechet distance, MMD, sliced Wasserstein, improved precision/recall and the
-  Inception score on feature arrays (numpy/scipy only).
+  Inception score on feature arrays (numpy/scipy; JAX only to draw from a PRNG key).
 * `classifier`: the offline CNN feature network (FID/IS analogue for digits-size data).
 * `inception`: the FID Inception-v3 in Flax, loaded from a local weights file.
 * `toy`: exact Fisher divergence and exact NLL for Gaussian-mixture toys.

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ebm_vs_score import data
+
 DEFAULT_STEPS = 1000
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
@@ -240,8 +242,6 @@ def get_classifier(images: Any, labels: Any, cache_dir: str | os.PathLike | None
 def get_digits_classifier(cache_dir: str | os.PathLike | None, seed: int = 0,
                           steps: int = DEFAULT_STEPS) -> Classifier:
     """`get_classifier` on the sklearn digits train split, accuracy on the test split."""
-    from ebm_vs_score import data  # infrastructure import kept out of the pure path
-
     images, labels = data.load_digits_split("train")
     test_images, test_labels = data.load_digits_split("test")
     return get_classifier(images, labels, cache_dir, seed, steps, eval_images=test_images,

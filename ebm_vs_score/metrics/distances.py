@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import scipy.linalg
 import scipy.special
@@ -192,9 +193,7 @@ def _random_directions(key_or_seed: Any, num: int, dim: int) -> np.ndarray:
     """num directions uniform on the unit sphere S^{dim-1}, from a JAX key or an int seed."""
     if isinstance(key_or_seed, int | np.integer | Sequence | np.random.Generator):
         g = np.random.default_rng(key_or_seed).standard_normal((num, dim))
-    else:  # a JAX PRNG key (raw uint32 or typed); imported lazily, numpy-only otherwise
-        import jax
-
+    else:  # a JAX PRNG key (raw uint32 or typed)
         g = np.asarray(jax.random.normal(key_or_seed, (num, dim)), np.float64)
     return g / np.linalg.norm(g, axis=1, keepdims=True)
 

@@ -1,0 +1,208 @@
+"""One likelihood protocol for the probability-flow ODE and AIS.
+
+Both estimators score the SAME points with the SAME conversion, so their numbers can be
+compared (Gao et al. 2021, Table 4, set AIS next to other likelihoods):
+
+* images (data scaled to [-1, 1], L levels per dimension): the evaluation examples are
+  dequantized once, x = 2 (k + u) / L - 1 with u ~ U[0, 1)^D
+  (``likelihood.uniform_dequantize``), and a log-density log p(x) in x-space becomes
+  bits/dim by :func:`bits_per_dim` = -log p / (D ln 2) + log2(L) - 1, the convention of
+  Song et al. 2021, Table 2 (score_sde's offset 7 for L = 256);
+* vector data (toys): the points themselves, NLL in nats per example.
+
+The ODE gives log p_eps(x) by the instantaneous change of variables (``likelihood.
+ode_log_prob``; exact divergence or K Hutchinson probes, which the results name); AIS
+gives log p(x) = -E(x, eps) - log Z with log Z by annealed importance sampling
+(``likelihood.ais_log_normalizer``). Every NLL comes with its standard error over
+examples; with probes also the probe noise of one example's estimate (``nll_probe_std``,
+from a second probe draw on the first examples).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ebm_vs_score import likelihood
+from ebm_vs_score import parameterization as param_lib
+
+Results = dict[str, Any]
+
+
+class Protocol(NamedTuple):
+    """How an NLL is measured (read from ``eval.*`` at the evaluation's config boundary).
+
+    Attributes:
+      num_bins: levels per dimension of discrete data (256 for 8-bit images); None for
+        continuous data (nats, no dequantization, no offset).
+      num_probes: 0 = exact divergence; K > 0 = K Rademacher probes (Hutchinson).
+      rtol, atol: tolerances of the adaptive ODE solver.
+      batch_size: examples per ODE call.
+      probe_check: examples scored twice (two probe draws) to state the probe noise.
+    """
+
+    num_bins: int | None
+    num_probes: int = 0
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    batch_size: int = 512
+    probe_check: int = 8
+
+
+def protocol_points(key, x: np.ndarray, num_bins: int | None) -> np.ndarray:
+    """The points both estimators score: uniformly dequantized images, or x itself."""
+    if num_bins is None:
+        return np.asarray(x)
+    return np.asarray(likelihood.uniform_dequantize(key, jnp.asarray(x), int(num_bins)))
+
+
+def bits_per_dim(log_prob, dim: int, num_bins: int) -> np.ndarray:
+    """-(log p(x) + D log(2/L)) / (D ln 2): bits/dim of the discrete data (Song et al. 2021).
+
+    The density of y = k + u in [0, L)^D is p_x (2/L)^D, and -E_u log p_y(k + u) bounds
+    -log P(k) from above (Theis et al. 2016), hence the offset log2(L) - 1.
+    """
+    log_prob = np.asarray(log_prob, np.float64)
+    return -(log_prob + dim * math.log(2.0 / num_bins)) / (dim * math.log(2.0))
+
+
+def nll_summary(prefix: str, log_prob, dim: int, num_bins: int | None) -> Results:
+    """``<prefix>_<unit>`` mean NLL and ``<prefix>_<unit>_stderr`` over examples.
+
+    Unit ``bpd`` for discrete data (with ``<prefix>_nats`` too), ``nats`` for vector data.
+    """
+    nats = -np.asarray(log_prob, np.float64)
+    out = {f"{prefix}_nats": float(nats.mean()),
+           f"{prefix}_nats_stderr": _stderr(nats)}
+    if num_bins is not None:
+        bpd = bits_per_dim(log_prob, dim, num_bins)
+        out.update({f"{prefix}_bpd": float(bpd.mean()), f"{prefix}_bpd_stderr": _stderr(bpd)})
+    return out
+
+
+def _stderr(values: np.ndarray) -> float:
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+
+
+def divergence_label(num_probes: int) -> str:
+    """'exact' or 'hutchinson_K' (K Rademacher probes), as the eval JSON names it."""
+    return "exact" if int(num_probes) == 0 else f"hutchinson_{int(num_probes)}"
+
+
+def ode_runner(score_fn, *, sde, protocol: Protocol):
+    """The jitted ``(params, x, key) -> (log p_eps(x), info)`` of the probability-flow ODE."""
+    @jax.jit
+    def run(params, x, key):
+        return likelihood.ode_log_prob(
+            param_lib.bind(score_fn, params), x, sde=sde, key=key,
+            num_probes=int(protocol.num_probes), rtol=protocol.rtol, atol=protocol.atol)
+
+    return run
+
+
+def ode_log_probs(run, params, x: np.ndarray, key, batch_size: int
+                  ) -> tuple[np.ndarray, float]:
+    """log p_eps(x) (nats, (B,)) by ``run`` (:func:`ode_runner`) in batches; the mean NFE.
+
+    Batch i uses probes from ``fold_in(key, i)``.
+    """
+    values, nfe = [], []
+    for i, batch in enumerate(np.array_split(x, -(-len(x) // int(batch_size)))):
+        log_p, info = run(params, jnp.asarray(batch), jax.random.fold_in(key, i))
+        values.append(np.asarray(log_p))
+        nfe.append(float(info["nfe"]))
+        logging.info("ODE likelihood: %d of %d examples", sum(map(len, values)), len(x))
+    return np.concatenate(values).astype(np.float64), float(np.mean(nfe))
+
+
+def ode_nll_metrics(score_fn, params, x: np.ndarray, key, *, sde, protocol: Protocol,
+                    true_log_prob=None) -> Results:
+    """ODE NLL of the protocol points ``x`` with its divergence, standard error and NFE.
+
+    Args:
+      score_fn: ``s(params, x, t)``; params: its parameters.
+      x: (B, ...) points from :func:`protocol_points` (already dequantized).
+      key: PRNG key of the probes.
+      sde: the noise process; protocol: the :class:`Protocol`.
+      true_log_prob: the exact log-density of the data (toys), for the gap KL(p || q).
+
+    Returns:
+      ``nll_nats`` (and ``nll_bpd``) with ``_stderr``, ``nll_nfe``, ``nll_probes`` (0 =
+      exact), ``nll_divergence``; with probes ``nll_probe_std``; with ``true_log_prob``
+      ``nll_true_nats``, ``nll_gap_nats``, ``nll_gap_stderr``.
+    """
+    dim = int(np.prod(x.shape[1:]))
+    run = ode_runner(score_fn, sde=sde, protocol=protocol)
+    log_p, nfe = ode_log_probs(run, params, x, key, protocol.batch_size)
+    out = nll_summary("nll", log_p, dim, protocol.num_bins)
+    out.update(nll_nfe=nfe, nll_probes=int(protocol.num_probes),
+               nll_divergence=divergence_label(protocol.num_probes))
+    if protocol.num_probes > 0 and protocol.probe_check > 1:
+        out["nll_probe_std"] = probe_std(run, params, x, key, log_p, protocol)
+    if true_log_prob is not None:
+        true_nll = -np.asarray(true_log_prob(jnp.asarray(x)), np.float64)
+        gap = -log_p - true_nll
+        out.update(nll_true_nats=float(true_nll.mean()), nll_gap_nats=float(gap.mean()),
+                   nll_gap_stderr=_stderr(gap))
+    return out
+
+
+def probe_std(run, params, x, key, log_p, protocol: Protocol) -> float:
+    """Standard deviation of one example's NLL over probe draws, in the report's unit.
+
+    The first ``probe_check`` examples are scored again with independent probes; for two
+    draws a, b of the same example, E[(a - b)^2] / 2 is the probe variance.
+    """
+    n = min(int(protocol.probe_check), len(x))
+    again, _ = ode_log_probs(run, params, x[:n], jax.random.fold_in(key, 1 << 20),
+                             protocol.batch_size)
+    diff = again - log_p[:n]
+    if protocol.num_bins is not None:
+        diff = diff / (int(np.prod(x.shape[1:])) * math.log(2.0))
+    return float(np.sqrt(np.mean(diff**2) / 2.0))
+
+
+def ais_nll_metrics(energy_fn, params, x: np.ndarray, key, *, sde, protocol: Protocol,
+                    true_log_prob=None, **ais_options: Any) -> Results:
+    """AIS NLL of the protocol points ``x`` under exp(-E(x, eps)) / Z (Gao et al. 2021).
+
+    Args:
+      energy_fn: ``E(params, x, t) -> (B,)``; params: its parameters.
+      x: (B, ...) points from :func:`protocol_points` (the ODE's points).
+      key: PRNG key of the AIS chains.
+      sde: the noise process (the energy is read at t = ``sde.eps``).
+      protocol: the :class:`Protocol` (units and offset).
+      true_log_prob: the exact log-density of the data (toys), for the gap.
+      **ais_options: passed to ``likelihood.ais_log_normalizer`` (``num_steps``, ...).
+
+    Returns:
+      ``ais_log_z`` with ``ais_log_z_stderr`` (over chains), ``ais_ess``,
+      ``ais_acceptance``, and ``ais_nll_nats`` (``ais_nll_bpd``) with ``_stderr`` over
+      examples (log Z's own error is ``ais_log_z_stderr``, common to every example).
+    """
+    t0 = sde.eps
+    base_std = max(float(sde.marginal_std(jnp.asarray(1.0))), 1.0)
+    shape = tuple(x.shape[1:])
+
+    @jax.jit
+    def run(params, x, key):
+        def energy(y):
+            return energy_fn(params, y, jnp.full((y.shape[0],), t0))
+
+        log_z, info = likelihood.ais_log_normalizer(energy, key, shape, base_std=base_std,
+                                                    **ais_options)
+        return log_z, info, likelihood.ais_log_prob(energy, x, log_z)
+
+    log_z, info, log_p = run(params, jnp.asarray(x), key)
+    out = {"ais_log_z": float(log_z), "ais_log_z_stderr": float(info["stderr"]),
+           "ais_ess": float(info["ess"]), "ais_acceptance": float(info["acceptance"])}
+    out.update(nll_summary("ais_nll", log_p, int(np.prod(shape)), protocol.num_bins))
+    if true_log_prob is not None:
+        true_nll = -np.asarray(true_log_prob(jnp.asarray(x)), np.float64)
+        out["ais_nll_gap_nats"] = float(np.mean(-np.asarray(log_p, np.float64) - true_nll))
+    return out

@@ -1,0 +1,272 @@
+"""The evaluation's one config boundary: reads ``eval.*`` / ``sampling.*``, restores the
+checkpoint, and calls the evaluators with model functions and plain arguments.
+
+Optional config fields read with defaults (the study configs set them):
+``eval.num_samples``, ``eval.classifier_dir``, ``eval.classifier_steps``,
+``eval.nll_examples``, ``eval.nll_rtol``, ``eval.nll_atol``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ebm_vs_score import builders, checkpoints, configuration, metrics, plotting, train
+from ebm_vs_score import data as data_lib
+from ebm_vs_score.errors import CheckpointError, DataError
+from ebm_vs_score.evaluate import fields, files, likelihoods
+from ebm_vs_score.evaluate import samples as samples_lib
+from ebm_vs_score.metrics import inception
+
+Results = dict[str, Any]
+MIXTURE_TOYS = ("8gaussians", "gmm")  # closed-form noised scores: exact Fisher divergence
+_ASYM_EXAMPLES = 256
+
+
+class EvalContext(NamedTuple):
+    """What every metric group needs: the model, its checkpoint and the evaluation data."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    model: builders.Model
+    step: int
+    params: Any
+    data: np.ndarray
+
+
+def _eval_field(config, name: str, default: Any) -> Any:
+    """An optional ``eval.*`` field (set by the study configs), or ``default``."""
+    value = config.eval.get(name, None)
+    return default if value is None else value
+
+
+def restore_params(config, workdir: str, model: builders.Model, step: int = -1):
+    """(step, EMA params) of the checkpoint ``step`` (-1: latest) in ``workdir``."""
+    ckpt = checkpoints.Checkpointer(workdir)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise CheckpointError(
+                f"no checkpoint in {ckpt.directory}; train first with --mode=train and the "
+                "same --config and --workdir")
+        if step != -1 and step not in steps:
+            raise CheckpointError(f"eval.checkpoint={step} is not in {ckpt.directory}; "
+                                    f"available steps: {steps}")
+        tx = train.make_optimizer(config.optim)
+        template = train.init_state(model, tx, config.seed)
+        state = ckpt.restore(template, None if step == -1 else step)
+    finally:
+        ckpt.close()
+    params = state.ema_params if config.sampling.use_ema else state.params
+    return int(state.step), params
+
+
+def likelihood_protocol(config) -> likelihoods.Protocol:
+    """The NLL protocol of a config: bins of the data, divergence, tolerances, batch."""
+    num_bins = None if configuration.is_toy(config) else int(data_lib.num_levels(config.data))
+    return likelihoods.Protocol(
+        num_bins=num_bins, num_probes=int(config.eval.nll_probes),
+        rtol=float(_eval_field(config, "nll_rtol", 1e-5)),
+        atol=float(_eval_field(config, "nll_atol", 1e-5)),
+        batch_size=int(config.eval.batch_size))
+
+
+def true_density(data_config):
+    """The toy's exact ``log_prob`` function, or None (spiral, moons, images)."""
+    try:
+        return data_lib.toy_log_prob(data_config.dataset, dim=int(data_config.toy_dim),
+                                     num_components=int(data_config.num_components))
+    except (ValueError, AttributeError):
+        return None
+
+
+def likelihood_metrics(ctx: EvalContext, key) -> Results:
+    """ODE NLL and (energies, ``eval.ais``) AIS NLL on the same protocol points."""
+    config, model = ctx.config, ctx.model
+    protocol = likelihood_protocol(config)
+    k_deq, k_ode, k_ais = jax.random.split(key, 3)
+    x = ctx.data[:int(_eval_field(config, "nll_examples", len(ctx.data)))]
+    points = likelihoods.protocol_points(k_deq, x, protocol.num_bins)
+    exact = true_density(config.data) if protocol.num_bins is None else None
+    logging.info("eval: ODE likelihood of %d examples (%s divergence)", len(points),
+                 likelihoods.divergence_label(protocol.num_probes))
+    results = likelihoods.ode_nll_metrics(model.fns.score, ctx.params, points, k_ode,
+                                          sde=model.sde, protocol=protocol,
+                                          true_log_prob=exact)
+    if model.fns.energy is not None and config.eval.ais:
+        logging.info("eval: AIS log-normalizer")
+        results.update(likelihoods.ais_nll_metrics(
+            model.fns.energy, ctx.params, points, k_ais, sde=model.sde, protocol=protocol,
+            true_log_prob=exact))
+    return results
+
+
+def model_metrics(ctx: EvalContext, key) -> Results:
+    """Metrics of the model itself: Asym/NAsym, NLL (ODE, AIS), Fisher divergence (toys)."""
+    config, model, x = ctx.config, ctx.model, ctx.data
+    keys = jax.random.split(key, 3)
+    logging.info("eval: Asym/NAsym over %d levels", config.eval.asym_levels)
+    results = fields.asymmetry_metrics(
+        model.fns.score, ctx.params, x[:_ASYM_EXAMPLES], keys[0], sde=model.sde,
+        num_levels=int(config.eval.asym_levels), num_probes=int(config.eval.asym_probes))
+    results.update(likelihood_metrics(ctx, keys[1]))
+    if configuration.is_toy(config) and config.data.dataset in MIXTURE_TOYS:
+        mixture = data_lib.toy_mixture(config.data.dataset, dim=int(config.data.toy_dim),
+                                       num_components=int(config.data.num_components))
+        results.update(fields.fisher_metrics(model.fns.score, ctx.params, x, keys[2],
+                                             sde=model.sde, mixture=mixture,
+                                             num_levels=int(config.eval.asym_levels)))
+    return results
+
+
+def draw_samples(config, model, params, key, num: int | None = None
+                 ) -> tuple[np.ndarray, dict[str, float]]:
+    """``num`` samples (default ``sampling.num_samples``) of the configured sampler, in
+    chunks of at most ``eval.batch_size`` (one compilation)."""
+    num = int(config.sampling.num_samples if num is None else num)
+    chunk = min(num, int(config.eval.batch_size))
+    chunked = copy.deepcopy(config)
+    chunked.sampling.num_samples = chunk
+    return samples_lib.draw_samples(train.make_sample_fn(chunked, model), params, key, num,
+                                    chunk)
+
+
+def _labelled_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images in [-1, 1] and labels of a whole split (digits or TFDS)."""
+    if data_config.dataset == "digits":
+        return data_lib.load_digits_split(split)
+    ds = data_lib.tfds_image_dataset(data_config.dataset, split, batch_size=1024,
+                                     image_size=data_config.image_size,
+                                     data_dir=data_config.data_dir)
+    batches = list(ds.as_numpy_iterator())
+    return (np.concatenate([b["image"] for b in batches]),
+            np.concatenate([b["label"] for b in batches]))
+
+
+def offline_classifier(config, workdir: str):
+    """The offline classifier of the dataset's train split (cached), or None without labels.
+
+    Cache: ``eval.classifier_dir`` (a study shares one), default ``WORKDIR/classifier``.
+    """
+    cache = _eval_field(config, "classifier_dir", os.path.join(workdir, "classifier"))
+    steps = int(_eval_field(config, "classifier_steps", metrics.classifier.DEFAULT_STEPS))
+    images, labels = _labelled_split(config.data, "train")
+    if labels.min() < 0:
+        logging.warning("eval: %s has no class labels; the offline FD/IS/precision/recall "
+                        "are skipped", config.data.dataset)
+        return None
+    test_images, test_labels = _labelled_split(config.data, "test")
+    clf = metrics.get_classifier(images, labels, cache, steps=steps, eval_images=test_images,
+                                 eval_labels=test_labels)
+    logging.info("offline classifier (%s): test accuracy %.3f", cache, clf.accuracy)
+    return clf
+
+
+def check_inception_weights(config) -> None:
+    """Raises the clear DataError now if ``eval.inception_weights`` is set but absent."""
+    path = config.eval.inception_weights
+    if path is not None and not os.path.isfile(os.path.expanduser(path)):
+        raise DataError(inception.missing_weights_message(path))
+
+
+def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:
+    """FID and IS with the standard Inception network, or {} when no weights are set."""
+    if config.eval.inception_weights is None:
+        logging.info("eval: FID/IS with the standard Inception network skipped "
+                     "(eval.inception_weights is not set)")
+        return {}
+    net = metrics.load_inception(config.eval.inception_weights)
+    return samples_lib.inception_metrics(net, samples, x)
+
+
+def sample_quality(config, workdir: str, samples: np.ndarray, x: np.ndarray, key) -> Results:
+    """Distances between samples and held-out data, per data type."""
+    if configuration.is_toy(config):
+        return samples_lib.toy_sample_quality(samples, x, key)
+    clf = offline_classifier(config, workdir)
+    out = {} if clf is None else samples_lib.classifier_metrics(clf, samples, x)
+    out.update(inception_metrics(config, samples, x))
+    return out
+
+
+def sampler_metrics(ctx: EvalContext, key) -> Results:
+    """Samples of the configured sampler, their NFE and quality; saves them as npz + png."""
+    config = ctx.config
+    num = int(_eval_field(config, "num_samples", config.eval.num_examples))
+    k_sample, k_quality = jax.random.split(key)
+    logging.info("eval: %d samples with %s", num, config.sampling.method)
+    samples, info = draw_samples(config, ctx.model, ctx.params, k_sample, num)
+    files.save_samples(ctx.workdir, ctx.step, config.sampling.method, samples, ctx.data)
+    usable, nonfinite = samples_lib.finite_samples(samples, not configuration.is_toy(config))
+    if nonfinite:
+        logging.warning("eval: %d of %d samples are not finite; the sample metrics use the "
+                        "others", len(samples) - len(usable), len(samples))
+    results = dict(info, sample_nonfinite=nonfinite)
+    results.update(sample_quality(config, ctx.workdir, usable, ctx.data, k_quality))
+    return results
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> EvalContext:
+    """Validates, checks the weights files first, restores ``eval.checkpoint`` and the data."""
+    configuration.validate(config, num_devices=jax.device_count())
+    configuration.check_workdir(config, workdir)
+    check_inception_weights(config)
+    model = builders.build_model(config)
+    step, params = restore_params(config, workdir, model, int(config.eval.checkpoint))
+    x = data_lib.eval_data(config.data, "test", int(config.eval.num_examples))
+    return EvalContext(config, workdir, model, step, params, x)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Results:
+    """Evaluates checkpoint ``eval.checkpoint`` (-1: latest) of ``workdir``: all metrics.
+
+    Returns the results (scalars, per-level lists, the divergence used) also written to
+    ``WORKDIR/eval/step_N.json``.
+    """
+    ctx = prepare(config, workdir)
+    key = jax.random.PRNGKey(config.seed + 2)
+    results = model_metrics(ctx, jax.random.fold_in(key, 0))
+    results.update(sampler_metrics(ctx, jax.random.fold_in(key, 1)))
+    results["step"] = ctx.step
+    files.write_results(workdir, ctx.step, results)
+    logging.info("eval at step %d: %s", ctx.step, files.scalars(results))
+    return results
+
+
+def evaluate_sampler(config: ml_collections.ConfigDict, workdir: str, method: str) -> Results:
+    """Sample metrics only, with ``sampling.method=method`` (e.g. MALA for an energy).
+
+    Written to ``WORKDIR/eval/step_N_<method>.json``; the model metrics do not depend on
+    the sampler and stay in :func:`evaluate`'s file.
+    """
+    config = copy.deepcopy(config)
+    config.sampling.method = method
+    ctx = prepare(config, workdir)
+    results = sampler_metrics(ctx, jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), 1))
+    results["step"] = ctx.step
+    files.write_results(workdir, ctx.step, results, method)
+    logging.info("eval (%s) at step %d: %s", method, ctx.step, files.scalars(results))
+    return results
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
+    """Draws ``sampling.num_samples`` samples and writes ``WORKDIR/sample/step_N.{npz,png}``."""
+    configuration.validate(config, num_devices=jax.device_count())
+    configuration.check_workdir(config, workdir)
+    model = builders.build_model(config)
+    step, params = restore_params(config, workdir, model, int(config.eval.checkpoint))
+    drawn, info = draw_samples(config, model, params, jax.random.PRNGKey(config.seed + 3))
+    if jax.process_index() == 0:
+        out = os.path.join(workdir, "sample")
+        os.makedirs(out, exist_ok=True)
+        name = f"step_{step:08d}_{config.sampling.method}"
+        np.savez(os.path.join(out, name + ".npz"), samples=drawn, **info)
+        plotting.save_png(plotting.samples_image(drawn), os.path.join(out, name + ".png"))
+        logging.info("wrote %d samples to %s (%s)", len(drawn), out, info)
+    return drawn

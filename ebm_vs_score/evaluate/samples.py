@@ -1,0 +1,68 @@
+"""Evaluators of samples: drawing them in chunks, and their distance to held-out data.
+
+They see a ``sample_fn(params, key) -> (samples, info)`` (big_vision's evaluators see a
+``predict_fn``), a classifier or Inception network with ``apply``, and arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from ebm_vs_score import metrics
+
+Results = dict[str, Any]
+
+
+def draw_samples(sample_fn, params, key, num: int, chunk: int
+                 ) -> tuple[np.ndarray, dict[str, float]]:
+    """``num`` samples from calls of ``sample_fn(params, key)`` that draw ``chunk`` each.
+
+    Chunk i uses ``fold_in(key, i)``; the scalar info of every chunk is averaged and named
+    ``sample_<name>`` (``sample_nfe``, ``sample_acceptance``, ...).
+    """
+    parts, infos = [], []
+    for i in range(-(-int(num) // int(chunk))):
+        samples, info = sample_fn(params, jax.random.fold_in(key, i))
+        parts.append(np.asarray(jax.device_get(samples)))
+        infos.append({k: float(np.mean(v)) for k, v in jax.device_get(info).items()
+                      if np.ndim(v) == 0})
+    info = {f"sample_{k}": float(np.mean([d[k] for d in infos])) for k in infos[0]}
+    return np.concatenate(parts)[:num], info
+
+
+def finite_samples(samples: np.ndarray, clip: bool) -> tuple[np.ndarray, float]:
+    """The finite samples (clipped to [-1, 1] for images) and the fraction left out."""
+    finite = np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+    usable = samples[finite]
+    return (np.clip(usable, -1, 1) if clip else usable), float(1.0 - finite.mean())
+
+
+def toy_sample_quality(samples: np.ndarray, x: np.ndarray, key) -> Results:
+    """MMD^2 (median-heuristic RBF) and sliced 2-Wasserstein between samples and data."""
+    n = min(len(samples), len(x))
+    return {"mmd": float(metrics.mmd(samples[:n], x[:n])),
+            "swd": float(metrics.sliced_wasserstein(samples[:n], x[:n], key))}
+
+
+def classifier_metrics(clf, samples: np.ndarray, x: np.ndarray) -> Results:
+    """FD, IS analogue and k-NN precision/recall in the offline classifier's feature space."""
+    feat_s, logits_s = clf.apply(samples)
+    feat_x, _ = clf.apply(x)
+    fd = metrics.frechet_distance(*metrics.feature_statistics(feat_s),
+                                  *metrics.feature_statistics(feat_x))
+    is_mean, is_std = metrics.inception_score(logits_s, splits=min(10, len(logits_s)))
+    pr = metrics.precision_recall(feat_x, feat_s, k=min(3, len(samples) - 1, len(x) - 1))
+    return {"fd": fd, "is": is_mean, "is_std": is_std, "precision": pr.precision,
+            "recall": pr.recall, "classifier_accuracy": clf.accuracy}
+
+
+def inception_metrics(net, samples: np.ndarray, x: np.ndarray) -> Results:
+    """FID and IS with the standard Inception network ``net`` (``metrics.load_inception``)."""
+    out_s, out_x = net.apply(samples), net.apply(x)
+    fid = metrics.frechet_distance(*metrics.feature_statistics(out_s.pool3),
+                                   *metrics.feature_statistics(out_x.pool3))
+    score, std = metrics.inception_score(out_s.logits_unbiased, splits=min(10, len(samples)))
+    return {"fid": fid, "inception_score": score, "inception_score_std": std}

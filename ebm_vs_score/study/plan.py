@@ -1,0 +1,294 @@
+"""The study's plan: its config, the runs it is made of, and their configs.
+
+The study config (:func:`get_config`) is a full config whose fields are shared by every
+run, plus a ``study`` section: ``scale`` (toy/digits/cifar), ``families``, ``seeds``,
+``qc_weight`` (lambda of QC), ``qc_weights`` (a lambda sweep: one QC run per value and
+seed, '()' = none), ``extra_sampler`` ('' = none) and the score-field figure of 2-D data
+(``field_times``, ``field_lim``, ``field_grid``). A run is a *variant* (a family, or
+``qc_lam<lambda>`` in a sweep) and a seed; its config is
+``config_base.get_config(scale, family)`` with every shared field copied over except the
+family-defining ones (:data:`FAMILY_FIELDS`), ``seed=seed``, QC's lambda, and
+``eval.classifier_dir`` pointing at the study's one shared offline classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+
+from ebm_vs_score import config_base, configuration, evaluate
+from ebm_vs_score.errors import UserError
+
+STUDY_FAMILIES = ("score", "energy", "resnet_energy", "qc")
+ENERGY_FAMILIES = ("energy", "resnet_energy")  # the only ones with an energy for MH samplers
+# Fields that define a family (set by config_base.get_config(scale, family), never shared).
+FAMILY_FIELDS = ("family", "model.parameterization", "model.name", "training.qc_weight")
+# May differ between invocations on the same DIR: the run set and the cadences.
+STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
+                 "training.checkpoint_every", "training.sample_every",
+                 "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights")
+# Left out by configuration.config_differences but they change every run's numbers.
+_STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
+DONE_FILE = "DONE.json"
+
+
+class StudyError(UserError, ValueError):
+    """The study stopped: failed runs, an interrupted run or a foreign directory."""
+
+
+
+class Family(NamedTuple):
+    """How a family is named and classified in the report (Salimans & Ho 2021, Table 1)."""
+
+    label: str
+    description: str
+    conservative: str
+    shortcuts: str
+
+
+def family_info(family: str, toy: bool) -> Family:
+    """Report label, description, conservative? and short-cuts to inputs? of a family.
+
+    Short-cuts: U-Net backbones have skip connections from input-resolution features to
+    the output; the scalar ResNet / MLP energies and the toy MLPs do not.
+    """
+    net = "MLP" if toy else "U-Net"
+    skips = "no" if toy else "yes"
+    table = {
+        "score": Family("U", f"score {net}, s = -F/sigma", "no", skips),
+        "energy": Family("C", f"energy {net}, E = ||F||^2/2, s = -grad E", "yes", skips),
+        "resnet_energy": Family("C-MLP" if toy else "C-ResNet",
+                                f"scalar {'MLP' if toy else 'ResNet'} energy, s = -grad E",
+                                "yes", "no"),
+        "qc": Family("QC", f"score {net} + lambda L_QC", "no (regularized)", skips),
+    }
+    if family not in table:
+        raise ValueError(f"unknown study family {family!r}; valid names: {list(table)}")
+    return table[family]
+
+
+# ----------------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------------
+
+
+def get_config(scale: str) -> ml_collections.ConfigDict:
+    """The study config of a data scale: what ``configs/study_<scale>.py`` returns.
+
+    digits is sized for a 2-core CPU: the ODE NLL (which dominates the evaluation of C) on
+    the first 128 test digits at tolerance 1e-4 with the exact divergence (D = 64), and AIS
+    on the same dequantized digits for the energies. cifar has no extra sampler (MALA on
+    10k samples would double the sampling cost).
+    """
+    config = config_base.get_config(scale, "score")
+    config.family = "study"
+    config.eval.num_samples = int(config.eval.num_examples)
+    config.eval.classifier_steps = 1000
+    config.eval.nll_examples = ml_collections.config_dict.placeholder(int)  # None: all
+    config.eval.nll_rtol = 1e-5
+    config.eval.nll_atol = 1e-5
+    if scale == "digits":
+        config.eval.nll_examples = 128
+        config.eval.nll_rtol = config.eval.nll_atol = 1e-4
+        config.eval.nll_probes = 0  # D = 64: the exact divergence, no probe noise
+    study = ml_collections.ConfigDict()
+    study.scale = scale
+    study.families = STUDY_FAMILIES
+    study.seeds = (0, 1, 2)
+    study.qc_weight = float(config_base.get_config(scale, "qc").training.qc_weight)
+    study.qc_weights = ()  # a lambda sweep: one QC run per value (replaces qc_weight)
+    study.extra_sampler = "" if scale == "cifar" else "mala"
+    study.field_times = (0.01, 0.05, 0.2, 0.5)
+    study.field_lim = 2.5
+    study.field_grid = 21
+    study.compilation_cache = True  # DIR/jax_cache: the seeds of a family compile once
+    config.study = study
+    return config
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _set(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+    *sections, name = path.split(".")
+    for section in sections:
+        config = config[section]
+    config[name] = value
+
+
+def is_writer() -> bool:
+    """Only process 0 writes the study's files; training and evaluation are collective."""
+    return jax.process_index() == 0
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}_seed{int(seed)}"
+
+
+_QC_PREFIX = "qc_lam"
+
+
+def variants(config: ml_collections.ConfigDict) -> list[str]:
+    """The study's variants in report order: its families, with 'qc' replaced by one
+    ``qc_lam<lambda>`` per value of ``study.qc_weights`` when a sweep is set."""
+    out = []
+    for family in config.study.families:
+        if family == "qc" and config.study.qc_weights:
+            out += [f"{_QC_PREFIX}{float(w):.0e}" for w in config.study.qc_weights]
+        else:
+            out.append(family)
+    return out
+
+
+def parse_variant(variant: str) -> tuple[str, float | None]:
+    """(family, QC lambda of a sweep variant or None): 'qc_lam1e-03' -> ('qc', 0.001)."""
+    if variant.startswith(_QC_PREFIX):
+        return "qc", float(variant[len(_QC_PREFIX):])
+    return variant, None
+
+
+def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
+               study_dir: str) -> ml_collections.ConfigDict:
+    """The config of run (variant, seed): the family's defaults + every shared study field."""
+    family, weight = parse_variant(variant)
+    run = config_base.get_config(config.study.scale, family)
+    for path, value in _leaves(config):
+        if not path.startswith("study.") and path not in FAMILY_FIELDS:
+            _set(run, path, value)
+    run.seed = int(seed)
+    if family == "qc":
+        run.training.qc_weight = float(config.study.qc_weight if weight is None else weight)
+    run.eval.classifier_dir = os.path.join(os.path.abspath(study_dir), "classifier")
+    return run
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise configuration.ConfigError(message)
+
+
+def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
+    """Checks the study section and every run config; one sentence on failure."""
+    study = config.study
+    _require(study.scale in config_base.SCALES,
+             f"study.scale={study.scale!r} is not valid; choose one of {config_base.SCALES}")
+    families, seeds = list(study.families), list(study.seeds)
+    bad = [f for f in families if f not in STUDY_FAMILIES]
+    _require(families and not bad and len(set(families)) == len(families),
+             f"study.families={tuple(families)} must be distinct names from {STUDY_FAMILIES}")
+    _require(seeds and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
+             f"study.seeds={tuple(seeds)} must be distinct integers, e.g. (0, 1, 2)")
+    _require(config.sampling.method not in configuration.MH_SAMPLERS,
+             f"sampling.method={config.sampling.method!r} needs an energy, but the study "
+             "samples every family with it; use e.g. 'euler_maruyama' and set "
+             f"study.extra_sampler={config.sampling.method!r} for the energies")
+    default = dict(_leaves(get_config(study.scale)))
+    fixed = [p for p, v in _leaves(config) if p in FAMILY_FIELDS and v != default[p]]
+    _require(not fixed, f"{fixed[0] if fixed else ''} is set by each family in a study and "
+             "cannot be overridden; choose the families with study.families and QC's lambda "
+             "with study.qc_weight")
+    weights = list(study.qc_weights)
+    _require(all(isinstance(w, int | float) and w > 0 for w in weights)
+             and len({f"{float(w):.0e}" for w in weights}) == len(weights)
+             and (not weights or "qc" in families),
+             f"study.qc_weights={tuple(weights)} must be distinct positive numbers (e.g. "
+             "(1e-4, 1e-3, 1e-2)) with 'qc' in study.families, or () for no sweep")
+    extra = study.extra_sampler
+    _require(extra == "" or extra in configuration.SAMPLERS,
+             f"study.extra_sampler={extra!r} is not valid; choose '' (none) or one of "
+             f"{list(configuration.SAMPLERS)}")
+    for variant in variants(config):
+        try:
+            configuration.validate(run_config(config, variant, seeds[0], study_dir),
+                                   num_devices=jax.device_count())
+        except configuration.ConfigError as e:
+            raise configuration.ConfigError(f"study run {variant!r}: {e}") from None
+    evaluate.check_inception_weights(config)
+
+
+def _flat_json(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_json(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def study_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """Fields where ``config`` differs from the saved study config, except the run set.
+
+    ``configuration.config_differences`` plus the sampling / eval / ``training.n_iters``
+    fields it tolerates for single runs: in a study they would mix numbers of two configs.
+    """
+    diff = configuration.config_differences(saved, config)
+    before, now = _flat_json(saved), _flat_json(_as_json(config))
+    diff += [f"{p}: {before.get(p)!r} -> {now.get(p)!r}" for p in sorted(set(before) | set(now))
+             if p.startswith(_STRICT_PREFIXES) and before.get(p) != now.get(p)]
+    return [d for d in diff if d.split(":")[0] not in STUDY_MUTABLE]
+
+
+def check_study_dir(config: ml_collections.ConfigDict, study_dir: str) -> None:
+    """Refuses a directory made by a different study config, or a single run's workdir."""
+    path = os.path.join(study_dir, "study_config.json")
+    if not os.path.exists(path):
+        _require(not os.path.exists(os.path.join(study_dir, "config.json")),
+                 f"{study_dir} is the workdir of a single run (it has config.json), not a "
+                 "study directory; use a new --workdir for the study")
+        return
+    with open(path) as f:
+        diff = study_differences(json.load(f), config)
+    _require(not diff, f"study directory {study_dir} was created from a different study config "
+             f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); use a new --workdir, "
+             "or the same config to resume it")
+
+
+# ----------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        items = ",".join(_cli_value(v) for v in value)
+        return f"({items},)" if len(value) == 1 else f"({items})"
+    return value if isinstance(value, str) else repr(value)
+
+
+def overrides(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
+              skip: Sequence[str] = ()) -> list[str]:
+    """``--config.path=value`` for every field where ``config`` differs from ``base``."""
+    now, before = _flat_json(_as_json(config)), _flat_json(_as_json(base))
+    return [f"--config.{p}={_cli_value(now[p])}" for p in sorted(now)
+            if p not in skip and (p not in before or before[p] != now[p])]
+
+
+def command_line(config: ml_collections.ConfigDict, study_dir: str) -> str:
+    """The command of this invocation: ``sys.argv`` under ``ebm_vs_score.main``, else the
+    equivalent ``main`` command rebuilt from the config (notebooks, tests)."""
+    argv = sys.argv
+    if argv and argv[0].endswith(os.path.join("ebm_vs_score", "main.py")):
+        return "python -m ebm_vs_score.main " + " ".join(shlex.quote(a) for a in argv[1:])
+    scale = config.study.scale
+    args = ["--mode=study", f"--config=configs/study_{scale}.py", f"--workdir={study_dir}"]
+    args += overrides(config, get_config(scale))
+    return "python -m ebm_vs_score.main " + " ".join(shlex.quote(a) for a in args)
+
+

@@ -1,0 +1,275 @@
+"""Running the study: each run trained (resuming), evaluated, and marked done; the study
+loop with its compilation cache, failures and report.
+
+Layout of the study directory DIR::
+
+  study_config.json        the study config; a different config in DIR is refused
+  commands.jsonl           one line per invocation: command line and config overrides
+  classifier/              offline classifier of the train split (images), trained once
+  runs/<variant>_seed<k>/  an ordinary workdir; metrics.jsonl holds the train loop's
+                           records (with their wall_time) and 'timing' records of the
+                           training calls, eval/ the metrics, DONE.json (written
+                           atomically) marks it finished
+  figures/                 sample grids per family, score fields with curl (2-D data),
+                           the QC lambda sweep
+  REPORT.md
+
+Resume: a run is finished when DONE.json, its final checkpoint and its eval JSON exist;
+finished runs are reused, never recomputed; unfinished ones resume from their
+checkpoints. A run that raises is logged in one sentence (run, directory, error.log), the
+other runs go on, REPORT.md lists the failure, and the study then stops with a
+:class:`StudyError`; rerunning the same command retries only that run. Changing
+``study.families``, ``study.seeds`` or ``study.qc_weights`` (and logging/checkpoint
+cadences) in an existing DIR is allowed: runs are added, none is lost.
+``study.compilation_cache`` points JAX's persistent compilation cache at ``DIR/jax_cache``
+while the study runs, so the seeds of a family compile once. With several processes all
+of them train and evaluate (collectively) and process 0 writes the study's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+from ebm_vs_score import builders, configuration, evaluate, train
+from ebm_vs_score.study import plan, report
+from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
+
+
+def _record_invocation(config: ml_collections.ConfigDict, study_dir: str) -> None:
+    """Saves the study config (atomically) and appends this command to commands.jsonl."""
+    if not plan.is_writer():
+        return
+    evaluate.write_json_atomic(os.path.join(study_dir, "study_config.json"), plan._as_json(config))
+    entry = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
+             "command": plan.command_line(config, study_dir),
+             "overrides": plan.overrides(config, plan.get_config(config.study.scale))}
+    with open(os.path.join(study_dir, "commands.jsonl"), "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+class RunRecord(NamedTuple):
+    """Outcome of one run: status 'finished', 'reused' or 'failed'.
+
+    ``family`` is the model family; ``variant`` the study's name for the run's kind (the
+    family, or ``qc_lam<lambda>`` in a QC sweep).
+    """
+
+    name: str
+    family: str
+    seed: int
+    run_dir: str
+    status: str
+    done: dict | None = None
+    error: str | None = None
+    variant: str = ""
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """Steps of the complete checkpoints (Orbax renames a finished temporary directory)."""
+    path = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def read_done(run_dir: str, n_iters: int) -> dict | None:
+    """The DONE record if the run is finished: DONE.json, final checkpoint and eval JSON."""
+    try:
+        with open(os.path.join(run_dir, DONE_FILE)) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    finished = (done.get("step") == n_iters and n_iters in checkpoint_steps(run_dir)
+                and os.path.isfile(evaluate.eval_path(run_dir, n_iters)))
+    return done if finished else None
+
+
+def steady_steps_per_sec(records: list[dict], from_step: int) -> float | None:
+    """Steps/s between the first and the last train record after ``from_step``.
+
+    The train loop writes one ``split='train'`` record per log step with its
+    ``wall_time``; timing from the first of them leaves out start-up and the first,
+    compiling, step (checkpoints and sample grids in between are included). None if the
+    call wrote fewer than two timed records.
+    """
+    timed = [r for r in records if r.get("split") == "train" and "wall_time" in r
+             and r["step"] > from_step]
+    if len(timed) < 2 or timed[-1]["wall_time"] <= timed[0]["wall_time"]:
+        return None
+    return (timed[-1]["step"] - timed[0]["step"]) / (timed[-1]["wall_time"]
+                                                      - timed[0]["wall_time"])
+
+
+def timed_training(config: ml_collections.ConfigDict, run_dir: str) -> int:
+    """Trains (resuming) and appends a 'timing' record to metrics.jsonl; the final step.
+
+    The record holds the wall time of the training call over the steps it made
+    (``wall_steps_per_sec``: includes start-up, compilation, checkpoints and the sample
+    grid) and the steady-state ``steps_per_sec`` between the call's train records
+    (:func:`steady_steps_per_sec`; the wall rate if it wrote fewer than two).
+    """
+    start = max(checkpoint_steps(run_dir), default=0)
+    if start >= config.training.n_iters:
+        return start
+    metrics_file = os.path.join(run_dir, "metrics.jsonl")
+    before = len(report.read_jsonl(metrics_file))
+    t0 = time.perf_counter()
+    state = train.train_and_evaluate(config, run_dir)
+    wall, step = time.perf_counter() - t0, int(state.step)
+    if step > start:
+        steady = steady_steps_per_sec(report.read_jsonl(metrics_file)[before:], start)
+        wall_rate = (step - start) / wall
+        train.append_metrics(run_dir, {
+            "split": "timing", "train_wall_s": wall, "steps": step - start,
+            "from_step": start, "to_step": step, "wall_steps_per_sec": wall_rate,
+            "steps_per_sec": wall_rate if steady is None else steady})
+    return step
+
+
+def training_speed(run_dir: str) -> dict[str, float]:
+    """Steady steps/s (step-weighted over the training calls) and total training wall time,
+    from the run's 'timing' records in metrics.jsonl."""
+    records = [r for r in report.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+               if r.get("split") == "timing"]
+    steps = sum(r["steps"] for r in records)
+    rate = sum(r["steps"] * r["steps_per_sec"] for r in records) / steps if steps else np.nan
+    return {"steps_per_sec": float(rate), "train_wall_s": sum(r["train_wall_s"] for r in records)}
+
+
+def _evaluate_run(config, run_dir: str, family: str, extra: str) -> dict:
+    """All metrics, plus the extra sampler for energies; the DONE record."""
+    t0 = time.perf_counter()
+    results = evaluate.evaluate(config, run_dir)
+    extra_results = None
+    if extra and family in ENERGY_FAMILIES:
+        extra_results = evaluate.evaluate_sampler(config, run_dir, extra)
+    return {"step": int(config.training.n_iters), "results": results,
+            "num_params": num_params(config),
+            "extra_sampler": extra if extra_results is not None else None,
+            "extra_results": extra_results, "timing": training_speed(run_dir),
+            "eval_wall_s": time.perf_counter() - t0}
+
+
+def num_params(config: ml_collections.ConfigDict) -> int:
+    """Number of network parameters of a run config (shapes only, nothing allocated)."""
+    model = builders.build_model(config)
+    shapes = jax.eval_shape(lambda: builders.init_params(model, jax.random.PRNGKey(0)))
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(shapes)))
+
+
+def _failure(name: str, run_dir: str, error: Exception) -> str:
+    """Appends the traceback to the run's error.log and returns the one-sentence message."""
+    log = os.path.join(run_dir, "error.log")
+    if plan.is_writer():
+        os.makedirs(run_dir, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(traceback.format_exc())
+    first = str(error).splitlines()[0] if str(error) else ""
+    return (f"study run {name} failed ({type(error).__name__}: {first}); its directory is "
+            f"{run_dir} and the traceback is in {log}; the other runs continue")
+
+
+def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
+            study_dir: str) -> RunRecord:
+    """Reuses, resumes or trains and evaluates one run; a failure is recorded, not raised."""
+    name = plan.run_name(variant, seed)
+    run_dir = os.path.join(study_dir, "runs", name)
+    family = plan.parse_variant(variant)[0]
+    cfg = plan.run_config(config, variant, seed, study_dir)
+    n_iters = int(cfg.training.n_iters)
+    done = read_done(run_dir, n_iters)
+    if done is not None:
+        logging.info("study: reusing finished run %s", name)
+        return RunRecord(name, family, seed, run_dir, "reused", done, variant=variant)
+    try:
+        logging.info("study: training %s in %s", name, run_dir)
+        step = timed_training(cfg, run_dir)
+        if step < n_iters:
+            raise StudyError(f"study run {name} stopped at step {step} of {n_iters} (SIGTERM); "
+                             "its checkpoint is saved; rerun the same command to resume")
+        logging.info("study: evaluating %s", name)
+        done = _evaluate_run(cfg, run_dir, family, str(config.study.extra_sampler))
+        if plan.is_writer():
+            evaluate.write_json_atomic(os.path.join(run_dir, DONE_FILE), done)
+    except StudyError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of one run must not stop the others
+        message = _failure(name, run_dir, e)
+        logging.error("%s", message)
+        return RunRecord(name, family, seed, run_dir, "failed", error=message, variant=variant)
+    return RunRecord(name, family, seed, run_dir, "finished", done, variant=variant)
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str | None) -> Iterator[None]:
+    """JAX's persistent compilation cache in ``path`` while the study runs.
+
+    Every jitted function of training and evaluation takes the params as an argument, so
+    its program does not depend on the seed: runs of the same family then compile once.
+    A cache the user configured (``JAX_COMPILATION_CACHE_DIR``) is left alone.
+    """
+    if path is None or jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax_cache.reset_cache()
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Runs (or resumes) the study of ``config`` in ``workdir``; returns REPORT.md's path.
+
+    Raises:
+      ConfigError: invalid study config, or ``workdir`` holds a different study.
+      FileNotFoundError: ``eval.inception_weights`` is set but missing.
+      StudyError: some runs failed (after the report is written), or a run was interrupted.
+    """
+    plan.validate_study(config, workdir)
+    plan.check_study_dir(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _record_invocation(config, workdir)
+    cache = os.path.join(workdir, "jax_cache") if config.study.compilation_cache else None
+    with compilation_cache(cache):
+        accuracy = shared_classifier_accuracy(config, workdir)
+        runs = [(v, s) for v in plan.variants(config) for s in config.study.seeds]
+        records = []
+        for i, (variant, seed) in enumerate(runs):
+            logging.info("study: run %d/%d (%s)", i + 1, len(runs), plan.run_name(variant, seed))
+            records.append(run_one(config, variant, seed, workdir))
+        figures = report.make_figures(config, workdir, records)
+    path = report.write_report(config, workdir, records, figures, accuracy)
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        raise StudyError(f"{len(failed)} of {len(records)} study runs failed "
+                         f"({', '.join(r.name for r in failed)}; see error.log in each run "
+                         f"directory); {path} reports the others; rerun the same command to "
+                         "retry only the failed runs")
+    logging.info("study: wrote %s", path)
+    return path
+
+
+def shared_classifier_accuracy(config, study_dir: str) -> float | None:
+    """Trains (or loads) the one offline classifier of the study (images); its accuracy."""
+    if configuration.is_toy(config):
+        return None
+    cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
+    clf = evaluate.offline_classifier(cfg, study_dir)
+    return None if clf is None else clf.accuracy
+
