@@ -51,7 +51,8 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         sde = drl.make_schedule(int(config.drl.num_levels))
         fns = drl.model_fns(config.model.parameterization, net, sde, sigma_data)
     else:
-        fns = param_lib.get_model_fns(config.model.parameterization, net, sde, sigma_data)
+        base = {"energy_base": config.model.energy_base} if "energy_base" in config.model else {}
+        fns = param_lib.get_model_fns(config.model.parameterization, net, sde, sigma_data, **base)
     return Model(net=net, sde=sde, fns=fns, example_shape=example_shape(config))
 
 

@@ -20,14 +20,15 @@ __all__ = ["MLP", "NETWORKS", "ResNetEnergy", "UNet", "get_network"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _EMBED = ("num_groups", "embedding", "embedding_scale", "fourier_scale", "dtype")
+_CONV = ("dropout", "remat") + _EMBED  # the MLP has no blocks worth rematerializing
 # name -> (class, required config fields, optional config fields)
 NETWORKS = {
     "unet": (
         UNet,
         ("ch", "ch_mult", "num_res_blocks"),
-        ("attn_resolutions", "dropout", "resamp_with_conv") + _EMBED,
+        ("attn_resolutions", "resamp_with_conv") + _CONV,
     ),
-    "resnet_energy": (ResNetEnergy, ("ch", "ch_mult", "num_res_blocks"), ("dropout",) + _EMBED),
+    "resnet_energy": (ResNetEnergy, ("ch", "ch_mult", "num_res_blocks"), _CONV),
     "mlp": (MLP, ("hidden",), ("activation", "embedding_dim", "dropout") + _EMBED[1:]),
 }
 _TUPLES = ("ch_mult", "attn_resolutions", "hidden")
@@ -68,6 +69,8 @@ def get_network(model_config: Any, *, scalar_output: bool = False) -> nn.Module:
       hidden: hidden widths (required for mlp); activation: ``'swish'`` or ``'softplus'``.
       resamp_with_conv: conv in Down/Upsample (unet).
       dtype: compute dtype, ``'float32'`` or ``'bfloat16'``; parameters stay float32.
+      remat: rematerialize the ResNet/attention blocks (unet / resnet_energy; ignored by
+        the mlp), trading compute for activation memory (issue #17); values unchanged.
     Optional fields that are absent take the network's defaults.
 
     Args:

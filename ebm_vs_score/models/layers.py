@@ -219,3 +219,31 @@ class Upsample(nn.Module):
         if self.with_conv:
             x = conv3x3(x.shape[-1], self.dtype)(x)
         return x
+
+
+def _remat(cls: type, static_argnums: tuple[int, ...]) -> type:
+    """``nn.remat`` of ``cls`` that keeps its name, so parameter trees match the plain one.
+
+    Policy: save nothing inside the block (``jax.checkpoint``'s default), recompute it in
+    the backward pass; only the block inputs stay live. This is the standard choice for
+    ResNet/attention blocks (Chen et al. 2016, "Training deep nets with sublinear memory
+    cost"); it also composes with the second backward pass of the energy families.
+    """
+    lifted = nn.remat(cls, static_argnums=static_argnums)
+    lifted.__name__ = lifted.__qualname__ = cls.__name__
+    return lifted
+
+
+# static_argnums count ``self`` as 0: ResnetBlock(x, temb, train) has ``train`` at 3.
+_REMAT_RESNET = _remat(ResnetBlock, (3,))
+_REMAT_ATTN = _remat(AttnBlock, ())
+
+
+def resnet_block(remat: bool, *args, **kwargs) -> nn.Module:
+    """A ``ResnetBlock``, rematerialized (``jax.checkpoint``) when ``remat`` is True."""
+    return (_REMAT_RESNET if remat else ResnetBlock)(*args, **kwargs)
+
+
+def attn_block(remat: bool, *args, **kwargs) -> nn.Module:
+    """An ``AttnBlock``, rematerialized (``jax.checkpoint``) when ``remat`` is True."""
+    return (_REMAT_ATTN if remat else AttnBlock)(*args, **kwargs)

@@ -16,13 +16,13 @@ import jax.numpy as jnp
 
 from ebm_vs_score.models.layers import (
     Downsample,
-    ResnetBlock,
     TimeEmbedding,
     check_image,
     check_noise_cond,
     conv3x3,
     default_init,
     group_norm,
+    resnet_block,
 )
 
 Dtype = Any
@@ -40,6 +40,7 @@ class ResNetEnergy(nn.Module):
       embedding: ``'sinusoidal'`` (of ``embedding_scale * noise_cond``) or ``'fourier'``
         (Gaussian Fourier features of scale ``fourier_scale``, Song et al. 2021).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      remat: rematerialize each ResNet block (``jax.checkpoint``); same values and params.
     """
 
     ch: int = 128
@@ -51,6 +52,7 @@ class ResNetEnergy(nn.Module):
     embedding_scale: float = 250.0
     fourier_scale: float = 16.0
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_cond: jax.Array, train: bool = False) -> jax.Array:
@@ -68,7 +70,9 @@ class ResNetEnergy(nn.Module):
         h = conv3x3(self.ch, self.dtype)(x)
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
-                block = ResnetBlock(self.ch * mult, self.dropout, self.num_groups, self.dtype)
+                block = resnet_block(
+                    self.remat, self.ch * mult, self.dropout, self.num_groups, self.dtype
+                )
                 h = block(h, temb, train)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(True, self.dtype)(h)

@@ -16,15 +16,15 @@ import jax
 import jax.numpy as jnp
 
 from ebm_vs_score.models.layers import (
-    AttnBlock,
     Downsample,
-    ResnetBlock,
     TimeEmbedding,
     Upsample,
+    attn_block,
     check_image,
     check_noise_cond,
     conv3x3,
     group_norm,
+    resnet_block,
 )
 
 Dtype = Any
@@ -44,6 +44,8 @@ class UNet(nn.Module):
         (Gaussian Fourier features of scale ``fourier_scale``, Song et al. 2021).
       resamp_with_conv: use convolutions in Down/Upsample.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      remat: rematerialize each ResNet and attention block (``jax.checkpoint``): less
+        activation memory, about one more forward pass of compute; same values and params.
     """
 
     ch: int = 128
@@ -57,6 +59,7 @@ class UNet(nn.Module):
     fourier_scale: float = 16.0
     resamp_with_conv: bool = True
     dtype: Dtype = jnp.float32
+    remat: bool = False
     # Zero output at init (Ho et al.). Energies E = ||F||^2 / 2 need False: F = 0 with a
     # zero last layer is a stationary point of the conservative loss (all gradients vanish).
     zero_init_output: bool = True
@@ -76,7 +79,7 @@ class UNet(nn.Module):
         )(noise_cond)
         hs = self._down(conv3x3(self.ch, self.dtype)(x), temb, train)
         h = self._res(hs[-1], None, temb, train)
-        h = AttnBlock(self.num_groups, self.dtype)(h)
+        h = attn_block(self.remat, self.num_groups, self.dtype)(h)
         h = self._res(h, None, temb, train)
         h = self._up(h, hs, temb, train)
         h = nn.swish(group_norm(h, self.num_groups, self.dtype))
@@ -84,13 +87,14 @@ class UNet(nn.Module):
 
     def _res(self, h, out_ch, temb, train):
         """One time-conditioned ResNet block."""
-        return ResnetBlock(out_ch, self.dropout, self.num_groups, self.dtype)(h, temb, train)
+        block = resnet_block(self.remat, out_ch, self.dropout, self.num_groups, self.dtype)
+        return block(h, temb, train)
 
     def _block(self, h, out_ch, temb, train):
         """ResNet block, followed by attention when the resolution is in attn_resolutions."""
         h = self._res(h, out_ch, temb, train)
         if h.shape[1] in self.attn_resolutions:
-            h = AttnBlock(self.num_groups, self.dtype)(h)
+            h = attn_block(self.remat, self.num_groups, self.dtype)(h)
         return h
 
     def _down(self, h, temb, train):
