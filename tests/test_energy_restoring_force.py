@@ -124,3 +124,24 @@ def test_model_c_as_published_has_no_restoring_force():
     """Salimans & Ho's head without a base term is bounded along rays: the property fails."""
     (model, params), x0, sigma_data = _digits("none", steps=100)
     assert restoring_force_violations(model, params, x0, 1.0, sigma_data) != []
+
+
+def test_gaussian_base_is_the_exact_energy_of_gaussian_data():
+    """N = 0: E = c_in^2 ||x||^2 / 2 and s = -x / (alpha^2 sigma_data^2 + sigma^2), the exact
+    score of the VP marginal of N(0, sigma_data^2 I) data; 'none' then has zero energy."""
+    from ebm_vs_score import sde as sde_lib
+    from ebm_vs_score.models import MLP
+
+    sde, sigma_data = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=1000), 0.5
+    net = MLP(hidden=(8,), out="scalar", embedding_dim=8)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+    t = jnp.asarray([0.01, 0.2, 0.6, 1.0])
+    params = jax.tree.map(jnp.zeros_like, net.init(jax.random.PRNGKey(1), x, t)["params"])
+    var = sde.alpha(t) ** 2 * sigma_data**2 + sde.marginal_std(t) ** 2
+    fns = param_lib.get_model_fns("resnet_energy", net, sde, sigma_data)
+    np.testing.assert_allclose(fns.score(params, x, t), -x / var[:, None], rtol=1e-5)
+    np.testing.assert_allclose(fns.energy(params, x, t), 0.5 * jnp.sum(x**2, -1) / var, rtol=1e-5)
+    none = param_lib.get_model_fns("resnet_energy", net, sde, sigma_data, energy_base="none")
+    np.testing.assert_array_equal(none.energy(params, x, t), jnp.zeros(4))
+    with pytest.raises(ValueError, match="valid names: \\['gaussian', 'none'\\]"):
+        param_lib.get_model_fns("resnet_energy", net, sde, sigma_data, energy_base="quadratic")
