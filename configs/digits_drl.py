@@ -14,6 +14,10 @@ learned level-0 conditional already ranks the clean y above its start x_1 by ~88
 -grad E at x_1 points towards y (cosine 0.6), but 15-100 MALA steps with b^2 of 0.2 or 1
 do not reach it, so every level adds noise instead of removing it (progressive-sample
 pixel std ~5). T = 30 levels looked the same after 200 steps.
+
+These measurements predate ``model.energy_base='gaussian'`` (now the default): they used
+the bounded C-ResNet head, which grows the sample scale by 1/a_t per level (issue #12).
+With the base term a 2000-step probe gave per-level std 0.85-1.17 (issue #12), not digits.
 """
 
 from ebm_vs_score import config_base

@@ -56,10 +56,12 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
     shape = example_shape(config)
     if is_drl(config):
         ladder = settings.drl_settings(config.drl).schedule
-        fns = drl.model_fns(parameterization, net, ladder, sigma_data)
+        fns = drl.model_fns(parameterization, net, ladder, sigma_data,
+                            energy_base=config.model.energy_base)
         return Model(net=net, sde=None, fns=fns, example_shape=shape, ladder=ladder)
     sde = build_sde(settings.sde_settings(config))
-    fns = param_lib.get_model_fns(parameterization, net, sde, sigma_data)
+    fns = param_lib.get_model_fns(parameterization, net, sde, sigma_data,
+                                  energy_base=config.model.energy_base)
     return Model(net=net, sde=sde, fns=fns, example_shape=shape)
 
 

@@ -47,6 +47,12 @@ def _model(scale: str) -> ml_collections.ConfigDict:
     model.embedding = "sinusoidal"
     model.embedding_scale = 250.0
     model.dtype = "float32"
+    # C-ResNet energy E = B + N(c_in x)/(sigma c_in): 'gaussian' adds B = c_in^2 ||x||^2 / 2,
+    # a restoring force (DESIGN.md rule 2); 'none' is Salimans & Ho's model C as published.
+    model.energy_base = "gaussian"
+    # Rematerialize (jax.checkpoint) the ResNet and attention blocks: less activation
+    # memory for more compute; values unchanged (unet / resnet_energy; ignored by the mlp).
+    model.remat = False
     return model
 
 

@@ -106,7 +106,7 @@ class DRLChain(NamedTuple):
 
 
 def model_fns(parameterization: str, net: Any, schedule: DRLSchedule,
-              sigma_data: float) -> param_lib.ModelFns:
+              sigma_data: float, *, energy_base: str = "gaussian") -> param_lib.ModelFns:
     """Energy (and score) of a DRL model: ``param_lib.get_model_fns`` with levels for times.
 
     Args:
@@ -115,11 +115,13 @@ def model_fns(parameterization: str, net: Any, schedule: DRLSchedule,
       net: the Flax network (scalar for 'resnet_energy').
       schedule: the DRL levels.
       sigma_data: data std of the preconditioning.
+      energy_base: the C-ResNet energy's fixed term (``param_lib.ENERGY_BASES``).
 
     Returns:
       ``ModelFns`` whose ``energy(params, y, t, key=None)`` takes the level t (B,).
     """
-    fns = param_lib.get_model_fns(parameterization, net, DRLConditioning(schedule), sigma_data)
+    fns = param_lib.get_model_fns(parameterization, net, DRLConditioning(schedule), sigma_data,
+                                  energy_base=energy_base)
     if fns.energy is None:
         raise ValueError(f"model.parameterization={parameterization!r} has no energy for "
                          "training.objective='drl'; use 'resnet_energy' or 'conservative'")

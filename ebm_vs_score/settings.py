@@ -336,6 +336,7 @@ def _validate_model(config) -> None:
     _choice(model.name, tuple(models.NETWORKS), "model.name")
     _choice(model.parameterization, param_lib.PARAMETERIZATIONS, "model.parameterization")
     _choice(model.dtype, DTYPES, "model.dtype")
+    _choice(model.energy_base, param_lib.ENERGY_BASES, "model.energy_base")
     _require(model.sigma_data > 0, f"model.sigma_data={model.sigma_data} must be positive")
     if not is_toy(config):
         _validate_image_model(config)

@@ -20,70 +20,80 @@ __all__ = ["MLP", "NETWORKS", "ResNetEnergy", "UNet", "get_network"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _EMBED = ("num_groups", "embedding", "embedding_scale", "fourier_scale", "dtype")
+_CONV = ("dropout", "remat") + _EMBED  # the MLP has no blocks worth rematerializing
 # name -> (class, required config fields, optional config fields)
 NETWORKS = {
-    "unet": (UNet, ("ch", "ch_mult", "num_res_blocks"),
-             ("attn_resolutions", "dropout", "resamp_with_conv") + _EMBED),
-    "resnet_energy": (ResNetEnergy, ("ch", "ch_mult", "num_res_blocks"), ("dropout",) + _EMBED),
+    "unet": (
+        UNet,
+        ("ch", "ch_mult", "num_res_blocks"),
+        ("attn_resolutions", "resamp_with_conv") + _CONV,
+    ),
+    "resnet_energy": (ResNetEnergy, ("ch", "ch_mult", "num_res_blocks"), _CONV),
     "mlp": (MLP, ("hidden",), ("activation", "embedding_dim", "dropout") + _EMBED[1:]),
 }
 _TUPLES = ("ch_mult", "attn_resolutions", "hidden")
 
 
 def _read_fields(cfg: Any, name: str, required: tuple, optional: tuple) -> dict:
-  """Reads required fields (error if missing) and the optional fields that are present."""
-  missing = [f for f in required if not hasattr(cfg, f)]
-  if missing:
-    raise ValueError(f"Model config for network {name!r} lacks required field(s) {missing}; "
-                     f"set e.g. config.model.{missing[0]}.")
-  kwargs = {f: getattr(cfg, f) for f in required}
-  kwargs.update({f: getattr(cfg, f) for f in optional if hasattr(cfg, f)})
-  for f in _TUPLES:
-    if f in kwargs:
-      kwargs[f] = tuple(kwargs[f])
-  if "dtype" in kwargs:
-    if kwargs["dtype"] not in DTYPES:
-      raise ValueError(f"Unknown model dtype {kwargs['dtype']!r}; valid: {tuple(DTYPES)}.")
-    kwargs["dtype"] = DTYPES[kwargs["dtype"]]
-  return kwargs
+    """Reads required fields (error if missing) and the optional fields that are present."""
+    missing = [f for f in required if not hasattr(cfg, f)]
+    if missing:
+        raise ValueError(
+            f"Model config for network {name!r} lacks required field(s) {missing}; "
+            f"set e.g. config.model.{missing[0]}."
+        )
+    kwargs = {f: getattr(cfg, f) for f in required}
+    kwargs.update({f: getattr(cfg, f) for f in optional if hasattr(cfg, f)})
+    for f in _TUPLES:
+        if f in kwargs:
+            kwargs[f] = tuple(kwargs[f])
+    if "dtype" in kwargs:
+        if kwargs["dtype"] not in DTYPES:
+            raise ValueError(f"Unknown model dtype {kwargs['dtype']!r}; valid: {tuple(DTYPES)}.")
+        kwargs["dtype"] = DTYPES[kwargs["dtype"]]
+    return kwargs
 
 
 def get_network(model_config: Any, *, scalar_output: bool = False) -> nn.Module:
-  """Builds the network named by ``model_config.name``.
+    """Builds the network named by ``model_config.name``.
 
-  Config fields read (an ``ml_collections.ConfigDict`` or any object with attributes):
-    name: ``'unet'``, ``'resnet_energy'`` or ``'mlp'`` (required).
-    ch, ch_mult, num_res_blocks: widths and depth (required for unet / resnet_energy).
-    attn_resolutions: spatial sizes with self-attention (unet only).
-    dropout: dropout rate.
-    num_groups: GroupNorm groups (unet / resnet_energy), clipped to a channel divisor.
-    embedding: ``'sinusoidal'`` or ``'fourier'``; embedding_scale: multiplier of
-      ``noise_cond`` before the sinusoidal embedding; fourier_scale: scale of the Fourier
-      frequencies; embedding_dim (mlp).
-    hidden: hidden widths (required for mlp); activation: ``'swish'`` or ``'softplus'``.
-    resamp_with_conv: conv in Down/Upsample (unet).
-    dtype: compute dtype, ``'float32'`` or ``'bfloat16'``; parameters stay float32.
-  Optional fields that are absent take the network's defaults.
+    Config fields read (an ``ml_collections.ConfigDict`` or any object with attributes):
+      name: ``'unet'``, ``'resnet_energy'`` or ``'mlp'`` (required).
+      ch, ch_mult, num_res_blocks: widths and depth (required for unet / resnet_energy).
+      attn_resolutions: spatial sizes with self-attention (unet only).
+      dropout: dropout rate.
+      num_groups: GroupNorm groups (unet / resnet_energy), clipped to a channel divisor.
+      embedding: ``'sinusoidal'`` or ``'fourier'``; embedding_scale: multiplier of
+        ``noise_cond`` before the sinusoidal embedding; fourier_scale: scale of the Fourier
+        frequencies; embedding_dim (mlp).
+      hidden: hidden widths (required for mlp); activation: ``'swish'`` or ``'softplus'``.
+      resamp_with_conv: conv in Down/Upsample (unet).
+      dtype: compute dtype, ``'float32'`` or ``'bfloat16'``; parameters stay float32.
+      remat: rematerialize the ResNet/attention blocks (unet / resnet_energy; ignored by
+        the mlp), trading compute for activation memory (issue #17); values unchanged.
+    Optional fields that are absent take the network's defaults.
 
-  Args:
-    model_config: the ``config.model`` section.
-    scalar_output: for ``'mlp'``, output an energy of shape (B,) instead of a field shaped
-      like x. ``'resnet_energy'`` is always scalar and ``'unet'`` always a field.
+    Args:
+      model_config: the ``config.model`` section.
+      scalar_output: for ``'mlp'``, output an energy of shape (B,) instead of a field shaped
+        like x. ``'resnet_energy'`` is always scalar and ``'unet'`` always a field.
 
-  Returns:
-    An unbound Flax module.
+    Returns:
+      An unbound Flax module.
 
-  Raises:
-    ValueError: unknown name, missing required field, bad dtype, or a scalar U-Net.
-  """
-  name = getattr(model_config, "name", None)
-  if name not in NETWORKS:
-    raise ValueError(f"Unknown network {name!r}; valid names: {sorted(NETWORKS)}.")
-  if name == "unet" and scalar_output:
-    raise ValueError("The 'unet' network outputs a field shaped like x, not a scalar; use "
-                     "'resnet_energy' or 'mlp' for a scalar energy network.")
-  cls, required, optional = NETWORKS[name]
-  kwargs = _read_fields(model_config, name, required, optional)
-  if name == "mlp":
-    kwargs["out"] = "scalar" if scalar_output else "vector"
-  return cls(**kwargs)
+    Raises:
+      ValueError: unknown name, missing required field, bad dtype, or a scalar U-Net.
+    """
+    name = getattr(model_config, "name", None)
+    if name not in NETWORKS:
+        raise ValueError(f"Unknown network {name!r}; valid names: {sorted(NETWORKS)}.")
+    if name == "unet" and scalar_output:
+        raise ValueError(
+            "The 'unet' network outputs a field shaped like x, not a scalar; use "
+            "'resnet_energy' or 'mlp' for a scalar energy network."
+        )
+    cls, required, optional = NETWORKS[name]
+    kwargs = _read_fields(model_config, name, required, optional)
+    if name == "mlp":
+        kwargs["out"] = "scalar" if scalar_output else "vector"
+    return cls(**kwargs)

@@ -16,57 +16,67 @@ import jax.numpy as jnp
 
 from ebm_vs_score.models.layers import (
     Downsample,
-    ResnetBlock,
     TimeEmbedding,
     check_image,
     check_noise_cond,
     conv3x3,
     default_init,
     group_norm,
+    resnet_block,
 )
 
 Dtype = Any
 
 
 class ResNetEnergy(nn.Module):
-  """Time-conditioned ResNet with global mean pooling and a scalar head.
+    """Time-conditioned ResNet with global mean pooling and a scalar head.
 
-  Attributes:
-    ch: base width; stage ``i`` has ``ch * ch_mult[i]`` channels.
-    ch_mult: width multipliers, one per stage; stride-2 convs between stages.
-    num_res_blocks: ResNet blocks per stage.
-    dropout: dropout rate inside the ResNet blocks (active only with ``train=True``).
-    num_groups: GroupNorm groups, clipped to a divisor of the channel count.
-    embedding: ``'sinusoidal'`` (of ``embedding_scale * noise_cond``) or ``'fourier'``
-      (Gaussian Fourier features of scale ``fourier_scale``, Song et al. 2021).
-    dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
-  """
+    Attributes:
+      ch: base width; stage ``i`` has ``ch * ch_mult[i]`` channels.
+      ch_mult: width multipliers, one per stage; stride-2 convs between stages.
+      num_res_blocks: ResNet blocks per stage.
+      dropout: dropout rate inside the ResNet blocks (active only with ``train=True``).
+      num_groups: GroupNorm groups, clipped to a divisor of the channel count.
+      embedding: ``'sinusoidal'`` (of ``embedding_scale * noise_cond``) or ``'fourier'``
+        (Gaussian Fourier features of scale ``fourier_scale``, Song et al. 2021).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      remat: rematerialize each ResNet block (``jax.checkpoint``); same values and params.
+    """
 
-  ch: int = 128
-  ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-  num_res_blocks: int = 2
-  dropout: float = 0.1
-  num_groups: int = 32
-  embedding: str = "sinusoidal"
-  embedding_scale: float = 250.0
-  fourier_scale: float = 16.0
-  dtype: Dtype = jnp.float32
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    dropout: float = 0.1
+    num_groups: int = 32
+    embedding: str = "sinusoidal"
+    embedding_scale: float = 250.0
+    fourier_scale: float = 16.0
+    dtype: Dtype = jnp.float32
+    remat: bool = False
 
-  @nn.compact
-  def __call__(self, x: jax.Array, noise_cond: jax.Array, train: bool = False) -> jax.Array:
-    """Maps (B, H, W, C) images and (B,) noise levels to (B,) scalars."""
-    check_image(x, len(self.ch_mult) - 1)
-    noise_cond = check_noise_cond(noise_cond, x.shape[0])
-    temb = TimeEmbedding(self.ch, 4 * self.ch, self.embedding, self.embedding_scale,
-                         self.fourier_scale, self.dtype)(noise_cond)
-    h = conv3x3(self.ch, self.dtype)(x)
-    for level, mult in enumerate(self.ch_mult):
-      for _ in range(self.num_res_blocks):
-        block = ResnetBlock(self.ch * mult, self.dropout, self.num_groups, self.dtype)
-        h = block(h, temb, train)
-      if level != len(self.ch_mult) - 1:
-        h = Downsample(True, self.dtype)(h)
-    h = nn.swish(group_norm(h, self.num_groups, self.dtype))
-    h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
-    out = nn.Dense(1, dtype=jnp.float32, kernel_init=default_init)(h)  # float32 head
-    return out[:, 0].astype(x.dtype)
+    @nn.compact
+    def __call__(self, x: jax.Array, noise_cond: jax.Array, train: bool = False) -> jax.Array:
+        """Maps (B, H, W, C) images and (B,) noise levels to (B,) scalars."""
+        check_image(x, len(self.ch_mult) - 1)
+        noise_cond = check_noise_cond(noise_cond, x.shape[0])
+        temb = TimeEmbedding(
+            self.ch,
+            4 * self.ch,
+            self.embedding,
+            self.embedding_scale,
+            self.fourier_scale,
+            self.dtype,
+        )(noise_cond)
+        h = conv3x3(self.ch, self.dtype)(x)
+        for level, mult in enumerate(self.ch_mult):
+            for _ in range(self.num_res_blocks):
+                block = resnet_block(
+                    self.remat, self.ch * mult, self.dropout, self.num_groups, self.dtype
+                )
+                h = block(h, temb, train)
+            if level != len(self.ch_mult) - 1:
+                h = Downsample(True, self.dtype)(h)
+        h = nn.swish(group_norm(h, self.num_groups, self.dtype))
+        h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
+        out = nn.Dense(1, dtype=jnp.float32, kernel_init=default_init)(h)  # float32 head
+        return out[:, 0].astype(x.dtype)
