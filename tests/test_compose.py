@@ -153,3 +153,44 @@ def test_mala_samples_the_product_of_two_gaussians():
     np.testing.assert_allclose(jnp.mean(x, 0), mean, atol=0.05)
     np.testing.assert_allclose(jnp.var(x, 0), 1 / prec, rtol=0.1)
     assert 0.3 < float(info["acceptance"]) <= 1.0
+
+
+@pytest.mark.slow  # four tiny trainings and five compiled samplers: ~60 s of CPU
+def test_compose_mode_writes_report_with_finite_numbers(tmp_path):
+    """--mode=compose end to end on tiny settings: report, figure, finite MMD and mode TV."""
+    import importlib.util
+    import json
+    import math
+    import pathlib
+
+    from ebm_vs_score import compose_run
+
+    file = pathlib.Path(__file__).parents[1] / "configs" / "toy_compose.py"
+    spec = importlib.util.spec_from_file_location("toy_compose", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.training.n_iters = 10
+    config.training.log_every = 5
+    config.training.checkpoint_every = 10
+    config.training.sample_every = 10
+    config.training.batch_size = 64
+    config.compose.families = ("score", "energy")
+    config.compose.operators = ("product", "mixture")
+    config.compose.samplers = ("euler_maruyama", "mala")
+    config.compose.num_samples = 64
+    config.compose.sde_steps = config.compose.mcmc_levels = 5
+    config.compose.n_steps_each = 1
+    config.compose.grid_size = 40
+    path = compose_run.run_compose(config, str(tmp_path))
+    report = open(path).read()
+    assert "refused: a mixture needs energies" in report and "refused: MH needs an energy" in report
+    assert (tmp_path / "compose" / "samples.png").stat().st_size > 0
+    rows = json.load(open(tmp_path / "compose" / "results.json"))["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 5  # U product EM; C product EM, MALA; C mixture EM, MALA
+    assert all(math.isfinite(r["mmd"]) and math.isfinite(r["mode_tv"]) for r in ok)
+    # a second call reuses the trained runs
+    compose_run.run_compose(config, str(tmp_path))
+    runs = json.load(open(tmp_path / "compose" / "results.json"))["runs"]
+    assert runs["energy"] == {"8gaussians": "reused", "gmm": "reused"}
