@@ -11,8 +11,8 @@ completed from the top half by each conditional sampler of :mod:`ebm_vs_score.in
 ``--mode=eval`` does) labels each completion; the table gives how often that label is the
 true digit's, against its accuracy on the same real digits and on the half digits alone
 (hidden pixels set to background). Writes ``W/inpaint/REPORT.md``, ``results.json`` and
-``completions.png``. Optional fields: an ``inpaint`` section in the config (see
-:data:`DEFAULTS`).
+``completions.png`` (``W/inpaint/step_N/`` with ``--config.eval.checkpoint=N``). Optional
+fields: an ``inpaint`` section in the config (see :data:`DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -134,6 +134,8 @@ def run_inpaint(config: ml_collections.ConfigDict, workdir: str) -> str:
         rows.append(row)
         shown[method] = x
     out_dir = os.path.join(workdir, "inpaint")
+    if int(config.eval.checkpoint) != -1:  # a chosen step keeps the latest one's report
+        out_dir = os.path.join(out_dir, f"step_{step}")
     results = {"step": step, "family": config.family, "settings": s, "baselines": base,
                "rows": rows}
     evaluate.write_json_atomic(os.path.join(out_dir, "results.json"), results)
