@@ -78,8 +78,8 @@ def _replacement(cov, seed):
 
 def test_replacement_method_is_exact_for_independent_coordinates():
     x, mean, var = _replacement(jnp.diag(jnp.array([1.0, 0.5])), 2)
-    assert abs(float(jnp.mean(x)) - mean) < 0.05
-    assert abs(float(jnp.var(x)) / var - 1) < 0.1
+    assert abs(float(jnp.mean(x)) - mean) < 0.1  # 4.5 standard errors (var 1, N = 2000)
+    assert abs(float(jnp.var(x)) / var - 1) < 0.15
 
 
 def test_replacement_method_is_biased_for_correlated_coordinates():
