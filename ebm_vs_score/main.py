@@ -50,7 +50,8 @@ from ebm_vs_score import workdir as workdir_lib  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "study"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "study",
+                                              "compose", "inpaint"],
                           "What to do with the config.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs that JAX "
@@ -84,6 +85,14 @@ def _run_mode(mode: str, config, workdir: str):
         from ebm_vs_score.evaluate import sample
 
         return sample(config, workdir)
+    if mode == "compose":
+        from ebm_vs_score.compose_run import run_compose
+
+        return run_compose(config, workdir)
+    if mode == "inpaint":
+        from ebm_vs_score.inpaint_run import run_inpaint
+
+        return run_inpaint(config, workdir)
     from ebm_vs_score.study import run_study
 
     return run_study(config, workdir)
