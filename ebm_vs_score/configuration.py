@@ -13,11 +13,11 @@ import jax
 import ml_collections
 from etils import epath
 
+from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
 
-TOY_DATASETS = ("checkerboard", "8gaussians", "spiral", "moons", "gmm")
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "celeb_a",
-                  "svhn_cropped", "lsun/church_outdoor", "lsun/bedroom")
+TOY_DATASETS = data_lib.TOY_DATASETS  # the names live next to what they name
+IMAGE_DATASETS = data_lib.IMAGE_DATASETS
 NETWORKS = ("unet", "resnet_energy", "mlp")
 SDES = ("ve", "vp", "subvp")
 SAMPLERS = ("ald", "ancestral", "euler_maruyama", "pc", "ode", "ode_adaptive",
@@ -60,9 +60,10 @@ def _validate_data(config) -> None:
                  f"data.toy_dim={data.toy_dim}: only the 'gmm' toy exists in more than 2-D")
         return
     _positive(config, ["data.image_size", "data.num_channels"])
-    if data.dataset == "digits":
-        _require((data.image_size, data.num_channels) == (8, 1),
-                 "the digits dataset is 8x8x1: set data.image_size=8 and data.num_channels=1")
+    try:
+        data_lib.validate(data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate_model(config) -> None:

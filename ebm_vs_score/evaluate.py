@@ -324,15 +324,8 @@ def nll_metrics(config, model, params, x: np.ndarray, key) -> Results:
 
 
 def _labelled_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images in [-1, 1] and labels of a whole split (digits or TFDS)."""
-    if data_config.dataset == "digits":
-        return data_lib.load_digits_split(split)
-    ds = data_lib.tfds_image_dataset(data_config.dataset, split, batch_size=1024,
-                                     image_size=data_config.image_size,
-                                     data_dir=data_config.data_dir)
-    batches = list(ds.as_numpy_iterator())
-    return (np.concatenate([b["image"] for b in batches]),
-            np.concatenate([b["label"] for b in batches]))
+    """Images in [-1, 1] and labels (-1: none) of a whole split (digits, patches32, TFDS)."""
+    return data_lib.labelled_split(data_config, split)
 
 
 def offline_classifier(config, workdir: str):
