@@ -381,9 +381,15 @@ def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:
     from ebm_vs_score import metrics
 
     net = metrics.load_inception(config.eval.inception_weights)
-    out_s, out_x = net.apply(samples), net.apply(x)
-    fid = metrics.frechet_distance(*metrics.feature_statistics(out_s.pool3),
-                                   *metrics.feature_statistics(out_x.pool3))
+    out_s = net.apply(samples)
+    if config.eval.get("fid_stats"):  # reference file of --mode=fid_stats (metrics/fid.py)
+        from ebm_vs_score.metrics import fid as fid_lib
+
+        fid = fid_lib.fid(net.params, samples, fid_lib.load_moments(config.eval.fid_stats),
+                          batch_size=int(config.eval.get("fid_batch_size", 200)))
+    else:
+        fid = metrics.frechet_distance(*metrics.feature_statistics(out_s.pool3),
+                                       *metrics.feature_statistics(net.apply(x).pool3))
     score, std = metrics.inception_score(out_s.logits_unbiased, splits=min(10, len(samples)))
     return {"fid": fid, "inception_score": score, "inception_score_std": std}
 

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "study"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "study", "fid_stats"],
                           "What to do with the config.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs that JAX "
@@ -53,6 +53,10 @@ def _run_mode(mode: str, config, workdir: str):
         from ebm_vs_score.evaluate import sample
 
         return sample(config, workdir)
+    if mode == "fid_stats":  # FID reference statistics of the train split (metrics/fid.py)
+        from ebm_vs_score.metrics.fid import write_reference_stats
+
+        return write_reference_stats(config, workdir)
     from ebm_vs_score.study import run_study
 
     return run_study(config, workdir)

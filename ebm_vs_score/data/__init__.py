@@ -81,6 +81,7 @@ __all__ = [
     "INPUT_PIPELINES", "TFDS_IMAGE_DATASETS", "TFDS_SHUFFLE_BUFFER", "TOY_DATASETS",
     "TOY_NAMES", "GaussianMixture", "data_shape", "eight_gaussians", "eval_data",
     "get_dataset", "gmm", "labelled_split", "load_digits_split", "num_levels",
+    "ordered_batches",
     "sample_toy", "tfds_image_dataset", "toy_log_prob", "toy_mixture", "validate",
 ]
 
@@ -244,6 +245,20 @@ def labelled_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     batches = list(ds.as_numpy_iterator())
     return (np.concatenate([b["image"] for b in batches]),
             np.concatenate([b["label"] for b in batches]))
+
+
+def ordered_batches(data_config, split: str, batch_size: int) -> Iterator[np.ndarray]:
+    """One ordered pass over a whole image split in [-1, 1]: stored levels, no
+    dequantization, no flips, the last (smaller) batch kept (FID reference protocol)."""
+    name = data_config.dataset
+    if name in ("digits", PATCHES_NAME):
+        source = digits_source(split) if name == "digits" else patches_source(split)
+        stream = IndexStream(batch_size, 0, f"{split}:ordered")  # not "train": one pass
+        return index_batches(source, stream)
+    ds = tfds_image_dataset(name, split, batch_size=batch_size,
+                            image_size=_field(data_config, "image_size"),
+                            data_dir=_field(data_config, "data_dir"), drop_remainder=False)
+    return (b["image"] for b in ds.as_numpy_iterator())
 
 
 def eval_data(data_config, split: str, n: int | None = None) -> np.ndarray:
