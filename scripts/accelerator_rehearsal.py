@@ -27,7 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the rehearsal run.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps (half before the resume).")
 _TINY = flags.DEFINE_bool("tiny", False, "CPU-sized network, batch, steps and samplers.")
-_MOCK_EXAMPLES = flags.DEFINE_integer("mock_examples", 1024, "Mock images per split.")
+_MOCK_EXAMPLES = flags.DEFINE_integer("mock_examples", None,
+                                      "Mock images per split (default 1024, 32 with --tiny).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,8 +53,9 @@ def rehearsal_config(config, workdir: str, steps: int):
     config.sampling.num_steps = min(config.sampling.num_steps, 50)
     config.eval.num_examples, config.eval.batch_size = 8, 8
     config.eval.asym_levels, config.eval.ais = 2, False
-    config.eval.nll_examples, config.eval.nll_rtol, config.eval.nll_atol = 2, 1e-3, 1e-3
-    config.eval.num_samples, config.eval.classifier_steps = 8, 20
+    with config.unlocked():  # optional eval fields (evaluate.py reads them with defaults)
+        config.eval.nll_examples, config.eval.nll_rtol, config.eval.nll_atol = 2, 1e-3, 1e-3
+        config.eval.num_samples, config.eval.classifier_steps = 8, 20
     config.eval.inception_weights = os.path.join(workdir, "random_inception.npz")
     config.eval.fid_stats = os.path.join(workdir, "fid_stats_mock.npz")
     config.eval.fid_batch_size = 16
@@ -77,7 +79,8 @@ def run(config, workdir: str, steps: int) -> None:
 
     os.makedirs(workdir, exist_ok=True)
     np.savez(config.eval.inception_weights, **fid.random_state_dict(0))
-    with tfds.testing.mock_data(num_examples=_MOCK_EXAMPLES.value):
+    mock = _MOCK_EXAMPLES.value or (32 if _TINY.value else 1024)
+    with tfds.testing.mock_data(num_examples=mock):
         def first_batch():
             x = next(data.get_dataset(config.data, batch_size=config.training.batch_size,
                                       split="train", seed=config.seed))["x"]
