@@ -33,6 +33,7 @@ def _data(scale: str) -> ml_collections.ConfigDict:
     # 'tf_data' streams with tf.data (ebm_vs_score/data/tfds.py).
     data.input_pipeline = "auto"
     data.cache_dir = ml_collections.config_dict.placeholder(str)  # None: DATA_DIR/...
+    data.input_workers = 4  # threads preparing the next batches (indexable datasets)
     return data
 
 

@@ -26,6 +26,7 @@ u ~ U[0, 1) (L = 17 for digits, 256 for patches32 and TFDS: bits/dim as Song et 
   input_pipeline: TFDS only: `auto` (default: an indexable raw-pixel file, built once if
                   missing), `index` (the file must exist) or `tf_data` (the stream).
   cache_dir:      where the raw-pixel files live (default: DATA_DIR/ebm_vs_score_pixels).
+  input_workers:  threads preparing indexable batches ahead (0: in the caller's thread).
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def get_dataset(data_config, *, batch_size: int, split: str, seed: int,
                          random_flip=bool(_field(data_config, "random_flip", False)),
                          dequantize=bool(_field(data_config, "dequantize", False)))
     batches = index_batches(source, stream, start_step=start_step,
-                            process_index=process_index, process_count=process_count)
+                            process_index=process_index, process_count=process_count,
+                            num_workers=int(_field(data_config, "input_workers", 0)))
     return ({"x": x} for x in batches)
 
 
