@@ -29,6 +29,11 @@ def _data(scale: str) -> ml_collections.ConfigDict:
     data.dequantize = False
     data.toy_dim = 2
     data.num_components = 8
+    # TFDS only: 'auto' reads an indexable raw-pixel file (built once), 'index' requires it,
+    # 'tf_data' streams with tf.data (ebm_vs_score/data/tfds.py).
+    data.input_pipeline = "auto"
+    data.cache_dir = ml_collections.config_dict.placeholder(str)  # None: DATA_DIR/...
+    data.input_workers = 4  # threads preparing the next batches (indexable datasets)
     return data
 
 
@@ -90,6 +95,9 @@ def _training(scale: str) -> ml_collections.ConfigDict:
     training.ism_max_dim = 64  # exact ISM costs D jvps: refused above this dimension
     training.ssm_projection = "rademacher"
     training.ssm_num_projections = 1
+    # Micro-batches per step (gradient accumulation inside the compiled step, train.py);
+    # batch_size must be divisible by grad_accum_steps x the number of devices.
+    training.grad_accum_steps = 1
     return training
 
 
@@ -142,6 +150,10 @@ def _eval(scale: str) -> ml_collections.ConfigDict:
     # Local file of the FID Inception weights (ebm_vs_score/metrics/inception.py says where
     # to get them); None: FID/IS with the standard network are skipped.
     ev.inception_weights = ml_collections.config_dict.placeholder(str)
+    # Inception statistics of the reference set (`--mode=fid_stats` writes them: all train
+    # images, uint8 levels, no dequantization); None: FID against the eval test images.
+    ev.fid_stats = ml_collections.config_dict.placeholder(str)
+    ev.fid_batch_size = 200  # Inception batch (global, sharded over the devices)
     return ev
 
 

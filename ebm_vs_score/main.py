@@ -51,7 +51,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "study",
-                                              "compose", "inpaint"],
+                                              "compose", "inpaint", "fid_stats"],
                           "What to do with the config.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs that JAX "
@@ -93,6 +93,10 @@ def _run_mode(mode: str, config, workdir: str):
         from ebm_vs_score.inpaint_run import run_inpaint
 
         return run_inpaint(config, workdir)
+    if mode == "fid_stats":  # FID reference statistics of the train split (metrics/fid.py)
+        from ebm_vs_score.metrics.fid import write_reference_stats
+
+        return write_reference_stats(config, workdir)
     from ebm_vs_score.study import run_study
 
     return run_study(config, workdir)

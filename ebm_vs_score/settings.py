@@ -30,8 +30,7 @@ from ebm_vs_score.drl import DRLChain
 from ebm_vs_score.errors import ConfigError
 
 TOY_DATASETS = data_lib.TOY_NAMES
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "celeb_a",
-                  "svhn_cropped", "lsun/church_outdoor", "lsun/bedroom")
+IMAGE_DATASETS = data_lib.IMAGE_DATASETS
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamw")
 
@@ -302,9 +301,7 @@ def _validate_data(config) -> None:
                  f"data.toy_dim={data.toy_dim}: only the 'gmm' toy exists in more than 2-D")
         return
     _positive(config, ["data.image_size", "data.num_channels"])
-    if data.dataset == "digits":
-        _require((data.image_size, data.num_channels) == (8, 1),
-                 "the digits dataset is 8x8x1: set data.image_size=8 and data.num_channels=1")
+    _as_config_error(data_lib.validate, data)
 
 
 def _validate_image_model(config) -> None:

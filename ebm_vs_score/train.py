@@ -74,12 +74,60 @@ def init_state(model: builders.Model, tx: optax.GradientTransformation, seed: in
                       opt_state=tx.init(params), key=step_key)
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
-               tx: optax.GradientTransformation, ema_decay: float):
-    """One optimizer step; returns the new state and this step's metrics."""
-    key = jax.random.fold_in(state.key, state.step)
+def micro_batches(batch: dict, num: int) -> dict:
+    """Splits a batch (B, ...) into ``num`` strided micro-batches (num, B // num, ...).
+
+    Micro-batch j holds examples j, j + num, j + 2 num, ...: with the batch sharded
+    contiguously over the devices, each device keeps its own rows of every micro-batch
+    (no communication when B / devices is divisible by ``num``).
+    """
+    def split(x):
+        return jnp.swapaxes(x.reshape((x.shape[0] // num, num) + x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def accumulated_grads(loss_fn: Callable, params: Any, batch: dict, key: jax.Array,
+                      num: int) -> tuple[jax.Array, dict, Any]:
+    """(loss, metrics, grads) of ``loss_fn`` averaged over ``num`` micro-batches.
+
+    ``num == 1`` is the plain full-batch gradient with ``key``. Otherwise a ``lax.scan``
+    runs micro-batch j (see :func:`micro_batches`) with key ``fold_in(key, j)`` and the
+    mean of the losses, metrics and gradients is returned: for a per-example-mean loss
+    with equal micro-batches this is the full-batch gradient whenever each example sees
+    the same noise in both paths (e.g. noise carried in the batch); with the losses'
+    own per-batch noise draws it is a gradient of the same expected loss with other
+    noise draws. Only one micro-batch's activations are alive at a time.
+    """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, batch, key)
+    if num == 1:
+        (loss, metrics), grads = grad_fn(params, batch, key)
+        return loss, metrics, grads
+    micro = micro_batches(batch, num)
+
+    def body(total, j):
+        one = jax.tree.map(lambda x: x[j], micro)
+        (loss, metrics), grads = grad_fn(params, one, jax.random.fold_in(key, j))
+        return jax.tree.map(jnp.add, total, (loss, metrics, grads)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(lambda: grad_fn(params, first, key))
+    (loss_s, metrics_s), grads_s = shapes
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, metrics_s, grads_s))
+    total, _ = jax.lax.scan(body, zeros, jnp.arange(num))
+    return jax.tree.map(lambda t: t / num, total)
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
+               tx: optax.GradientTransformation, ema_decay: float, grad_accum_steps: int = 1):
+    """One optimizer step; returns the new state and this step's metrics.
+
+    With ``grad_accum_steps`` = k > 1 the gradient is the mean over k micro-batches of
+    B / k examples (:func:`accumulated_grads`), computed inside this compiled step.
+    """
+    key = jax.random.fold_in(state.key, state.step)
+    loss, metrics, grads = accumulated_grads(loss_fn, state.params, batch, key,
+                                             grad_accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # EMA with the usual warm-up (TF's ExponentialMovingAverage with num_updates), so
@@ -95,11 +143,27 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable,
     return new_state, metrics
 
 
-def compile_train_step(loss_fn, tx, ema_decay: float, mesh: Mesh, state: TrainState):
-    """``jax.jit`` of :func:`train_step` with data sharding, replication and donation."""
+def _check_accum(grad_accum_steps: int, mesh: Mesh, batch_size: int | None) -> None:
+    if grad_accum_steps < 1:
+        raise ValueError(f"training.grad_accum_steps={grad_accum_steps} must be >= 1 (1 = off).")
+    if batch_size is not None and batch_size % (grad_accum_steps * mesh.size):
+        raise ValueError(f"training.batch_size={batch_size} is not divisible by "
+                         f"training.grad_accum_steps={grad_accum_steps} x {mesh.size} devices; "
+                         "use a multiple of their product.")
+
+
+def compile_train_step(loss_fn, tx, ema_decay: float, mesh: Mesh, state: TrainState, *,
+                       grad_accum_steps: int = 1, batch_size: int | None = None):
+    """``jax.jit`` of :func:`train_step` with data sharding, replication and donation.
+
+    ``grad_accum_steps`` micro-batches per step; ``batch_size`` (global), when given, is
+    checked to split into equal micro-batches on every device.
+    """
+    _check_accum(int(grad_accum_steps), mesh, batch_size)
     replicated = NamedSharding(mesh, P())
     state_sharding = jax.tree.map(lambda _: replicated, state)
-    step = functools.partial(train_step, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay)
+    step = functools.partial(train_step, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay,
+                             grad_accum_steps=int(grad_accum_steps))
     return jax.jit(step, in_shardings=(state_sharding, NamedSharding(mesh, P("data"))),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
@@ -111,7 +175,9 @@ def fresh_state_and_step(config: ml_collections.ConfigDict, model: builders.Mode
     tx = make_optimizer(config.optim)
     state = replicate(init_state(model, tx, config.seed), mesh)
     step = compile_train_step(builders.build_loss_fn(config, model), tx,
-                              config.training.ema_decay, mesh, state)
+                              config.training.ema_decay, mesh, state,
+                              grad_accum_steps=config.training.get("grad_accum_steps", 1),
+                              batch_size=config.training.batch_size)
     return state, step
 
 
@@ -368,7 +434,9 @@ def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
     state = restore_or_init(ckpt, model, tx, config, mesh)
     logging.info("model has %d parameters", num_params(state.params))
     loss_fn = builders.build_loss_fn(config, model)
-    step_fn = compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state)
+    step_fn = compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state,
+                                 grad_accum_steps=config.training.get("grad_accum_steps", 1),
+                                 batch_size=config.training.batch_size)
     from clu import metric_writers  # imports TensorFlow: only the train loop needs it
 
     writer = metric_writers.create_default_writer(

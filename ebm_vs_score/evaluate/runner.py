@@ -22,6 +22,7 @@ from ebm_vs_score import data as data_lib
 from ebm_vs_score.errors import CheckpointError, DataError
 from ebm_vs_score.evaluate import fields, files, likelihoods
 from ebm_vs_score.evaluate import samples as samples_lib
+from ebm_vs_score.metrics import fid as fid_lib
 from ebm_vs_score.metrics import inception
 
 Results = dict[str, Any]
@@ -138,15 +139,8 @@ def draw_samples(config, model, params, key, num: int | None = None
 
 
 def _labelled_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images in [-1, 1] and labels of a whole split (digits or TFDS)."""
-    if data_config.dataset == "digits":
-        return data_lib.load_digits_split(split)
-    ds = data_lib.tfds_image_dataset(data_config.dataset, split, batch_size=1024,
-                                     image_size=data_config.image_size,
-                                     data_dir=data_config.data_dir)
-    batches = list(ds.as_numpy_iterator())
-    return (np.concatenate([b["image"] for b in batches]),
-            np.concatenate([b["label"] for b in batches]))
+    """Images in [-1, 1] and labels (-1: none) of a whole split (digits, patches32, TFDS)."""
+    return data_lib.labelled_split(data_config, split)
 
 
 def offline_classifier(config, workdir: str):
@@ -182,7 +176,11 @@ def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:
                      "(eval.inception_weights is not set)")
         return {}
     net = metrics.load_inception(config.eval.inception_weights)
-    return samples_lib.inception_metrics(net, samples, x)
+    reference = None
+    if config.eval.get("fid_stats"):  # the file of --mode=fid_stats (metrics/fid.py)
+        reference = fid_lib.load_moments(config.eval.fid_stats)
+    batch = int(config.eval.get("fid_batch_size", 200))
+    return samples_lib.inception_metrics(net, samples, x, reference=reference, batch_size=batch)
 
 
 def sample_quality(config, workdir: str, samples: np.ndarray, x: np.ndarray, key) -> Results:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from ebm_vs_score import metrics
+from ebm_vs_score.metrics import fid as fid_lib
 
 Results = dict[str, Any]
 
@@ -59,10 +60,18 @@ def classifier_metrics(clf, samples: np.ndarray, x: np.ndarray) -> Results:
             "recall": pr.recall, "classifier_accuracy": clf.accuracy}
 
 
-def inception_metrics(net, samples: np.ndarray, x: np.ndarray) -> Results:
-    """FID and IS with the standard Inception network ``net`` (``metrics.load_inception``)."""
-    out_s, out_x = net.apply(samples), net.apply(x)
-    fid = metrics.frechet_distance(*metrics.feature_statistics(out_s.pool3),
-                                   *metrics.feature_statistics(out_x.pool3))
+def inception_metrics(net, samples: np.ndarray, x: np.ndarray, *, reference=None,
+                      batch_size: int = 200) -> Results:
+    """FID and IS with the standard Inception network ``net`` (``metrics.load_inception``).
+
+    ``reference``: the train split's moments from ``--mode=fid_stats`` (``metrics.fid``),
+    the standard FID protocol; None compares with the held-out ``x`` instead.
+    """
+    out_s = net.apply(samples)
+    if reference is not None:
+        fid = fid_lib.fid(net.params, samples, reference, batch_size=batch_size)
+    else:
+        fid = metrics.frechet_distance(*metrics.feature_statistics(out_s.pool3),
+                                       *metrics.feature_statistics(net.apply(x).pool3))
     score, std = metrics.inception_score(out_s.logits_unbiased, splits=min(10, len(samples)))
     return {"fid": fid, "inception_score": score, "inception_score_std": std}

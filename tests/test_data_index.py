@@ -1,0 +1,141 @@
+"""Input that resumes by index: the batch of step i is read directly, nothing re-read.
+
+Statement: for an indexable source the stream is a pure function of (seed, step), so a run
+resumed at step s yields exactly the batches s, s+1, ... of the uninterrupted run, and
+reads only their B records each (the tf.data stream instead replays up to one epoch).
+Processes read disjoint rows that concatenate to the one-process batch.
+"""
+
+import numpy as np
+import pytest
+
+from ebm_vs_score import data
+from ebm_vs_score.data import source as source_lib
+from ebm_vs_score.data import tfds as tfds_lib
+
+SHAPE = (32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def pixel_file(tmp_path_factory):
+    """A CIFAR-shaped array_record pixel file of 50 random images."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50,) + SHAPE, dtype=np.uint8)
+    path = str(tmp_path_factory.mktemp("pixels") / "mock.array_record")
+    count = source_lib.write_array_record(path, iter([images[:30], images[30:]]), shape=SHAPE,
+                                          num_levels=256)
+    assert count == 50
+    return path, images
+
+
+def test_pixel_file_reads_images_by_index(pixel_file):
+    path, images = pixel_file
+    src = source_lib.ArrayRecordSource(path)
+    assert len(src) == 50 and src.shape == SHAPE
+    idx = np.array([7, 0, 49, 7])
+    np.testing.assert_array_equal(src.read(idx), images[idx])
+    assert src.reads == 4
+
+
+def test_resumed_run_reads_the_same_batches_without_rereading(pixel_file):
+    path, _ = pixel_file
+    stream = source_lib.IndexStream(batch_size=8, seed=3, split="train", random_flip=True,
+                                    dequantize=True)
+    full_src = source_lib.ArrayRecordSource(path)
+    full = [next(b) for b in [source_lib.index_batches(full_src, stream)] for _ in range(15)]
+    assert full_src.reads == 15 * 8  # 2.4 epochs: crosses epoch boundaries
+    resumed_src = source_lib.ArrayRecordSource(path)
+    it = source_lib.index_batches(resumed_src, stream, start_step=12)
+    resumed = [next(it) for _ in range(3)]
+    assert resumed_src.reads == 3 * 8  # only the batches it yields
+    for a, b in zip(full[12:], resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    parts = []
+    for p in range(2):
+        src = source_lib.ArrayRecordSource(path)
+        parts.append(source_lib.batch_at(src, stream, 13, process_index=p, process_count=2))
+        assert src.reads == 4  # each process reads only its own rows
+    np.testing.assert_array_equal(np.concatenate(parts), full[13])
+    first_epoch = np.concatenate([source_lib.epoch_indices(s, 8, 50, 3) for s in range(7)])
+    assert sorted(first_epoch[:50]) == list(range(50))
+
+
+def test_get_dataset_builds_the_pixel_file_once_then_reads_by_index(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    reads = []
+    original = source_lib.ArrayRecordSource.read
+    monkeypatch.setattr(source_lib.ArrayRecordSource, "read",
+                        lambda self, idx: reads.append(len(idx)) or original(self, idx))
+    config = _cifar_config(tmp_path)
+    kwargs = dict(batch_size=4, split="train", seed=0)
+    with tfds.testing.mock_data(num_examples=12):
+        full = _take(data.get_dataset(config, **kwargs), 6)
+        path = tfds_lib.pixel_cache_path("cifar10", "train", SHAPE, config.cache_dir, None)
+        mtime = _mtime(path)
+        reads.clear()
+        resumed = _take(data.get_dataset(config, start_step=4, **kwargs), 2)
+    assert reads == [4, 4] and _mtime(path) == mtime  # not rebuilt, nothing re-read
+    for a, b in zip(full[4:], resumed, strict=True):
+        np.testing.assert_array_equal(a["x"], b["x"])
+    assert full[0]["x"].shape == (4,) + SHAPE and full[0]["x"].dtype == np.float32
+    assert -1 <= full[0]["x"].min() and full[0]["x"].max() <= 1
+
+
+def test_index_pipeline_without_a_file_says_how_to_build_it(tmp_path):
+    config = _cifar_config(tmp_path)
+    config.input_pipeline = "index"
+    with pytest.raises(FileNotFoundError, match="input_pipeline='auto'"):
+        data.get_dataset(config, batch_size=4, split="train", seed=0)
+
+
+def test_patches32_is_fixed_scaled_and_split_by_photograph():
+    from ebm_vs_score.data import patches
+
+    assert set(patches.PATCH_PHOTOS["train"]).isdisjoint(patches.PATCH_PHOTOS["test"])
+    train, test = patches.patch_levels("train"), patches.patch_levels("test")
+    assert train.shape == (50_000, 32, 32, 3) and test.shape == (10_000, 32, 32, 3)
+    assert train.dtype == np.uint8 and train.max() > 250 and train.min() < 5
+    photos = [patches.load_photo(n) for n in patches.PATCH_PHOTOS["test"]]
+    np.testing.assert_array_equal(patches.make_patches(photos, 100, 7),
+                                  patches.make_patches(photos, 100, 7))
+    config = _patches_config()
+    x = next(data.get_dataset(config, batch_size=16, split="train", seed=0))["x"]
+    assert x.shape == (16, 32, 32, 3) and x.min() >= -1 and x.max() < 1
+    np.testing.assert_allclose(data.eval_data(config, "test", n=5), test[:5] / 255 * 2 - 1,
+                               atol=1e-6)
+
+
+def test_patch_sets_share_no_pixels_between_splits():
+    """No test patch equals any train patch (different photographs)."""
+    from ebm_vs_score.data import patches
+
+    train = patches.patch_levels("train").reshape(50_000, -1)
+    test = patches.patch_levels("test")[:2000].reshape(2000, -1)
+    keys = {row.tobytes() for row in train}
+    assert not any(row.tobytes() in keys for row in test)
+
+
+def _patches_config():
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(dataset="patches32", image_size=32, num_channels=3,
+                                          random_flip=True, dequantize=True))
+
+
+def _cifar_config(tmp_path):
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        dataset="cifar10", image_size=32, num_channels=3, data_dir=None, random_flip=True,
+        dequantize=True, input_pipeline="auto", cache_dir=str(tmp_path / "pixels")))
+
+
+def _take(iterator, k):
+    return [next(iterator) for _ in range(k)]
+
+
+def _mtime(path):
+    import os
+
+    return os.stat(path).st_mtime_ns
