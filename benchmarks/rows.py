@@ -70,12 +70,8 @@ def train_row(spec: RowSpec, opts: Options) -> tuple[dict, Any]:
 
     Returns the row and, if ``opts.keep_runners``, ``(compiled, run)`` for profiling.
     """
-    config = make_config(spec.scale, spec.family, spec.batch, spec.dtype)
-    model = builders.build_model(config)
-    mesh = train.make_mesh()
-    state, step = train.fresh_state_and_step(config, model, mesh)
+    config, state, step, batch = _train_inputs(spec)
     size = int(config.training.batch_size)
-    batch = train.global_batch({"x": _normal((size,) + model.example_shape)}, mesh)
     compiled, compile_s = timing.compile_timed(step, state, batch)
     cell = [state]
 
@@ -91,6 +87,30 @@ def train_row(spec: RowSpec, opts: Options) -> tuple[dict, Any]:
                objective=config.training.objective, qc_weight=config.training.qc_weight,
                qc_probes=config.training.qc_probes, network=config.model.name)
     return row, ((compiled, run) if opts.keep_runners else None)
+
+
+def _train_inputs(spec: RowSpec):
+    """``(config, state, step, batch)``: a fresh replicated state, the jitted train step of
+    the row's config, and a sharded N(0, I) batch."""
+    config = make_config(spec.scale, spec.family, spec.batch, spec.dtype)
+    model = builders.build_model(config)
+    mesh = train.make_mesh()
+    state, step = train.fresh_state_and_step(config, model, mesh)
+    size = int(config.training.batch_size)
+    batch = train.global_batch({"x": _normal((size,) + model.example_shape)}, mesh)
+    return config, state, step, batch
+
+
+def train_step_runner(spec: RowSpec) -> tuple[Callable[[], None], Any]:
+    """``(one_step, config)``: ``one_step()`` runs one real train step and blocks on it."""
+    config, state, step, batch = _train_inputs(spec)
+    cell = [state]
+
+    def one_step() -> None:
+        cell[0], _ = step(cell[0], batch)
+        jax.block_until_ready(cell[0])
+
+    return one_step, config
 
 
 def model_and_params(spec: RowSpec):

@@ -1,0 +1,162 @@
+"""Our CIFAR U train step against score_sde_pytorch's, on this CPU, in interleaved pairs.
+
+    python -m benchmarks.peer_pytorch --peer_dir=/path/to/score_sde_pytorch [--pairs=3]
+        [--batch=8] [--steps=5] [--threads=0] [--out=FILE.json]
+
+The peer is Song et al.'s own PyTorch code (github.com/yang-song/score_sde_pytorch), the
+tool users would pick instead: its DDPM CIFAR-10 model and loss (``configs/vp/ddpm/
+cifar10.py``: 35.7M parameters, ``get_ddpm_loss_fn``, Adam, EMA) against our
+``configs/cifar_score.py`` step (the same DDPM U-Net, DSM, Adam, EMA) at the same batch.
+Each side runs in its own fresh process (no thread pools shared between frameworks),
+builds and warms up, then times ``--steps`` steps; sides alternate ``--pairs`` times so
+that a change in machine load hits both. Threads: ``--threads=0`` lets each framework use
+every core as it does by default (ours: one XLA:CPU device per core, ``hostcpu.py``;
+torch: ``torch.get_num_threads()``). Without torch or without ``--peer_dir`` the command
+prints why it is skipped and exits 0, so it never breaks a run of the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.peer_pytorch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peer_dir", default=os.environ.get("SCORE_SDE_PYTORCH"),
+                   help="a checkout of score_sde_pytorch (or $SCORE_SDE_PYTORCH)")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per side per pair")
+    p.add_argument("--threads", type=int, default=0, help="0: each framework's default")
+    p.add_argument("--out", help="write the JSON result here")
+    p.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _time_steps(step, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step()`` (which blocks), after one warm-up."""
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def ours(batch: int, steps: int, threads: int) -> dict:
+    """Our real train step (``train.compile_train_step``) on the cifar_score config."""
+    import jax
+
+    from ebm_vs_score import hostcpu
+
+    hostcpu.use_cpu_cores(batch, threads or None)
+    from benchmarks import rows
+    from benchmarks.suites import RowSpec
+
+    spec = RowSpec(name="peer/ours", kind="train", scale="cifar", family="U", batch=batch)
+    step, _ = rows.train_step_runner(spec)
+    return {"times_s": _time_steps(step, steps), "devices": jax.device_count()}
+
+
+def theirs(peer_dir: str, batch: int, steps: int, threads: int) -> dict:
+    """score_sde_pytorch's DDPM CIFAR-10 step (their ``losses.get_step_fn``)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    sys.path.insert(0, peer_dir)
+    import losses
+    import sde_lib
+    from configs.vp.ddpm import cifar10
+    from models import ddpm  # noqa: F401  (registers the 'ddpm' model)
+    from models import utils as mutils
+    from models.ema import ExponentialMovingAverage
+
+    config = cifar10.get_config()
+    config.device = torch.device("cpu")
+    model = mutils.create_model(config)
+    sde = sde_lib.VPSDE(config.model.beta_min, config.model.beta_max, config.model.num_scales)
+    state = {"model": model, "step": 0,
+             "optimizer": losses.get_optimizer(config, model.parameters()),
+             "ema": ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)}
+    step_fn = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
+                                 reduce_mean=True, continuous=False)
+    x = torch.randn(batch, 3, 32, 32)
+    params = sum(p.numel() for p in model.parameters())
+    times = _time_steps(lambda: step_fn(state, x).item(), steps)
+    return {"times_s": times, "threads": torch.get_num_threads(), "num_params": params}
+
+
+def _run_side(side: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.peer_pytorch", f"--side={side}",
+           f"--batch={args.batch}", f"--steps={args.steps}", f"--threads={args.threads}"]
+    if args.peer_dir:
+        cmd.append(f"--peer_dir={args.peer_dir}")
+    start_cpu = os.times()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    end_cpu = os.times()
+    if out.returncode != 0:
+        raise RuntimeError(f"{side} side failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["child_cpu_s"] = (end_cpu.children_user - start_cpu.children_user
+                             + end_cpu.children_system - start_cpu.children_system)
+    return result
+
+
+def skip_reason(args: argparse.Namespace) -> str | None:
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed (pip install torch)"
+    if not args.peer_dir:
+        return "no --peer_dir (a checkout of github.com/yang-song/score_sde_pytorch)"
+    if not os.path.isfile(os.path.join(args.peer_dir, "losses.py")):
+        return f"--peer_dir={args.peer_dir} is not a score_sde_pytorch checkout (no losses.py)"
+    return None
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """Interleaved pairs; the ratio is median(ours) / median(theirs) per pair."""
+    pairs = []
+    for i in range(args.pairs):
+        a, b = _run_side("ours", args), _run_side("theirs", args)
+        ms_a, ms_b = (1e3 * statistics.median(r["times_s"]) for r in (a, b))
+        pairs.append({"ours": a, "theirs": b, "ours_ms": ms_a, "theirs_ms": ms_b})
+        print(f"pair {i}: ours {ms_a:.0f} ms/step ({a['devices']} XLA:CPU devices), "
+              f"theirs {ms_b:.0f} ms/step ({b['threads']} torch threads), "
+              f"ours/theirs {ms_a / ms_b:.2f}", flush=True)
+    ratio = statistics.median(p["ours_ms"] / p["theirs_ms"] for p in pairs)
+    print(f"median of pairs: ours/theirs = {ratio:.2f} (batch {args.batch})")
+    return {"pairs": pairs, "ratio_median": ratio, "batch": args.batch}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.side:
+        fn = (lambda: ours(args.batch, args.steps, args.threads)) if args.side == "ours" else (
+            lambda: theirs(args.peer_dir, args.batch, args.steps, args.threads))
+        print(json.dumps(fn()))
+        return 0
+    reason = skip_reason(args)
+    if reason:
+        print(f"peer comparison skipped: {reason}")
+        return 0
+    result = compare(args)
+    if args.out:
+        from benchmarks import timing
+
+        result["machine"] = timing.machine_info(argv, module="benchmarks.peer_pytorch")
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
