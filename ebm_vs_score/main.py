@@ -44,7 +44,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ebm_vs_score import checkpoints, errors  # noqa: E402
+from ebm_vs_score import checkpoints, errors, hostcpu  # noqa: E402
 from ebm_vs_score import workdir as workdir_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -109,6 +109,19 @@ def _initialize_distributed() -> None:
                                    process_id=_PROCESS_ID.value)
     elif _DISTRIBUTED.value:
         jax.distributed.initialize()
+
+
+def _use_every_cpu_core(config) -> None:
+    """One XLA:CPU device per core in single-process runs (``hostcpu``), before JAX starts:
+    the micro-batch of each optimizer step must split evenly over the devices."""
+    if _COORDINATOR.value or _DISTRIBUTED.value:
+        return
+    batch = int(config.training.batch_size)
+    accum = int(config.training.get("grad_accum_steps", 1) or 1)
+    devices = hostcpu.use_cpu_cores(batch // accum if batch % accum == 0 else batch)
+    if devices > 1:
+        logging.info("CPU: %d XLA:CPU devices, one per core (JAX_NUM_CPU_DEVICES=1 for one)",
+                     devices)
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -202,12 +215,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet_library_logs()
+    config, workdir, mode = _load_config(), _WORKDIR.value, _MODE.value
+    _use_every_cpu_core(config)
     _hide_gpus_from_tensorflow()
     _initialize_distributed()
     if jax.process_count() > 1:
         logging.info("JAX process %d/%d, devices: %s", jax.process_index(),
                      jax.process_count(), jax.devices())
-    config, workdir, mode = _load_config(), _WORKDIR.value, _MODE.value
     try:
         result = _run_mode(mode, config, workdir)
     except errors.UserError as e:
