@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import profile, report, rows, suites, timing
+from ebm_vs_score import hostcpu
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,6 +85,7 @@ def run_rows(specs: list[suites.RowSpec], opts: rows.Options,
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    cpu_devices = hostcpu.use_cpu_cores()  # as main does: one XLA:CPU device per core
     suite = suites.SUITES[args.suite]
     specs = suites.select(suites.plan(suite), args.only)
     if args.list:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         keep_runners=bool(args.profile))
     result: dict[str, Any] = {"schema_version": 1, "machine": timing.machine_info(argv),
                               "suite": suite.name, "options": dataclasses.asdict(opts),
-                              "only": args.only, "peak": {}}
+                              "only": args.only, "peak": {}, "cpu_devices": cpu_devices}
     for n, dtype in suite.matmul:
         n = args.matmul_size or n
         result["peak"][dtype] = timing.matmul_peak(n, dtype, repeats=opts.repeats,

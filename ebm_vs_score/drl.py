@@ -329,12 +329,11 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
       ``info['log_prob']`` (S, B) of the target at each snapshot, ``info['acceptance']``
       and ``info['accept_prob']`` (B,) over the chain, ``info['nfe']``.
     """
-    cfg = chain
     steps, slots = _snapshot_slots(num_steps, snapshot_steps)
     t = jnp.full((x0.shape[0],), level, jnp.int32)
     potential = (conditional_potential(energy_fn, schedule, x0, t) if conditional
                  else mcmc.energy_potential(lambda y: energy_fn(y, t)))
-    step_sq = schedule.step_size_sq(t, cfg.step_size, cfg.step_schedule)
+    step_sq = schedule.step_size_sq(t, chain.step_size, chain.step_schedule)
     init = mcmc.init_state(potential, x0)
     buf = jnp.zeros((steps.size,) + x0.shape, x0.dtype).at[0].set(x0)
     lp_buf = jnp.zeros((steps.size, x0.shape[0])).at[0].set(-init.potential)
@@ -342,7 +341,7 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
     def step(carry, i):
         state, buf, lp_buf = carry
         state, prob, accepted = mcmc.mala_step(jax.random.fold_in(key, i), state, potential,
-                                               0.5 * step_sq, metropolis=cfg.metropolis)
+                                               0.5 * step_sq, metropolis=chain.metropolis)
         slot = jnp.asarray(slots)[i]
         at = jnp.maximum(slot, 0)
         buf = buf.at[at].set(jnp.where(slot >= 0, state.x, buf[at]))
@@ -351,10 +350,9 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
 
     (_, buf, lp_buf), (prob, accepted) = jax.lax.scan(step, (init, buf, lp_buf),
                                                       jnp.arange(1, num_steps + 1))
-    info = {"steps": jnp.asarray(steps), "log_prob": lp_buf, "nfe": num_steps + 1,
-            "acceptance": jnp.mean(accepted.astype(jnp.float32), axis=0),
-            "accept_prob": jnp.mean(prob, axis=0)}
-    return buf, info
+    return buf, {"steps": jnp.asarray(steps), "log_prob": lp_buf, "nfe": num_steps + 1,
+                 "acceptance": jnp.mean(accepted.astype(jnp.float32), axis=0),
+                 "accept_prob": jnp.mean(prob, axis=0)}
 
 
 # ----------------------------------------------------------------------------------------

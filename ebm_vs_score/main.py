@@ -118,10 +118,7 @@ def _use_every_cpu_core(config) -> None:
         return
     batch = int(config.training.batch_size)
     accum = int(config.training.get("grad_accum_steps", 1) or 1)
-    devices = hostcpu.use_cpu_cores(batch // accum if batch % accum == 0 else batch)
-    if devices > 1:
-        logging.info("CPU: %d XLA:CPU devices, one per core (JAX_NUM_CPU_DEVICES=1 for one)",
-                     devices)
+    hostcpu.use_cpu_cores(batch // accum if batch % accum == 0 else batch)
 
 
 def _hide_gpus_from_tensorflow() -> None:

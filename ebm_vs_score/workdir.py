@@ -36,6 +36,10 @@ RESUME_SAFE_FIELDS = MUTABLE_FIELDS + (
     "training.grad_accum_steps", "model.remat",  # memory only: same math
     "optim.lr", "optim.warmup",  # the advice after a divergence (same optimizer state)
     "data.data_dir",  # where the same data lives
+    "data.cache_dir", "data.input_workers",  # where and how fast it is read
+    # how it is read: a TFDS run started before the indexable reader existed continues with
+    # another batch order unless resumed with --config.data.input_pipeline=tf_data
+    "data.input_pipeline",
 )
 
 
@@ -58,9 +62,22 @@ def _as_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+# Fields added after workdirs of earlier versions were written, with the value that does
+# what those runs did: a saved config without the field compares as this value. (The
+# C-ResNet energy had no base term before ``model.energy_base``: resuming such a run needs
+# ``--config.model.energy_base=none``, and the refusal says so.)
+FIELDS_ADDED_LATER = {
+    "model.energy_base": "none", "model.remat": False,
+    "training.qc_fraction": 1.0, "training.qc_every": 1, "training.ism_max_dim": 64,
+    "training.grad_accum_steps": 1,
+    "data.input_pipeline": "auto", "data.cache_dir": None, "data.input_workers": 4,
+}
+
+
 def changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, list]:
     """Every field where ``config`` differs from ``saved``: ``{path: [before, now]}``."""
-    now, before = _flatten(_as_dict(config)), _flatten(saved)
+    now, before = _flatten(_as_dict(config)), {**FIELDS_ADDED_LATER, **_flatten(saved)}
+    before = {p: v for p, v in before.items() if p in now or p not in FIELDS_ADDED_LATER}
     return {p: [before.get(p), now.get(p)] for p in sorted(set(now) | set(before))
             if before.get(p) != now.get(p)}
 

@@ -94,8 +94,9 @@ def test_accumulated_gradient_is_mean_of_strided_micro_batch_gradients():
     halves = [jax.tree.map(lambda x, j=j: x[j::2], batch) for j in range(2)]
     parts = [jax.grad(lambda p, b=b: loss_fn(p, b, key)[0])(params) for b in halves]
     expected = jax.tree.map(lambda a, b: (a + b) / 2, *parts)
+    # float32 sums in another order: the error scales with each tensor's largest entry
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.max(np.abs(b))))
     np.testing.assert_allclose(loss, np.mean([loss_fn(params, b, key)[0] for b in halves]),
                                rtol=1e-6)
 

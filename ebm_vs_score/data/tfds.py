@@ -128,6 +128,24 @@ def _read_split(tf, tfds, builder, name, split, process_index, process_count):
     return ds, size
 
 
+def _epoch_stream(tf, base, size: int, first: int, stream_seed: int, *, shuffle: bool,
+                  repeat: bool, shuffle_buffer: int):
+    """Enumerated examples from position ``first`` on: epoch e shuffled with a seed of
+    (stream_seed, e), the leading ``first`` examples skipped (at most one epoch read)."""
+    start_epoch, skip = divmod(first, size)
+
+    def one_epoch(epoch):
+        if not shuffle:
+            return base
+        epoch_seed = tf.constant(stream_seed, tf.int64) * 2**31 + epoch
+        return base.shuffle(min(shuffle_buffer, size), seed=epoch_seed,
+                            reshuffle_each_iteration=False)
+
+    epochs = (tf.data.Dataset.counter(start_epoch) if repeat
+              else tf.data.Dataset.range(start_epoch, 1))
+    return epochs.flat_map(one_epoch).skip(skip).enumerate(start=first)
+
+
 def tfds_image_dataset(name: str, split: str, *, batch_size: int,
                        image_size: int | None = None, data_dir: str | None = None,
                        shuffle: bool = False, repeat: bool = False, random_flip: bool = False,
@@ -173,18 +191,8 @@ def tfds_image_dataset(name: str, split: str, *, batch_size: int,
     base, size = _read_split(tf, tfds, builder, name, split, process_index, process_count)
     stream_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0] >> 1)
     first = start_step * batch_size
-    start_epoch, skip = divmod(first, size)
-
-    def one_epoch(epoch):
-        if not shuffle:
-            return base
-        epoch_seed = tf.constant(stream_seed, tf.int64) * 2**31 + epoch
-        return base.shuffle(min(shuffle_buffer, size), seed=epoch_seed,
-                            reshuffle_each_iteration=False)
-
-    epochs = (tf.data.Dataset.counter(start_epoch) if repeat
-              else tf.data.Dataset.range(start_epoch, 1))
-    ds = epochs.flat_map(one_epoch).skip(skip).enumerate(start=first)
+    ds = _epoch_stream(tf, base, size, first, stream_seed, shuffle=shuffle, repeat=repeat,
+                       shuffle_buffer=shuffle_buffer)
     preprocess = _make_preprocess(tf, builder.info.features["image"], name=name,
                                   image_size=image_size, random_flip=random_flip,
                                   dequantize=dequantize, seed=stream_seed)
