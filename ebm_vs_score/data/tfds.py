@@ -156,15 +156,11 @@ def tfds_image_dataset(name: str, split: str, *, batch_size: int,
     """A tf.data pipeline of {'image': float32 (b, H, W, C) in [-1, 1], 'label': int32 (b,)}.
 
     Process `process_index` of `process_count` reads its own disjoint part of `split`
-    (`tfds.split_for_jax_process`, parts of near-equal size that together cover the split).
-    Epoch e of that part is shuffled with a buffer of `shuffle_buffer` and a seed derived
-    from (seed, process_index, e); flips and dequantization noise are stateless functions of
-    (seed, process_index, position in the stream). Hence the stream is a deterministic
-    function of the arguments (and the TFDS/TF versions), and `start_step` resumes it
-    exactly: it starts at epoch start_step*batch_size // epoch_size and skips that many
-    leading examples of it (at most one epoch is read, still encoded, to resume). The
-    shuffle buffer holds encoded images and covers all of cifar10 / mnist by default; for
-    larger datasets the file order is only shuffled within the buffer.
+    (`tfds.split_for_jax_process`). Epoch e of it is shuffled with a seed of (seed,
+    process_index, e); flips and dequantization noise are stateless functions of (seed,
+    process_index, position). So the stream is a deterministic function of the arguments,
+    and `start_step` resumes it exactly, reading at most one (encoded) epoch to get there.
+    The shuffle buffer (encoded images) covers all of cifar10 / mnist by default.
 
     Args:
       name: TFDS name of a dataset with an 'image' feature (label -1 if it has no 'label').
