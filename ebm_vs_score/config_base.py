@@ -91,7 +91,7 @@ def _training(scale: str) -> ml_collections.ConfigDict:
     # Amortized L_QC (same expectation): on this share of each batch, and on one step in
     # qc_every on average, weighted x qc_every there (losses.amortized_qc).
     training.qc_fraction = 1.0
-    training.qc_every = 1
+    training.qc_every = 4
     training.ism_max_dim = 64  # exact ISM costs D jvps: refused above this dimension
     training.ssm_projection = "rademacher"
     training.ssm_num_projections = 1
