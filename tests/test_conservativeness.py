@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _weights import random_params
 
 from ebm_vs_score import conservativeness as cons
 from ebm_vs_score import estimators
@@ -102,25 +103,11 @@ def _energy_models(shape):
         ("conservative", MLP(hidden=(16, 16), out="vector", embedding_dim=8)),
         ("resnet_energy", MLP(hidden=(16, 16), out="scalar", embedding_dim=8)),
     ]:
-        params = _random_params(net, jnp.zeros((1,) + shape))
+        params = random_params(net, jnp.zeros((1,) + shape))
         out.append((name, param_lib.get_model_fns(name, net, sde, 1.0), params))
     return out
 
 
-def _random_params(net, x, seed=0, scale=1.0):
-    """Random weights of the right shapes, without compiling the initializer.
-
-    ``jax.eval_shape`` gives the parameter shapes; kernels get N(0, scale^2 / fan_in),
-    1-D parameters N(0, (0.1 scale)^2) (the vector nets' last layer is zero at init).
-    """
-    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), x, jnp.zeros(x.shape[0])))
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        fan_in = np.prod(leaf.shape[:-1]) if leaf.ndim > 1 else 100.0
-        return jnp.asarray(rng.normal(size=leaf.shape) * scale / np.sqrt(fan_in), jnp.float32)
-
-    return jax.tree.map(draw, shapes["params"])
 
 
 @pytest.mark.parametrize("shape", [(3,)])
@@ -144,7 +131,7 @@ def test_unconstrained_model_asym_is_half_the_skew_norm_of_its_jacobian():
     sde = sde_lib.VPSDE()
     net = MLP(hidden=(16, 16), embedding_dim=8)
     x = jax.random.normal(jax.random.key(2), (4, 3))
-    params = _random_params(net, x)
+    params = random_params(net, x)
     fns = param_lib.get_model_fns("unconstrained", net, sde, 1.0)
     t = jnp.full((4,), 0.5)
     asym, nasym = jax.jit(lambda y: cons.asymmetry(lambda z: fns.score(params, z, t), y))(x)
@@ -176,7 +163,7 @@ def test_hutchinson_on_image_batch():
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
     t = jnp.array([0.2, 0.5, 0.8])
     net = MLP(hidden=(16,), embedding_dim=8)
-    params = _random_params(net, x, seed=1)
+    params = random_params(net, x, seed=1)
     u, c = (param_lib.get_model_fns(n, net, sde, 1.0) for n in ("unconstrained", "conservative"))
 
     @jax.jit
@@ -246,7 +233,7 @@ def test_conv_energy_models_have_zero_asym(name):
     t = jnp.array([0.3, 0.7])
     kw = dict(ch=4, ch_mult=(1,), num_res_blocks=1, dropout=0.0, num_groups=2)
     net = UNet(attn_resolutions=(), **kw) if name == "conservative" else ResNetEnergy(**kw)
-    params = _random_params(net, x, seed=1)
+    params = random_params(net, x, seed=1)
     fns = param_lib.get_model_fns(name, net, sde, 1.0)
     asym, _, tr_jjt = _exact_with_norm(lambda y: fns.score(params, y, t), x)
     assert np.all(tr_jjt > 0)

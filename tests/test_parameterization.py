@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _weights import random_params
 
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
@@ -16,20 +17,6 @@ SDE = sde_lib.VPSDE()
 SIGMA_DATA = 0.5
 
 
-def _random_params(net, x, seed=0, scale=1.0):
-    """Random weights of the right shapes (``jax.eval_shape``: nothing is compiled).
-
-    Kernels get N(0, scale^2 / fan_in), 1-D parameters N(0, 0.01 scale^2): every output
-    layer is non-zero, unlike the zero-initialized last layers of the vector networks.
-    """
-    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), x, jnp.zeros(x.shape[0])))
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        fan_in = np.prod(leaf.shape[:-1]) if leaf.ndim > 1 else 100.0
-        return jnp.asarray(rng.normal(size=leaf.shape) * scale / np.sqrt(fan_in), jnp.float32)
-
-    return jax.tree.map(draw, shapes["params"])
 
 
 _IMG = jax.random.normal(jax.random.key(0), (3, 4, 4, 1))
@@ -42,7 +29,7 @@ _UNET_C_SCORE = jax.jit(param_lib.get_model_fns("conservative", _UNET, SDE, SIGM
 
 def test_c_minus_u_is_the_jacobian_term_for_a_unet():
     """s_C - s_U = J_f^T (x - f) / sigma^2 (Salimans & Ho 2021, eq. 6) with f = x - sigma F."""
-    params = _random_params(_UNET, _IMG)
+    params = random_params(_UNET, _IMG)
     f_fn = param_lib.denoiser(_UNET, SDE, SIGMA_DATA)
     u = param_lib.get_model_fns("unconstrained", _UNET, SDE, SIGMA_DATA)
 
@@ -62,7 +49,7 @@ def test_unconstrained_score_is_minus_noise_prediction_over_sigma():
     net = MLP(hidden=(16,), embedding_dim=8)
     x = jax.random.normal(jax.random.key(1), (4, 3))
     t = jnp.linspace(0.1, 0.9, 4)
-    params = _random_params(net, x)
+    params = random_params(net, x)
     eps_fn = param_lib.noise_prediction(net, SDE, SIGMA_DATA)
     score_fn = param_lib.get_model_fns("unconstrained", net, SDE, SIGMA_DATA).score
     eps, score = jax.jit(lambda p: (eps_fn(p, x, t), score_fn(p, x, t)))(params)
@@ -79,7 +66,7 @@ def test_conservative_score_is_a_finite_difference_of_the_energy(name):
     x = jax.random.normal(jax.random.key(1), (5, 3))
     v = jax.random.normal(jax.random.key(2), (5, 3))
     t = jnp.linspace(0.1, 0.9, 5)
-    params = _random_params(net, x)
+    params = random_params(net, x)
     fns = param_lib.get_model_fns(name, net, SDE, SIGMA_DATA)
     assert fns.conservative and fns.energy is not None
     h = 1e-2
@@ -101,7 +88,7 @@ def test_score_of_one_example_does_not_depend_on_another(name):
     else:
         net = ResNetEnergy(**_TINY)
         score = jax.jit(param_lib.get_model_fns(name, net, SDE, SIGMA_DATA).score)
-    params = _random_params(net, _IMG, seed=3)
+    params = random_params(net, _IMG, seed=3)
     moved = _IMG.at[2].add(3.0 * jax.random.normal(jax.random.key(9), _IMG.shape[1:]))
     before, after = score(params, _IMG, _T3), score(params, moved, _T3)
     np.testing.assert_allclose(after[:2], before[:2], rtol=1e-5, atol=1e-6)
@@ -118,7 +105,7 @@ def test_bind_with_a_key_runs_the_network_in_training_mode():
     without a key the deterministic eval-mode model; score models have no energy."""
     net = MLP(hidden=(32,), out="vector", embedding_dim=8, dropout=0.5)
     x = jax.random.normal(jax.random.key(1), (4, 2))
-    params = _random_params(net, x)
+    params = random_params(net, x)
     fns = param_lib.get_model_fns("unconstrained", net, SDE, SIGMA_DATA)
     t = jnp.full((4,), 0.5)
     key = jax.random.key(2)

@@ -247,3 +247,13 @@ def resnet_block(remat: bool, *args, **kwargs) -> nn.Module:
 def attn_block(remat: bool, *args, **kwargs) -> nn.Module:
     """An ``AttnBlock``, rematerialized (``jax.checkpoint``) when ``remat`` is True."""
     return (_REMAT_ATTN if remat else AttnBlock)(*args, **kwargs)
+
+
+def checked_time_embedding(net: nn.Module, x: jax.Array, noise_cond: jax.Array) -> jax.Array:
+    """Checks ``x`` (B, H, W, C) and ``noise_cond`` (B,), then embeds ``noise_cond`` with the
+    calling U-Net / ResNet energy's fields (``ch``, ``embedding*``, ``fourier_scale``,
+    ``dtype``) as its submodule ``TimeEmbedding_0`` (Ho et al. 2020: width 4 ch)."""
+    check_image(x, len(net.ch_mult) - 1)
+    noise_cond = check_noise_cond(noise_cond, x.shape[0])
+    return TimeEmbedding(net.ch, 4 * net.ch, net.embedding, net.embedding_scale,
+                         net.fourier_scale, net.dtype)(noise_cond)

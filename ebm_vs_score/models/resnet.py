@@ -16,9 +16,7 @@ import jax.numpy as jnp
 
 from ebm_vs_score.models.layers import (
     Downsample,
-    TimeEmbedding,
-    check_image,
-    check_noise_cond,
+    checked_time_embedding,
     conv3x3,
     default_init,
     group_norm,
@@ -57,16 +55,7 @@ class ResNetEnergy(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, noise_cond: jax.Array, train: bool = False) -> jax.Array:
         """Maps (B, H, W, C) images and (B,) noise levels to (B,) scalars."""
-        check_image(x, len(self.ch_mult) - 1)
-        noise_cond = check_noise_cond(noise_cond, x.shape[0])
-        temb = TimeEmbedding(
-            self.ch,
-            4 * self.ch,
-            self.embedding,
-            self.embedding_scale,
-            self.fourier_scale,
-            self.dtype,
-        )(noise_cond)
+        temb = checked_time_embedding(self, x, noise_cond)
         h = conv3x3(self.ch, self.dtype)(x)
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):

@@ -17,11 +17,9 @@ import jax.numpy as jnp
 
 from ebm_vs_score.models.layers import (
     Downsample,
-    TimeEmbedding,
     Upsample,
     attn_block,
-    check_image,
-    check_noise_cond,
+    checked_time_embedding,
     conv3x3,
     group_norm,
     resnet_block,
@@ -67,16 +65,7 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, noise_cond: jax.Array, train: bool = False) -> jax.Array:
         """Maps (B, H, W, C) images and (B,) noise levels to a (B, H, W, C) array."""
-        check_image(x, len(self.ch_mult) - 1)
-        noise_cond = check_noise_cond(noise_cond, x.shape[0])
-        temb = TimeEmbedding(
-            self.ch,
-            4 * self.ch,
-            self.embedding,
-            self.embedding_scale,
-            self.fourier_scale,
-            self.dtype,
-        )(noise_cond)
+        temb = checked_time_embedding(self, x, noise_cond)
         hs = self._down(conv3x3(self.ch, self.dtype)(x), temb, train)
         h = self._res(hs[-1], None, temb, train)
         h = attn_block(self.remat, self.num_groups, self.dtype)(h)
