@@ -62,22 +62,41 @@ def _as_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-# Fields added after workdirs of earlier versions were written, with the value that does
-# what those runs did: a saved config without the field compares as this value. (The
-# C-ResNet energy had no base term before ``model.energy_base``: resuming such a run needs
-# ``--config.model.energy_base=none``, and the refusal says so.)
+# Fields added after workdirs of earlier versions were written: ``path -> (old, applies)``.
+# A saved config without the field compares as ``old`` (what those runs did) when
+# ``applies(saved)``, else as whatever is set now (the field does not act on that run).
+# The C-ResNet energy had no base term before ``model.energy_base``: resuming such a run
+# needs ``--config.model.energy_base=none``, and the refusal says so.
+def _is_resnet(saved: dict) -> bool:
+    return saved.get("model.parameterization") == "resnet_energy"
+
+
+def _has_qc(saved: dict) -> bool:
+    return (saved.get("training.qc_weight") or 0) > 0
+
+
 FIELDS_ADDED_LATER = {
-    "model.energy_base": "none", "model.remat": False,
-    "training.qc_fraction": 1.0, "training.qc_every": 1, "training.ism_max_dim": 64,
-    "training.grad_accum_steps": 1,
-    "data.input_pipeline": "auto", "data.cache_dir": None, "data.input_workers": 4,
+    "model.energy_base": ("none", _is_resnet),
+    "training.qc_fraction": (1.0, _has_qc), "training.qc_every": (1, _has_qc),
+    "model.remat": (False, None), "training.ism_max_dim": (64, None),
+    "training.grad_accum_steps": (1, None), "data.input_pipeline": ("auto", None),
+    "data.cache_dir": (None, None), "data.input_workers": (4, None),
 }
+
+
+def _with_added_fields(saved_flat: dict, now: dict) -> dict:
+    """``saved_flat`` completed with the fields it predates (see FIELDS_ADDED_LATER)."""
+    out = dict(saved_flat)
+    for path, (old, applies) in FIELDS_ADDED_LATER.items():
+        if path in now and path not in out:
+            out[path] = old if applies is None or applies(saved_flat) else now[path]
+    return out
 
 
 def changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, list]:
     """Every field where ``config`` differs from ``saved``: ``{path: [before, now]}``."""
-    now, before = _flatten(_as_dict(config)), {**FIELDS_ADDED_LATER, **_flatten(saved)}
-    before = {p: v for p, v in before.items() if p in now or p not in FIELDS_ADDED_LATER}
+    now = _flatten(_as_dict(config))
+    before = _with_added_fields(_flatten(saved), now)
     return {p: [before.get(p), now.get(p)] for p in sorted(set(now) | set(before))
             if before.get(p) != now.get(p)}
 

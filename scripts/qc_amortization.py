@@ -1,14 +1,14 @@
 """Does amortized L_QC keep the NAsym drop of the full regularizer? (issue #15)
 
     python scripts/qc_amortization.py --config=configs/digits_qc.py --workdir=runs/qc_amort \
-        --config.training.qc_weight=0.1 --config.training.n_iters=1000 --every=1,4
+        --config.training.qc_weight=1.0 --config.training.n_iters=1000 --fraction=1,0.25
 
-Trains, in ``WORKDIR/<name>``, U (``qc_weight=0``) and QC with L_QC taken on every step
-and on one step in k on average (weighted x k there: the same expected gradient,
-``losses.amortized_qc``), all with the config's other fields, then prints NAsym (Chao et
-al. 2023, eq. 7; over the test digits and 10 noise levels, 4 Hutchinson probes) and the
-training steps/s of each. Finished runs are reused. ``--config.*`` overrides work as in
-``main``.
+Trains, in ``WORKDIR/<name>``, U (``qc_weight=0``) and QC with L_QC taken on each share
+of the batch in ``--fraction`` (a uniform subset of an i.i.d. batch: the same expected
+gradient, ``losses.amortized_qc``), all with the config's other fields, then prints NAsym
+(Chao et al. 2023, eq. 7; over the test digits and 10 noise levels, 4 Hutchinson probes)
+and the training steps/s of each. Finished runs are reused. ``--config.*`` overrides work
+as in ``main``.
 """
 
 from __future__ import annotations
@@ -27,18 +27,20 @@ from ebm_vs_score.evaluate import fields, restore_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A QC config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the runs.")
-_EVERY = flags.DEFINE_list("every", ["1", "4"], "training.qc_every values to compare.")
+_FRACTION = flags.DEFINE_list("fraction", ["1", "0.25"],
+                              "training.qc_fraction values to compare.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def variants(config, every: list[int]) -> dict:
-    """``{name: config}``: U, then QC at each ``qc_every``."""
+def variants(config, fractions: list[float]) -> dict:
+    """``{name: config}``: U, then QC on each share of the batch (L_QC on every step)."""
     out = {"U": config.copy_and_resolve_references()}
     out["U"].training.qc_weight = 0.0
-    out["U"].training.qc_every = 1
-    for k in every:
-        out[f"QC every {k}"] = config.copy_and_resolve_references()
-        out[f"QC every {k}"].training.qc_every = k
+    for f in fractions:
+        name = f"QC on {f:g} of the batch"
+        out[name] = config.copy_and_resolve_references()
+        out[name].training.qc_fraction = f
+        out[name].training.qc_every = 1
     return out
 
 
@@ -62,7 +64,7 @@ def nasym(config, workdir: str) -> float:
 def main(argv):
     del argv
     rows = []
-    for name, config in variants(_CONFIG.value, [int(k) for k in _EVERY.value]).items():
+    for name, config in variants(_CONFIG.value, [float(f) for f in _FRACTION.value]).items():
         workdir = os.path.join(_WORKDIR.value, name.replace(" ", "_"))
         train.train_and_evaluate(config, workdir)
         rows.append((name, config.training.qc_weight, nasym(config, workdir),

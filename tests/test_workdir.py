@@ -1,0 +1,31 @@
+"""A workdir written before a field existed resumes as the run it was (workdir.py)."""
+
+import json
+
+from ebm_vs_score import config_base, workdir
+
+
+def _saved_without(config, fields):
+    saved = json.loads(config.to_json_best_effort())
+    for path in fields:
+        section, name = path.split(".")
+        saved[section].pop(name)
+    return saved
+
+
+def test_fields_that_do_not_act_on_an_old_run_are_no_change():
+    config = config_base.get_config("digits", "energy")  # C: no base term, no L_QC
+    saved = _saved_without(config, ["model.energy_base", "model.remat", "training.qc_fraction",
+                                    "training.qc_every", "training.grad_accum_steps"])
+    assert workdir.changes(saved, config) == {}
+
+
+def test_an_old_c_resnet_run_had_no_base_term_and_an_old_qc_run_took_the_full_batch():
+    config = config_base.get_config("digits", "resnet_energy")
+    saved = _saved_without(config, ["model.energy_base"])
+    assert workdir.changes(saved, config) == {"model.energy_base": ["none", "gaussian"]}
+    qc = config_base.get_config("digits", "qc")
+    saved = _saved_without(qc, ["training.qc_fraction", "training.qc_every"])
+    assert workdir.changes(saved, qc) == {"training.qc_fraction": [1.0, 0.25]}
+    config.model.energy_base = "none"  # what the refusal asks for: then it resumes
+    assert workdir.changes(_saved_without(config, ["model.energy_base"]), config) == {}
