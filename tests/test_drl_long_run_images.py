@@ -25,25 +25,20 @@ CHAIN_STEPS, NUM_CHAINS, K = 20, 32, 3
 TINY_CONFIG = f'''
 from ebm_vs_score import config_base
 
+OVERRIDES = {{
+    "model.ch": 8, "model.ch_mult": (1,), "model.attn_resolutions": (), "model.num_groups": 4,
+    "drl.num_levels": 2, "drl.num_steps": {K}, "drl.step_schedule": "sigma",
+    "drl.step_size": 0.1, "drl.metropolis": True, "training.n_iters": 2,
+    "training.batch_size": 16, "training.log_every": 2, "training.checkpoint_every": 2,
+    "training.sample_every": 2, "sampling.num_samples": 4, "eval.classifier_steps": 100,
+}}
+
 
 def get_config():
     config = config_base.get_config("digits", "drl")
-    config.model.ch = 8
-    config.model.ch_mult = (1,)
-    config.model.attn_resolutions = ()
-    config.model.num_groups = 4
-    config.drl.num_levels = 2
-    config.drl.num_steps = {K}
-    config.drl.step_schedule = "sigma"
-    config.drl.step_size = 0.1
-    config.drl.metropolis = True
-    config.training.n_iters = 2
-    config.training.batch_size = 16
-    config.training.log_every = 2
-    config.training.checkpoint_every = 2
-    config.training.sample_every = 2
-    config.sampling.num_samples = 4
-    config.eval.classifier_steps = 100
+    for path, value in OVERRIDES.items():
+        section, name = path.split(".")
+        config[section][name] = value
     return config
 '''
 
