@@ -59,6 +59,9 @@ def use_cpu_cores(batch_size: int | None = None, cores: int | None = None) -> in
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # backends already initialized: too late, keep what is there
         return 0
+    except AttributeError:  # a JAX before the option (< 0.5): XLA's flag, read at start-up
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     return n
 
 
