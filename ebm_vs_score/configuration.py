@@ -10,19 +10,9 @@ from __future__ import annotations
 
 from ebm_vs_score import samplers, settings
 from ebm_vs_score.errors import ConfigError  # noqa: F401
-from ebm_vs_score.workdir import (  # noqa: F401
-    MUTABLE_FIELDS,
-    MUTABLE_SECTIONS,
-    check_workdir,
-    config_differences,
-    load_saved,
-    save,
-)
+from ebm_vs_score.workdir import check_workdir, config_differences, save  # noqa: F401
 
 validate = settings.validate
 is_toy = settings.is_toy
-data_dim = settings.data_dim
-TOY_DATASETS = settings.TOY_DATASETS
-IMAGE_DATASETS = settings.IMAGE_DATASETS
 SAMPLERS = samplers.METHODS
 MH_SAMPLERS = samplers.MH_METHODS
