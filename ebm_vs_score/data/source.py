@@ -12,8 +12,10 @@ Stream (`IndexStream`), the same for every indexable dataset:
     positions [s B, (s+1) B) of the concatenated epochs (infinite).
   * other splits: one ordered pass; the last batch may be smaller.
   * flips (train, `random_flip`) and dequantization noise come from rng(seed, split, s, 1):
-    flips first (B,), then U[0, 1) noise of the global batch's shape; each process keeps
-    its rows, so the processes' batches concatenate to the single-process batch.
+    flips first (B,), then float32 U[0, 1) noise of the global batch's shape, added before
+    the flip (so a flipped image carries mirrored noise: the same distribution); each
+    process keeps its rows, so the processes' batches concatenate to the single-process
+    batch.
   * levels v -> [-1, 1]: v / (L-1) * 2 - 1, or (v + u) / L * 2 - 1 with noise u (the
     bits/dim protocol of Song et al. 2021 for L = 256).
 """
@@ -164,16 +166,22 @@ def step_indices(stream: IndexStream, step: int, size: int) -> np.ndarray:
 
 
 def scale_levels(levels: np.ndarray, num_levels: int, noise: np.ndarray | None) -> np.ndarray:
-    """Integer levels -> [-1, 1]: v/(L-1) without noise, (v + u)/L with u ~ U[0, 1)."""
+    """Integer levels -> [-1, 1]: v/(L-1) without noise, (v + u)/L with u ~ U[0, 1).
+
+    With noise the arithmetic is float32 and in place on ``noise`` (which it consumes):
+    (v + u) * (2 / L) - 1, exact to float32 rounding; without noise it is float64, so
+    evaluation images are the exactly rounded v / (L-1) * 2 - 1.
+    """
     if noise is None:
         unit = levels / (num_levels - 1)
-    else:  # in place on a float64 copy: the same values as (levels + noise) / L, faster
-        unit = np.array(noise, np.float64)
-        unit += levels
-        unit /= num_levels
-    unit *= 2
-    unit -= 1
-    return unit.astype(np.float32)
+        unit *= 2
+        unit -= 1
+        return unit.astype(np.float32)
+    unit = np.asarray(noise, np.float32)
+    unit += levels
+    unit *= np.float32(2.0 / num_levels)
+    unit -= np.float32(1.0)
+    return unit
 
 
 def check_process(process_index: int, process_count: int) -> None:
@@ -197,15 +205,18 @@ def batch_at(source: LevelSource, stream: IndexStream, step: int, *, process_ind
     """
     idx = step_indices(stream, step, len(source))
     rows = local_rows(len(idx), process_index, process_count)
-    batch = source.read(idx[rows])
+    levels = source.read(idx[rows])
     rng = np.random.default_rng([stream.seed, split_id(stream.split), step, 1])
+    flip = None
     if stream.train and stream.random_flip:
-        flip = (rng.uniform(size=len(idx)) < 0.5)[rows]
-        batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
+        flip = (rng.random(len(idx)) < 0.5)[rows]
     noise = None
     if stream.dequantize:
-        noise = rng.uniform(size=(len(idx),) + batch.shape[1:])[rows]
-    return scale_levels(batch, source.num_levels, noise)
+        noise = rng.random((len(idx),) + levels.shape[1:], np.float32)[rows]
+    batch = scale_levels(levels, source.num_levels, noise)
+    if flip is not None and flip.any():  # in place on the float batch: rows mirrored in W
+        batch[flip] = batch[flip][:, :, ::-1]
+    return batch
 
 
 def index_batches(source: LevelSource, stream: IndexStream, *, start_step: int = 0,
