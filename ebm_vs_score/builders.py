@@ -55,9 +55,11 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
     sigma_data = float(config.model.sigma_data)
     shape = example_shape(config)
     if is_drl(config):
-        ladder = settings.drl_settings(config.drl).schedule
+        drl_settings = settings.drl_settings(config.drl)
+        ladder = drl_settings.schedule
         fns = drl.model_fns(parameterization, net, ladder, sigma_data,
-                            energy_base=config.model.energy_base)
+                            energy_base=config.model.energy_base,
+                            energy_scale=drl_settings.energy_scale, chain=drl_settings.chain)
         return Model(net=net, sde=None, fns=fns, example_shape=shape, ladder=ladder)
     sde = build_sde(settings.sde_settings(config))
     fns = param_lib.get_model_fns(parameterization, net, sde, sigma_data,

@@ -167,6 +167,9 @@ def _drl() -> ml_collections.ConfigDict:
     drl.metropolis = False
     # Langevin step factor per level: 'authors' (Gao et al.'s code) or 'sigma' (their Sec. 4).
     drl.step_schedule = "authors"
+    # Factor of the C-ResNet output: 'sigma' (1 / (sigma c_in), log-density units) or 'step'
+    # (1 / s_t^2, the authors' code: the chain's drift is grad N / 2 whatever b^2 is).
+    drl.energy_scale = "sigma"
     return drl
 
 

@@ -40,7 +40,8 @@ carries almost no noise (std 0.0095), and the C-ResNet's 1 / std output factor w
 ask the network for the data energy / 100: on 8gaussians a 64x64 MLP regressed onto the
 exact level-0 energy reaches MSE 2.6 that way and 0.22 with sigma_{t+1}, and DRL training
 never learns the angular structure of the ring with the former. (The authors' code
-divides a raw network by the squared step size instead, ``log_prob = net / b0``.)
+divides a raw network by the squared step size instead, ``log_prob = net / b0``;
+``drl.energy_scale='step'`` does the same: E = B + N(c_in y) / s_t^2.)
 
 Langevin (Gao et al. Sec. 4, Algorithms 1-2). K steps of
     y <- y + (s_t^2 / 2) grad_y log p(y | x_{t+1}) + s_t eps,
@@ -105,8 +106,13 @@ class DRLChain(NamedTuple):
     step_schedule: str = "authors"
 
 
+ENERGY_SCALES = ("sigma", "step")
+
+
 def model_fns(parameterization: str, net: Any, schedule: DRLSchedule,
-              sigma_data: float, *, energy_base: str = "gaussian") -> param_lib.ModelFns:
+              sigma_data: float, *, energy_base: str = "gaussian",
+              energy_scale: str = "sigma", chain: DRLChain | None = None
+              ) -> param_lib.ModelFns:
     """Energy (and score) of a DRL model: ``param_lib.get_model_fns`` with levels for times.
 
     Args:
@@ -116,16 +122,37 @@ def model_fns(parameterization: str, net: Any, schedule: DRLSchedule,
       schedule: the DRL levels.
       sigma_data: data std of the preconditioning.
       energy_base: the C-ResNet energy's fixed term (``param_lib.ENERGY_BASES``).
+      energy_scale: the factor of the C-ResNet output N. 'sigma': 1 / (sigma_{t+1} c_in),
+        log-density units whatever the chain. 'step': 1 / s_t^2, the chain's squared step
+        (authors' code, ``log_prob = net / b0``), so a Langevin step's drift is
+        grad N / 2 whatever b^2 is: with b^2 = 2e-4, 'sigma' asks N for outputs ~1e4
+        times larger before the chain moves at all (module docstring).
+      chain: the Langevin settings (needed for 'step').
 
     Returns:
       ``ModelFns`` whose ``energy(params, y, t, key=None)`` takes the level t (B,).
     """
+    output_scale = _output_scale(parameterization, schedule, energy_scale, chain)
     fns = param_lib.get_model_fns(parameterization, net, DRLConditioning(schedule), sigma_data,
-                                  energy_base=energy_base)
+                                  energy_base=energy_base, output_scale=output_scale)
     if fns.energy is None:
         raise ValueError(f"model.parameterization={parameterization!r} has no energy for "
                          "training.objective='drl'; use 'resnet_energy' or 'conservative'")
     return fns
+
+def _output_scale(parameterization: str, schedule: DRLSchedule, energy_scale: str,
+                  chain: DRLChain | None) -> Callable[[jax.Array], jax.Array] | None:
+    """None (the parameterization's own 1 / (sigma c_in)) or the level's 1 / s_t^2."""
+    if energy_scale not in ENERGY_SCALES:
+        raise ValueError(f"drl.energy_scale={energy_scale!r} is not valid; choose one of "
+                         f"{list(ENERGY_SCALES)}")
+    if energy_scale == "sigma":
+        return None
+    if parameterization != "resnet_energy" or chain is None:
+        raise ValueError("drl.energy_scale='step' needs model.parameterization="
+                         "'resnet_energy' and the chain settings")
+    return lambda t: 1.0 / schedule.step_size_sq(t, chain.step_size, chain.step_schedule)
+
 
 # ----------------------------------------------------------------------------------------
 # Langevin / MALA (the kernel is mcmc.mala_step with h = s^2 / 2)

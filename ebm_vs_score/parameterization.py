@@ -151,7 +151,8 @@ def gaussian_base_energy(x: jax.Array, c_in: jax.Array) -> jax.Array:
     return 0.5 * c_in**2 * jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=-1)
 
 
-def resnet_energy(net, sde, sigma_data: float, energy_base: str = "gaussian") -> ModelFns:
+def resnet_energy(net, sde, sigma_data: float, energy_base: str = "gaussian",
+                  output_scale: Callable[[jax.Array], jax.Array] | None = None) -> ModelFns:
     """C-ResNet: ``E = B + N(c_in x, c_noise) / (sigma c_in)`` for a scalar network N.
 
     Args:
@@ -161,6 +162,8 @@ def resnet_energy(net, sde, sigma_data: float, energy_base: str = "gaussian") ->
       energy_base: ``'gaussian'``: ``B = c_in^2 ||x||^2 / 2``, a restoring force that is
         exact for Gaussian data (default); ``'none'``: ``B = 0``, Salimans & Ho 2021's
         model C as published (bounded far from the data with a normalized head).
+      output_scale: ``t -> (B,)`` factor of N replacing ``1 / (sigma c_in)``; DRL's
+        ``drl.energy_scale='step'`` passes ``1 / s_t^2`` (Gao et al.'s code).
 
     Returns:
       ``ModelFns`` with ``score = -grad_x E`` (Salimans & Ho 2021, eq. 5) and the energy.
@@ -170,7 +173,8 @@ def resnet_energy(net, sde, sigma_data: float, energy_base: str = "gaussian") ->
     def energy(params, x, t, key=None):
         c_in, c_noise, sigma = preconditioning(sde, t, sigma_data)
         out = _apply(net, params, batch_mul(c_in, x), c_noise, key).astype(jnp.float32)
-        e = out.reshape(x.shape[0]) / (sigma * c_in)
+        scale = 1.0 / (sigma * c_in) if output_scale is None else output_scale(t)
+        e = out.reshape(x.shape[0]) * scale
         if energy_base == "gaussian":
             e = e + gaussian_base_energy(x.astype(jnp.float32), c_in)
         return e
@@ -188,7 +192,8 @@ SCALAR_OUTPUT = {"unconstrained": False, "conservative": False, "resnet_energy":
 
 
 def get_model_fns(
-    name: str, net, sde, sigma_data: float, *, energy_base: str = "gaussian"
+    name: str, net, sde, sigma_data: float, *, energy_base: str = "gaussian",
+    output_scale: Callable[[jax.Array], jax.Array] | None = None,
 ) -> ModelFns:
     """Maps ``model.parameterization`` to its score/energy functions.
 
@@ -200,8 +205,11 @@ def get_model_fns(
             f"unknown model.parameterization {name!r}; valid names: {sorted(_FAMILIES)}"
         )
     if name == "resnet_energy":
-        return resnet_energy(net, sde, sigma_data, energy_base)
+        return resnet_energy(net, sde, sigma_data, energy_base, output_scale)
     _check_energy_base(energy_base)
+    if output_scale is not None:
+        raise ValueError(f"an output scale applies to model.parameterization='resnet_energy' "
+                         f"only, not {name!r}")
     return _FAMILIES[name](net, sde, sigma_data)
 
 

@@ -26,7 +26,7 @@ from ebm_vs_score import data as data_lib
 from ebm_vs_score import drl_ladder, losses, models, samplers
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
-from ebm_vs_score.drl import DRLChain
+from ebm_vs_score.drl import ENERGY_SCALES, DRLChain
 from ebm_vs_score.errors import ConfigError
 
 TOY_DATASETS = data_lib.TOY_NAMES
@@ -119,6 +119,7 @@ class DRLSettings:
     step_size: float
     metropolis: bool
     step_schedule: str = "authors"
+    energy_scale: str = "sigma"
 
     @property
     def chain(self) -> DRLChain:
@@ -284,7 +285,12 @@ def drl_settings(drl_config: Any) -> DRLSettings:
     _require(step_schedule in drl_ladder.STEP_SCHEDULES,
              f"drl.step_schedule={step_schedule!r} is not valid; choose one of "
              f"{list(drl_ladder.STEP_SCHEDULES)} (--config.drl.step_schedule=authors)")
-    return DRLSettings(int(levels), int(steps), float(size), bool(mh), step_schedule)
+    energy_scale = getattr(drl_config, "energy_scale", "sigma")
+    _require(energy_scale in ENERGY_SCALES,
+             f"drl.energy_scale={energy_scale!r} is not valid; choose one of "
+             f"{list(ENERGY_SCALES)} (--config.drl.energy_scale=sigma)")
+    return DRLSettings(int(levels), int(steps), float(size), bool(mh), step_schedule,
+                       energy_scale)
 
 
 # ----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ BANDWIDTHS = [0.1, 0.3, 1.0]  # MMD kernel scales for unit-variance 2-D toys
 def _drl_config(num_levels=6, num_steps=30, step_size=2e-4, metropolis=False):
     return ml_collections.ConfigDict(dict(num_levels=num_levels, num_steps=num_steps,
                                           step_size=step_size, metropolis=metropolis,
-                                          step_schedule="authors"))
+                                          step_schedule="authors", energy_scale="sigma"))
 
 
 def _drl(num_levels=6, num_steps=30, step_size=2e-4, metropolis=False, step_schedule="authors"):
@@ -77,6 +77,7 @@ def test_config_defaults_validate(scale):
     ("num_steps", 0), ("num_steps", -3),
     ("step_size", 0.0), ("step_size", -1e-3), ("step_size", float("nan")),
     ("metropolis", "yes"), ("metropolis", 1), ("step_schedule", "linear"),
+    ("energy_scale", "nats"),
 ])
 def test_bad_settings_give_one_sentence(field, value):
     cfg = types.SimpleNamespace(**_drl_config().to_dict())  # a ConfigDict would refuse a type
@@ -325,6 +326,33 @@ def test_model_fns_condition_on_the_recovery_noise_and_build_both_energy_familie
     assert energy.shape == (3,) and np.all(np.isfinite(energy))
     with pytest.raises(ValueError, match="model.parameterization='unconstrained'"):
         drl.model_fns("unconstrained", unet, schedule, 0.5)
+
+
+@pytest.mark.parametrize("step_size", [2e-4, 0.2])
+def test_step_energy_scale_divides_the_network_by_the_squared_step(step_size):
+    """'step' (the authors' ``log_prob = net / b0``): E - B = N / s_t^2, so the chain's drift
+    from N, (s_t^2 / 2) grad E, is grad N / 2 whatever b^2 is; 'sigma' is N / (sigma c_in)."""
+    schedule, levels = drl.make_schedule(6), jnp.asarray([0, 2, 5])
+    net = ResNetEnergy(ch=8, ch_mult=(1,), num_res_blocks=1, num_groups=4)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 4, 1)), jnp.float32)
+    params = net.init(jax.random.PRNGKey(0), x, jnp.zeros((3,)))["params"]
+    chain = drl.DRLChain(30, step_size, False, "authors")
+    build = lambda scale: drl.model_fns("resnet_energy", net, schedule, 0.5, energy_base="none",
+                                        energy_scale=scale, chain=chain).energy
+    step_sq = schedule.step_size_sq(levels, step_size, "authors")
+    sigma = schedule.recovery_sigma(levels)
+    c_in = 1 / jnp.sqrt(schedule.signal_scale(levels) ** 2 * 0.25 + sigma**2)
+    raw = build("sigma")(params, x, levels) * sigma * c_in  # N itself
+    np.testing.assert_allclose(build("step")(params, x, levels), raw / step_sq, rtol=1e-5)
+    drift = 0.5 * step_sq[:, None, None, None] * jax.grad(
+        lambda y: build("step")(params, y, levels).sum())(x)
+    grad_n = jax.grad(lambda y: (build("sigma")(params, y, levels) * sigma * c_in).sum())(x)
+    np.testing.assert_allclose(drift, 0.5 * grad_n, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="drl.energy_scale='bad'"):
+        drl.model_fns("resnet_energy", net, schedule, 0.5, energy_scale="bad", chain=chain)
+    unet = UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4)
+    with pytest.raises(ValueError, match="needs model.parameterization='resnet_energy'"):
+        drl.model_fns("conservative", unet, schedule, 0.5, energy_scale="step", chain=chain)
 
 
 # ---------------------------------------------------------------------------------------
