@@ -112,3 +112,19 @@ def test_every_finished_row_is_handed_on(monkeypatch):
     seen = []
     run.run_rows(specs, None, lambda done: seen.append([r["name"] for r in done]))
     assert seen == [["train/toy/U"], ["train/toy/U", "train/toy/C"]]
+
+
+def test_memory_rows_show_that_accumulation_shrinks_the_temporaries():
+    """benchmarks.memory: one compiled step per (family, remat, accum), XLA's memory of it;
+    four micro-batches keep a quarter of the activations alive at once."""
+    from benchmarks import memory
+
+    rows = memory.main(["--scale=toy", "--families=U,C", "--remat=0", "--accum=1,4",
+                        "--batch=512"])
+    assert [(r["family"], r["grad_accum_steps"]) for r in rows] == [
+        ("U", 1), ("U", 4), ("C", 1), ("C", 4)]
+    for full, accumulated in (rows[:2], rows[2:]):
+        assert accumulated["temp_bytes"] < full["temp_bytes"]
+        assert full["xla_total_bytes"] > 0
+    with pytest.raises(SystemExit, match="--accum"):
+        memory.main(["--scale=toy", "--accum=two"])
