@@ -5,7 +5,7 @@ python -m ebm_vs_score.main --mode=study --config=configs/study_digits.py --work
 Budget per run: 2000 steps at batch 64 of the 176k-parameter U-Net (C is about 2-3x slower
 per step: its score is a gradient), 250 Euler-Maruyama steps for 297 samples (the size of
 the test split, so FD/precision/recall compare equal sets), MALA for the energies, and the
-ODE NLL of the first 32 test digits at tolerance 1e-4 with the exact divergence (D = 64),
+ODE NLL of the first 64 test digits at tolerance 1e-4 with 4 Hutchinson probes,
 and for the energies AIS on the same dequantized digits with the same bits/dim offset
 (--config.eval.ais=False drops it). On a shared 2-core CPU one C run took 25 min (6 min
 training, 18 min evaluation with AIS, one probe); U, C-ResNet and QC are cheaper. Three
