@@ -55,6 +55,9 @@ def _model(scale: str) -> ml_collections.ConfigDict:
     # C-ResNet energy E = B + N(c_in x)/(sigma c_in): 'gaussian' adds B = c_in^2 ||x||^2 / 2,
     # a restoring force (DESIGN.md rule 2); 'none' is Salimans & Ho's model C as published.
     model.energy_base = "gaussian"
+    # Scalar head of the C-ResNet (models/resnet.py ENERGY_HEADS): 'mean' (Salimans & Ho) or
+    # 'sum' (Gao et al.'s DRL network; with model.num_groups=0 it has no normalization).
+    model.energy_head = "mean"
     # Rematerialize (jax.checkpoint) the ResNet and attention blocks: less activation
     # memory for more compute; values unchanged (unet / resnet_energy; ignored by the mlp).
     model.remat = False

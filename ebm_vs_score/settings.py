@@ -319,7 +319,9 @@ def _validate_image_model(config) -> None:
              f"model.parameterization={model.parameterization!r} does not fit model.name="
              f"{model.name!r}: use 'resnet_energy' with 'resnet_energy' and 'unconstrained' or "
              "'conservative' with 'unet'")
-    _positive(config, ["model.ch", "model.num_res_blocks", "model.num_groups"])
+    _positive(config, ["model.ch", "model.num_res_blocks"])
+    _require(model.num_groups >= 0, f"model.num_groups={model.num_groups!r} must be >= 0 "
+             "(0: no normalization)")
     _require(len(model.ch_mult) > 0 and min(model.ch_mult) > 0,
              f"model.ch_mult={model.ch_mult} needs positive multipliers")
     size, levels = config.data.image_size, len(model.ch_mult)
@@ -340,6 +342,7 @@ def _validate_model(config) -> None:
     _choice(model.parameterization, param_lib.PARAMETERIZATIONS, "model.parameterization")
     _choice(model.dtype, DTYPES, "model.dtype")
     _choice(model.energy_base, param_lib.ENERGY_BASES, "model.energy_base")
+    _choice(getattr(model, "energy_head", "mean"), models.ENERGY_HEADS, "model.energy_head")
     _require(model.sigma_data > 0, f"model.sigma_data={model.sigma_data} must be positive")
     if not is_toy(config):
         _validate_image_model(config)

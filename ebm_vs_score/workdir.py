@@ -81,7 +81,7 @@ FIELDS_ADDED_LATER = {
     "model.remat": (False, None), "training.ism_max_dim": (64, None),
     "training.grad_accum_steps": (1, None), "data.input_pipeline": ("auto", None),
     "data.cache_dir": (None, None), "data.input_workers": (4, None),
-    "drl.energy_scale": ("sigma", None),
+    "drl.energy_scale": ("sigma", None), "model.energy_head": ("mean", None),
 }
 
 

@@ -173,3 +173,24 @@ def test_get_network_errors():
         get_network(_config(name="mlp", hidden=(4,), dtype="float16"))
     with pytest.raises(ValueError, match="not a scalar"):
         get_network(_config(name="unet", **UNET_TINY), scalar_output=True)
+
+
+def test_sum_head_without_normalization_is_unbounded_along_rays():
+    """Gao et al.'s head (ReLU, sum-pool, temb inner product, ``num_groups=0``) grows like
+    the input's scale; Salimans & Ho's normalized mean-pool head saturates."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+    t = jnp.full((4,), 0.5)
+
+    def along_ray(**kwargs):
+        net = ResNetEnergy(ch=8, ch_mult=(1, 2), num_res_blocks=1, **kwargs)
+        params = net.init(jax.random.PRNGKey(0), x, t)
+        return np.array([np.abs(np.asarray(net.apply(params, lam * x, t))).mean()
+                         for lam in (10.0, 100.0)])
+
+    gao = along_ray(num_groups=0, energy_head="sum")
+    assert 5 < gao[1] / gao[0] < 20  # ~linear in the scale (ReLU network, small biases)
+    normalized = along_ray(num_groups=4, energy_head="mean")
+    assert normalized[1] / normalized[0] < 1.5
+    with pytest.raises(ValueError, match="model.energy_head='max'"):
+        ResNetEnergy(ch=8, ch_mult=(1,), num_res_blocks=1, energy_head="max").init(
+            jax.random.PRNGKey(0), x, t)

@@ -13,10 +13,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ebm_vs_score.models.mlp import MLP
-from ebm_vs_score.models.resnet import ResNetEnergy
+from ebm_vs_score.models.resnet import ENERGY_HEADS, ResNetEnergy
 from ebm_vs_score.models.unet import UNet
 
-__all__ = ["MLP", "NETWORKS", "ResNetEnergy", "UNet", "get_network"]
+__all__ = ["ENERGY_HEADS", "MLP", "NETWORKS", "ResNetEnergy", "UNet", "get_network"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _EMBED = ("num_groups", "embedding", "embedding_scale", "fourier_scale", "dtype")
@@ -28,7 +28,8 @@ NETWORKS = {
         ("ch", "ch_mult", "num_res_blocks"),
         ("attn_resolutions", "resamp_with_conv") + _CONV,
     ),
-    "resnet_energy": (ResNetEnergy, ("ch", "ch_mult", "num_res_blocks"), _CONV),
+    "resnet_energy": (ResNetEnergy, ("ch", "ch_mult", "num_res_blocks"),
+                      ("energy_head",) + _CONV),
     "mlp": (MLP, ("hidden",), ("activation", "embedding_dim", "dropout") + _EMBED[1:]),
 }
 _TUPLES = ("ch_mult", "attn_resolutions", "hidden")

@@ -36,7 +36,10 @@ def group_count(channels: int, num_groups: int) -> int:
 
 
 def group_norm(x: jax.Array, num_groups: int, dtype: Dtype) -> jax.Array:
-    """GroupNorm (Wu & He 2018) over the last axis, with the group count clipped."""
+    """GroupNorm (Wu & He 2018) over the last axis, with the group count clipped; 0 groups:
+    no normalization (Gao et al. 2021's energy network, ``normalize=None``)."""
+    if num_groups == 0:
+        return x
     groups = group_count(x.shape[-1], num_groups)
     return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype)(x)
 

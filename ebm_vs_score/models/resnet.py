@@ -24,6 +24,10 @@ from ebm_vs_score.models.layers import (
 )
 
 Dtype = Any
+# The scalar head: 'mean' = GroupNorm -> swish -> mean-pool -> Dense (Salimans & Ho 2021);
+# 'sum' = ReLU -> sum-pool -> inner product with Dense(swish(temb)) (Gao et al. 2021's code,
+# ``net_res_temb2``): unbounded, it grows with the image's scale and size.
+ENERGY_HEADS = ("mean", "sum")
 
 
 class ResNetEnergy(nn.Module):
@@ -39,6 +43,8 @@ class ResNetEnergy(nn.Module):
         (Gaussian Fourier features of scale ``fourier_scale``, Song et al. 2021).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
       remat: rematerialize each ResNet block (``jax.checkpoint``); same values and params.
+      energy_head: 'mean' or 'sum' (``ENERGY_HEADS``); with ``num_groups=0`` (no
+        normalization) 'sum' is Gao et al.'s network up to its spectral norm and lrelu.
     """
 
     ch: int = 128
@@ -51,6 +57,7 @@ class ResNetEnergy(nn.Module):
     fourier_scale: float = 16.0
     dtype: Dtype = jnp.float32
     remat: bool = False
+    energy_head: str = "mean"
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_cond: jax.Array, train: bool = False) -> jax.Array:
@@ -65,6 +72,14 @@ class ResNetEnergy(nn.Module):
                 h = block(h, temb, train)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(True, self.dtype)(h)
+        if self.energy_head == "sum":
+            h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
+            weights = nn.Dense(h.shape[-1], dtype=jnp.float32, kernel_init=default_init)(
+                nn.swish(temb.astype(jnp.float32)))
+            return jnp.sum(h * weights, axis=-1).astype(x.dtype)
+        if self.energy_head != "mean":
+            raise ValueError(f"model.energy_head={self.energy_head!r} is not valid; choose one "
+                             f"of {list(ENERGY_HEADS)}")
         h = nn.swish(group_norm(h, self.num_groups, self.dtype))
         h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
         out = nn.Dense(1, dtype=jnp.float32, kernel_init=default_init)(h)  # float32 head

@@ -86,8 +86,9 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     first 64 test digits at tolerance 1e-4 with 4 Hutchinson probes (its standard error,
     probe noise included, and the probe std are reported; the exact divergence costs 64
     JVPs per ODE evaluation: 32 digits took 6.5 min for U alone on 2 shared cores, which
-    puts three seeds out of reach), and AIS on the same dequantized digits for the energies. cifar has no extra sampler (MALA on
-    10k samples would double the sampling cost).
+    puts three seeds out of reach), and AIS on the same dequantized digits for the
+    energies. cifar has no extra sampler (MALA on 10k samples would double the sampling
+    cost).
     """
     config = config_base.get_config(scale, "score")
     config.family = "study"
