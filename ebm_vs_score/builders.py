@@ -105,5 +105,5 @@ def build_loss_fn(config: ml_collections.ConfigDict, model: Model):
     """The objective named by ``training.objective`` as ``loss_fn(params, batch, key)``."""
     if is_drl(config):
         s = settings.drl_settings(config.drl)
-        return drl.make_drl_loss(model.fns.energy, model.ladder, s.chain)
+        return drl.make_drl_loss(model.fns.energy, model.ladder, s.chain, s.energy_scale)
     return loss_from_settings(settings.loss_settings(config), model.fns, model.sde)

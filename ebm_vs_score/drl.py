@@ -221,7 +221,7 @@ def conditional_langevin(energy_fn: BoundEnergy, key: jax.Array, x_tilde: jax.Ar
 
 
 def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
-                  chain: DRLChain) -> Callable:
+                  chain: DRLChain, energy_scale: str = "sigma") -> Callable:
     """The DRL objective (Gao et al. Algorithm 1) as ``loss_fn(params, batch, key)``.
 
     Args:
@@ -229,6 +229,10 @@ def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
         ``energy`` of `model_fns`).
       schedule: the levels (``make_schedule(num_levels)``).
       chain: the Langevin chains' settings.
+      energy_scale: as `model_fns`. With 'step' (E = B + N / s_t^2) each level's term is
+        multiplied by s_t^2, so the loss is the authors' ``(sigma_1 / sigma_{t+1}) (N(y^+) -
+        N(y^-))`` on the raw network; without it, 1 / s_t^2 (which spans ~3 decades over the
+        levels) would hand almost all of the gradient to level 0.
 
     Returns:
       ``loss_fn(params, batch, key) -> (loss, metrics)``, ``batch['x']`` clean data.
@@ -255,7 +259,10 @@ def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
         energy = energy_fn(params, jnp.concatenate([y_pos, y_neg]),
                            jnp.concatenate([level, level]), k_dropout)
         e_pos, e_neg = jnp.split(energy, 2)
-        loss = jnp.mean(schedule.loss_weight(level) * (e_pos - e_neg))
+        weight = schedule.loss_weight(level)
+        if energy_scale == "step":
+            weight = weight * schedule.step_size_sq(level, cfg.step_size, cfg.step_schedule)
+        loss = jnp.mean(weight * (e_pos - e_neg))
         dim = math.prod(x.shape[1:])
         disp = jnp.sqrt(sum_sq(y_neg - x_next) / dim) / schedule.recovery_sigma(level)
         metrics = {"energy_pos": jnp.mean(e_pos), "energy_neg": jnp.mean(e_neg),

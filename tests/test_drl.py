@@ -355,6 +355,26 @@ def test_step_energy_scale_divides_the_network_by_the_squared_step(step_size):
         drl.model_fns("conservative", unet, schedule, 0.5, energy_scale="step", chain=chain)
 
 
+@pytest.mark.parametrize("num_levels", [1, 6])
+def test_step_scale_loss_is_the_authors_loss_on_the_raw_network(num_levels):
+    """With 'step' each level's term is multiplied by s_t^2: the loss is (sigma_1 /
+    sigma_{t+1}) (N(y^+) - N(y^-)) on the raw N, not dominated by level 0's 1 / s_0^2."""
+    schedule = drl.make_schedule(num_levels)
+    chain = drl.DRLChain(5, 2e-4, False, "authors")
+    raw = lambda params, y, t, key=None: params * jnp.sum(jnp.sin(y), axis=-1)
+    step_energy = lambda params, y, t, key=None: raw(params, y, t) / schedule.step_size_sq(
+        t, chain.step_size, chain.step_schedule)
+    batch = {"x": jnp.asarray(np.random.default_rng(0).standard_normal((64, 2)), jnp.float32)}
+    key = jax.random.PRNGKey(3)
+    step_loss, _ = drl.make_drl_loss(step_energy, schedule, chain, "step")(1.0, batch, key)
+    plain_loss, _ = drl.make_drl_loss(step_energy, schedule, chain)(1.0, batch, key)
+    if num_levels == 1:  # one level: the two differ by exactly s_0^2
+        s0 = float(schedule.step_size_sq(jnp.zeros((1,), jnp.int32), 2e-4, "authors")[0])
+        np.testing.assert_allclose(step_loss, plain_loss * s0, rtol=1e-5)
+    else:  # same chains; the 'step' loss is on N's scale (|N| ~ 1), the plain one 1/s^2 larger
+        assert abs(step_loss) < 5 < abs(plain_loss)
+
+
 # ---------------------------------------------------------------------------------------
 # Must-show: a DRL model fits a 2-D toy with a known density
 # ---------------------------------------------------------------------------------------
