@@ -76,6 +76,19 @@ def samples_image(samples: np.ndarray) -> np.ndarray:
     return scatter_image(samples[:, :2])
 
 
+def labelled_panels(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> np.ndarray:
+    """Images (uint8 RGB) side by side in one row, each under its label, as uint8 RGB."""
+    fig = new_figure(figsize=(3.2 * len(panels), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (label, image) in zip(axes, panels, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(label, fontsize=10)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return figure_to_array(fig)
+
+
 def save_png(image: np.ndarray, path) -> None:
     """Writes uint8 RGB to ``path`` (a local path or any etils.epath, e.g. gs://)."""
     from etils import epath

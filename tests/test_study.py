@@ -546,3 +546,24 @@ def test_digits_study_reduced_end_to_end(tmp_path):
         "(training.n_iters: 30 -> 31)")
     assert mtimes(os.path.join(workdir, "runs")) == before
     np.testing.assert_equal(len(os.listdir(os.path.join(workdir, "runs"))), 8)
+
+
+def test_samples_panel_labels_every_grid(tmp_path):
+    """figures/samples_panel.png: the copied grids in one row, each titled by model and
+    sampler; REPORT.md shows it above the single grids."""
+    from ebm_vs_score import plotting
+
+    config = study.get_config("digits")
+    os.makedirs(tmp_path / "figures")
+    grids = []
+    for i, (variant, method) in enumerate([("score", "euler_maruyama"), ("energy", "mala")]):
+        rel = os.path.join("figures", f"samples_{variant}_{method}.png")
+        plotting.save_png(np.full((64, 64, 3), 40 * i, np.uint8), str(tmp_path / rel))
+        grids.append((variant, method, rel))
+    rel = report_lib._samples_panel(config, str(tmp_path), grids)
+    from PIL import Image
+
+    panel = np.asarray(Image.open(tmp_path / rel))
+    assert panel.ndim == 3 and panel.shape[1] > 2 * panel.shape[0] // 2
+    lines = report_lib._figure_lines({"samples": grids, "samples_panel": rel}, config)
+    assert lines[2] == f"![samples, every model, labelled]({rel})"

@@ -62,6 +62,22 @@ def _copy_sample_grids(config, study_dir: str, records) -> list[tuple[str, str, 
     return out
 
 
+def _samples_panel(config, study_dir: str, grids: Sequence[tuple[str, str, str]]) -> str:
+    """figures/samples_panel.png: every copied sample grid in one row, each panel labelled
+    with its model and sampler (the figure the README shows)."""
+    from PIL import Image
+
+    toy = configuration.is_toy(config)
+    panels = [(f"{variant_label(variant, toy)} ({method})",
+               np.asarray(Image.open(os.path.join(study_dir, rel)).convert("RGB")))
+              for variant, method, rel in grids]
+    rel = os.path.join("figures", "samples_panel.png")
+    if plan.is_writer():
+        image = plotting.labelled_panels(panels, title="samples of the first finished seed")
+        plotting.save_png(image, os.path.join(study_dir, rel))
+    return rel
+
+
 def score_fields(config, study_dir: str, records) -> dict[str, dict[str, np.ndarray]]:
     """Score and curl grids (evaluate.score_field_grid) of seed 0 of each variant (2-D)."""
     fields = {}
@@ -82,6 +98,8 @@ def score_fields(config, study_dir: str, records) -> dict[str, dict[str, np.ndar
 def make_figures(config, study_dir: str, records) -> dict[str, Any]:
     """Sample grids, the QC sweep, and for 2-D data the score fields and mean |curl|."""
     figures: dict[str, Any] = {"samples": _copy_sample_grids(config, study_dir, records)}
+    if figures["samples"]:
+        figures["samples_panel"] = _samples_panel(config, study_dir, figures["samples"])
     if config.study.qc_weights:
         figures.update(_sweep_figure(config, study_dir, records))
     if not configuration.is_toy(config) or int(config.data.toy_dim) != 2:
@@ -305,6 +323,8 @@ def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
 def _figure_lines(figures: dict[str, Any], config) -> list[str]:
     toy = configuration.is_toy(config)
     lines = ["## Samples (first finished seed)", ""]
+    if "samples_panel" in figures:
+        lines += [f"![samples, every model, labelled]({figures['samples_panel']})", ""]
     for variant, method, rel in figures["samples"]:
         lines.append(f"![{variant_label(variant, toy)}, {method}]({rel})")
     lines.append("")
