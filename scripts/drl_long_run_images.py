@@ -7,9 +7,9 @@ level-0 conditional chain p(y_0 | x_1) for ``--chain_steps`` steps (10,000 by de
 level-0 step size and ``drl.metropolis``. Snapshots are mapped back to data space
 (x_0 = y_0 / a'_0). Writes, in ``WORKDIR/long_run/``:
 
-* ``long_run.png``: 16 chains per row; the first row is the progressive sample, then one
-  row per snapshot step (step 0 is the chain's start x_1, the noisy image it is
-  conditioned on);
+* ``long_run.png``: 16 chains per row; the first row is 16 test digits, the second the
+  progressive sample, then one row per snapshot step (step 0 is the chain's start x_1,
+  the noisy image it is conditioned on);
 * ``long_run.json``: per snapshot, the Frechet distance to the test set in the feature
   space of the offline digits classifier (``fd``; ``evaluate.offline_classifier``, cached
   in ``WORKDIR/classifier`` unless ``eval.classifier_dir`` is set), the pixel std and the
@@ -165,6 +165,9 @@ def run(args: argparse.Namespace) -> dict:
     n = min(FIGURE_CHAINS, args.num_chains)
     rows = np.concatenate([top_row[None, :n], snaps[:, :n]])
     labels = [args.start] + [f"step {s}" if s else "x_1 (start)" for s in steps]
+    if args.start == "sample":  # real test digits on top, to compare with
+        rows = np.concatenate([test_x[None, :n], rows])
+        labels = ["data (test)"] + labels
     _figure(rows, labels, os.path.join(out, "long_run.png"))
     with open(os.path.join(out, "long_run.json"), "w") as f:
         json.dump(result, f, indent=2)
