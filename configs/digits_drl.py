@@ -1,23 +1,31 @@
-"""digits data, family 'drl': C-ResNet energy trained by diffusion recovery likelihood.
+"""digits data, family 'drl': an energy trained by diffusion recovery likelihood.
 
-Langevin settings as configs/toy_drl.py, not the paper's. With the authors' step schedule
-(b^2 = 2e-4 times the level factor sbar_t / sbar_0) the level-0 step is 0.005 per pixel,
-the chains hardly move in K = 30 steps, and a 400-step run sampled saturated noise. Here
-s_t = b sigma_{t+1} (the paper's Sec. 4 form) with b^2 = 0.2 and a MALA correction
-(acceptance ~0.82 in training). K = 15 covers the same chain length sqrt(K) b sigma as
-K = 30 with b^2 = 0.1; in 300-step pilots both gave the same per-level sample statistics
-(progressive-sample pixel std 6.2 vs 0.76 for data), at 0.45 vs 0.65 s/step on 2 CPU cores.
+The authors' recipe (Gao et al. 2021, github.com/ruiqigao/recovery_likelihood): T = 6
+levels, K = 30 unadjusted Langevin steps of s_t^2 = b^2 c_t sigma_{t+1}^2 with b^2 = 2e-4
+and their level factor c_t, the energy = raw network / s_t^2 (``drl.energy_scale='step'``,
+their ``log_prob = net / b0``) and the loss on the raw network with their sigma_1 /
+sigma_{t+1} weights; their network's head (ReLU, sum-pool, inner product with a projection
+of the time embedding: ``model.energy_head='sum'``) and no normalization
+(``model.num_groups=0``), on the digits C-ResNet's widths (30k parameters, not their
+~35M) and without their spectral norm. No base term (``model.energy_base='none'``): the
+conditional's quadratic term is the restoring force at every level but the top.
 
-Known limitation (measured, 2 CPU cores): 2000 steps (21 min) do NOT give digits. The
-energy gap E(y^-) - E(y^+) grows steadily (to ~250 nats at step 2000). At step 939 the
-learned level-0 conditional already ranks the clean y above its start x_1 by ~88 nats, and
--grad E at x_1 points towards y (cosine 0.6), but 15-100 MALA steps with b^2 of 0.2 or 1
-do not reach it, so every level adds noise instead of removing it (progressive-sample
-pixel std ~5). T = 30 levels looked the same after 200 steps.
+What was tried on digits (2 CPU cores shared with a study run; samples in the README):
 
-These measurements predate ``model.energy_base='gaussian'`` (now the default): they used
-the bounded C-ResNet head, which grows the sample scale by 1/a_t per level (issue #12).
-With the base term a 2000-step probe gave per-level std 0.85-1.17 (issue #12), not digits.
+* C-ResNet (GroupNorm, mean-pool head), ``energy_scale='sigma'`` (E in nats), s_t = b
+  sigma_{t+1} with b^2 = 0.2, K = 15 MALA steps: 2000 steps gave saturated noise (FD 31.8);
+  with the published head the sample scale grew by 1/a_t per level, with the base term
+  the per-level std stayed at 0.85-1.17 but the samples were noise.
+* The same with the authors' b^2 = 2e-4 and K = 30: the chains did not move. The cause
+  is the energy's scale, not the step: with E = N / (sigma c_in) the drift (s^2/2) grad E
+  is ~1e-4 grad N, so N must output ~1e4x larger values first; the authors divide N by
+  s_t^2, which makes the drift grad N / 2 whatever b^2 is.
+* ``energy_scale='step'`` with the normalized mean-pool head, 1000 steps: the chains moved
+  (0.7 sigma per coordinate) but the samples stayed saturated noise. The loss then
+  weighted level t by 1 / s_t^2 (47,724 at level 0 against 52-579 above), so level 0 got
+  ~90% of the gradient; the loss now weights by s_t^2 as well (the authors' loss on N).
+* This config (authors' loss weights, sum head, no normalization): digit-like strokes on a
+  dark background by 750 steps (README).
 """
 
 from ebm_vs_score import config_base
@@ -25,10 +33,16 @@ from ebm_vs_score import config_base
 
 def get_config():
     config = config_base.get_config("digits", "drl")
-    config.drl.step_schedule = "sigma"
-    config.drl.step_size = 0.2
-    config.drl.metropolis = True
-    config.drl.num_steps = 15
-    config.training.sample_every = 500
-    config.training.checkpoint_every = 500
+    config.drl.step_schedule = "authors"
+    config.drl.step_size = 2e-4
+    config.drl.metropolis = False
+    config.drl.num_steps = 30
+    config.drl.energy_scale = "step"
+    config.model.energy_head = "sum"
+    config.model.num_groups = 0
+    config.model.energy_base = "none"
+    config.training.n_iters = 2000
+    config.training.sample_every = 250
+    config.training.checkpoint_every = 250
+    config.training.log_every = 50
     return config
