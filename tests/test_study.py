@@ -567,3 +567,18 @@ def test_samples_panel_labels_every_grid(tmp_path):
     assert panel.ndim == 3 and panel.shape[1] > 2 * panel.shape[0] // 2
     lines = report_lib._figure_lines({"samples": grids, "samples_panel": rel}, config)
     assert lines[2] == f"![samples, every model, labelled]({rel})"
+
+
+def test_report_only_trains_nothing_and_counts_unfinished_seeds(tmp_path, fakes):
+    """study.report_only: REPORT.md from the finished runs; others are 'pending'."""
+    config, workdir = _toy_study_config(seeds=(0,)), str(tmp_path / "study")
+    study.run_study(config, workdir)
+    fakes.calls.clear()
+    config.study.seeds = (0, 1)
+    config.study.report_only = True
+    study.run_study(config, workdir)
+    assert not fakes.calls
+    assert not os.path.exists(os.path.join(workdir, "runs", "score_seed1"))
+    report = _read(os.path.join(workdir, "REPORT.md"))
+    assert "| U (1 of 2 seeds) |" in section(report, "Table 1")
+    assert "| score_seed1 | pending |" in report

@@ -33,7 +33,8 @@ FAMILY_FIELDS = ("family", "model.parameterization", "model.name", "training.qc_
 # May differ between invocations on the same DIR: the run set and the cadences.
 STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.checkpoint_every", "training.sample_every",
-                 "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights")
+                 "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights",
+                 "study.report_only")
 # Left out by configuration.config_differences but they change every run's numbers.
 _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
@@ -112,6 +113,9 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     study.field_lim = 2.5
     study.field_grid = 21
     study.compilation_cache = True  # DIR/jax_cache: the seeds of a family compile once
+    # Write REPORT.md from the finished runs only, training nothing (e.g. while other
+    # processes still run seeds); unfinished runs show as "(k of n seeds)".
+    study.report_only = False
     config.study = study
     return config
 

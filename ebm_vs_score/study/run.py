@@ -61,7 +61,8 @@ def _record_invocation(config: ml_collections.ConfigDict, study_dir: str) -> Non
 
 
 class RunRecord(NamedTuple):
-    """Outcome of one run: status 'finished', 'reused' or 'failed'.
+    """Outcome of one run: status 'finished', 'reused', 'failed' or 'pending' (not finished,
+    ``study.report_only``).
 
     ``family`` is the model family; ``variant`` the study's name for the run's kind (the
     family, or ``qc_lam<lambda>`` in a QC sweep).
@@ -182,6 +183,20 @@ def _failure(name: str, run_dir: str, error: Exception) -> str:
             f"{run_dir} and the traceback is in {log}; the other runs continue")
 
 
+def finished_or_pending(config: ml_collections.ConfigDict, variant: str, seed: int,
+                        study_dir: str) -> RunRecord:
+    """The record of a finished run, or a 'pending' one; never trains (study.report_only)."""
+    name = plan.run_name(variant, seed)
+    run_dir = os.path.join(study_dir, "runs", name)
+    family = plan.parse_variant(variant)[0]
+    n_iters = int(plan.run_config(config, variant, seed, study_dir).training.n_iters)
+    done = read_done(run_dir, n_iters)
+    if done is None:
+        logging.info("study: %s is not finished; left out of the report", name)
+        return RunRecord(name, family, seed, run_dir, "pending", variant=variant)
+    return RunRecord(name, family, seed, run_dir, "reused", done, variant=variant)
+
+
 def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
             study_dir: str) -> RunRecord:
     """Reuses, resumes or trains and evaluates one run; a failure is recorded, not raised."""
@@ -252,7 +267,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
         records = []
         for i, (variant, seed) in enumerate(runs):
             logging.info("study: run %d/%d (%s)", i + 1, len(runs), plan.run_name(variant, seed))
-            records.append(run_one(config, variant, seed, workdir))
+            if config.study.get("report_only", False):
+                records.append(finished_or_pending(config, variant, seed, workdir))
+            else:
+                records.append(run_one(config, variant, seed, workdir))
         figures = report.make_figures(config, workdir, records)
     path = report.write_report(config, workdir, records, figures, accuracy)
     failed = [r for r in records if r.status == "failed"]
