@@ -15,19 +15,9 @@ exist but are unused: the mesh is built from ``jax.devices()``, the accelerators
 
 from __future__ import annotations
 
-import glob
-import mmap
 import os
 
 import jax
-
-# XLA:CPU aborts the whole process ("Termination timeout for `all reduce` ... exceeded")
-# when one device thread waits more than 40 s (the default) for another at a collective.
-# On a loaded machine (more runnable threads than cores) a device thread can be off the
-# CPU that long: two study processes on 2 cores died this way mid-run. An hour still
-# stops a real deadlock; the user's own XLA_FLAGS value wins.
-COLLECTIVE_TIMEOUT_FLAG = "xla_cpu_collective_call_terminate_timeout_seconds"
-COLLECTIVE_TIMEOUT_S = 3600
 
 
 def cpu_cores() -> int:
@@ -72,36 +62,7 @@ def use_cpu_cores(batch_size: int | None = None, cores: int | None = None) -> in
     except AttributeError:  # a JAX before the option (< 0.5): XLA's flag, read at start-up
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    if n > 1:
-        tolerate_descheduled_devices()
     return n
-
-
-def tolerate_descheduled_devices() -> bool:
-    """Raises XLA:CPU's collective termination timeout to ``COLLECTIVE_TIMEOUT_S`` (see
-    above) unless XLA_FLAGS sets it or this jaxlib lacks the flag (an unknown XLA flag is
-    fatal). Returns whether it was set; it must run before the backends start."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if COLLECTIVE_TIMEOUT_FLAG in flags or not _xla_knows(COLLECTIVE_TIMEOUT_FLAG):
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} --{COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}".strip()
-    return True
-
-
-def _xla_knows(flag: str) -> bool:
-    """Whether the installed jaxlib's XLA defines ``flag`` (its name is in the library)."""
-    import jaxlib
-
-    needle = flag.encode()
-    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "**", "*.so"),
-                          recursive=True):
-        try:
-            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                if m.find(needle) >= 0:
-                    return True
-        except (OSError, ValueError):  # unreadable or empty file
-            continue
-    return False
 
 
 def _backends_up() -> bool:
