@@ -111,10 +111,19 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+# One XLA:CPU device per core (``hostcpu``) is opt-in: ``EBM_CPU_DEVICES=all``. It made the
+# digits U step 1.4x faster on 2 cores, but on a loaded 2-core machine 4 of 5 C-ResNet
+# training runs with 2 devices hung in an XLA:CPU all-reduce (one device thread never
+# reached the rendezvous; XLA aborts after 40 s) within 500 steps. A run that can hang
+# is not a default; JAX_NUM_CPU_DEVICES=N sets the count directly.
+CPU_DEVICES_ENV = "EBM_CPU_DEVICES"
+
+
 def _use_every_cpu_core(config) -> None:
-    """One XLA:CPU device per core in single-process runs (``hostcpu``), before JAX starts:
-    the micro-batch of each optimizer step must split evenly over the devices."""
-    if _COORDINATOR.value or _DISTRIBUTED.value:
+    """With ``EBM_CPU_DEVICES=all``, one XLA:CPU device per core in single-process runs
+    (``hostcpu``), before JAX starts: the micro-batch of each optimizer step must split
+    evenly over the devices."""
+    if _COORDINATOR.value or _DISTRIBUTED.value or os.environ.get(CPU_DEVICES_ENV) != "all":
         return
     batch = int(config.training.batch_size)
     accum = int(config.training.get("grad_accum_steps", 1) or 1)
