@@ -112,7 +112,7 @@ def _initialize_distributed() -> None:
 
 
 # One XLA:CPU device per core (``hostcpu``) is opt-in: ``EBM_CPU_DEVICES=all``. It made the
-# digits U step 1.4x faster on 2 cores, but on a loaded 2-core machine 4 of 5 C-ResNet
+# digits U step 1.4x faster on 2 cores, but on a loaded 2-core machine 5 of 6 C-ResNet
 # training runs with 2 devices hung in an XLA:CPU all-reduce (one device thread never
 # reached the rendezvous; XLA aborts after 40 s) within 500 steps. A run that can hang
 # is not a default; JAX_NUM_CPU_DEVICES=N sets the count directly.
