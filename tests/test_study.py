@@ -506,6 +506,7 @@ DIGITS_REDUCED = [
     "--config.eval.nll_examples=16", "--config.eval.nll_rtol=1e-2",
     "--config.eval.nll_atol=1e-2", "--config.eval.ais=False",
     "--config.eval.classifier_steps=50", "--config.study.seeds=(0,1)",
+    "--config.study.qc_weights=()",  # one QC row ('qc'), not the digits default's two
 ]
 
 
