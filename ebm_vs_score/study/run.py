@@ -183,23 +183,12 @@ def _failure(name: str, run_dir: str, error: Exception) -> str:
             f"{run_dir} and the traceback is in {log}; the other runs continue")
 
 
-def finished_or_pending(config: ml_collections.ConfigDict, variant: str, seed: int,
-                        study_dir: str) -> RunRecord:
-    """The record of a finished run, or a 'pending' one; never trains (study.report_only)."""
-    name = plan.run_name(variant, seed)
-    run_dir = os.path.join(study_dir, "runs", name)
-    family = plan.parse_variant(variant)[0]
-    n_iters = int(plan.run_config(config, variant, seed, study_dir).training.n_iters)
-    done = read_done(run_dir, n_iters)
-    if done is None:
-        logging.info("study: %s is not finished; left out of the report", name)
-        return RunRecord(name, family, seed, run_dir, "pending", variant=variant)
-    return RunRecord(name, family, seed, run_dir, "reused", done, variant=variant)
-
-
 def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
-            study_dir: str) -> RunRecord:
-    """Reuses, resumes or trains and evaluates one run; a failure is recorded, not raised."""
+            study_dir: str, *, train: bool = True) -> RunRecord:
+    """Reuses, resumes or trains and evaluates one run; a failure is recorded, not raised.
+
+    With ``train=False`` (``study.report_only``) an unfinished run is not touched: its
+    record is 'pending'."""
     name = plan.run_name(variant, seed)
     run_dir = os.path.join(study_dir, "runs", name)
     family = plan.parse_variant(variant)[0]
@@ -209,6 +198,9 @@ def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
     if done is not None:
         logging.info("study: reusing finished run %s", name)
         return RunRecord(name, family, seed, run_dir, "reused", done, variant=variant)
+    if not train:
+        logging.info("study: %s is not finished; left out of the report", name)
+        return RunRecord(name, family, seed, run_dir, "pending", variant=variant)
     try:
         logging.info("study: training %s in %s", name, run_dir)
         step = timed_training(cfg, run_dir)
@@ -267,10 +259,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
         records = []
         for i, (variant, seed) in enumerate(runs):
             logging.info("study: run %d/%d (%s)", i + 1, len(runs), plan.run_name(variant, seed))
-            if config.study.get("report_only", False):
-                records.append(finished_or_pending(config, variant, seed, workdir))
-            else:
-                records.append(run_one(config, variant, seed, workdir))
+            records.append(run_one(config, variant, seed, workdir,
+                                   train=not config.study.get("report_only", False)))
         figures = report.make_figures(config, workdir, records)
     path = report.write_report(config, workdir, records, figures, accuracy)
     failed = [r for r in records if r.status == "failed"]
