@@ -7,9 +7,11 @@ here the wiring: which groups run for which data, their keys and files, and the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import shutil
 from typing import NamedTuple
 
 import jax
@@ -88,7 +90,8 @@ def test_toy_evaluation_has_every_metric_group(energy_run):
     levels = 3
     for key in ("asym", "nasym", "nll_nats", "nll_nats_stderr", "nll_true_nats",
                 "nll_gap_nats", "fisher", "ais_log_z", "ais_nll_nats", "ais_nll_nats_stderr",
-                "ais_nll_gap_nats", "sample_nfe", "mmd", "swd"):
+                "ais_nll_gap_nats", "ode_log_z", "energy_ode_spread_nats", "sample_nfe",
+                "mmd", "swd"):
         assert np.isfinite(results[key]), key
     for key in ("asym_per_level", "nasym_per_level", "fisher_per_level", "t_levels"):
         assert len(results[key]) == levels, key
@@ -223,3 +226,40 @@ def test_image_likelihoods_share_points_offset_and_say_their_divergence():
         assert out[f"{prefix}_bpd"] == pytest.approx(
             out[f"{prefix}_nats"] / (4 * np.log(2)) + offset, abs=1e-9)
         assert out[f"{prefix}_bpd_stderr"] > 0
+
+
+def _energy_vs_ode_script():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "scripts", "energy_vs_ode.py")
+    spec = importlib.util.spec_from_file_location("energy_vs_ode", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_energy_vs_ode_script_reruns_the_eval_likelihood_and_refuses_a_mismatch(
+        energy_run, tmp_path):
+    """scripts/energy_vs_ode.py recomputes the eval's ODE NLL number for number (same
+    points and probes), adds the agreement keys to the eval JSON, and leaves a JSON whose
+    NLL it does not reproduce untouched."""
+    _, workdir, results = energy_run
+    run = str(shutil.copytree(workdir, tmp_path / "run"))
+    script = _energy_vs_ode_script()
+    path = evaluate.eval_path(run, N_ITERS)
+    with open(path) as f:
+        saved = json.load(f)
+    wrong = dict(saved, nll_nats=saved["nll_nats"] + 0.5)
+    evaluate.write_json_atomic(path, wrong)
+    with open(path) as f:
+        wrong_text = f.read()
+    with pytest.raises(ValueError, match="not a re-run of its eval"):
+        script.main(["--workdirs", run, "--update_eval_json"])
+    with open(path) as f:
+        assert f.read() == wrong_text
+    evaluate.write_json_atomic(path, saved)
+    (row,) = script.main(["--workdirs", run, "--update_eval_json"])
+    assert row["nll_nats"] == pytest.approx(results["nll_nats"], rel=1e-6)
+    assert row["ode_log_z"] == pytest.approx(results["ode_log_z"], rel=1e-6)
+    assert row["ais_log_z"] == results["ais_log_z"]
+    with open(path) as f:
+        assert json.load(f)["energy_ode_spread_nats"] == row["energy_ode_spread_nats"]

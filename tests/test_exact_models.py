@@ -88,3 +88,25 @@ def test_probe_noise_is_stated_with_probes():
                                       protocol=protocol)
     assert out["nll_divergence"] == "hutchinson_2" and out["nll_probes"] == 2
     assert 0.0 < out["nll_probe_std"] < 5.0
+
+
+def test_energy_and_ode_agree_for_an_exact_energy_and_not_for_another():
+    """log p_ODE + E(x, eps) is -log Z at every point iff exp(-E) / Z is the ODE's density:
+    the exact mixture energy (normalized: log Z = 0) has no spread; doubling E at eps only
+    (a different density, same ODE) gives the spread of E over the points."""
+    sde = sde_lib.VPSDE()
+    mixture = data.toy_mixture("8gaussians")
+    score_fn, energy_fn = exact_models.mixture_model(sde)
+    points = np.asarray(mixture.sample(jax.random.PRNGKey(4), 32))
+    protocol = likelihoods.Protocol(num_bins=None, batch_size=32)
+    _, log_p = likelihoods.ode_nll(score_fn, mixture, points, jax.random.PRNGKey(5),
+                                   sde=sde, protocol=protocol)
+    exact = likelihoods.energy_ode_agreement(energy_fn, mixture, points, log_p, sde=sde,
+                                             batch_size=16)
+    assert exact["ode_log_z"] == pytest.approx(0.0, abs=2e-3)
+    assert exact["energy_ode_spread_nats"] < 5e-3
+    doubled = lambda p, x, t: 2.0 * energy_fn(p, x, t)  # noqa: E731
+    other = likelihoods.energy_ode_agreement(doubled, mixture, points, log_p, sde=sde)
+    e = np.asarray(energy_fn(mixture, jnp.asarray(points), jnp.full((32,), sde.eps)))
+    assert other["energy_ode_spread_nats"] == pytest.approx(np.std(e, ddof=1), rel=1e-3)
+    assert other["energy_ode_spread_nats"] > 100 * exact["energy_ode_spread_nats"]

@@ -69,7 +69,7 @@ def _toy_metrics(family: str, seed: int) -> dict:
            "nll_gap_nats": 2.0 * base - 1.4, "fisher": base, "fisher_per_level": [3.0, 1.0],
            "sample_nfe": 11.0, "mmd": 0.01 * base, "swd": 0.1 * base}
     if family in study.ENERGY_FAMILIES:
-        out.update(ais_log_z=1.0, ais_nll_nats=2.1)
+        out.update(ais_log_z=1.0, ais_nll_nats=2.1, ode_log_z=0.5, energy_ode_spread_nats=0.2)
     return out
 
 
@@ -239,6 +239,9 @@ def test_fake_toy_study_report_and_no_recomputation(tmp_path, fakes):
         assert label in table1
     assert "±" in table1 and "MMD²" in table1 and "true NLL" in table1
     assert "| C + mala" not in section(report, "Likelihood and conservativeness")
+    energies = section(report, "Energies only")
+    assert "ODE-implied log Z" in energies and "| C-MLP |" in energies
+    assert "| U |" not in energies and "not that AIS is unconverged" in energies
     assert "score_fields.png" in report and os.path.exists(os.path.join(workdir, "figures",
                                                                         "score_fields.png"))
     assert "--config.study.seeds=(0,1)" in section(report, "Commands")

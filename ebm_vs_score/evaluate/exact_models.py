@@ -125,8 +125,9 @@ def ais_vs_ode(key, mixture: data_lib.GaussianMixture, *, sde=None, num_examples
     points = likelihoods.protocol_points(k_deq, x, num_bins)
     protocol = likelihoods.Protocol(num_bins=num_bins, num_probes=0, batch_size=num_examples)
     score_fn, energy_fn = mixture_model(sde)
-    ode = likelihoods.ode_nll_metrics(score_fn, mixture, points, k_ode, sde=sde,
-                                      protocol=protocol)
+    ode, log_p = likelihoods.ode_nll(score_fn, mixture, points, k_ode, sde=sde,
+                                     protocol=protocol)
+    ode.update(likelihoods.energy_ode_agreement(energy_fn, mixture, points, log_p, sde=sde))
     ais = likelihoods.ais_nll_metrics(energy_fn, mixture, points, k_ais, sde=sde,
                                       protocol=protocol, **ais_options)
     exact = -np.asarray(energy_fn(mixture, jnp.asarray(points),

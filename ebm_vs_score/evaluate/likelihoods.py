@@ -136,6 +136,13 @@ def ode_nll_metrics(score_fn, params, x: np.ndarray, key, *, sde, protocol: Prot
       exact), ``nll_divergence``; with probes ``nll_probe_std``; with ``true_log_prob``
       ``nll_true_nats``, ``nll_gap_nats``, ``nll_gap_stderr``.
     """
+    return ode_nll(score_fn, params, x, key, sde=sde, protocol=protocol,
+                   true_log_prob=true_log_prob)[0]
+
+
+def ode_nll(score_fn, params, x: np.ndarray, key, *, sde, protocol: Protocol,
+            true_log_prob=None) -> tuple[Results, np.ndarray]:
+    """:func:`ode_nll_metrics` and the per-example log p_eps(x) (nats, (B,)) it summarizes."""
     dim = int(np.prod(x.shape[1:]))
     run = ode_runner(score_fn, sde=sde, protocol=protocol)
     log_p, nfe = ode_log_probs(run, params, x, key, protocol.batch_size)
@@ -149,7 +156,40 @@ def ode_nll_metrics(score_fn, params, x: np.ndarray, key, *, sde, protocol: Prot
         gap = -log_p - true_nll
         out.update(nll_true_nats=float(true_nll.mean()), nll_gap_nats=float(gap.mean()),
                    nll_gap_stderr=_stderr(gap))
-    return out
+    return out, log_p
+
+
+def energy_ode_agreement(energy_fn, params, x: np.ndarray, ode_log_prob: np.ndarray, *,
+                         sde, batch_size: int = 512) -> Results:
+    """Is exp(-E(x, eps)) / Z the density the probability-flow ODE computes? (no Z needed)
+
+    If it is, log p_ODE(x) + E(x, eps) = -log Z for every point x, so over the points
+
+    * ``ode_log_z`` = -mean(log p_ODE + E) is the log Z the ODE implies (with
+      ``ode_log_z_stderr`` over examples), comparable with AIS's ``ais_log_z``, and
+    * ``energy_ode_spread_nats`` = std(log p_ODE + E) is 0 up to the ODE's solver error and
+      probe noise (``nll_probe_std``); a larger spread means the two are different densities.
+
+    For a trained energy the two need not agree: s = -grad E is trained at every t, but
+    nothing makes the family exp(-E(., t)) solve the Fokker-Planck equation, and the ODE
+    density at eps depends on the score at every t, AIS's only on E(., eps). AIS's Z-hat is
+    unbiased, so P(log Z-hat > log Z + a) <= exp(-a) (Markov): an ``ais_log_z`` far ABOVE
+    ``ode_log_z`` means exp(-E) puts mass the ODE density does not, whatever the AIS
+    budget; AIS NLL is then a (stochastic) lower bound on the energy's own NLL.
+
+    Args:
+      energy_fn: ``E(params, x, t) -> (B,)``; params: its parameters.
+      x: (B, ...) the points ``ode_log_prob`` scored (from :func:`protocol_points`).
+      ode_log_prob: (B,) log p_eps(x) of the ODE (nats, from :func:`ode_nll`).
+      sde: the noise process (E is read at t = ``sde.eps``, where the ODE starts).
+    """
+    energy = jax.jit(lambda p, y: energy_fn(p, y, jnp.full((y.shape[0],), sde.eps)))
+    chunks = np.array_split(x, -(-len(x) // int(batch_size)))
+    e = np.concatenate([np.asarray(energy(params, jnp.asarray(c))) for c in chunks])
+    residual = np.asarray(ode_log_prob, np.float64) + e.astype(np.float64)
+    return {"ode_log_z": float(-residual.mean()), "ode_log_z_stderr": _stderr(residual),
+            "energy_ode_spread_nats": float(residual.std(ddof=1)) if residual.size > 1
+            else math.nan}
 
 
 def probe_std(run, params, x, key, log_p, protocol: Protocol) -> float:

@@ -97,9 +97,13 @@ def likelihood_metrics(ctx: EvalContext, key) -> Results:
     exact = true_density(config.data) if protocol.num_bins is None else None
     logging.info("eval: ODE likelihood of %d examples (%s divergence)", len(points),
                  likelihoods.divergence_label(protocol.num_probes))
-    results = likelihoods.ode_nll_metrics(model.fns.score, ctx.params, points, k_ode,
-                                          sde=model.sde, protocol=protocol,
-                                          true_log_prob=exact)
+    results, log_p = likelihoods.ode_nll(model.fns.score, ctx.params, points, k_ode,
+                                         sde=model.sde, protocol=protocol,
+                                         true_log_prob=exact)
+    if model.fns.energy is not None:
+        results.update(likelihoods.energy_ode_agreement(
+            model.fns.energy, ctx.params, points, log_p, sde=model.sde,
+            batch_size=protocol.batch_size))
     if model.fns.energy is not None and config.eval.ais:
         logging.info("eval: AIS log-normalizer")
         results.update(likelihoods.ais_nll_metrics(
