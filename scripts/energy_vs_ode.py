@@ -24,6 +24,7 @@ import ml_collections
 
 from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.evaluate import files, runner
+from ebm_vs_score.study.plan import DONE_FILE
 
 _AGREEMENT_KEYS = ("ode_log_z", "ode_log_z_stderr", "energy_ode_spread_nats")
 
@@ -43,14 +44,21 @@ def eval_results(workdir: str) -> dict:
 
 
 def add_to_eval_json(workdir: str, row: dict) -> None:
-    """Adds the agreement keys to the eval JSON if this run's ODE NLL is the saved one."""
+    """Adds the agreement keys to the eval JSON (and a study run's DONE.json, which its
+    REPORT.md reads) if this run's ODE NLL is the saved one."""
     saved = eval_results(workdir)
     if abs(row["nll_nats"] - saved["nll_nats"]) > 1e-4 * max(1.0, abs(saved["nll_nats"])):
         raise ValueError(f"{workdir}: recomputed ODE NLL {row['nll_nats']:.6f} nats != saved "
                          f"{saved['nll_nats']:.6f}; not a re-run of its eval (other code or "
                          "config?), the eval JSON is left as it is")
-    saved.update({k: row[k] for k in _AGREEMENT_KEYS})
-    files.write_json_atomic(eval_json_path(workdir), saved)
+    agreement_values = {k: row[k] for k in _AGREEMENT_KEYS}
+    files.write_json_atomic(eval_json_path(workdir), saved | agreement_values)
+    done_path = os.path.join(workdir, DONE_FILE)  # a study run: its report reads DONE.json
+    if os.path.exists(done_path):
+        with open(done_path) as f:
+            done = json.load(f)
+        done["results"].update(agreement_values)
+        files.write_json_atomic(done_path, done)
 
 
 def agreement(workdir: str) -> dict:
@@ -97,9 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     where.add_argument("--workdirs", nargs="+", default=[], help="single run workdirs")
     parser.add_argument("--out", help="JSON of the results (default: stdout only)")
     parser.add_argument("--update_eval_json", action="store_true",
-                        help="add the agreement keys to each run's eval JSON (only if the "
-                        "recomputed ODE NLL equals the saved one), so the study's REPORT.md "
-                        "shows them")
+                        help="add the agreement keys to each run's eval JSON and DONE.json "
+                        "(only if the recomputed ODE NLL equals the saved one); then "
+                        "--config.study.report_only=True puts them in the study's REPORT.md")
     return parser.parse_args(argv)
 
 
