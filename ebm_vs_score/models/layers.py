@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ebm_vs_score.models.channelwise import Conv, Dense, GroupNorm, broadcast_channels
+
 Dtype = Any
 
 default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -41,12 +43,12 @@ def group_norm(x: jax.Array, num_groups: int, dtype: Dtype) -> jax.Array:
     if num_groups == 0:
         return x
     groups = group_count(x.shape[-1], num_groups)
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype)(x)
+    return GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype)(x)
 
 
-def conv3x3(features: int, dtype: Dtype, stride: int = 1, zero: bool = False) -> nn.Conv:
+def conv3x3(features: int, dtype: Dtype, stride: int = 1, zero: bool = False) -> Conv:
     """3x3 'SAME' convolution; ``zero`` initializes the kernel to zero (Ho et al. 2020)."""
-    return nn.Conv(
+    return Conv(
         features,
         (3, 3),
         strides=(stride, stride),
@@ -143,8 +145,8 @@ class TimeEmbedding(nn.Module):
             emb = GaussianFourierEmbedding(self.dim, self.fourier_scale)(noise_cond)
         else:
             raise ValueError(f"Unknown embedding {self.embedding!r}; valid names: {EMBEDDINGS}.")
-        emb = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=default_init)(emb)
-        return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=default_init)(nn.swish(emb))
+        emb = Dense(self.out_dim, dtype=self.dtype, kernel_init=default_init)(emb)
+        return Dense(self.out_dim, dtype=self.dtype, kernel_init=default_init)(nn.swish(emb))
 
 
 class ResnetBlock(nn.Module):
@@ -163,13 +165,13 @@ class ResnetBlock(nn.Module):
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
         out_ch = self.out_ch or x.shape[-1]
         h = conv3x3(out_ch, self.dtype)(nn.swish(group_norm(x, self.num_groups, self.dtype)))
-        proj = nn.Dense(out_ch, dtype=self.dtype, kernel_init=default_init)(nn.swish(temb))
-        h = h + proj[:, None, None, :]
+        proj = Dense(out_ch, dtype=self.dtype, kernel_init=default_init)(nn.swish(temb))
+        h = h + broadcast_channels(proj, h.shape)
         h = nn.swish(group_norm(h, self.num_groups, self.dtype))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(out_ch, self.dtype, zero=True)(h)
         if x.shape[-1] != out_ch:
-            x = nn.Dense(out_ch, dtype=self.dtype, kernel_init=default_init, name="skip")(x)
+            x = Dense(out_ch, dtype=self.dtype, kernel_init=default_init, name="skip")(x)
         return x + h
 
 
@@ -187,7 +189,7 @@ class AttnBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, channels = x.shape
         h = group_norm(x, self.num_groups, self.dtype)
-        dense = lambda name, init=default_init: nn.Dense(
+        dense = lambda name, init=default_init: Dense(
             channels, dtype=self.dtype, kernel_init=init, name=name
         )
         q, k, v = (dense(n)(h).reshape(batch, height * width, channels) for n in "qkv")
