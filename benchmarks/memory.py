@@ -93,7 +93,9 @@ def render(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    hostcpu.use_cpu_cores()
+    hostcpu.use_fast_cpu_kernels()
+    if hostcpu.devices_asked_for():
+        hostcpu.use_cpu_cores()
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in families if f not in rows.FAMILIES]
     if unknown:

@@ -10,9 +10,11 @@ cifar10.py``: 35.7M parameters, ``get_ddpm_loss_fn``, Adam, EMA) against our
 Each side runs in its own fresh process (no thread pools shared between frameworks),
 builds and warms up, then times ``--steps`` steps; sides alternate ``--pairs`` times so
 that a change in machine load hits both. Threads: ``--threads=0`` lets each framework use
-every core as it does by default (ours: one XLA:CPU device per core, ``hostcpu.py``;
-torch: ``torch.get_num_threads()``). Without torch or without ``--peer_dir`` the command
-prints why it is skipped and exits 0, so it never breaks a run of the harness.
+every core as it does by default (ours: as ``main`` does, one device whose Eigen
+convolutions use every core, ``hostcpu.py``; one device per core with
+``EBM_CPU_DEVICES=all`` or ``--threads=N``; torch: ``torch.get_num_threads()``). Without
+torch or without ``--peer_dir`` the command prints why it is skipped and exits 0, so it
+never breaks a run of the harness.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def ours(batch: int, steps: int, threads: int) -> dict:
 
     from ebm_vs_score import hostcpu
 
-    hostcpu.use_cpu_cores(batch, threads or None)
+    hostcpu.use_fast_cpu_kernels()  # as main does
+    if hostcpu.devices_asked_for() or threads:
+        hostcpu.use_cpu_cores(batch, threads or None)
     from benchmarks import rows
     from benchmarks.suites import RowSpec
 

@@ -85,7 +85,8 @@ def run_rows(specs: list[suites.RowSpec], opts: rows.Options,
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    cpu_devices = hostcpu.use_cpu_cores()  # as main does: one XLA:CPU device per core
+    hostcpu.use_fast_cpu_kernels()  # as main does; and one device per core only if asked
+    cpu_devices = hostcpu.use_cpu_cores() if hostcpu.devices_asked_for() else 0
     suite = suites.SUITES[args.suite]
     specs = suites.select(suites.plan(suite), args.only)
     if args.list:

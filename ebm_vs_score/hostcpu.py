@@ -1,11 +1,25 @@
-"""One XLA:CPU device per core, so that the data-parallel mesh keeps every core busy.
+"""The CPU's fast path: XLA:CPU's own (Eigen) convolutions, and optionally one device per core.
 
-XLA:CPU runs most of the small convolutions of these U-Nets on one thread: the digits
-demo kept 1.06 of 2 cores busy. Exposing one host device per core (``jax_num_cpu_devices``)
-turns the one ``data`` mesh of DESIGN.md rule 3 into data parallelism across cores, with
-no code path of its own: the batch is split over the devices exactly as over GPUs.
+``use_fast_cpu_kernels``: jaxlib 0.10's XLA:CPU sends convolutions and matrix products to
+YNNPACK by default. On an x86-64 CPU (2-core AMD EPYC, BENCHMARKS.md) its convolution
+weight gradients run at 57-98 GFLOP/s against Eigen's 118-162, and the CIFAR U-Net train
+step at batch 8 took 3.25 s against 2.64 s with Eigen (digits U: 38 -> 30 ms, QC 72 -> 52
+ms, a U sampler step 11.7 -> 7.7 ms). Eigen's convolutions are multi-threaded, so a
+single device already keeps every core busy (CPU time / wall 1.8-1.96 on 2 cores).
+``main``, the benchmarks and the tests ask for it before JAX starts; a notebook calls it
+before its first JAX array. It sets ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNN
+fusions) in ``XLA_FLAGS`` only on x86-64 (the only CPU measured), only where this jaxlib
+defines the flag (an unknown XLA flag aborts the process), and never where the user's
+``XLA_FLAGS`` mention it or ``EBM_XLA_CPU_DEFAULTS=1`` asks to keep XLA's defaults.
 
-It must run before JAX starts its backends (before the first ``jax.devices()`` or array),
+``use_cpu_cores`` (opt-in, ``EBM_CPU_DEVICES=all`` in ``main``): one XLA:CPU device per core.
+With YNNPACK's kernels, which ran the digits U-Net's small convolutions on one thread,
+it made the digits U step 1.4x faster on 2 cores; with Eigen's it is slower at the CIFAR
+batch of 8. Exposing one host device per core (``jax_num_cpu_devices``) turns the one
+``data`` mesh of DESIGN.md rule 3 into data parallelism across cores, with no code path
+of its own: the batch is split over the devices exactly as over GPUs.
+
+Both must run before JAX starts its backends (before the first ``jax.devices()`` or array),
 which is why ``main`` calls it first. It changes nothing where the user chose already
 (``JAX_NUM_CPU_DEVICES`` or ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``)
 or once the backends are up; ``main`` does not call it in multi-process runs (each
@@ -15,9 +29,22 @@ exist but are unused: the mesh is built from ``jax.devices()``, the accelerators
 
 from __future__ import annotations
 
+import glob
+import mmap
 import os
+import platform
 
 import jax
+
+YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+KEEP_DEFAULTS_ENV = "EBM_XLA_CPU_DEFAULTS"
+MEASURED_MACHINES = ("x86_64", "amd64")
+CPU_DEVICES_ENV = "EBM_CPU_DEVICES"  # 'all': one XLA:CPU device per core (use_cpu_cores)
+
+
+def devices_asked_for() -> bool:
+    """Whether ``EBM_CPU_DEVICES=all`` asks for one XLA:CPU device per core."""
+    return os.environ.get(CPU_DEVICES_ENV) == "all"
 
 
 def cpu_cores() -> int:
@@ -63,6 +90,36 @@ def use_cpu_cores(batch_size: int | None = None, cores: int | None = None) -> in
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     return n
+
+
+def use_fast_cpu_kernels() -> bool:
+    """Turns XLA:CPU's YNNPACK fusions off, so that convolutions and matrix products run on
+    XLA's multi-threaded Eigen kernels (module docstring). Returns whether it did; a no-op
+    once the backends are up, off x86-64, where the user's ``XLA_FLAGS`` mention the flag,
+    with ``EBM_XLA_CPU_DEFAULTS=1``, or where this jaxlib lacks the flag."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if (YNN_FLAG in flags or os.environ.get(KEEP_DEFAULTS_ENV, "") not in ("", "0")
+            or platform.machine().lower() not in MEASURED_MACHINES
+            or _backends_up() or not _xla_knows(YNN_FLAG)):
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} --{YNN_FLAG}=".strip()
+    return True
+
+
+def _xla_knows(flag: str) -> bool:
+    """Whether the installed jaxlib's XLA defines ``flag`` (its name is in the library)."""
+    import jaxlib
+
+    needle = flag.encode()
+    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "**", "*.so"),
+                          recursive=True):
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(needle) >= 0:
+                    return True
+        except (OSError, ValueError):  # unreadable or empty file
+            continue
+    return False
 
 
 def _backends_up() -> bool:

@@ -112,18 +112,18 @@ def _initialize_distributed() -> None:
 
 
 # One XLA:CPU device per core (``hostcpu``) is opt-in: ``EBM_CPU_DEVICES=all``. It made the
-# digits U step 1.4x faster on 2 cores, but on a loaded 2-core machine 5 of 6 C-ResNet
-# training runs with 2 devices hung in an XLA:CPU all-reduce (one device thread never
-# reached the rendezvous; XLA aborts after 40 s) within 500 steps. A run that can hang
-# is not a default; JAX_NUM_CPU_DEVICES=N sets the count directly.
-CPU_DEVICES_ENV = "EBM_CPU_DEVICES"
+# digits U step 1.4x faster on 2 cores with YNNPACK's kernels, but on a loaded 2-core
+# machine 5 of 6 C-ResNet training runs with 2 devices hung in an XLA:CPU all-reduce (one
+# device thread never reached the rendezvous; XLA aborts after 40 s) within 500 steps. A
+# run that can hang is not a default; JAX_NUM_CPU_DEVICES=N sets the count directly.
+CPU_DEVICES_ENV = hostcpu.CPU_DEVICES_ENV
 
 
 def _use_every_cpu_core(config) -> None:
     """With ``EBM_CPU_DEVICES=all``, one XLA:CPU device per core in single-process runs
     (``hostcpu``), before JAX starts: the micro-batch of each optimizer step must split
     evenly over the devices."""
-    if _COORDINATOR.value or _DISTRIBUTED.value or os.environ.get(CPU_DEVICES_ENV) != "all":
+    if _COORDINATOR.value or _DISTRIBUTED.value or not hostcpu.devices_asked_for():
         return
     batch = int(config.training.batch_size)
     accum = int(config.training.get("grad_accum_steps", 1) or 1)
@@ -221,6 +221,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet_library_logs()
+    hostcpu.use_fast_cpu_kernels()  # before JAX starts: XLA:CPU's Eigen convolutions
     config, workdir, mode = _load_config(), _WORKDIR.value, _MODE.value
     _use_every_cpu_core(config)
     _hide_gpus_from_tensorflow()

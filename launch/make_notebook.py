@@ -49,6 +49,9 @@ CELLS = [
         PIP_SPEC = os.environ.get("EBM_VS_SCORE_PIP", "{PIP_SPEC}")
         if importlib.util.find_spec("ebm_vs_score") is None:
             subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", PIP_SPEC])
+
+        # Before JAX starts: XLA's Eigen convolutions on a CPU runtime (ebm_vs_score/hostcpu.py).
+        importlib.import_module("ebm_vs_score.hostcpu").use_fast_cpu_kernels()
         """),
     ("code", """
         import tempfile

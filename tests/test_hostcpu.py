@@ -50,3 +50,36 @@ def test_peer_benchmark_skips_with_a_reason_without_a_peer_checkout(tmp_path):
                           f"--peer_dir={tmp_path}"], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=True)
     assert out.stdout.startswith("peer comparison skipped:")
+
+
+_KERNELS_PROBE = (
+    "import jax, jax.numpy as jnp; from ebm_vs_score import hostcpu; "
+    "changed = hostcpu.use_fast_cpu_kernels(); "
+    "conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
+    "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))); "
+    "hlo = conv.lower(jnp.ones((8, 32, 32, 128)), jnp.ones((3, 3, 128, 128))).compile().as_text(); "
+    "print(changed, 'ynn_fusion' in hlo)")
+
+
+def _ynn_flag_known():
+    import platform
+
+    return (platform.machine().lower() in hostcpu.MEASURED_MACHINES
+            and hostcpu._xla_knows(hostcpu.YNN_FLAG))
+
+
+@pytest.mark.skipif(not _ynn_flag_known(), reason="this jaxlib/CPU has no YNN fusion flag")
+def test_fast_cpu_kernels_replace_ynnpack_convolutions_before_jax_starts():
+    env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "EBM_XLA_CPU_DEFAULTS": ""}
+    assert _devices_in_fresh_process(_KERNELS_PROBE, env) == "True False"
+    kept = {**env, "EBM_XLA_CPU_DEFAULTS": "1"}  # XLA's default: this conv is a YNN fusion
+    assert _devices_in_fresh_process(_KERNELS_PROBE, kept) == "False True"
+
+
+def test_fast_cpu_kernels_leave_the_users_choice_and_a_started_jax_alone():
+    user = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=", "JAX_PLATFORMS": "cpu"}
+    assert _devices_in_fresh_process(_KERNELS_PROBE, user).startswith("False")
+    code = ("import jax; jax.devices(); from ebm_vs_score import hostcpu; "
+            "print(hostcpu.use_fast_cpu_kernels())")
+    assert _devices_in_fresh_process(code, {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}) == "False"
+    assert not hostcpu._xla_knows("xla_cpu_flag_that_does_not_exist_anywhere")
