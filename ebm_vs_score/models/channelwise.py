@@ -119,7 +119,8 @@ class Conv(nn.Module):
 class GroupNorm(nn.Module):
     """``flax.linen.GroupNorm`` over the last axis (Wu & He 2018, eq. 1-3 with groups of
     C/G channels): float32 statistics, Var = E[x^2] - E[x]^2 clipped at 0 as in Flax,
-    then ``scale * x_hat + bias`` with product-gradient scale and bias. (A closed-form
+    then ``scale * x_hat + bias`` with product-gradient scale and bias; on the CPU the
+    statistics' sums over the pixels are products with ones too. (A closed-form
     ``custom_jvp`` of the standardization made the CIFAR step slower on XLA:CPU: 2.77 s
     against 2.35 s with autodiff of these lines.)"""
 
@@ -135,10 +136,29 @@ class GroupNorm(nn.Module):
                              f"{self.num_groups} groups; use a divisor (group_count).")
         scale = self.param("scale", nn.initializers.ones, (channels,))
         bias = self.param("bias", nn.initializers.zeros, (channels,))
-        grouped = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(
-            x.shape[0], -1, self.num_groups, channels // self.num_groups)
-        mean = grouped.mean((1, 3), keepdims=True)
-        var = jnp.maximum(jnp.square(grouped).mean((1, 3), keepdims=True) - mean**2, 0.0)
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        mean, mean_sq = _group_moments(xf, self.num_groups)
+        var = jnp.maximum(mean_sq - mean**2, 0.0)
+        grouped = xf.reshape(x.shape[0], -1, self.num_groups, channels // self.num_groups)
         x_hat = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         y = x_hat * broadcast_channels(scale, x.shape) + broadcast_channels(bias, x.shape)
         return y.astype(self.dtype or jnp.result_type(x, scale))
+
+
+def _group_moments(x: jax.Array, groups: int) -> tuple[jax.Array, jax.Array]:
+    """E[x] and E[x^2] over the pixels and the C/G channels of each group, (B, 1, G, 1).
+    On the CPU the sums over the pixels are batched products with ones (one pass each,
+    multi-threaded: 1.5-2% of the CIFAR U step against XLA:CPU's reductions)."""
+    batch, channels = x.shape[0], x.shape[-1]
+    pixels = x.reshape(batch, -1, channels)
+    count = pixels.shape[1] * (channels // groups)
+
+    def group_sum(values):
+        if sums_as_products():
+            ones = jnp.ones(values.shape[:2], values.dtype)
+            per_channel = jnp.einsum("bn,bnc->bc", ones, values)
+        else:
+            per_channel = values.sum(1)
+        return per_channel.reshape(batch, 1, groups, -1).sum(-1, keepdims=True)
+
+    return group_sum(pixels) / count, group_sum(pixels * pixels) / count
