@@ -10,6 +10,13 @@ by the library; each compares what the library does with one alternative).
   probe loop unrolled in Python (each probe still ``jax.checkpoint``-ed).
 * ``qc``: the QC train step with ``conservativeness._probe_terms`` (one vjp + one jvp)
   vs one ``jax.linearize`` whose linear map is applied (Jv) and transposed (J^T v).
+* ``convs``: GFLOP/s of the forward, input-gradient and weight-gradient 3x3 convolutions
+  of the CIFAR U-Net's layer shapes at ``--batch``, under this process's XLA:CPU kernels
+  (``EBM_XLA_CPU_DEFAULTS=1``: XLA's default YNNPACK; else Eigen, ``hostcpu.py``).
+* ``sums``: a per-channel gradient sum over (B, H, W) as a reduction vs as a product
+  with a vector of ones (what ``models/channelwise.py`` makes autodiff emit).
+* ``ablate``: the CIFAR U train step at ``--batch`` with GroupNorm, the attention blocks
+  or dropout replaced by the identity: what each costs.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 
 from benchmarks import rows, timing
 from benchmarks.suites import RowSpec
-from ebm_vs_score import builders, conservativeness, train
+from ebm_vs_score import builders, conservativeness, hostcpu, train
+from ebm_vs_score.models import layers, unet
 
 CANONICAL = "dim_labels=b01f_01io->b01f"
 
@@ -148,6 +156,90 @@ def qc_experiment(spec: RowSpec, opts: rows.Options) -> dict:
     return out
 
 
+# (H = W, C_in, C_out, stride) of the CIFAR U-Net's 3x3 convolutions, one per kind
+CONV_SHAPES = ((32, 128, 128, 1), (16, 256, 256, 1), (8, 256, 256, 1), (4, 256, 256, 1),
+               (32, 128, 128, 2))
+
+
+def _conv(x, w, stride):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_fns(stride: int) -> dict:
+    return {"forward": lambda x, w, g: _conv(x, w, stride),
+            "input_grad": lambda x, w, g: jax.vjp(lambda x: _conv(x, w, stride), x)[1](g)[0],
+            "weight_grad": lambda x, w, g: jax.vjp(lambda w: _conv(x, w, stride), w)[1](g)[0]}
+
+
+def convs_experiment(batch: int, opts: rows.Options) -> dict:
+    """GFLOP/s of y = conv(x, w), of its input gradient and of its weight gradient."""
+    out = {}
+    for size, c_in, c_out, stride in CONV_SHAPES:
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, c_in)),
+                        jnp.float32)
+        w = jnp.full((3, 3, c_in, c_out), 0.01, jnp.float32)
+        g = jnp.ones((batch, size // stride, size // stride, c_out), jnp.float32)
+        gflop = 2 * g.size * c_in * 9 / 1e9
+        row = {}
+        for name, fn in _conv_fns(stride).items():
+            ms = _measure(fn, (x, w, g), 1, opts)["wall_ms"]
+            row[name] = {"ms": ms, "gflop_per_s": gflop / ms * 1e3}
+        out[f"{size}x{size}x{c_in}->{c_out}/s{stride}"] = row
+    return out
+
+
+def sums_experiment(batch: int, opts: rows.Options) -> dict:
+    """ms of sum over (B, H, W) of a (batch, 32, 32, 128) array: reduce vs ones-product."""
+    g = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 32, 32, 128)),
+                    jnp.float32)
+    return {name: _measure(fn, (g,), 1, opts)["wall_ms"]
+            for name, fn in channel_sum_fns(g.shape).items()}
+
+
+def channel_sum_fns(shape: tuple[int, ...]) -> dict:
+    """The sum over all but the last axis, as a reduction and as a product with ones."""
+    ones = jnp.ones((int(np.prod(shape[:-1])),), jnp.float32)
+    return {"reduce": lambda g: g.sum(tuple(range(g.ndim - 1))),
+            "ones_product": lambda g: ones @ g.reshape(-1, g.shape[-1])}
+
+
+def _step_ms(one_step, opts: rows.Options) -> float:
+    """Median ms of ``one_step()`` (which blocks), after a warm-up."""
+    def run(n: int) -> None:
+        for _ in range(n):
+            one_step()
+
+    return 1e3 * timing.time_runner(run, repeats=opts.repeats, min_time=opts.min_time).median_s
+
+
+class _NoDropout:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, x, deterministic=None):
+        return x
+
+
+def ablate_experiment(batch: int, opts: rows.Options) -> dict:
+    """ms per CIFAR U train step: as is, and without GroupNorm / attention / dropout."""
+    spec = RowSpec("experiment", "train", "cifar", "U", batch)
+    identity_norm = lambda x, num_groups, dtype: x  # noqa: E731
+    identity_attn = lambda remat, *args, **kwargs: (lambda h: h)  # noqa: E731
+    variants = {"as_is": [], "no_group_norm": [(layers, "group_norm", identity_norm),
+                                               (unet, "group_norm", identity_norm)],
+                "no_attention": [(unet, "attn_block", identity_attn)],
+                "no_dropout": [(layers.nn, "Dropout", _NoDropout)]}
+    out = {}
+    for name, patches in variants.items():
+        with contextlib.ExitStack() as stack:
+            for module, attr, value in patches:
+                stack.enter_context(patched(module, attr, value))
+            out[name] = _step_ms(rows.train_step_runner(spec)[0], opts)
+        print(f"ablate/{name}: {out[name]:.0f} ms/step", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.experiments")
     p.add_argument("--scale", default="digits")
@@ -157,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--min-time", type=float, default=0.5)
     p.add_argument("--out")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    hostcpu.use_fast_cpu_kernels()  # as main does (EBM_XLA_CPU_DEFAULTS=1: XLA's defaults)
     opts = rows.Options(args.repeats, args.min_time, 0, ())
     spec = lambda family: RowSpec("experiment", "asym", args.scale, family, args.batch)
     argv = sys.argv[1:] if argv is None else argv
@@ -172,6 +265,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "qc" in todo:
         result["qc"] = qc_experiment(spec("QC"), opts)
         print("qc", json.dumps(result["qc"]), flush=True)
+    for name, run in (("convs", convs_experiment), ("sums", sums_experiment),
+                      ("ablate", ablate_experiment)):
+        if name in todo:
+            result[name] = run(args.batch, opts)
+            print(name, json.dumps(result[name]), flush=True)
     result["machine"]["load_average_end"] = list(os.getloadavg())
     if args.out:
         with open(args.out, "w") as f:

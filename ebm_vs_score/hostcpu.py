@@ -1,16 +1,19 @@
 """The CPU's fast path: XLA:CPU's own (Eigen) convolutions, and optionally one device per core.
 
 ``use_fast_cpu_kernels``: jaxlib 0.10's XLA:CPU sends convolutions and matrix products to
-YNNPACK by default. On an x86-64 CPU (2-core AMD EPYC, BENCHMARKS.md) its convolution
-weight gradients run at 57-98 GFLOP/s against Eigen's 118-162, and the CIFAR U-Net train
-step at batch 8 took 3.25 s against 2.64 s with Eigen (digits U: 38 -> 30 ms, QC 72 -> 52
-ms, a U sampler step 11.7 -> 7.7 ms). Eigen's convolutions are multi-threaded, so a
-single device already keeps every core busy (CPU time / wall 1.8-1.96 on 2 cores).
-``main``, the benchmarks and the tests ask for it before JAX starts; a notebook calls it
-before its first JAX array. It sets ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNN
-fusions) in ``XLA_FLAGS`` only on x86-64 (the only CPU measured), only where this jaxlib
-defines the flag (an unknown XLA flag aborts the process), and never where the user's
-``XLA_FLAGS`` mention it or ``EBM_XLA_CPU_DEFAULTS=1`` asks to keep XLA's defaults.
+YNNPACK by default. On an x86-64 CPU (2-core AMD EPYC, BENCHMARKS.md; ``python -m
+benchmarks.experiments --only=convs --batch=8``) its 3x3 convolution weight gradients on
+the CIFAR U-Net's shapes run at 61-106 GFLOP/s against 123-168 for XLA's own Eigen kernels
+(forward 124-157 against 145-176). Its reductions are fast, XLA's are not; the U-Net writes
+its gradient sums as matrix products on the CPU (``models/channelwise.py``). Together: the
+CIFAR U train step at batch 8 went from 3.2 s to 2.3 s, the digits U step from 35 to 27 ms.
+Eigen's convolutions are multi-threaded, so one device keeps every core busy (CPU time /
+wall 1.8-1.96 on 2 cores). ``main``, the benchmarks and the tests ask for it before JAX
+starts; a notebook calls it before its first JAX array. It sets
+``--xla_cpu_experimental_ynn_fusion_type=`` (no YNN fusions) in ``XLA_FLAGS`` only on
+x86-64 (the only CPU measured), only where this jaxlib defines the flag (an unknown XLA
+flag aborts the process), and never where the user's ``XLA_FLAGS`` mention it or
+``EBM_XLA_CPU_DEFAULTS=1`` asks to keep XLA's defaults.
 
 ``use_cpu_cores`` (opt-in, ``EBM_CPU_DEVICES=all`` in ``main``): one XLA:CPU device per core.
 With YNNPACK's kernels, which ran the digits U-Net's small convolutions on one thread,

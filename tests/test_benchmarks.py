@@ -128,3 +128,16 @@ def test_memory_rows_show_that_accumulation_shrinks_the_temporaries():
         assert full["xla_total_bytes"] > 0
     with pytest.raises(SystemExit, match="--accum"):
         memory.main(["--scale=toy", "--accum=two"])
+
+
+def test_the_sums_experiment_compares_two_ways_of_the_same_sum():
+    import jax
+    import numpy as np
+
+    from benchmarks import experiments
+
+    g = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
+    fns = experiments.channel_sum_fns(g.shape)
+    np.testing.assert_allclose(fns["reduce"](g), fns["ones_product"](g), rtol=1e-5, atol=1e-5)
+    times = experiments.sums_experiment(1, experiments.rows.Options(1, 0.0, 0, ()))
+    assert set(times) == {"reduce", "ones_product"} and min(times.values()) > 0
