@@ -116,9 +116,6 @@ def _initialize_distributed() -> None:
 # machine 5 of 6 C-ResNet training runs with 2 devices hung in an XLA:CPU all-reduce (one
 # device thread never reached the rendezvous; XLA aborts after 40 s) within 500 steps. A
 # run that can hang is not a default; JAX_NUM_CPU_DEVICES=N sets the count directly.
-CPU_DEVICES_ENV = hostcpu.CPU_DEVICES_ENV
-
-
 def _use_every_cpu_core(config) -> None:
     """With ``EBM_CPU_DEVICES=all``, one XLA:CPU device per core in single-process runs
     (``hostcpu``), before JAX starts: the micro-batch of each optimizer step must split
