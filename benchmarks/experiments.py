@@ -204,15 +204,6 @@ def channel_sum_fns(shape: tuple[int, ...]) -> dict:
             "ones_product": lambda g: ones @ g.reshape(-1, g.shape[-1])}
 
 
-def _step_ms(one_step, opts: rows.Options) -> float:
-    """Median ms of ``one_step()`` (which blocks), after a warm-up."""
-    def run(n: int) -> None:
-        for _ in range(n):
-            one_step()
-
-    return 1e3 * timing.time_runner(run, repeats=opts.repeats, min_time=opts.min_time).median_s
-
-
 class _NoDropout:
     def __init__(self, *args, **kwargs):
         pass
@@ -235,7 +226,7 @@ def ablate_experiment(batch: int, opts: rows.Options) -> dict:
         with contextlib.ExitStack() as stack:
             for module, attr, value in patches:
                 stack.enter_context(patched(module, attr, value))
-            out[name] = _step_ms(rows.train_step_runner(spec)[0], opts)
+            out[name] = 1e3 * rows.train_row(spec, opts)[0]["time_s"]
         print(f"ablate/{name}: {out[name]:.0f} ms/step", flush=True)
     return out
 
