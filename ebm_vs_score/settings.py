@@ -28,6 +28,8 @@ from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
 from ebm_vs_score.drl import ENERGY_SCALES, DRLChain
 from ebm_vs_score.errors import ConfigError
+from ebm_vs_score.models.layers import EMBEDDINGS
+from ebm_vs_score.models.mlp import ACTIVATIONS
 
 TOY_DATASETS = data_lib.TOY_NAMES
 IMAGE_DATASETS = data_lib.IMAGE_DATASETS
@@ -49,6 +51,21 @@ def _positive(config, fields) -> None:
         section, name = path.split(".")
         value = config[section][name]
         _require(value > 0, f"{path}={value!r} must be positive")
+
+
+def _int_tuple(value, field: str, *, allow_empty: bool = False) -> None:
+    """A tuple of positive integers (``model.hidden=(128,128)``), one sentence otherwise."""
+    ok = (isinstance(value, tuple | list) and (allow_empty or len(value) > 0)
+          and all(_is_int(v) and v > 0 for v in value))
+    example = "(128,128)" if field == "model.hidden" else "(1,2)"
+    _require(ok, f"{field}={value!r} must be a tuple of positive integers, e.g. "
+             f"--config.{field}={'()' if allow_empty else example}")
+
+
+def _int_at_least(config, path: str, low: int) -> None:
+    section, name = path.split(".")
+    value = config[section][name]
+    _require(_is_int(value) and value >= low, f"{path}={value!r} must be an integer >= {low}")
 
 
 def _as_config_error(check, *args) -> None:
@@ -237,7 +254,12 @@ def sampler_settings(config) -> SamplerSettings:
     """
     sampling = config.sampling
     _choice(sampling.method, samplers.METHODS, "sampling.method")
-    _positive(config, ["sampling.num_steps", "sampling.num_samples", "sampling.step_size"])
+    for name, table in samplers.CHOICES.items():  # checked whatever the method: the
+        if sampling.get(name) is not None:  # method may change on resume or at eval
+            _choice(sampling[name], tuple(table), f"sampling.{name}")
+    _int_at_least(config, "sampling.num_steps", 1)
+    _int_at_least(config, "sampling.num_samples", 1)
+    _positive(config, ["sampling.step_size"])
     target = sampling.target_acceptance
     _require(target is None or 0 < target < 1,
              f"sampling.target_acceptance={target} must lie in (0, 1), or be None for the "
@@ -297,16 +319,54 @@ def drl_settings(drl_config: Any) -> DRLSettings:
 # Infrastructure fields (data, network, optimizer) and the whole config
 # ----------------------------------------------------------------------------------------
 
+# jax.random.PRNGKey keeps 32 bits of a seed (2**32 gives the key of 0), and the run uses
+# seed + 1 .. seed + 3 as well: seeds stay in the int32 range.
+MAX_SEED = 2**31 - 1
+
+
+def _leaves(tree, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def validate_finite(config) -> None:
+    """Every number of the config, in every section and tuple, is finite (nan, inf and -inf
+    are refused alike: no field means anything by them)."""
+    tree = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    for path, value in _leaves(tree):
+        values = value if isinstance(value, tuple | list) else (value,)
+        bad = [v for v in values if isinstance(v, float | np.floating) and not math.isfinite(v)]
+        _require(not bad, f"{path}={value!r} is not a finite number; set a finite value "
+                 f"(--config.{path}=...)")
+
+
+def _validate_seed(config) -> None:
+    seed = config.seed
+    _require(_is_int(seed) and 0 <= seed <= MAX_SEED,
+             f"seed={seed!r} must be an integer from 0 to {MAX_SEED} (larger seeds repeat "
+             "smaller ones in jax.random.PRNGKey)")
+
+
 
 def _validate_data(config) -> None:
     data = config.data
     _choice(data.dataset, TOY_DATASETS + IMAGE_DATASETS, "data.dataset")
+    _int_at_least(config, "data.input_workers", 0)
     if is_toy(config):
-        _require(data.toy_dim >= 1, f"data.toy_dim={data.toy_dim} must be >= 1")
+        _int_at_least(config, "data.toy_dim", 1)
+        _int_at_least(config, "data.num_components", 1)
         _require(data.toy_dim == 2 or data.dataset == "gmm",
                  f"data.toy_dim={data.toy_dim}: only the 'gmm' toy exists in more than 2-D")
         return
-    _positive(config, ["data.image_size", "data.num_channels"])
+    _require(data.image_size != 0 or config.model.name != "mlp",
+             f"data.dataset={data.dataset!r} holds images but this config is for vector data "
+             f"(data.image_size=0, model.name='mlp'); start from an image config, e.g. "
+             f"--config=configs/digits_score.py --config.data.dataset={data.dataset}")
+    _int_at_least(config, "data.image_size", 1)
+    _int_at_least(config, "data.num_channels", 1)
     _as_config_error(data_lib.validate, data)
 
 
@@ -319,17 +379,19 @@ def _validate_image_model(config) -> None:
              f"model.parameterization={model.parameterization!r} does not fit model.name="
              f"{model.name!r}: use 'resnet_energy' with 'resnet_energy' and 'unconstrained' or "
              "'conservative' with 'unet'")
-    _positive(config, ["model.ch", "model.num_res_blocks"])
-    _require(model.num_groups >= 0, f"model.num_groups={model.num_groups!r} must be >= 0 "
-             "(0: no normalization)")
-    _require(len(model.ch_mult) > 0 and min(model.ch_mult) > 0,
-             f"model.ch_mult={model.ch_mult} needs positive multipliers")
+    _int_at_least(config, "model.ch", 1)
+    _int_at_least(config, "model.num_res_blocks", 1)
+    _require(_is_int(model.num_groups) and model.num_groups >= 0,
+             f"model.num_groups={model.num_groups!r} must be an integer >= 0 (0: no "
+             "normalization)")
+    _int_tuple(model.ch_mult, "model.ch_mult")
     size, levels = config.data.image_size, len(model.ch_mult)
     _require(size % 2 ** (levels - 1) == 0,
              f"data.image_size={size} is not divisible by 2**(len(model.ch_mult)-1)="
              f"{2 ** (levels - 1)}; shorten model.ch_mult or change the image size")
     if model.name != "unet":  # the ResNet energy has no attention: the field is unused
         return
+    _int_tuple(model.attn_resolutions, "model.attn_resolutions", allow_empty=True)
     resolutions = {size // 2**i for i in range(levels)}
     bad = [r for r in model.attn_resolutions if r not in resolutions]
     _require(not bad, f"model.attn_resolutions={tuple(model.attn_resolutions)} has {bad}, "
@@ -343,14 +405,18 @@ def _validate_model(config) -> None:
     _choice(model.dtype, DTYPES, "model.dtype")
     _choice(model.energy_base, param_lib.ENERGY_BASES, "model.energy_base")
     _choice(getattr(model, "energy_head", "mean"), models.ENERGY_HEADS, "model.energy_head")
+    _choice(getattr(model, "embedding", "sinusoidal"), EMBEDDINGS, "model.embedding")
+    _choice(getattr(model, "activation", "swish"), tuple(ACTIVATIONS),
+            "model.activation")
     _require(model.sigma_data > 0, f"model.sigma_data={model.sigma_data} must be positive")
+    dropout = getattr(model, "dropout", 0.0)
+    _require(0 <= dropout < 1, f"model.dropout={dropout!r} must lie in [0, 1)")
     if not is_toy(config):
         _validate_image_model(config)
         return
     _require(model.name == "mlp", f"model.name={model.name!r} cannot take vector data "
              f"({config.data.dataset}); use model.name='mlp'")
-    _require(len(model.hidden) > 0 and min(model.hidden) > 0,
-             f"model.hidden={model.hidden} needs positive layer widths")
+    _int_tuple(model.hidden, "model.hidden")
 
 
 def _validate_schedule(config, num_devices: int) -> None:
@@ -363,9 +429,18 @@ def _validate_schedule(config, num_devices: int) -> None:
     _require(config.optim.warmup >= 0, f"optim.warmup={config.optim.warmup} must be >= 0")
     _require(config.optim.grad_clip >= 0,
              f"optim.grad_clip={config.optim.grad_clip} must be >= 0 (0 = off)")
-    _require(config.training.batch_size % num_devices == 0,
-             f"training.batch_size={config.training.batch_size} is not divisible by the "
-             f"{num_devices} devices; use a multiple of {num_devices}")
+    _require(0 <= config.optim.beta1 < 1 and 0 <= config.optim.beta2 < 1,
+             f"optim.beta1={config.optim.beta1} and optim.beta2={config.optim.beta2} must "
+             "lie in [0, 1)")
+    _require(config.optim.eps > 0 and config.optim.weight_decay >= 0,
+             f"optim.eps={config.optim.eps} must be positive and optim.weight_decay="
+             f"{config.optim.weight_decay} >= 0")
+    batch, accum = config.training.batch_size, config.training.get("grad_accum_steps", 1)
+    _require(_is_int(accum) and accum >= 1,
+             f"training.grad_accum_steps={accum!r} must be an integer >= 1 (1 = off)")
+    _require(batch % (accum * num_devices) == 0,
+             f"training.batch_size={batch} is not divisible by training.grad_accum_steps="
+             f"{accum} x {num_devices} device(s); use a multiple of {accum * num_devices}")
 
 
 def _drl_if_any(config, loss: LossSettings) -> DRLSettings | None:
@@ -382,6 +457,8 @@ def from_config(config, *, num_devices: int = 1) -> Settings:
     Raises:
       ConfigError: one sentence naming the field, the bad value and the valid choices.
     """
+    validate_finite(config)
+    _validate_seed(config)
     _validate_data(config)
     _validate_model(config)
     sde = sde_settings(config)

@@ -28,7 +28,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ebm_vs_score import builders, checkpoints, configuration, plotting
+from ebm_vs_score import builders, checkpoints, plotting, preflight, runlock
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import workdir as workdir_lib
@@ -217,25 +217,78 @@ def summarize(history: list[dict], step: int) -> dict[str, float]:
     finite = np.array([h["finite"] for h in stacked])
     if not finite.all():
         bad = step - len(stacked) + 1 + int(np.argmin(finite))
-        raise NonFiniteLossError(f"the loss or its gradient became non-finite at step {bad}")
+        error = NonFiniteLossError(f"the loss or its gradient became non-finite at step {bad}")
+        error.step = bad
+        raise error
     keys = [k for k in stacked[0] if k != "finite"]
     return {k: float(np.mean([h[k] for h in stacked])) for k in keys}
 
 
 # A logged loss this many times the first one logged by the run means it diverged.
 EXPLODED_LOSS_FACTOR = 1e6
+# Above this, a divergence is blamed on optim.lr itself, not on a step that is slightly too
+# large: Adam trains these models at 2e-4 .. 1e-3 (config_base), and 0.1 is far outside.
+MAX_PLAUSIBLE_LR = 0.1
+# A float field this many times (or this fraction of) its default is named as a suspect
+# when the loss is non-finite before any update (so optim.lr is not the cause).
+_SUSPECT_FACTOR = 100.0
+_SUSPECT_SECTIONS = ("sde", "model", "data", "training")
 
 
-def divergence_advice(config: ml_collections.ConfigDict, last_checkpoint: int | None) -> str:
-    """What to do after a divergence, with a command-line flag that the workdir accepts."""
-    flag = f"--config.optim.lr={float(config.optim.lr) / 10:g}"
+def _defaults_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """config_base's defaults for the scale and family of ``config``."""
+    from ebm_vs_score import config_base
+
+    dataset = config.data.dataset
+    scale = "toy" if dataset in data_lib.TOY_NAMES else (
+        "digits" if dataset == "digits" else "cifar")
+    family = config.get("family", "score")
+    return config_base.get_config(scale, family if family in config_base.FAMILIES else "score")
+
+
+def _suspects(config: ml_collections.ConfigDict) -> list[str]:
+    """Float fields far (x100) from this scale's defaults, as ``field=value (default d)``."""
+    defaults, out = _defaults_of(config), []
+    for section in _SUSPECT_SECTIONS:
+        for name, value in config[section].items():
+            default = defaults[section].get(name) if section in defaults else None
+            if not isinstance(value, float) or not isinstance(default, float) or default == 0:
+                continue
+            ratio = abs(value / default) if value else 0.0
+            if not (1 / _SUSPECT_FACTOR < ratio < _SUSPECT_FACTOR):
+                out.append(f"{section}.{name}={value:g} (default {default:g})")
+    return out
+
+
+def divergence_advice(config: ml_collections.ConfigDict, last_checkpoint: int | None, *,
+                      before_any_update: bool = False) -> str:
+    """What to do after a divergence, with a command-line flag that the workdir accepts.
+
+    A lower learning rate is offered only when ``optim.lr`` is plausible and the loss was
+    finite at first; an implausible lr is named with a working value instead, and a loss
+    that was non-finite before any update names the fields far from their defaults.
+    """
     if last_checkpoint is None:
-        return (f"the run stopped before its first checkpoint (due at step "
-                f"{config.training.checkpoint_every}), so nothing was saved; add {flag} (or "
-                "raise optim.warmup) to the same command and rerun it to start again")
-    return (f"the run stopped and its last checkpoint (step {last_checkpoint}) is kept; add "
-            f"{flag} (or raise optim.warmup) to the same command and rerun it to resume from "
-            f"step {last_checkpoint}")
+        where = (f"the run stopped before its first checkpoint (due at step "
+                 f"{config.training.checkpoint_every}), so nothing was saved")
+        rerun = "rerun it to start again"
+    else:
+        where = f"the run stopped and its last checkpoint (step {last_checkpoint}) is kept"
+        rerun = f"rerun it to resume from step {last_checkpoint}"
+    if before_any_update:
+        suspects = _suspects(config)
+        named = ("check " + ", ".join(suspects) if suspects
+                 else "check the data and the sde.* and model.* values")
+        return (f"{where}; the loss was non-finite before any update, so optim.lr is not the "
+                f"cause: {named}, fix it in the same command and {rerun}")
+    lr = float(config.optim.lr)
+    if not lr <= MAX_PLAUSIBLE_LR:
+        default = float(_defaults_of(config).optim.lr)
+        return (f"{where}; optim.lr={lr:g} is far above the learning rates Adam trains these "
+                f"models with (at most {MAX_PLAUSIBLE_LR:g}): add --config.optim.lr={default:g} "
+                f"(this scale's default) to the same command and {rerun}")
+    return (f"{where}; add --config.optim.lr={lr / 10:g} (or raise optim.warmup) to the same "
+            f"command and {rerun}")
 
 
 def append_metrics(workdir: str, record: dict) -> None:
@@ -315,11 +368,13 @@ class _Loop(NamedTuple):
     sample_fn: Callable
     ckpt: checkpoints.Checkpointer
     writer: Any
-    stats: dict  # "first_loss": the first loss this process logged (divergence reference)
+    stats: dict  # "first_loss": the first loss logged here; "start": the step resumed from
 
 
-def _diverged(loop: _Loop, message: str) -> NonFiniteLossError:
-    advice = divergence_advice(loop.config, loop.ckpt.latest_step())
+def _diverged(loop: _Loop, message: str, bad_step: int | None = None) -> NonFiniteLossError:
+    before_update = bad_step is not None and bad_step == loop.stats.get("start", 0) + 1
+    advice = divergence_advice(loop.config, loop.ckpt.latest_step(),
+                               before_any_update=before_update)
     return NonFiniteLossError(f"{message}; {advice}")
 
 
@@ -330,7 +385,7 @@ def _flush(loop: _Loop, history: list, step: int) -> dict[str, float]:
     try:
         scalars = summarize(history, step)
     except NonFiniteLossError as e:
-        raise _diverged(loop, str(e)) from None
+        raise _diverged(loop, str(e), getattr(e, "step", None)) from None
     history.clear()
     loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
     append_metrics(loop.workdir, dict(scalars, step=step, split="train", wall_time=time.time()))
@@ -366,6 +421,7 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
     hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.n_iters, writer=loop.writer)]
     history: list = []
     start = int(state.step)
+    loop.stats["start"] = start
     for step in range(start + 1, cfg.n_iters + 1):
         if watcher.should_stop(step - 1):
             _flush(loop, history, step - 1)
@@ -394,8 +450,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     Leaves in ``workdir``: ``config.json`` (written once the first step has trained),
     ``checkpoints/``, TensorBoard event files, ``metrics.jsonl`` (one JSON line per log
-    step) and ``samples.png`` (+ ``samples/``). A SIGTERM stops the run after saving its
-    step once; the returned state's step is then below ``training.n_iters``.
+    step) and ``samples.png`` (+ ``samples/``). The workdir is locked for the run
+    (``runlock``: a second run on it is refused). A SIGTERM (or, from ``main``, a Ctrl-C)
+    stops the run after saving its step once; the returned state's step is then below
+    ``training.n_iters``.
 
     Args:
       config: the experiment config.
@@ -404,29 +462,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         differ from ``workdir/config.json`` (the changes are recorded in the workdir).
 
     Raises:
-      UserError: a bad config value, workdir or data, or a divergence (one sentence).
+      UserError: a bad config value, workdir or data, another run in the workdir, a full
+        disk, or a divergence (one sentence).
     """
     mesh = make_mesh()
-    configuration.validate(config, num_devices=mesh.size)
+    preflight.check(config, num_devices=mesh.size)
     workdir_lib.prepare_for_writing(workdir)
-    workdir_lib.check_workdir(config, workdir, allow_changes=allow_config_change)
-    model = builders.build_model(config)
-    tx = make_optimizer(config.optim)
-    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints,
-                                    set_aside_broken=True)
-    try:
-        state = _train(config, workdir, mesh, model, tx, ckpt)
-    finally:
-        ckpt.close()
+    with runlock.hold(workdir):
+        workdir_lib.check_workdir(config, workdir, allow_changes=allow_config_change,
+                                  training=True)
+        state, directory = _build_and_train(config, workdir, mesh)
     if int(state.step) < config.training.n_iters:
-        saved = (f"its checkpoint is saved in {ckpt.directory}" if int(state.step) > 0
+        saved = (f"its checkpoint is saved in {directory}" if int(state.step) > 0
                  else "nothing was trained yet")
-        logging.warning("preempted at step %d: %s; rerun the same command to resume",
+        logging.warning("stopped at step %d: %s; rerun the same command to resume",
                         int(state.step), saved)
     else:
         logging.info("finished at step %d, params checksum %r", int(state.step),
                      params_checksum(state.params))
     return state
+
+
+def _build_and_train(config, workdir: str, mesh: Mesh) -> tuple[TrainState, Any]:
+    model = builders.build_model(config)
+    tx = make_optimizer(config.optim)
+    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints,
+                                    set_aside_broken=True)
+    try:
+        return _train(config, workdir, mesh, model, tx, ckpt), ckpt.directory
+    finally:
+        ckpt.close()
 
 
 def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from ebm_vs_score import errors
 from ebm_vs_score.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -110,12 +111,88 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict, *,
             if not _is_mutable(p, mutable)]
 
 
-def load_saved(workdir: str) -> dict | None:
-    """The config saved in ``workdir`` as a plain dict, or None if there is none."""
-    path = epath.Path(workdir) / CONFIG_FILE
+def damaged_file_message(path, problem: str, fix: str) -> str:
+    """One sentence for a workdir file that cannot be read; it is never rewritten."""
+    return f"{path} {problem}; it is left as it is: {fix}"
+
+
+def _move_aside_fix(path) -> str:
+    return (f"move it aside (mv {path} {path}.damaged) and rerun the same command, or use "
+            "another --workdir")
+
+
+def read_json(path, *, fix: str | None = None) -> dict | None:
+    """The JSON object in ``path`` (None if there is no such file).
+
+    Raises:
+      WorkdirError: the file is a directory, not UTF-8, not JSON (truncated, empty, random
+        bytes) or not an object: one sentence naming the file and ``fix`` (default: move it
+        aside). The file is not touched.
+    """
+    path = epath.Path(path)
+    fix = fix or _move_aside_fix(path)
+    try:
+        if not path.exists():
+            return None
+        if path.is_dir():
+            raise WorkdirError(damaged_file_message(path, "is a directory, not a file", fix))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorkdirError(damaged_file_message(path, "is not text (not UTF-8)", fix)) from None
+    except OSError as e:
+        raise WorkdirError(damaged_file_message(path, f"cannot be read ({e.strerror})", fix)
+                           ) from None
+    if not text.strip():
+        raise WorkdirError(damaged_file_message(path, "is empty", fix))
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise WorkdirError(damaged_file_message(
+            path, f"is not valid JSON (line {e.lineno}: {e.msg})", fix)) from None
+    if not isinstance(value, dict):
+        raise WorkdirError(damaged_file_message(path, "does not hold a JSON object", fix))
+    return value
+
+
+def read_jsonl(path, *, fix: str | None = None) -> list[dict]:
+    """The records of a JSON-lines file ([] if there is none); a damaged file or line raises
+    :class:`WorkdirError` naming the file, the line and ``fix`` (default: move it aside)."""
+    path = epath.Path(path)
+    fix = fix or _move_aside_fix(path)
     if not path.exists():
-        return None
-    return json.loads(path.read_text())
+        return []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorkdirError(damaged_file_message(path, "is not text (not UTF-8)", fix)) from None
+    except OSError as e:
+        what = "is a directory, not a file" if path.is_dir() else f"cannot be read ({e.strerror})"
+        raise WorkdirError(damaged_file_message(path, what, fix)) from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise WorkdirError(damaged_file_message(
+                path, f"line {number} is not a JSON object", fix))
+        records.append(record)
+    return records
+
+
+def load_saved(workdir: str) -> dict | None:
+    """The config saved in ``workdir`` as a plain dict, or None if there is none.
+
+    Raises:
+      WorkdirError: ``config.json`` is damaged (one sentence naming it and the fix).
+    """
+    path = epath.Path(workdir) / CONFIG_FILE
+    return read_json(path, fix=(
+        f"move it aside (mv {path} {path}.damaged) and rerun with the --config the run was "
+        "trained with (a training run saves it again), or use another --workdir"))
 
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -131,18 +208,33 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str, *,
-                  allow_changes: bool = False) -> None:
-    """Refuses to resume a workdir whose saved config differs in a field that is not safe
-    to change on resume, unless ``allow_changes`` (``--allow_config_change``)."""
+                  allow_changes: bool = False, training: bool = False) -> None:
+    """Refuses a workdir whose saved config differs in a field that is not safe to change
+    on resume, unless ``allow_changes`` (``--allow_config_change``, read by training only).
+
+    Args:
+      config: the config of this command.
+      workdir: the run's directory.
+      allow_changes: accept any difference (training records it in config_changes.jsonl).
+      training: the refusal offers ``--allow_config_change`` (eval and sample do not read
+        it, so they offer the saved config or another workdir instead).
+    """
     saved = load_saved(workdir)
     diff = [] if saved is None or allow_changes else config_differences(
         saved, config, mutable=RESUME_SAFE_FIELDS)
-    if diff:
-        shown = "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "")
+    if not diff:
+        return
+    shown = "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "")
+    path = epath.Path(workdir) / CONFIG_FILE
+    if training:
         raise WorkdirError(
             f"workdir {workdir} holds a run of a different config ({shown}); use a new "
             "--workdir, or the saved config to resume it, or add --allow_config_change to "
             f"resume with these changes (recorded in {CHANGES_FILE})")
+    raise WorkdirError(
+        f"workdir {workdir} holds a run of a different config ({shown}); pass the --config "
+        f"and --config.* flags the run was trained with (its values are in {path}), or "
+        "another --workdir")
 
 
 def commit(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
@@ -165,30 +257,88 @@ def commit(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
     save(config, workdir)
 
 
+def _check_remote(workdir: str) -> None:
+    """A gs:// (or other remote) workdir must be reachable: created and listed once."""
+    try:
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        path.exists()
+    except Exception as e:  # noqa: BLE001 - each storage layer raises its own types
+        raise WorkdirError(
+            f"cannot reach --workdir={workdir} ({errors.first_line(e)}); check the bucket "
+            "name, your credentials and the network, or use a local --workdir") from None
+
+
 def prepare_for_writing(workdir: str) -> None:
-    """Creates ``workdir`` if needed; raises :class:`WorkdirError` if it cannot be written."""
-    if "://" in workdir:  # gs:// and other remote paths: the storage layer reports errors
-        return
+    """Creates ``workdir`` if needed; raises :class:`WorkdirError` if it cannot be written
+    (or reached, for a remote path) and :class:`DiskFullError` if its disk is full."""
+    if "://" in workdir:
+        return _check_remote(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir={workdir} is a file, not a directory; pass the path "
                            "of a directory (it is created if missing)")
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w"):
-            pass
+        with open(probe, "w") as f:
+            f.write("x")
         os.remove(probe)
     except OSError as e:
+        if errors.is_disk_full(e):
+            raise disk_full(workdir, 0, "") from None
         raise WorkdirError(f"cannot write to --workdir={workdir} ({e.strerror}); choose a "
                            "directory you can write to") from None
 
 
+def free_bytes(workdir: str) -> int | None:
+    """Bytes free for this user on the filesystem of ``workdir`` (None: remote or unknown)."""
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        stat = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def disk_full(workdir: str, needed: int, resume: str) -> errors.DiskFullError:
+    """The one sentence of a write that found no space in ``workdir``.
+
+    Args:
+      workdir: the run's directory.
+      needed: bytes the failed write needs at least (0: unknown; 1 MiB is asked for).
+      resume: what rerunning does, e.g. "to resume from step 40" ("" for nothing).
+    """
+    free = free_bytes(workdir)
+    needed = max(int(needed), 1 << 20)
+    have = f" ({errors.format_bytes(free)} free now)" if free is not None else ""
+    return errors.DiskFullError(
+        f"the disk of --workdir={workdir} is full{have}: free at least "
+        f"{errors.format_bytes(needed)} there, or use a --workdir on another disk, and rerun "
+        f"the same command{(' ' + resume) if resume else ''}")
+
+
+def _remote_steps(workdir: str) -> list[str]:
+    try:
+        directory = epath.Path(workdir) / "checkpoints"
+        return [p.name for p in directory.iterdir()] if directory.exists() else []
+    except Exception as e:  # noqa: BLE001 - each storage layer raises its own types
+        raise WorkdirError(
+            f"cannot reach --workdir={workdir} ({errors.first_line(e)}); check the bucket "
+            "name, your credentials and the network") from None
+
+
 def require_run(workdir: str, mode: str) -> None:
     """For ``--mode=eval`` / ``sample``: refuses (creating nothing) a workdir without a run."""
-    directory = os.path.join(workdir, "checkpoints")
-    if "://" in workdir or (os.path.isdir(directory) and
-                            any(name.isdigit() for name in os.listdir(directory))):
+    if "://" in workdir:
+        names = _remote_steps(workdir)
+    else:
+        directory = os.path.join(workdir, "checkpoints")
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+    if any(name.isdigit() for name in names):
         return
-    what = "does not exist" if not os.path.exists(workdir) else "holds no trained run"
+    exists = "://" in workdir or os.path.exists(workdir)
+    what = "holds no trained run" if exists else "does not exist"
     raise WorkdirError(f"--workdir={workdir} {what}, so there is nothing to {mode}; train "
                        "first with the same --config and --workdir and --mode=train")

@@ -104,15 +104,22 @@ from ebm_vs_score.samplers.annealed import (
 )
 from ebm_vs_score.samplers.common import EnergyFn, ScoreFn, choose, tweedie_denoise
 from ebm_vs_score.samplers.ode import (
+    ODE_SOLVERS,
     ode_drift,
     probability_flow_ode,
     probability_flow_ode_adaptive,
     solve_adaptive,
 )
-from ebm_vs_score.samplers.sde_solvers import ancestral, euler_maruyama, predictor_corrector
+from ebm_vs_score.samplers.sde_solvers import (
+    CORRECTORS,
+    PREDICTORS,
+    ancestral,
+    euler_maruyama,
+    predictor_corrector,
+)
 
-__all__ = ["METHODS", "MH_METHODS", "OPTIONS", "EnergyFn", "ScoreFn", "ode_drift", "sample",
-           "solve_adaptive", "tweedie_denoise"]
+__all__ = ["CHOICES", "METHODS", "MH_METHODS", "OPTIONS", "EnergyFn", "ScoreFn", "ode_drift",
+           "sample", "solve_adaptive", "tweedie_denoise"]
 
 _SAMPLERS: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
     "ald": annealed_langevin,
@@ -137,6 +144,9 @@ def _defaults(fn) -> dict[str, Any]:
 
 
 OPTIONS: dict[str, dict[str, Any]] = {name: _defaults(fn) for name, fn in _SAMPLERS.items()}
+# Options that name a choice, with the tables the samplers dispatch on (``sampling.<name>``).
+CHOICES: dict[str, dict[str, Any]] = {"predictor": PREDICTORS, "corrector": CORRECTORS,
+                                      "ode_solver": ODE_SOLVERS}
 
 
 def check_options(method: str, num_steps: int, options: dict[str, Any]) -> None:
