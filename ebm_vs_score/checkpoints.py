@@ -26,9 +26,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging as pylogging
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -85,15 +89,29 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return False
         tree = flax.serialization.to_state_dict(state)
+        reports: list[str] = []
         try:
-            self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-            self._manager.wait_until_finished()
+            with _library_reports(reports):
+                self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+                self._manager.wait_until_finished()
         except Exception as e:
+            self._log_reports(reports)
             if not errors.is_disk_full(e):
                 raise
             self._remove_partial(step)
             raise self.disk_full(tree) from e
+        sys.stderr.write("".join(reports))  # a save that worked: nothing is hidden
         return True
+
+    def _log_reports(self, reports: list[str]) -> None:
+        """Orbax's own reports of a failed save go to error.log, not the console."""
+        if not reports or jax.process_index() != 0 or "://" in str(self.workdir):
+            return
+        try:
+            with (self.workdir / "error.log").open("a") as f:
+                f.write("".join(reports))
+        except OSError:  # the disk may be full: the sentence of the error is what matters
+            pass
 
     def _remove_partial(self, step: int) -> None:
         """Deletes what an interrupted save of ``step`` wrote (Orbax's temporary directory,
@@ -210,6 +228,40 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class _Collect(pylogging.Filter):
+    """Keeps Orbax's ERROR records (with their tracebacks) out of the console."""
+
+    def __init__(self, reports: list[str]):
+        super().__init__()
+        self.reports = reports
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if record.levelno >= pylogging.ERROR and "/orbax/" in record.pathname:
+            self.reports.append(pylogging.Formatter().format(record) + "\n")
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _library_reports(reports: list[str]):
+    """Collects what Orbax and TensorStore print while a save fails (each of their worker
+    threads logs the same error with a traceback, and TensorStore's callbacks print to
+    sys.stderr); the caller raises one exception for all of them and logs the reports."""
+    collect = _Collect(reports)
+    handlers = set(pylogging.getLogger().handlers) | {logging.get_absl_handler()}
+    for handler in handlers:
+        handler.addFilter(collect)
+    stderr, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        yield
+    finally:
+        captured, sys.stderr = sys.stderr.getvalue(), stderr
+        if captured:
+            reports.append(captured)
+        for handler in handlers:
+            handler.removeFilter(collect)
 
 
 def newest_on_disk(workdir: str) -> tuple[int, int] | None:

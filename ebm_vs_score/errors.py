@@ -34,6 +34,10 @@ class WorkdirError(UserError):
     a damaged file in it, another run holding it)."""
 
 
+class WorkdirBusyError(WorkdirError):
+    """Another run holds the workdir's lock (nothing of that workdir is touched)."""
+
+
 class DataError(UserError, FileNotFoundError):
     """The data the config names cannot be found."""
 

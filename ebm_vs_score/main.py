@@ -304,7 +304,8 @@ def _run(config, workdir: str, mode: str):
     except errors.UserError as e:
         message = _one_line(str(e).splitlines()[0]) if str(e) else type(e).__name__
         stopped = checkpoints.sigterm_received() and mode in ("study", "compose")
-        _fail(message, workdir, _stop_status()[1] if stopped else 1)
+        ours = not isinstance(e, errors.WorkdirBusyError)  # else: another run's workdir
+        _fail(message, workdir if ours else None, _stop_status()[1] if stopped else 1)
     except Exception as e:
         if errors.is_disk_full(e):
             _fail(str(_disk_full(workdir)), workdir)

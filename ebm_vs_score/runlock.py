@@ -31,13 +31,14 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from ebm_vs_score.errors import WorkdirError
+from ebm_vs_score.errors import WorkdirBusyError
 
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 _BREAK_STALE_S = 60.0  # a ".break" file this old belongs to a process that died breaking
 _HELD: dict[str, list] = {}  # lock path -> [RunLock, depth]: re-entrant within a process
+_LIVE_TOKENS: set[str] = set()  # tokens of the locks this process holds now
 
 
 def _boot_id() -> str:
@@ -115,8 +116,8 @@ def is_stale(holder: dict | None, path: str) -> bool:
     if not same_host:
         return _age(path) > STALE_AFTER_S
     pid = int(holder.get("pid", -1))
-    if pid == mine["pid"]:  # this process, which does not hold it: a restarted container
-        return True
+    if pid == mine["pid"]:  # this process: stale unless it holds it (else a reused PID)
+        return holder.get("token") not in _LIVE_TOKENS
     if pid <= 0 or not _pid_alive(pid):
         return True
     ticks = _start_ticks(pid)
@@ -153,10 +154,9 @@ def held_message(workdir: str, holder: dict | None, path: str) -> str:
     here = holder.get("host") == socket.gethostname()
     stop = f"stop it (kill {pid})" if here else f"stop it on {host}"
     return (f"--workdir={workdir} is in use by another run (host {host}, PID {pid}, started "
-            f"{holder.get('started', '?')}: {holder.get('command', '?')[:120]}); wait for it "
-            f"to finish or {stop}, or use another --workdir (a lock whose holder died is "
-            f"taken over by itself, from another host after {STALE_AFTER_S / 60:.0f} minutes "
-            f"without its heartbeat; {path})")
+            f"{holder.get('started', '?')}; its command is in {path}); wait for it to finish "
+            f"or {stop}, or use another --workdir (the lock of a run that died is taken over "
+            f"by itself, from another host after {STALE_AFTER_S / 60:.0f} minutes)")
 
 
 class RunLock:
@@ -170,9 +170,17 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
-        """Takes the lock; raises :class:`WorkdirError` naming the holder if it is held."""
+        """Takes the lock; raises :class:`WorkdirBusyError` naming the holder if it is held."""
         if "://" in self.workdir:
             return self._acquire_remote()
+        _LIVE_TOKENS.add(self.record["token"])  # before the file exists: never "stale"
+        try:
+            self._acquire_local()
+        except BaseException:
+            _LIVE_TOKENS.discard(self.record["token"])
+            raise
+
+    def _acquire_local(self) -> None:
         for _ in range(50):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -182,13 +190,13 @@ class RunLock:
                     if holder is None:  # its creator is writing it: look again shortly
                         time.sleep(0.1)
                         continue
-                    raise WorkdirError(held_message(self.workdir, holder, self.path)) from None
+                    raise WorkdirBusyError(held_message(self.workdir, holder, self.path)) from None
                 _break(self.path, holder)
                 continue
             self._write(fd)
             self._start_heartbeat()
             return
-        raise WorkdirError(held_message(self.workdir, _read(self.path), self.path))
+        raise WorkdirBusyError(held_message(self.workdir, _read(self.path), self.path))
 
     def _write(self, fd: int) -> None:
         try:
@@ -212,7 +220,7 @@ class RunLock:
                 holder = None
             age = time.time() - path.stat().mtime
             if age < STALE_AFTER_S:
-                raise WorkdirError(held_message(self.workdir, holder, self.path))
+                raise WorkdirBusyError(held_message(self.workdir, holder, self.path))
         path.write_text(json.dumps(self.record, sort_keys=True))
 
     def _start_heartbeat(self) -> None:
@@ -227,6 +235,7 @@ class RunLock:
     def release(self) -> None:
         """Removes the lock file if it is still this process's."""
         self._stop.set()
+        _LIVE_TOKENS.discard(self.record["token"])
         if "://" in self.workdir:
             from etils import epath
 
@@ -248,7 +257,7 @@ def _acquire_on_process_zero(workdir: str) -> RunLock | None:
         lock = RunLock(workdir)
         try:
             lock.acquire()
-        except WorkdirError as e:
+        except WorkdirBusyError as e:
             error, lock = e, None
     if jax.process_count() > 1:
         import numpy as np
@@ -256,7 +265,7 @@ def _acquire_on_process_zero(workdir: str) -> RunLock | None:
 
         ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
         if not int(ok) and error is None:
-            error = WorkdirError(f"--workdir={workdir} is in use by another run (process 0's "
+            error = WorkdirBusyError(f"--workdir={workdir} is in use by another run (process 0's "
                                  "log names it); wait for it or use another --workdir")
     if error is not None:
         raise error
@@ -270,7 +279,7 @@ def hold(workdir: str) -> Iterator[None]:
     The workdir must exist (``workdir.prepare_for_writing``).
 
     Raises:
-      WorkdirError: another run holds it (one sentence naming that run).
+      WorkdirBusyError: another run holds it (one sentence naming that run).
     """
     key = workdir if "://" in workdir else os.path.realpath(workdir)
     if key in _HELD:

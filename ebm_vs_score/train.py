@@ -10,9 +10,11 @@ reaches bit-identical parameters to one that was never interrupted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -292,11 +294,27 @@ def divergence_advice(config: ml_collections.ConfigDict, last_checkpoint: int | 
 
 
 def append_metrics(workdir: str, record: dict) -> None:
-    """Appends one JSON line to ``workdir/metrics.jsonl`` (never rewritten)."""
+    """Appends one JSON line to ``workdir/metrics.jsonl`` (never rewritten: a line that does
+    not fit on a full disk is cut back off, so the file holds only whole lines)."""
     if jax.process_index() != 0:
         return
-    with (epath.Path(workdir) / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    path = epath.Path(workdir) / "metrics.jsonl"
+    line = json.dumps(record, sort_keys=True) + "\n"
+    if "://" in workdir:
+        with path.open("a") as f:
+            f.write(line)
+        return
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a+b") as f:
+            if size:  # after an append cut short by a kill, start on a line of its own
+                f.seek(size - 1)
+                line = line if f.read(1) == b"\n" else "\n" + line
+            f.write(line.encode())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise
 
 
 def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> TrainState:

@@ -155,8 +155,12 @@ def read_json(path, *, fix: str | None = None) -> dict | None:
 
 
 def read_jsonl(path, *, fix: str | None = None) -> list[dict]:
-    """The records of a JSON-lines file ([] if there is none); a damaged file or line raises
-    :class:`WorkdirError` naming the file, the line and ``fix`` (default: move it aside)."""
+    """The records of a JSON-lines file ([] if there is none).
+
+    A last line without its newline that does not parse is an append cut short (a kill
+    during the write) and is left out. Any other damage raises :class:`WorkdirError`
+    naming the file, the line and ``fix`` (default: move it aside).
+    """
     path = epath.Path(path)
     fix = fix or _move_aside_fix(path)
     if not path.exists():
@@ -168,18 +172,20 @@ def read_jsonl(path, *, fix: str | None = None) -> list[dict]:
     except OSError as e:
         what = "is a directory, not a file" if path.is_dir() else f"cannot be read ({e.strerror})"
         raise WorkdirError(damaged_file_message(path, what, fix)) from None
+    lines = text.split("\n")
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError:
             record = None
-        if not isinstance(record, dict):
+        if isinstance(record, dict):
+            records.append(record)
+        elif number < len(lines):  # the last piece (no newline after it) may be cut short
             raise WorkdirError(damaged_file_message(
                 path, f"line {number} is not a JSON object", fix))
-        records.append(record)
     return records
 
 

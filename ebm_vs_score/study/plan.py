@@ -262,8 +262,9 @@ def check_study_dir(config: ml_collections.ConfigDict, study_dir: str) -> None:
                  f"{study_dir} is the workdir of a single run (it has config.json), not a "
                  "study directory; use a new --workdir for the study")
         return
-    with open(path) as f:
-        diff = study_differences(json.load(f), config)
+    from ebm_vs_score import workdir
+
+    diff = study_differences(workdir.read_json(path), config)
     _require(not diff, f"study directory {study_dir} was created from a different study config "
              f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); use a new --workdir, "
              "or the same config to resume it")

@@ -6,7 +6,6 @@ the ODE for the energies; the QC sweep; runs and commands).
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -30,11 +29,11 @@ def variant_label(variant: str, toy: bool) -> str:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The records of a JSON-lines file ([] if it does not exist)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a JSON-lines file ([] if it does not exist); a damaged file raises
+    ``WorkdirError`` naming it and the fix (``workdir.read_jsonl``)."""
+    from ebm_vs_score import workdir
+
+    return workdir.read_jsonl(path)
 
 
 def _first_done(records: Sequence[RunRecord], variant: str) -> RunRecord | None:

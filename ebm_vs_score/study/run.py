@@ -44,6 +44,7 @@ from absl import logging
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from ebm_vs_score import builders, configuration, evaluate, train
+from ebm_vs_score.errors import WorkdirError
 from ebm_vs_score.study import plan, report
 from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
 
@@ -211,7 +212,7 @@ def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
         done = _evaluate_run(cfg, run_dir, family, str(config.study.extra_sampler))
         if plan.is_writer():
             evaluate.write_json_atomic(os.path.join(run_dir, DONE_FILE), done)
-    except StudyError:
+    except (StudyError, WorkdirError):  # the study stops: a file of it needs the user
         raise
     except Exception as e:  # noqa: BLE001 - any failure of one run must not stop the others
         message = _failure(name, run_dir, e)
