@@ -54,9 +54,11 @@ class DiskFullError(UserError, OSError):
     """A write failed with ENOSPC; the message names the directory and the space needed."""
 
 
-# Fragments of library reprs that say nothing to a user (pybind11 bound methods, object
-# addresses), removed from the first line of a library error before it is shown.
-_REPR_NOISE = re.compile(r"<(bound method|function|built-in method|[\w.]+ object at) [^<>]*>")
+# Fragments of library reprs that say nothing to a user (a pybind11 bound method that
+# TensorStore puts where its details should be, object addresses): cut from the first line
+# of a library error, with the phrase that introduces them, before it is shown.
+_REPR_NOISE = re.compile(r"(\s*See full TensorStore details:)?\s*<(bound method|function|"
+                         r"built-in method|[\w.]+ object at)\b.*$")
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
@@ -64,7 +66,7 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     text = [line for line in str(error).strip().splitlines() if line.strip()]
     if not text:
         return type(error).__name__
-    line = " ".join(_REPR_NOISE.sub("", text[0]).split())
+    line = " ".join(_REPR_NOISE.sub("", text[0]).split()).rstrip(" :")
     return f"{type(error).__name__}: {line[:limit]}"
 
 

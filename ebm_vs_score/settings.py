@@ -443,6 +443,17 @@ def _validate_schedule(config, num_devices: int) -> None:
              f"{accum} x {num_devices} device(s); use a multiple of {accum * num_devices}")
 
 
+def _validate_eval(config) -> None:
+    """``eval.*`` sizes and counts (the evaluators read them as plain integers)."""
+    for path in ("eval.num_examples", "eval.batch_size", "eval.asym_levels",
+                 "eval.fid_batch_size"):
+        if path.split(".")[1] in config.eval:
+            _int_at_least(config, path, 1)
+    for path in ("eval.asym_probes", "eval.nll_probes"):
+        _int_at_least(config, path, 0)
+    _int_at_least(config, "eval.checkpoint", -1)  # -1: the latest checkpoint
+
+
 def _drl_if_any(config, loss: LossSettings) -> DRLSettings | None:
     if loss.objective != "drl":
         return None
@@ -463,6 +474,7 @@ def from_config(config, *, num_devices: int = 1) -> Settings:
     _validate_model(config)
     sde = sde_settings(config)
     _validate_schedule(config, num_devices)
+    _validate_eval(config)
     sampler = sampler_settings(config)
     loss = loss_settings(config)
     return Settings(parameterization=str(config.model.parameterization),

@@ -304,7 +304,7 @@ def append_metrics(workdir: str, record: dict) -> None:
         with path.open("a") as f:
             f.write(line)
         return
-    size = path.stat().st_size if path.exists() else 0
+    size = os.path.getsize(path) if os.path.exists(path) else 0
     try:
         with open(path, "a+b") as f:
             if size:  # after an append cut short by a kill, start on a line of its own
@@ -420,9 +420,17 @@ def _all_finite(tree: Any) -> bool:
 
 
 def _save(loop: _Loop, step: int, state: TrainState) -> None:
-    """Checkpoints ``state`` unless its parameters are not finite (then stops the run)."""
+    """Checkpoints ``state`` unless its parameters are not finite (then stops the run).
+
+    The config is committed to the workdir just before the first checkpoint it trained:
+    a run that stops before (a divergence, a bad value found late) leaves no config.json
+    that would refuse the corrected command, and no checkpoint exists without its config.
+    """
     if not _all_finite((state.params, state.ema_params)):
         raise _diverged(loop, f"the parameters became non-finite by step {step}")
+    if not loop.stats.get("committed"):
+        workdir_lib.commit(loop.config, loop.workdir, loop.stats.get("start", 0))
+        loop.stats["committed"] = True
     loop.ckpt.save(step, state)
 
 
@@ -447,8 +455,6 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
                 _save(loop, step - 1, state)
             break
         state, metrics = loop.step_fn(state, next(data_iter))
-        if step == start + 1:  # the config is in force once a step has trained with it
-            workdir_lib.commit(loop.config, loop.workdir, start)
         history.append(metrics)
         for hook in hooks:
             hook(step)
@@ -466,7 +472,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> TrainState:
     """Trains the model of ``config`` in ``workdir``, resuming from its latest checkpoint.
 
-    Leaves in ``workdir``: ``config.json`` (written once the first step has trained),
+    Leaves in ``workdir``: ``config.json`` (written with the first checkpoint),
     ``checkpoints/``, TensorBoard event files, ``metrics.jsonl`` (one JSON line per log
     step) and ``samples.png`` (+ ``samples/``). The workdir is locked for the run
     (``runlock``: a second run on it is refused). A SIGTERM (or, from ``main``, a Ctrl-C)
@@ -487,8 +493,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     preflight.check(config, num_devices=mesh.size)
     workdir_lib.prepare_for_writing(workdir)
     with runlock.hold(workdir):
-        workdir_lib.check_workdir(config, workdir, allow_changes=allow_config_change,
-                                  training=True)
+        has_checkpoints = checkpoints.newest_on_disk(workdir) is not None
+        workdir_lib.check_workdir(
+            config, workdir, allow_changes=allow_config_change, training=True,
+            same_network=functools.partial(_same_network, config) if has_checkpoints else None)
         state, directory = _build_and_train(config, workdir, mesh)
     if int(state.step) < config.training.n_iters:
         saved = (f"its checkpoint is saved in {directory}" if int(state.step) > 0
@@ -499,6 +507,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logging.info("finished at step %d, params checksum %r", int(state.step),
                      params_checksum(state.params))
     return state
+
+
+def _param_shapes(config: ml_collections.ConfigDict) -> Any:
+    model = builders.build_model(config)
+    shapes = jax.eval_shape(lambda key: builders.init_params(model, key), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
+
+
+def _same_network(config: ml_collections.ConfigDict, saved: dict) -> bool:
+    """Whether the saved config's network has the parameter shapes of ``config``'s (True
+    when the saved config cannot be built any more: then the restore decides)."""
+    try:
+        old = _param_shapes(ml_collections.ConfigDict(saved))
+    except Exception:  # noqa: BLE001 - an old or partial config.json: cannot tell
+        return True
+    return old == _param_shapes(config)
 
 
 def _build_and_train(config, workdir: str, mesh: Mesh) -> tuple[TrainState, Any]:

@@ -1,9 +1,9 @@
 """What a workdir holds about its run: the config, the changes made on resume, and checks
 that the directory can be used at all (DESIGN.md rules 5, 6 and 8).
 
-A run commits its config (``WORKDIR/config.json``) only once its first step has trained,
-so a run that failed before (missing data, a bad value found late) leaves nothing that
-would refuse the corrected command. On resume, a field may change only if doing so keeps
+A run commits its config (``WORKDIR/config.json``) only with its first checkpoint, so a
+run that failed before (missing data, a bad value found late, a divergence) leaves nothing
+that would refuse the corrected command. On resume, a field may change only if doing so keeps
 the run meaningful (:data:`RESUME_SAFE_FIELDS`, :data:`MUTABLE_SECTIONS`: schedules, the
 learning rate after a divergence, where the data lives, sampling and evaluation), or when
 the user passes ``--allow_config_change``; every accepted change is appended to
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -214,24 +215,34 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str, *,
-                  allow_changes: bool = False, training: bool = False) -> None:
+                  allow_changes: bool = False, training: bool = False,
+                  same_network: Callable[[dict], bool] | None = None) -> None:
     """Refuses a workdir whose saved config differs in a field that is not safe to change
     on resume, unless ``allow_changes`` (``--allow_config_change``, read by training only).
 
     Args:
       config: the config of this command.
       workdir: the run's directory.
-      allow_changes: accept any difference (training records it in config_changes.jsonl).
+      allow_changes: accept any difference (training records it in config_changes.jsonl),
+        except a network of another shape, which no checkpoint of the run can load into.
       training: the refusal offers ``--allow_config_change`` (eval and sample do not read
         it, so they offer the saved config or another workdir instead).
+      same_network: ``saved config -> bool``, whether its network has this config's
+        parameter shapes (training passes it when the workdir holds checkpoints).
     """
     saved = load_saved(workdir)
-    diff = [] if saved is None or allow_changes else config_differences(
-        saved, config, mutable=RESUME_SAFE_FIELDS)
-    if not diff:
+    if saved is None:
         return
+    diff = config_differences(saved, config, mutable=RESUME_SAFE_FIELDS)
     shown = "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "")
     path = epath.Path(workdir) / CONFIG_FILE
+    if diff and same_network is not None and not same_network(saved):
+        raise WorkdirError(
+            f"workdir {workdir} holds checkpoints of a network of another shape ({shown}), "
+            "which cannot be loaded into this one, with or without --allow_config_change; "
+            f"use a new --workdir, or the config the run was trained with (in {path})")
+    if not diff or allow_changes:
+        return
     if training:
         raise WorkdirError(
             f"workdir {workdir} holds a run of a different config ({shown}); use a new "

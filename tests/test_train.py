@@ -232,7 +232,9 @@ def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(tmp_path)
         train.train_and_evaluate(config, str(tmp_path))
     message = str(error.value)
     assert "before its first checkpoint" in message and "is kept" not in message
-    assert "--config.optim.lr=100000" in message and _steps(str(tmp_path)) == []
+    assert "optim.lr=1e+06 is far above" in message and _steps(str(tmp_path)) == []
+    assert "--config.optim.lr=0.001" in message  # a value that trains, not lr / 10
+    assert not os.path.exists(os.path.join(tmp_path, "config.json"))  # nothing refuses it
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):
@@ -242,7 +244,10 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
     other.model.hidden = (64, 64)
     with pytest.raises(errors.WorkdirError,
                        match="different config.*model.hidden.*--allow_config_change"):
-        configuration.check_workdir(other, str(tmp_path))
+        configuration.check_workdir(other, str(tmp_path), training=True)
+    with pytest.raises(errors.WorkdirError, match="different config.*model.hidden") as refused:
+        configuration.check_workdir(other, str(tmp_path))  # eval / sample: no training flag
+    assert "--allow_config_change" not in str(refused.value)
     workdir_lib.check_workdir(other, str(tmp_path), allow_changes=True)
     safe = _toy_config(10)  # the fields the program's own advice names
     safe.optim.lr, safe.optim.warmup, safe.data.data_dir = 1e-5, 500, "/elsewhere"
