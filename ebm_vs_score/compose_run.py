@@ -120,8 +120,9 @@ def train_component(cfg: ml_collections.ConfigDict, run_dir: str) -> str:
     logging.info("compose: training %s", run_dir)
     state = train.train_and_evaluate(cfg, run_dir)
     if int(state.step) < int(cfg.training.n_iters):
-        raise ValueError(f"compose: run {run_dir} stopped at step {int(state.step)} (SIGTERM); "
-                         "its checkpoint is saved; rerun the same command to resume it.")
+        raise ValueError(f"compose: run {run_dir} stopped at step {int(state.step)} (SIGTERM "
+                         "or Ctrl-C); its checkpoint is saved; rerun the same command to "
+                         "resume it.")
     return "trained"
 
 

@@ -206,8 +206,9 @@ def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
         logging.info("study: training %s in %s", name, run_dir)
         step = timed_training(cfg, run_dir)
         if step < n_iters:
-            raise StudyError(f"study run {name} stopped at step {step} of {n_iters} (SIGTERM); "
-                             "its checkpoint is saved; rerun the same command to resume")
+            raise StudyError(f"study run {name} stopped at step {step} of {n_iters} (SIGTERM "
+                             "or Ctrl-C); its checkpoint is saved; rerun the same command to "
+                             "resume")
         logging.info("study: evaluating %s", name)
         done = _evaluate_run(cfg, run_dir, family, str(config.study.extra_sampler))
         if plan.is_writer():
