@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging as pylogging
@@ -346,6 +347,15 @@ def _watch_sigint(save: bool) -> bool:
     return True
 
 
+def _ignore_while_exiting(save: bool) -> None:
+    """At exit, CPython puts the default action back on signals with Python handlers,
+    so a Ctrl-C (or SIGTERM) during the last second of a finished run would kill it with
+    the signal instead of its exit status; ignored (which CPython keeps), it cannot."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if save:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def catch_stop_signals(*, save: bool, already_received: tuple[int, ...] = ()) -> None:
     """How this process answers SIGTERM and Ctrl-C (SIGINT); ``main`` calls it first thing.
 
@@ -365,6 +375,7 @@ def catch_stop_signals(*, save: bool, already_received: tuple[int, ...] = ()) ->
         signal.signal(signal.SIGINT, _ignore_here)
         if not _watch_sigint(save):  # no watcher: act in the Python-level handler
             signal.signal(signal.SIGINT, lambda signum, frame: _on_sigint(save))
+        atexit.register(_ignore_while_exiting, save)
     for signum in already_received:
         if signum == signal.SIGINT:
             _on_sigint(save)
