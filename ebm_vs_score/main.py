@@ -37,7 +37,8 @@ _EARLY_SIGTERM = threading.Event()
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda signum, frame: _EARLY_SIGTERM.set())
 
-# TensorFlow is only the input pipeline; keep its C++ start-up chatter out of the log.
+# TensorFlow is only the TFDS input pipeline (it hides the GPUs from itself there); when
+# it is loaded, its C++ start-up chatter stays out of the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
@@ -127,15 +128,6 @@ def _use_every_cpu_core(config) -> None:
     hostcpu.use_cpu_cores(batch // accum if batch % accum == 0 else batch)
 
 
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow is only the input pipeline: keep it off the accelerators JAX uses."""
-    try:
-        import tensorflow as tf
-    except ImportError:  # a JAX-only install: toys and digits need no TensorFlow
-        return
-    tf.config.set_visible_devices([], "GPU")
-
-
 def _fail(message: str, workdir: str | None, status: int = 1) -> None:
     """One sentence on stderr (the traceback, if any, appended to ``WORKDIR/error.log``)."""
     if workdir and os.path.isdir(workdir) and os.access(workdir, os.W_OK):
@@ -192,10 +184,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []  # not reached
 
 
+def _is_ours_or_loud(record: pylogging.LogRecord) -> bool:
+    """This program's own log lines, and every library's warnings and errors."""
+    return (record.levelno >= pylogging.WARNING
+            or f"{os.sep}ebm_vs_score{os.sep}" in record.pathname)
+
+
 def _quiet_library_logs() -> None:
-    """Keeps Orbax's per-save INFO lines out of the run log (warnings still show)."""
-    handler = logging.get_absl_handler()
-    handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
+    """Keeps libraries' INFO lines (JAX's backend probing, Orbax's per-save lines,
+    matplotlib's font cache) out of the log and off stderr; ``--verbosity=1`` shows them."""
+    if logging.get_verbosity() >= logging.DEBUG:
+        return
+    logging.get_absl_handler().addFilter(_is_ours_or_loud)
 
 
 def _take_over_sigterm() -> None:
@@ -221,7 +221,6 @@ def main(argv):
     hostcpu.use_fast_cpu_kernels()  # before JAX starts: XLA:CPU's Eigen convolutions
     config, workdir, mode = _load_config(), _WORKDIR.value, _MODE.value
     _use_every_cpu_core(config)
-    _hide_gpus_from_tensorflow()
     _initialize_distributed()
     if jax.process_count() > 1:
         logging.info("JAX process %d/%d, devices: %s", jax.process_index(),

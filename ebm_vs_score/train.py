@@ -28,7 +28,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ebm_vs_score import builders, checkpoints, configuration, plotting
+from ebm_vs_score import builders, checkpoints, configuration, plotting, writers
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import workdir as workdir_lib
@@ -360,10 +360,8 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
     donated, and batches reach the device ahead of their step (``prefetch_to_device``).
     A state is checkpointed only after every step since the last log was finite.
     """
-    from clu import periodic_actions
-
     cfg = loop.config.training
-    hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.n_iters, writer=loop.writer)]
+    hooks = [writers.ReportProgress(cfg.n_iters, loop.writer)]
     history: list = []
     start = int(state.step)
     for step in range(start + 1, cfg.n_iters + 1):
@@ -437,10 +435,7 @@ def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
     step_fn = compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state,
                                  grad_accum_steps=config.training.get("grad_accum_steps", 1),
                                  batch_size=config.training.batch_size)
-    from clu import metric_writers  # imports TensorFlow: only the train loop needs it
-
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    writer = writers.create_writer(workdir, just_logging=jax.process_index() > 0)
     data_iter = prefetch_to_device(data_lib.get_dataset(
         config.data, batch_size=config.training.batch_size, split="train", seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -451,7 +446,7 @@ def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
         with checkpoints.PreemptionWatcher() as watcher:
             return _run_steps(loop, state, data_iter, watcher)
     finally:
-        writer.flush()
+        writer.close()
 
 
 def params_checksum(params: Any) -> float:

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ebm_vs_score import plotting, train
+from ebm_vs_score import plotting, train, writers
 
 Results = dict[str, Any]
 
@@ -64,10 +64,6 @@ def write_results(workdir: str, step: int, results: Results, method: str | None 
     values = scalars(results)
     prefix = "eval" if method is None else f"eval_{method}"
     train.append_metrics(workdir, dict(values, step=step, split=prefix))
-    # clu imports TensorFlow: lazy, so that evaluating without writing (tests, notebooks)
-    # and JAX-only installs that only read results never load it.
-    from clu import metric_writers
-
-    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+    writer = writers.create_writer(workdir)
     writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in values.items()})
-    writer.flush()
+    writer.close()
