@@ -135,7 +135,7 @@ def test_bad_arguments_are_usage_errors(capsys):
 def test_install_runs_pip_editable_with_jax_tpu_on_all_workers():
     install = _plan("--reuse")[2]
     assert "--worker=all" in install
-    assert _remote_script(install) == "cd ebm_vs_score && python3 -m pip install -q -e . 'jax[tpu]'"
+    assert _remote_script(install) == "cd ebm_vs_score && python3 -m pip install -q -e '.[tpu]'"
     pinned = _remote_script(_plan("--reuse", "--jax=jax[tpu]==0.4.35")[2])
     assert pinned.endswith("'jax[tpu]==0.4.35'")
     assert [_verb(c) for c in _plan("--reuse", "--skip-install")] == ["ssh", "scp", "ssh"]
