@@ -126,7 +126,7 @@ def bench_runs(spec: Spec, records: list) -> list[str]:
                          _fmt(_cores(r), ".2f"), _fmt(r.get("time_vs_U"), ".2f"), _repeats(r),
                          _spread(r), _load(raw)])
     return _table(["run", "row", "ms/step", "steps/s", "CPU ms/step", "cores busy",
-                   "x U", "repeats", "spread", "load"], body)
+                   "x U", "repeats", "spread", "load (1 min)"], body)
 
 
 def bench_compare(spec: Spec, records: list) -> list[str]:
@@ -150,7 +150,7 @@ def bench_compare(spec: Spec, records: list) -> list[str]:
                      f"{_fmt(_cores(b), '.2f')} → {_fmt(_cores(a), '.2f')}",
                      f"{_repeats(b)} / {_repeats(a)}"])
     return _table(["row", "before ms", "after ms", "speed-up", "cores busy before → after",
-                   "repeats"], body) + ["", f"Load before: {_load(_raw(runs['before']))}; "
+                   "repeats"], body) + ["", f"1-minute load before: {_load(_raw(runs['before']))}; "
                                             f"after: {_load(_raw(runs['after']))}."]
 
 
@@ -161,8 +161,8 @@ def bench_peer(spec: Spec, records: list) -> list[str]:
     body = [[str(i), f"{p['ours_ms']:,.0f}", f"{p['theirs_ms']:,.0f}",
              f"{p['ours_ms'] / p['theirs_ms']:.3f}"] for i, p in enumerate(raw["pairs"])]
     return _table(["pair", "ours ms/step", "theirs ms/step", "ours/theirs"], body) + [
-        "", f"Median ours/theirs over {len(body)} pairs: **{raw['ratio_median']:.3f}** "
-            f"(batch {raw.get('batch')}; load {_load(raw)})."]
+        "", f"Median of ours/theirs over {len(body)} pairs: {raw['ratio_median']:.3f} "
+            f"(batch {raw.get('batch')}; 1-minute load {_load(raw)})."]
 
 
 def _conv_label(key: str) -> str:
@@ -179,8 +179,9 @@ def bench_convs(spec: Spec, records: list) -> list[str]:
     _need(records, None, "bench_convs")
     labels = [label or rec["path"] for label, rec in records]
     convs = [_raw(rec)["convs"] for _, rec in records]
-    header = ["3x3 conv (GFLOP/s)"] + [f"{part.replace('_', ' ')} {' / '.join(labels)}"
-                                       for part in ("forward", "input_grad", "weight_grad")]
+    header = [f"3x3 conv, batch {spec.options.get('batch', '?')} (GFLOP/s)"]
+    header += [f"{part.replace('_', ' ')} {' / '.join(labels)}"
+               for part in ("forward", "input_grad", "weight_grad")]
     body = [[_conv_label(key)] + [" / ".join(f"{c[key][part]['gflop_per_s']:.0f}" for c in convs)
                                   for part in ("forward", "input_grad", "weight_grad")]
             for key in convs[0]]

@@ -364,7 +364,7 @@ def process(text: str, doc: str, root: str) -> tuple[str, list[Problem]]:
         try:
             new = render(match.group("spec"))
         except RecordError as e:
-            numbers = sorted(set(numbers_in(body)))
+            numbers = list(dict.fromkeys(n for _, found in unrecorded(body) for n in found))
             problems.append(Problem(doc, line, f"{what} `{match.group('spec')}`: {e}; "
                                     f"its numbers have no record: {', '.join(numbers) or '-'}"))
             return match.group(0)
