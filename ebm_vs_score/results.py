@@ -384,14 +384,17 @@ def process(text: str, doc: str, root: str) -> tuple[str, list[Problem]]:
 # ----------------------------------------------------------------------------------------
 
 _NOT_RESULTS = re.compile(r"`[^`]*`|\]\([^)]*\)|<!--.*?-->|https?://\S+|\d+(?:\.\d+){2,}"
-                          r"|\d{4}-\d{2}-\d{2}(?:T[\d:]+Z?)?|\d+:\d+")
+                          r"|\d{4}-\d{2}-\d{2}(?:T[\d:]+Z?)?|\d+:\d+"
+                          r"|(?<=[A-Za-z.]\s)(?:19|20)\d\d\b(?!\.\d)"  # a year: "Ho et al. 2020"
+                          r"|\b(?:Table|Fig\.|Sec\.|eq\.|Eq\.)\s*\d+(?:[–-]\d+)?")
 _NUMBER = re.compile(r"(?<![\w.])[-−+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?:%|x\b)?")
 
 
 def numbers_in(text: str, *, cells: bool = False) -> list[str]:
     """Result-like numbers of a text: decimals, percentages, ratios (1.4x) and thousands
     (3,557); with ``cells`` also plain integers (table cells). Inline code, links, dates,
-    times and version strings are not numbers here."""
+    times, years after a name, equation/table/figure numbers and version strings are not
+    numbers here."""
     text = _NOT_RESULTS.sub(" ", text)
     out = []
     for token in _NUMBER.findall(text):
