@@ -1,33 +1,23 @@
 """Records of published numbers, and the document tables rendered from them.
 
 A *record* is a small JSON file under ``results/`` (or one JSON object per line of a
-``.jsonl`` file), written by the command whose numbers a document quotes
-(:func:`write_record`)::
+``.jsonl`` file) written by the command whose numbers a document quotes
+(:func:`write_record`): ``schema``, ``name``, ``command``, ``commit``, ``dirty``, ``date``,
+``machine`` (CPU model and count, OS, devices, library versions, XLA_FLAGS), ``load``
+(1/5/15-minute load at start and end) and ``values``: numbers or measurements
+``{"value", "se", "n", ...}`` (:func:`measurement`). The benchmark harness's JSONs
+(``benchmarks/results/*.json``; ``machine`` holds command, date and load) are read as
+records whose values are the whole JSON (:func:`load`).
 
-  {"schema": 1, "name": ..., "command": ..., "commit": ..., "dirty": false, "date": ...,
-   "machine": {"cpu_model", "cpu_count", "platform", "devices", "versions", "xla_flags"},
-   "load": {"start": [1, 5, 15-minute load], "end": [...]}, "values": {...}}
-
-A value is a number or a measurement ``{"value": v, "se": standard error, "n": sample
-size, ...}`` (:func:`measurement`). The benchmark harness's JSONs
-(``benchmarks/results/*.json``, whose ``machine`` holds the command, date and load) are
-read as records too (:func:`load`): their whole content is the record's ``values``.
-
-A document marks what is rendered from records::
-
-  <!-- results:table KIND SOURCE... [LABEL=SOURCE...] [option=value...] -->
-  ...lines rendered by the KIND renderer from the SOURCE records...
-  <!-- /results -->
-
-and, inside a line, ``<!-- results:value SOURCE PATH [fmt=.3g] [scale=1e3] [se] -->2.44<!--
-/results -->`` (PATH: dotted keys into the record's values; a list is indexed by position
-or by its items' ``name``). SOURCE is a path from the repository root. KIND names a
-renderer in :func:`table_kinds`.
+A document marks what is rendered from records: ``<!-- results:table KIND SOURCE...
+[LABEL=SOURCE...] [option=value...] -->`` ... ``<!-- /results -->`` around a block, and
+``<!-- results:value SOURCE PATH [fmt=.3g] [scale=1e3] [se] -->2.44<!-- /results -->``
+inside a line (PATH: dotted keys into the values; list items by position or ``name``).
+SOURCE is a path from the repository root; KIND names a renderer (:func:`table_kinds`).
 
 ``python -m ebm_vs_score.results --render`` rewrites every marked block of README.md,
-BENCHMARKS.md and docs/*.md from its records; ``--check`` exits 1 listing each block that
-differs from its records or whose record is missing (its numbers then have no record);
-``--check --strict`` also lists the numbers outside marked blocks.
+BENCHMARKS.md and docs/*.md; ``--check`` exits 1 listing each block that differs from its
+records or whose record is missing; ``--strict`` also lists numbers outside marked blocks.
 """
 
 from __future__ import annotations
@@ -296,11 +286,30 @@ def parse_spec(text: str) -> Spec:
 Renderer = Callable[[Spec, list[tuple[str | None, Any]]], list[str]]
 
 
+def values_table(spec: Spec, records: list[tuple[str | None, Any]]) -> list[str]:
+    """``values SOURCE path=P columns=a,b [fmt=.4g] [se]``: one row per entry of the dict
+    (or list of dicts with ``name``) at P of the record's values, one column per key."""
+    if len(records) != 1 or "columns" not in spec.options:
+        raise RecordError("a values table needs one SOURCE and columns=a,b,...")
+    record = records[0][1][-1] if isinstance(records[0][1], list) else records[0][1]
+    node = lookup(record["values"], spec.options["path"]) if "path" in spec.options \
+        else record["values"]
+    items = node.items() if isinstance(node, dict) else [(x.get("name"), x) for x in node]
+    columns = spec.options["columns"].split(",")
+    fmt, se = spec.options.get("fmt", ".4g"), spec.options.get("se") == "1"
+    lines = ["| " + " | ".join([""] + columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, row in items:
+        cells = [format_value(lookup(row, c), fmt, se=se) for c in columns]
+        lines.append("| " + " | ".join([str(name)] + cells) + " |")
+    return lines
+
+
 def table_kinds() -> dict[str, Renderer]:
-    """Every table renderer by kind: the study's and (from the repository) the benchmarks'."""
+    """Every table renderer by kind: ``values`` (any record), the study's and (from the
+    repository) the benchmarks'."""
     from ebm_vs_score.study import verdicts
 
-    kinds: dict[str, Renderer] = dict(verdicts.TABLE_KINDS)
+    kinds: dict[str, Renderer] = {"values": values_table, **verdicts.TABLE_KINDS}
     try:
         from benchmarks import tables as bench_tables
     except ImportError:  # installed without the repository: only the library's kinds

@@ -177,3 +177,16 @@ def test_the_repository_documents_match_their_records(capsys):
     docs/*.md equals what its records render."""
     status = results.run("check", REPO, list(results.DEFAULT_DOCS))
     assert status == 0, capsys.readouterr().out
+
+
+def test_values_table_renders_any_record(tmp_path):
+    root = str(tmp_path)
+    results.write_record("qc_amortization", {"runs": {
+        "U": {"nasym": results.measurement(0.00484, se=0.00012, n=297), "steps_per_s": 27.9},
+        "QC": {"nasym": results.measurement(0.00062, se=0.00003, n=297), "steps_per_s": 6.9}}},
+        directory=os.path.join(root, "results"))
+    _write(root, "B.md", "<!-- results:table values results/qc_amortization.json path=runs "
+                         "columns=nasym,steps_per_s fmt=.3g se=1 -->\n<!-- /results -->\n")
+    assert results.run("render", root, ["B.md"]) == 0
+    text = _read(root, "B.md")
+    assert "| U | 0.00484 ± 0.00012 | 27.9 |" in text and "| QC | 0.00062 ± 3e-05 | 6.9 |" in text
