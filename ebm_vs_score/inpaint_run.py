@@ -31,6 +31,7 @@ from absl import logging
 
 from ebm_vs_score import builders, compose, data, evaluate, inpaint, samplers
 from ebm_vs_score import metrics as metrics_lib
+from ebm_vs_score import results as records
 from ebm_vs_score.compose_report import markdown_table
 
 METHODS = ("replacement", "ula", "mala")
@@ -111,6 +112,7 @@ def method_row(method, model, sde, key, known, mask, truth, labels, clf, config,
 def run_inpaint(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Completes masked test digits with each method; returns the REPORT.md path."""
     s = settings(config)
+    load = records.load_average()
     model_def = builders.build_model(config)
     step, params = evaluate.restore_params(config, workdir, model_def,
                                            int(config.eval.checkpoint))
@@ -139,6 +141,7 @@ def run_inpaint(config: ml_collections.ConfigDict, workdir: str) -> str:
     results = {"step": step, "family": config.family, "settings": s, "baselines": base,
                "rows": rows}
     evaluate.write_json_atomic(os.path.join(out_dir, "results.json"), results)
+    records.write_record(f"inpaint_{config.family}_step{step}", results, load_start=load)
     write_figure(os.path.join(out_dir, "completions.png"), truth, known, shown, s)
     return write_report(out_dir, results)
 

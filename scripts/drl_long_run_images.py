@@ -48,6 +48,7 @@ import numpy as np
 
 from ebm_vs_score import builders, data, drl, evaluate, plotting, settings
 from ebm_vs_score import parameterization as param_lib
+from ebm_vs_score import results as records
 from ebm_vs_score.metrics import distances
 
 FIGURE_CHAINS = 16
@@ -171,6 +172,8 @@ def run(args: argparse.Namespace) -> dict:
     _figure(rows, labels, os.path.join(out, "long_run.png"))
     with open(os.path.join(out, "long_run.json"), "w") as f:
         json.dump(result, f, indent=2)
+    records.write_record(os.path.basename(out).replace("long_run", "drl_long_run"), result,
+                         command=result["command"])
     return result
 
 

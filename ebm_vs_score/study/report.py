@@ -25,7 +25,9 @@ RunRecord = Any  # run.RunRecord (run imports this module)
 def variant_label(variant: str, toy: bool) -> str:
     """The report's name of a variant: the family's label, or 'QC λ=<lambda>'."""
     family, weight = plan.parse_variant(variant)
-    label = family_info(family, toy).label
+    label, width = family_info(family, toy).label, plan.variant_width(variant)
+    if width is not None:
+        return f"{label} ch={width}"
     return label if weight is None else f"{label} λ={weight:g}"
 
 
@@ -457,12 +459,14 @@ def _sweep_figure(config, study_dir: str, records) -> dict[str, Any]:
 
 
 def write_report(config, study_dir: str, records: Sequence[RunRecord], figures: dict[str, Any],
-                 classifier_accuracy: float | None = None) -> str:
-    """Writes ``study_dir/REPORT.md`` (atomically) and returns its path."""
+                 classifier_accuracy: float | None = None,
+                 power_lines: Sequence[str] = ()) -> str:
+    """Writes ``study_dir/REPORT.md`` (atomically) and returns its path; ``power_lines``
+    (``verdicts.power_lines``) follow the tables."""
     toy = configuration.is_toy(config)
     rows = build_rows(config, records)
     lines = _header(config, records, classifier_accuracy)
-    lines += _table_sections(rows, toy)
+    lines += _table_sections(rows, toy) + list(power_lines)
     lines += _per_level_table(rows, records, "nasym_per_level", "NAsym per noise level")
     if toy:
         lines += _per_level_table(rows, records, "fisher_per_level",
