@@ -352,7 +352,7 @@ def _linear_score(params, x, t, key=None):
 
 def test_unamortized_qc_is_the_full_hutchinson_regularizer():
     """fraction=1, every=1: L_QC on every example, with the probes of the key's third split
-    (the pre-amortization loss, whose value tests/test_reference_values.py pins)."""
+    (the pre-amortization loss, whose expectation tests/test_reference_values.py checks)."""
     batch, key = {"x": _MIX.sample(jax.random.key(0), 32)}, jax.random.key(3)
     _, metrics = losses.dsm_loss(_linear_score, _VP, qc_weight=0.5, qc_probes=2,
                                  reduce_mean=True)(_A, batch, key)
