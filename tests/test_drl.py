@@ -64,12 +64,16 @@ def _mixture_energy(mixture, schedule):
 
 
 @pytest.mark.parametrize("scale", ["toy", "digits", "cifar"])
-def test_config_defaults_validate(scale):
-    cfg = get_config(scale, "drl").drl
-    typed = settings.drl_settings(cfg)
-    assert (typed.num_levels, typed.num_steps, typed.step_size, typed.metropolis) == (
-        cfg.num_levels, cfg.num_steps, cfg.step_size, cfg.metropolis)
-    assert settings.drl_settings(_drl_config()) == _drl(6, 30, 2e-4, False, "authors")
+def test_default_drl_settings_are_the_papers(scale):
+    """The defaults are Gao et al. 2021's T6 ladder with K = 30 unadjusted Langevin steps and
+    b^2 = 2e-4 with the authors' level factor (their code's flags ``num_diffusion_timesteps
+    = 6``, ``mcmc_num_steps = 30``, ``mcmc_step_size_b_square = 2e-4``); the energy is in
+    log-density units (this project's 'sigma' scale). Every shipped config validating is
+    tests/test_settings.py's test."""
+    typed = settings.from_config(get_config(scale, "drl")).drl
+    assert typed == settings.DRLSettings(num_levels=6, num_steps=30, step_size=2e-4,
+                                         metropolis=False, step_schedule="authors",
+                                         energy_scale="sigma")
 
 
 @pytest.mark.parametrize("field, value", [
@@ -173,7 +177,10 @@ def test_conditional_langevin_samples_the_gaussian_conditional(level):
 
 
 def test_metropolis_keeps_the_exact_target_where_ula_is_biased():
-    """A step of s^2 = 1.5 var: ULA's stationary variance is var / (1 - 1.5/4) = 1.6 var."""
+    """A step of s^2 = 1.5 var (h = s^2 / 2, h P = 0.75): with the MH test the variance is
+    var; ULA's is the exact stationary variance of its linear recursion on a Gaussian,
+    var / (1 - h P / 2) = 1.6 var (stable for h P < 2: the reference this file replaced
+    pinned a chain at h P = 3.2 to 14.4 on levels 2-5, which grew as |1 - h P|^K to 7e10)."""
     schedule = drl.make_schedule(6)
     mean, var, n, level = jnp.zeros(2), 0.25, 4000, 1
     x_tilde = jnp.zeros((n, 2))
@@ -193,7 +200,7 @@ def test_metropolis_keeps_the_exact_target_where_ula_is_biased():
     prob = np.asarray(info_ula["accept_prob"])
     assert np.all((prob >= 0) & (prob <= 1)) and prob.mean() < 0.95  # ULA's MH diagnostic
     np.testing.assert_allclose(np.asarray(y_mh).var(0).mean(), cond_var, rtol=0.08)
-    assert np.asarray(y_ula).var(0).mean() > 1.3 * cond_var
+    np.testing.assert_allclose(np.asarray(y_ula).var(0).mean(), 1.6 * cond_var, rtol=0.08)
 
 
 def test_long_run_chain_snapshots_and_stays_on_target():
