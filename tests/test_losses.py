@@ -148,6 +148,7 @@ def test_every_dsm_loss_is_lowest_at_the_exact_noisy_score():
         assert v[0] < v[1] and v[0] < v[2], (case, v)
 
 
+@pytest.mark.analytic
 @pytest.mark.slow
 def test_ssm_and_ism_losses_are_lowest_at_the_exact_noisy_score():
     for case, v in _values_at_and_around_the_exact_score(("ssm", "ssm_vr", "ism")).items():
@@ -198,6 +199,7 @@ def test_qc_gradient_flows_through_both_jacobian_factors():
     np.testing.assert_allclose(grad, 2 * vv @ a - vv @ a.T - a.T @ vv, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.analytic
 @pytest.mark.slow
 def test_qc_gradient_with_several_probes_is_the_mean_over_probes():
     """The rematerialized scan over probes differentiates like the probes one by one."""

@@ -96,7 +96,7 @@ def test_mmd_criterion_has_power():
 
 
 def _case(method, sde, num_steps, options=None, slow=False):
-    marks = [pytest.mark.slow] if slow else []
+    marks = [pytest.mark.slow, pytest.mark.analytic] if slow else []  # CI runs analytic
     return pytest.param(method, sde, num_steps, options or {}, marks=marks,
                         id=f"{method}-{sde}")
 
@@ -288,8 +288,8 @@ def _mode_weights(x, mix):
     return np.bincount(np.asarray(nearest), minlength=mix.means.shape[0]) / x.shape[0]
 
 
-@pytest.mark.parametrize("method", ["ula", pytest.param("ald", marks=pytest.mark.slow),
-                                    pytest.param("mala", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["ula", *(
+    pytest.param(m, marks=[pytest.mark.slow, pytest.mark.analytic]) for m in ("ald", "mala"))])
 def test_exact_energy_sampler_matches_unequal_mode_weights(method):
     """Driven by the exact energy of a 2-D mixture with weights (0.5, 0.3, 0.2), the mode
     weights of 2000 samples are within 0.03 of the truth (3 standard errors; issue #13:
