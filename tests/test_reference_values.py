@@ -36,7 +36,7 @@ import pytest
 from ebm_vs_score import data, drl, losses, samplers
 from ebm_vs_score.sde import VESDE, VPSDE, SubVPSDE
 
-ANALYTIC = [pytest.mark.slow, pytest.mark.analytic]  # run by CI (.ci/run) with -m analytic
+ANALYTIC = [pytest.mark.slow, pytest.mark.analytic]  # CI runs -m "slow and analytic"
 SDES = {"ve": VESDE(sigma_min=0.01, sigma_max=10.0), "vp": VPSDE(), "subvp": SubVPSDE()}
 M = np.array([0.6, -0.4])
 C = np.array([[1.0, 0.45], [0.45, 0.4]])
