@@ -20,8 +20,9 @@ Every expected value here is derived outside the code under test, from exact mod
 
 What this file replaced: outputs of the code's own earlier commit, pinned for fixed keys.
 Two of them were blown-up chains, whose NaN and 1e16 values passed as "reference"; the
-diagnosis of both is in the docstrings of ``test_adapted_unadjusted_chains_stay_bounded``
-and ``tests/test_drl.py::test_metropolis_keeps_the_exact_target_where_ula_is_biased``.
+diagnosis of both is in the docstrings of ``test_adapted_metropolis_chains_stay_bounded``
+(unadjusted chains now refuse an adapted step) and
+``tests/test_drl.py::test_metropolis_keeps_the_exact_target_where_ula_is_biased``.
 AIS, the ODE likelihood and Asym have analytic tests in test_likelihood.py,
 test_exact_models.py and test_conservativeness.py.
 """
@@ -143,26 +144,19 @@ def test_sampler_reproduces_the_gaussian(method, sde_name, num_steps, options):
 
 
 # ----------------------------------------------------------------------------------------
-# The adaptive unadjusted chains: a known divergence, stated as the property that should hold.
+# Adapted chains: only with a Metropolis test (ula / uhmc refuse adapt=True).
 
 
 @pytest.mark.parametrize("method,sde_name,n", [
-    pytest.param("uhmc", "ve", 16, marks=ANALYTIC), pytest.param("uhmc", "vp", 16, marks=ANALYTIC),
-    pytest.param("ula", "vp", 2000, marks=ANALYTIC)])
-@pytest.mark.xfail(strict=True, reason=(
-    "adapt=True tunes an unadjusted chain to the acceptance an MH test would have; in 2-D "
-    "that puts the step at the integrator's stability limit (uhmc: eps sqrt(L) 1.5-2.3 for "
-    "leapfrog's limit 2; ula: h L near 2), the gain-1 Robbins-Monro step on a noisy batch "
-    "mean overshoots it, and without an MH test the exploding proposal is kept"))
-def test_adapted_unadjusted_chains_stay_bounded(method, sde_name, n):
-    """ula / uhmc with ``adapt=True`` (their documented opt-in) on the 8-Gaussians mixture
-    (radius 1.4, component std 0.17), 20 levels: every chain of 4 runs stays within |x| < 20.
+    pytest.param("hmc", "ve", 16, marks=ANALYTIC), pytest.param("hmc", "vp", 16, marks=ANALYTIC),
+    pytest.param("mala", "vp", 2000, marks=ANALYTIC)])
+def test_adapted_metropolis_chains_stay_bounded(method, sde_name, n):
+    """mala / hmc with their adapted step on the 8-Gaussians mixture (radius 1.4, component
+    std 0.17), 20 levels: every chain of 4 runs stays within |x| < 20.
 
-    Measured over 10 seeds at 20 levels: uhmc (target 0.65) blew up in 9 of 10 runs of 16
-    chains on VE and on VP (the pinned reference of this case was 15 of 16 chains NaN or
-    ~1e16) and in 1 of 10 runs of 2000 chains; ula (target 0.574) on VP left 2-17 of 2000
-    chains beyond |x| = 20 in 9 of 10 runs. hmc and mala (same adaptation, with the MH
-    test) never did. The per-level eps sqrt(L) of a blown-up uhmc run reached 2.32.
+    The same adaptation without the MH test (ula / uhmc with adapt=True, now refused by
+    ``samplers.check_options``) tuned the step to the integrator's stability limit (uhmc:
+    eps sqrt(L) 1.5-2.3 for leapfrog's limit 2) and blew up in 9 of 10 runs of 16 chains.
     """
     mix, sde = data.eight_gaussians(), SDES[sde_name]
     score = lambda x, t: mix.noisy_score(x, sde.alpha(t), sde.marginal_std(t))  # noqa: E731

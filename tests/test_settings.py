@@ -56,8 +56,11 @@ def test_none_sampling_fields_take_the_methods_defaults():
     config = config_base.get_config("toy", "energy")
     config.sampling.method = "ula"
     assert "adapt" not in settings.sampler_options(config)  # ula's own default: no adaptation
+    config.sampling.adapt = False
+    assert settings.sampler_options(config)["adapt"] is False
     config.sampling.adapt = True
-    assert settings.sampler_options(config)["adapt"] is True
+    with pytest.raises(settings.ConfigError, match="adapt=True is refused for .*'ula'"):
+        settings.sampler_options(config)
 
 
 def test_no_math_module_reads_a_config():
