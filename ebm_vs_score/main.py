@@ -87,11 +87,11 @@ def _run_mode(mode: str, config, workdir: str):
 
         return sample(config, workdir)
     if mode == "compose":
-        from ebm_vs_score.compose_run import run_compose
+        from ebm_vs_score.compose.run import run_compose
 
         return run_compose(config, workdir)
     if mode == "inpaint":
-        from ebm_vs_score.inpaint_run import run_inpaint
+        from ebm_vs_score.inpaint.run import run_inpaint
 
         return run_inpaint(config, workdir)
     if mode == "fid_stats":  # FID reference statistics of the train split (metrics/fid.py)

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from ebm_vs_score import data as data_lib
-from ebm_vs_score import drl_ladder, losses, models, samplers
+from ebm_vs_score import losses, models, samplers
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
 from ebm_vs_score.drl import ENERGY_SCALES, DRLChain
+from ebm_vs_score.drl import ladder as drl_ladder
 from ebm_vs_score.errors import ConfigError
 
 TOY_DATASETS = data_lib.TOY_NAMES

@@ -2,7 +2,7 @@ r"""Is a trained energy's own density exp(-E(x, eps)) / Z the probability-flow O
 
 For every energy run of a study (or the single runs given), recomputes the ODE likelihood
 exactly as its eval did (same points, probes and keys, so ``nll_bpd`` matches the eval
-JSON) and adds :func:`ebm_vs_score.evaluate.likelihoods.energy_ode_agreement`: the log Z
+JSON) and adds :func:`ebm_vs_score.evaluate.nll.energy_ode_agreement`: the log Z
 the ODE implies, -mean(log p_ODE + E(x, eps)), and the spread of log p_ODE + E over the
 points; next to the AIS log Z of the eval JSON. AIS's Z-hat is unbiased, so an AIS log Z
 far above the ODE-implied one cannot be AIS error: the two are different densities.

@@ -7,7 +7,7 @@ place that reads the config and calls them.
 
 * :mod:`.fields`: Asym / NAsym over noise levels (Chao et al. 2023, Table 2), the exact
   Fisher divergence of mixture toys, the curl of 2-D score fields;
-* :mod:`.likelihoods`: one NLL protocol for the probability-flow ODE and AIS (same
+* :mod:`.nll`: one NLL protocol for the probability-flow ODE and AIS (same
   dequantized points, same bits/dim offset, divergence and standard errors stated);
 * :mod:`.samples`: samples in chunks with their NFE/acceptance; MMD and sliced Wasserstein
   (toys); FD / IS / precision / recall in an offline classifier's features and FID / IS
@@ -32,7 +32,7 @@ from ebm_vs_score.evaluate.files import (
     scalars,
     write_json_atomic,
 )
-from ebm_vs_score.evaluate.likelihoods import (
+from ebm_vs_score.evaluate.nll import (
     Protocol,
     ais_nll_metrics,
     bits_per_dim,

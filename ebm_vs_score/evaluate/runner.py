@@ -20,7 +20,7 @@ from absl import logging
 from ebm_vs_score import builders, checkpoints, configuration, metrics, plotting, train
 from ebm_vs_score import data as data_lib
 from ebm_vs_score.errors import CheckpointError, DataError
-from ebm_vs_score.evaluate import fields, files, likelihoods
+from ebm_vs_score.evaluate import fields, files, nll
 from ebm_vs_score.evaluate import samples as samples_lib
 from ebm_vs_score.metrics import fid as fid_lib
 from ebm_vs_score.metrics import inception
@@ -68,10 +68,10 @@ def restore_params(config, workdir: str, model: builders.Model, step: int = -1):
     return int(state.step), params
 
 
-def likelihood_protocol(config) -> likelihoods.Protocol:
+def likelihood_protocol(config) -> nll.Protocol:
     """The NLL protocol of a config: bins of the data, divergence, tolerances, batch."""
     num_bins = None if configuration.is_toy(config) else int(data_lib.num_levels(config.data))
-    return likelihoods.Protocol(
+    return nll.Protocol(
         num_bins=num_bins, num_probes=int(config.eval.nll_probes),
         rtol=float(_eval_field(config, "nll_rtol", 1e-5)),
         atol=float(_eval_field(config, "nll_atol", 1e-5)),
@@ -93,20 +93,20 @@ def likelihood_metrics(ctx: EvalContext, key) -> Results:
     protocol = likelihood_protocol(config)
     k_deq, k_ode, k_ais = jax.random.split(key, 3)
     x = ctx.data[:int(_eval_field(config, "nll_examples", len(ctx.data)))]
-    points = likelihoods.protocol_points(k_deq, x, protocol.num_bins)
+    points = nll.protocol_points(k_deq, x, protocol.num_bins)
     exact = true_density(config.data) if protocol.num_bins is None else None
     logging.info("eval: ODE likelihood of %d examples (%s divergence)", len(points),
-                 likelihoods.divergence_label(protocol.num_probes))
-    results, log_p = likelihoods.ode_nll(model.fns.score, ctx.params, points, k_ode,
+                 nll.divergence_label(protocol.num_probes))
+    results, log_p = nll.ode_nll(model.fns.score, ctx.params, points, k_ode,
                                          sde=model.sde, protocol=protocol,
                                          true_log_prob=exact)
     if model.fns.energy is not None:
-        results.update(likelihoods.energy_ode_agreement(
+        results.update(nll.energy_ode_agreement(
             model.fns.energy, ctx.params, points, log_p, sde=model.sde,
             batch_size=protocol.batch_size))
     if model.fns.energy is not None and config.eval.ais:
         logging.info("eval: AIS log-normalizer")
-        results.update(likelihoods.ais_nll_metrics(
+        results.update(nll.ais_nll_metrics(
             model.fns.energy, ctx.params, points, k_ais, sde=model.sde, protocol=protocol,
             true_log_prob=exact))
     return results

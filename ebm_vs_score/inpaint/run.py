@@ -31,7 +31,7 @@ from absl import logging
 
 from ebm_vs_score import builders, compose, data, evaluate, inpaint, samplers
 from ebm_vs_score import metrics as metrics_lib
-from ebm_vs_score.compose_report import markdown_table
+from ebm_vs_score.compose.report import markdown_table
 
 METHODS = ("replacement", "ula", "mala")
 MASKS = ("bottom", "right")

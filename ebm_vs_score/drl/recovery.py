@@ -65,7 +65,7 @@ Functions taking a *bound* energy ``energy_fn(y, t)`` (params closed over, as sa
 `conditional_langevin`, `drl_sample`, `long_run_chain`, `drl_nll_by_ais`.
 `make_drl_loss` takes the unbound ``energy_fn(params, y, t, key=None)``. The chain settings
 come as a `DRLChain` (plain values; ``settings.DRLSettings`` builds it from the config),
-the ladder as a ``drl_ladder.DRLSchedule``; the Langevin / MALA step is ``mcmc.mala_step``
+the ladder as a ``ladder.DRLSchedule``; the Langevin / MALA step is ``mcmc.mala_step``
 on the potential U = -log p(y | x_tilde) with h = s_t^2 / 2.
 """
 
@@ -81,7 +81,7 @@ import numpy as np
 
 from ebm_vs_score import mcmc
 from ebm_vs_score import parameterization as param_lib
-from ebm_vs_score.drl_ladder import (  # noqa: F401 - the ladder's names, as drl.* too
+from ebm_vs_score.drl.ladder import (  # noqa: F401 - the ladder's names, as drl.* too
     DDPM_STEPS,
     MAX_LEVELS,
     STEP_SCHEDULES,

@@ -1,6 +1,6 @@
 """The composition experiment's report: ``W/compose/REPORT.md`` and ``samples.png``.
 
-Reads only the results dict that :func:`ebm_vs_score.compose_run.run_compose` builds.
+Reads only the results dict that :func:`ebm_vs_score.compose.run.run_compose` builds.
 """
 
 from __future__ import annotations
