@@ -3,7 +3,7 @@
 The experiment files in ``configs/`` call :func:`get_config` with a data scale
 ('toy', 'digits', 'cifar') and a family ('score', 'energy', 'resnet_energy', 'qc', 'drl')
 and override what they need. Every field can be overridden on the command line, e.g.
-``--config.training.batch_size=64``. :mod:`ebm_vs_score.configuration` validates the
+``--config.training.batch_size=64``. :func:`ebm_vs_score.settings.validate` checks the
 result once at start-up.
 
 Families (DESIGN.md): ``score`` = U, ``energy`` = C (energy U-Net), ``resnet_energy`` =

@@ -94,8 +94,8 @@ def _run_mode(mode: str, config, workdir: str):
         from ebm_vs_score.inpaint.run import run_inpaint
 
         return run_inpaint(config, workdir)
-    if mode == "fid_stats":  # FID reference statistics of the train split (metrics/fid.py)
-        from ebm_vs_score.metrics.fid import write_reference_stats
+    if mode == "fid_stats":  # FID reference statistics of the train split
+        from ebm_vs_score.evaluate.fid_stats import write_reference_stats
 
         return write_reference_stats(config, workdir)
     from ebm_vs_score.study import run_study

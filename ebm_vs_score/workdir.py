@@ -25,6 +25,7 @@ from ebm_vs_score.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
+METRICS_FILE = "metrics.jsonl"
 
 # Left out by :func:`config_differences` (schedules and evaluation; the study adds its own
 # rules on top of it).
@@ -192,3 +193,11 @@ def require_run(workdir: str, mode: str) -> None:
     what = "does not exist" if not os.path.exists(workdir) else "holds no trained run"
     raise WorkdirError(f"--workdir={workdir} {what}, so there is nothing to {mode}; train "
                        "first with the same --config and --workdir and --mode=train")
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+    """Appends one JSON line to ``WORKDIR/metrics.jsonl`` (process 0; never rewritten)."""
+    if jax.process_index() != 0:
+        return
+    with (epath.Path(workdir) / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")

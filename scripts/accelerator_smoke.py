@@ -31,7 +31,7 @@ import traceback
 import jax
 import numpy as np
 
-from ebm_vs_score import builders, checkpoints, configuration, train
+from ebm_vs_score import builders, checkpoints, settings, train
 
 DEFAULT_CONFIGS = ("configs/cifar_score.py", "configs/cifar_energy.py",
                    "configs/cifar_resnet_energy.py", "configs/cifar_qc.py",
@@ -109,7 +109,7 @@ def smoke(path: str, steps: int, sampler_steps: int) -> dict:
     try:
         config = load_config(path)
         mesh = train.make_mesh()
-        configuration.validate(config, num_devices=mesh.size)
+        settings.validate(config, num_devices=mesh.size)
         model = builders.build_model(config)
         state, record["train"] = train_steps(config, model, mesh, steps)
         checkpoint_roundtrip(state)

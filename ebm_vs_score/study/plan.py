@@ -23,8 +23,9 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from ebm_vs_score import config_base, configuration, evaluate
-from ebm_vs_score.errors import UserError
+from ebm_vs_score import config_base, evaluate, samplers, settings
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.errors import ConfigError, UserError
 
 STUDY_FAMILIES = ("score", "energy", "resnet_energy", "qc")
 ENERGY_FAMILIES = ("energy", "resnet_energy")  # the only ones with an energy for MH samplers
@@ -35,7 +36,7 @@ STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.checkpoint_every", "training.sample_every",
                  "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights",
                  "study.report_only")
-# Left out by configuration.config_differences but they change every run's numbers.
+# Left out by workdir.config_differences but they change every run's numbers.
 _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
 
@@ -185,7 +186,7 @@ def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise configuration.ConfigError(message)
+        raise ConfigError(message)
 
 
 def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
@@ -199,7 +200,7 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
              f"study.families={tuple(families)} must be distinct names from {STUDY_FAMILIES}")
     _require(seeds and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
              f"study.seeds={tuple(seeds)} must be distinct integers, e.g. (0, 1, 2)")
-    _require(config.sampling.method not in configuration.MH_SAMPLERS,
+    _require(config.sampling.method not in samplers.MH_METHODS,
              f"sampling.method={config.sampling.method!r} needs an energy, but the study "
              "samples every family with it; use e.g. 'euler_maruyama' and set "
              f"study.extra_sampler={config.sampling.method!r} for the energies")
@@ -215,15 +216,15 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
              f"study.qc_weights={tuple(weights)} must be distinct positive numbers (e.g. "
              "(1e-4, 1e-3, 1e-2)) with 'qc' in study.families, or () for no sweep")
     extra = study.extra_sampler
-    _require(extra == "" or extra in configuration.SAMPLERS,
+    _require(extra == "" or extra in samplers.METHODS,
              f"study.extra_sampler={extra!r} is not valid; choose '' (none) or one of "
-             f"{list(configuration.SAMPLERS)}")
+             f"{list(samplers.METHODS)}")
     for variant in variants(config):
         try:
-            configuration.validate(run_config(config, variant, seeds[0], study_dir),
+            settings.validate(run_config(config, variant, seeds[0], study_dir),
                                    num_devices=jax.device_count())
-        except configuration.ConfigError as e:
-            raise configuration.ConfigError(f"study run {variant!r}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"study run {variant!r}: {e}") from None
     evaluate.check_inception_weights(config)
 
 
@@ -244,10 +245,10 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
 def study_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
     """Fields where ``config`` differs from the saved study config, except the run set.
 
-    ``configuration.config_differences`` plus the sampling / eval / ``training.n_iters``
+    ``workdir.config_differences`` plus the sampling / eval / ``training.n_iters``
     fields it tolerates for single runs: in a study they would mix numbers of two configs.
     """
-    diff = configuration.config_differences(saved, config)
+    diff = workdir_lib.config_differences(saved, config)
     before, now = _flat_json(saved), _flat_json(_as_json(config))
     diff += [f"{p}: {before.get(p)!r} -> {now.get(p)!r}" for p in sorted(set(before) | set(now))
              if p.startswith(_STRICT_PREFIXES) and before.get(p) != now.get(p)]

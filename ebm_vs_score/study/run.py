@@ -43,7 +43,8 @@ import numpy as np
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from ebm_vs_score import builders, configuration, evaluate, train
+from ebm_vs_score import builders, evaluate, settings, train
+from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.study import plan, report
 from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
 
@@ -133,7 +134,7 @@ def timed_training(config: ml_collections.ConfigDict, run_dir: str) -> int:
     if step > start:
         steady = steady_steps_per_sec(report.read_jsonl(metrics_file)[before:], start)
         wall_rate = (step - start) / wall
-        train.append_metrics(run_dir, {
+        workdir_lib.append_metrics(run_dir, {
             "split": "timing", "train_wall_s": wall, "steps": step - start,
             "from_step": start, "to_step": step, "wall_steps_per_sec": wall_rate,
             "steps_per_sec": wall_rate if steady is None else steady})
@@ -275,7 +276,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def shared_classifier_accuracy(config, study_dir: str) -> float | None:
     """Trains (or loads) the one offline classifier of the study (images); its accuracy."""
-    if configuration.is_toy(config):
+    if settings.is_toy(config):
         return None
     cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
     clf = evaluate.offline_classifier(cfg, study_dir)
