@@ -159,6 +159,13 @@ def _eval(scale: str) -> ml_collections.ConfigDict:
     # images, uint8 levels, no dequantization); None: FID against the eval test images.
     ev.fid_stats = ml_collections.config_dict.placeholder(str)
     ev.fid_batch_size = 200  # Inception batch (global, sharded over the devices)
+    # --mode=drl_long_run (ebm_vs_score/drl/long_run.py; Gao et al. 2021, Sec. 6): level-0
+    # chains of a DRL model started from the x_1 of its progressive samples ('sample') or of
+    # real points ('data'); 'marginal' adds the chain of exp(-E(y, 0)).
+    ev.long_run_steps = {"toy": 100_000, "digits": 10_000, "cifar": 10_000}[scale]
+    ev.long_run_chains = {"toy": 2000, "digits": 64, "cifar": 64}[scale]
+    ev.long_run_start = "data" if scale == "toy" else "sample"
+    ev.long_run_marginal = scale == "toy"
     return ev
 
 

@@ -76,6 +76,11 @@ def _has_qc(saved: dict) -> bool:
     return (saved.get("training.qc_weight") or 0) > 0
 
 
+def _read_by_another_mode(saved: dict) -> bool:
+    """Fields only a later mode reads (eval.long_run_*): they never act on a saved run."""
+    return False
+
+
 FIELDS_ADDED_LATER = {
     "model.energy_base": ("none", _is_resnet),
     "training.qc_fraction": (1.0, _has_qc), "training.qc_every": (1, _has_qc),
@@ -83,6 +88,8 @@ FIELDS_ADDED_LATER = {
     "training.grad_accum_steps": (1, None), "data.input_pipeline": ("auto", None),
     "data.cache_dir": (None, None), "data.input_workers": (4, None),
     "drl.energy_scale": ("sigma", None), "model.energy_head": ("mean", None),
+    **{f"eval.long_run_{name}": (None, _read_by_another_mode)
+       for name in ("steps", "chains", "start", "marginal")},
 }
 
 

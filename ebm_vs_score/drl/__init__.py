@@ -2,7 +2,10 @@
 
 * :mod:`.ladder`: the T + 1 noise levels and their scales (``make_schedule``);
 * :mod:`.recovery`: the math: the recovery EBM's Langevin / MALA chains, the DRL loss,
-  progressive sampling (Algorithm 2), long-run chains and the AIS NLL.
+  progressive sampling (Algorithm 2), long-run chains and the AIS NLL;
+* :mod:`.long_run`: ``--mode=drl_long_run``: trains a DRL config with the train loop, then
+  runs the learned level-0 chains far beyond K steps (Gao et al. Sec. 6);
+* :mod:`.report`: the long run's JSON and figure.
 
 The math's names are importable from the package (``drl.make_schedule``, ``drl.drl_sample``).
 """
