@@ -13,6 +13,8 @@ C-ResNet, ``qc`` = U trained with the quasi-conservative regularizer (Chao et al
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 SCALES = ("toy", "digits", "cifar")
@@ -173,7 +175,9 @@ def _drl() -> ml_collections.ConfigDict:
     drl = ml_collections.ConfigDict()
     drl.num_levels = 6
     drl.num_steps = 30
-    drl.step_size = 2e-4
+    # b^2 of the Langevin step s_t^2 = b^2 c_t sigma_{t+1}^2 (the authors' b_square).
+    drl.b_squared = 2e-4
+    drl.step_size = ml_collections.config_dict.placeholder(float)  # old name of b_squared
     drl.metropolis = False
     # Langevin step factor per level: 'authors' (Gao et al.'s code) or 'sigma' (their Sec. 4).
     drl.step_schedule = "authors"
@@ -181,6 +185,22 @@ def _drl() -> ml_collections.ConfigDict:
     # (1 / s_t^2, the authors' code: the chain's drift is grad N / 2 whatever b^2 is).
     drl.energy_scale = "sigma"
     return drl
+
+
+# Old field names still accepted (old path -> new path): a config that sets the old one (a
+# config file, a --config flag, a saved config.json) means the new one.
+RENAMED_FIELDS = {"drl.step_size": "drl.b_squared"}
+
+
+def with_current_names(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat ``{path: value}`` config with each old name's value, if set, under its new
+    name (and the old name dropped)."""
+    out = dict(flat)
+    for old, new in RENAMED_FIELDS.items():
+        value = out.pop(old, None)
+        if value is not None:
+            out[new] = value
+    return out
 
 
 _FAMILY_OVERRIDES = {

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from ebm_vs_score.config_base import with_current_names
 from ebm_vs_score.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -104,8 +105,8 @@ def _with_added_fields(saved_flat: dict, now: dict) -> dict:
 
 def changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, list]:
     """Every field where ``config`` differs from ``saved``: ``{path: [before, now]}``."""
-    now = _flatten(_as_dict(config))
-    before = _with_added_fields(_flatten(saved), now)
+    now = with_current_names(_flatten(_as_dict(config)))
+    before = _with_added_fields(with_current_names(_flatten(saved)), now)
     return {p: [before.get(p), now.get(p)] for p in sorted(set(now) | set(before))
             if before.get(p) != now.get(p)}
 

@@ -27,7 +27,7 @@ CHAIN_STEPS, NUM_CHAINS, K = 20, 32, 3
 TINY_DIGITS = {
     "model.ch": 8, "model.ch_mult": (1,), "model.attn_resolutions": (), "model.num_groups": 4,
     "drl.num_levels": 2, "drl.num_steps": K, "drl.step_schedule": "sigma",
-    "drl.step_size": 0.1, "drl.metropolis": True, "training.n_iters": 2,
+    "drl.b_squared": 0.1, "drl.metropolis": True, "training.n_iters": 2,
     "training.batch_size": 16, "training.log_every": 2, "training.checkpoint_every": 2,
     "training.sample_every": 2, "sampling.num_samples": 4, "eval.classifier_steps": 100,
     "eval.long_run_steps": CHAIN_STEPS, "eval.long_run_chains": NUM_CHAINS,
