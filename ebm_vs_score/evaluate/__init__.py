@@ -13,7 +13,9 @@ place that reads the config and calls them.
   (toys); FD / IS / precision / recall in an offline classifier's features and FID / IS
   with Inception (images);
 * :mod:`.files`: the eval JSON (atomic), ``metrics.jsonl`` lines, TensorBoard, sample files;
-* :mod:`.runner`: ``evaluate(config, workdir)``, ``evaluate_sampler``, ``sample``.
+* :mod:`.runner`: ``evaluate(config, workdir)``, ``evaluate_sampler``, ``sample``;
+* :mod:`.fid_stats` (``--mode=fid_stats``) and :mod:`.energy_vs_ode`
+  (``--mode=energy_vs_ode``), imported by ``main`` only.
 
 Results go to ``WORKDIR/eval/step_N.json`` (per-level lists and ``nll_divergence``
 included), ``WORKDIR/metrics.jsonl`` (``split='eval'``, scalars) and TensorBoard; the
