@@ -52,7 +52,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "study",
-                                              "compose", "inpaint", "fid_stats"],
+                                              "compose", "inpaint", "fid_stats",
+                                              "drl_long_run", "energy_vs_ode"],
                           "What to do with the config.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs that JAX "
@@ -76,7 +77,7 @@ def _run_mode(mode: str, config, workdir: str):
         from ebm_vs_score.train import train_and_evaluate
 
         return train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
-    if mode in ("eval", "sample"):
+    if mode in ("eval", "sample") or (mode == "energy_vs_ode" and "study" not in config):
         workdir_lib.require_run(workdir, mode)
     if mode == "eval":
         from ebm_vs_score.evaluate import evaluate
@@ -87,17 +88,25 @@ def _run_mode(mode: str, config, workdir: str):
 
         return sample(config, workdir)
     if mode == "compose":
-        from ebm_vs_score.compose_run import run_compose
+        from ebm_vs_score.compose.run import run_compose
 
         return run_compose(config, workdir)
     if mode == "inpaint":
-        from ebm_vs_score.inpaint_run import run_inpaint
+        from ebm_vs_score.inpaint.run import run_inpaint
 
         return run_inpaint(config, workdir)
-    if mode == "fid_stats":  # FID reference statistics of the train split (metrics/fid.py)
-        from ebm_vs_score.metrics.fid import write_reference_stats
+    if mode == "fid_stats":  # FID reference statistics of the train split
+        from ebm_vs_score.evaluate.fid_stats import write_reference_stats
 
         return write_reference_stats(config, workdir)
+    if mode == "drl_long_run":  # trains (or reuses the run), then the long chains
+        from ebm_vs_score.drl.long_run import run_long_run
+
+        return run_long_run(config, workdir)
+    if mode == "energy_vs_ode":  # a trained energy run, or every energy run of a study
+        from ebm_vs_score.evaluate.energy_vs_ode import run_energy_vs_ode
+
+        return run_energy_vs_ode(config, workdir)
     from ebm_vs_score.study import run_study
 
     return run_study(config, workdir)

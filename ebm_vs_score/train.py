@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -28,7 +27,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ebm_vs_score import builders, checkpoints, configuration, plotting, writers
+from ebm_vs_score import builders, checkpoints, plotting, settings, writers
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import workdir as workdir_lib
@@ -238,14 +237,6 @@ def divergence_advice(config: ml_collections.ConfigDict, last_checkpoint: int | 
             f"step {last_checkpoint}")
 
 
-def append_metrics(workdir: str, record: dict) -> None:
-    """Appends one JSON line to ``workdir/metrics.jsonl`` (never rewritten)."""
-    if jax.process_index() != 0:
-        return
-    with (epath.Path(workdir) / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
 def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> TrainState:
     """The newest checkpoint of the workdir that loads if there is one, else a fresh state."""
     state = replicate(init_state(model, tx, config.seed), mesh)
@@ -258,7 +249,7 @@ def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> 
 
 def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
     """``sample_fn(params, key) -> (samples, info)`` for the configured sampler, jitted once."""
-    from ebm_vs_score import samplers, settings
+    from ebm_vs_score import samplers
 
     shape = (int(config.sampling.num_samples),) + model.example_shape
     options = settings.sampler_options(config)
@@ -333,7 +324,8 @@ def _flush(loop: _Loop, history: list, step: int) -> dict[str, float]:
         raise _diverged(loop, str(e)) from None
     history.clear()
     loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-    append_metrics(loop.workdir, dict(scalars, step=step, split="train", wall_time=time.time()))
+    workdir_lib.append_metrics(loop.workdir, dict(scalars, step=step, split="train",
+                                                  wall_time=time.time()))
     first = loop.stats.setdefault("first_loss", abs(scalars["loss"]))
     if abs(scalars["loss"]) > EXPLODED_LOSS_FACTOR * max(first, 1e-8):
         raise _diverged(loop, f"the loss exploded to {scalars['loss']:.3g} by step {step} "
@@ -405,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       UserError: a bad config value, workdir or data, or a divergence (one sentence).
     """
     mesh = make_mesh()
-    configuration.validate(config, num_devices=mesh.size)
+    settings.validate(config, num_devices=mesh.size)
     workdir_lib.prepare_for_writing(workdir)
     workdir_lib.check_workdir(config, workdir, allow_changes=allow_config_change)
     model = builders.build_model(config)

@@ -21,10 +21,12 @@ import jax
 import ml_collections
 from etils import epath
 
+from ebm_vs_score.config_base import with_current_names
 from ebm_vs_score.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
+METRICS_FILE = "metrics.jsonl"
 
 # Left out by :func:`config_differences` (schedules and evaluation; the study adds its own
 # rules on top of it).
@@ -75,6 +77,11 @@ def _has_qc(saved: dict) -> bool:
     return (saved.get("training.qc_weight") or 0) > 0
 
 
+def _read_by_another_mode(saved: dict) -> bool:
+    """Fields only a later mode reads (eval.long_run_*): they never act on a saved run."""
+    return False
+
+
 FIELDS_ADDED_LATER = {
     "model.energy_base": ("none", _is_resnet),
     "training.qc_fraction": (1.0, _has_qc), "training.qc_every": (1, _has_qc),
@@ -82,6 +89,8 @@ FIELDS_ADDED_LATER = {
     "training.grad_accum_steps": (1, None), "data.input_pipeline": ("auto", None),
     "data.cache_dir": (None, None), "data.input_workers": (4, None),
     "drl.energy_scale": ("sigma", None), "model.energy_head": ("mean", None),
+    **{f"eval.long_run_{name}": (None, _read_by_another_mode)
+       for name in ("steps", "chains", "start", "marginal")},
 }
 
 
@@ -96,8 +105,8 @@ def _with_added_fields(saved_flat: dict, now: dict) -> dict:
 
 def changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, list]:
     """Every field where ``config`` differs from ``saved``: ``{path: [before, now]}``."""
-    now = _flatten(_as_dict(config))
-    before = _with_added_fields(_flatten(saved), now)
+    now = with_current_names(_flatten(_as_dict(config)))
+    before = _with_added_fields(with_current_names(_flatten(saved)), now)
     return {p: [before.get(p), now.get(p)] for p in sorted(set(now) | set(before))
             if before.get(p) != now.get(p)}
 
@@ -192,3 +201,11 @@ def require_run(workdir: str, mode: str) -> None:
     what = "does not exist" if not os.path.exists(workdir) else "holds no trained run"
     raise WorkdirError(f"--workdir={workdir} {what}, so there is nothing to {mode}; train "
                        "first with the same --config and --workdir and --mode=train")
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+    """Appends one JSON line to ``WORKDIR/metrics.jsonl`` (process 0; never rewritten)."""
+    if jax.process_index() != 0:
+        return
+    with (epath.Path(workdir) / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_vs_score import builders, checkpoints, config_base, configuration, evaluate, train
+from ebm_vs_score import builders, checkpoints, config_base, evaluate, train
+from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.evaluate import runner
 from ebm_vs_score.metrics import inception
 
@@ -49,7 +50,7 @@ def _checkpoint_initial_state(config, workdir: str) -> None:
     model = builders.build_model(config)
     state = train.init_state(model, train.make_optimizer(config.optim), config.seed)
     state = state.replace(step=jnp.asarray(N_ITERS, jnp.int32))
-    configuration.save(config, workdir)
+    workdir_lib.save(config, workdir)
     ckpt = checkpoints.Checkpointer(workdir)
     ckpt.save(N_ITERS, state)
     ckpt.close()

@@ -17,7 +17,8 @@ from ebm_vs_score import sde as sde_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("study"))
 MATH = ["sde.py", "parameterization.py", "losses.py", "conservativeness.py", "likelihood.py",
-        "drl.py", "drl_ladder.py", "estimators.py", "mcmc.py", "samplers"]
+        "drl/recovery.py", "drl/ladder.py", "compose/operators.py", "inpaint/sampling.py",
+        "estimators.py", "mcmc.py", "samplers"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

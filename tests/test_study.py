@@ -19,7 +19,9 @@ import types
 import numpy as np
 import pytest
 
-from ebm_vs_score import config_base, configuration, evaluate, study, train
+from ebm_vs_score import config_base, evaluate, settings, study, train
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.errors import ConfigError
 from ebm_vs_score.metrics import inception
 from ebm_vs_score.study import plan
 from ebm_vs_score.study import report as report_lib
@@ -157,7 +159,7 @@ def test_run_configs_differ_only_in_the_family(scale, tmp_path):
     flat = {}
     for family in study.STUDY_FAMILIES:
         run = study.run_config(config, family, 3, str(tmp_path))
-        configuration.validate(run)
+        settings.validate(run)
         flat[family] = dict(plan._leaves(run))
         assert run.seed == 3 and run.eval.classifier_dir == str(tmp_path / "classifier")
     differing = {p for p in flat["score"] if len({str(f[p]) for f in flat.values()}) > 1}
@@ -197,19 +199,19 @@ def test_shared_overrides_reach_every_run(tmp_path):
 def test_invalid_study_configs_are_one_sentence(tmp_path):
     config = study.get_config("toy")
     config.sampling.method = "mala"
-    with pytest.raises(configuration.ConfigError, match="study.extra_sampler='mala'"):
+    with pytest.raises(ConfigError, match="study.extra_sampler='mala'"):
         study.validate_study(config, str(tmp_path))
     config = study.get_config("toy")
     config.study.families = ("score", "drl")
-    with pytest.raises(configuration.ConfigError, match="study.families"):
+    with pytest.raises(ConfigError, match="study.families"):
         study.validate_study(config, str(tmp_path))
     config = study.get_config("toy")
     config.study.seeds = ()
-    with pytest.raises(configuration.ConfigError, match="study.seeds"):
+    with pytest.raises(ConfigError, match="study.seeds"):
         study.validate_study(config, str(tmp_path))
     config = study.get_config("toy")
     config.training.qc_weight = 0.1
-    with pytest.raises(configuration.ConfigError, match="training.qc_weight is set by each "
+    with pytest.raises(ConfigError, match="training.qc_weight is set by each "
                        "family in a study and cannot be overridden; .* study.qc_weight"):
         study.validate_study(config, str(tmp_path))
 
@@ -295,7 +297,7 @@ def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
                         ("training.n_iters", 10), ("study.extra_sampler", "")]:
         other = _toy_study_config(seeds=(0,))
         plan._set(other, path, value)
-        with pytest.raises(configuration.ConfigError) as error:
+        with pytest.raises(ConfigError) as error:
             study.run_study(other, workdir)
         message = str(error.value)
         assert message.startswith(f"study directory {workdir} was created from a different "
@@ -307,8 +309,8 @@ def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
 
 
 def test_single_run_workdir_is_not_a_study_dir(tmp_path, fakes):
-    configuration.save(config_base.get_config("toy", "score"), str(tmp_path))
-    with pytest.raises(configuration.ConfigError, match="workdir of a single run"):
+    workdir_lib.save(config_base.get_config("toy", "score"), str(tmp_path))
+    with pytest.raises(ConfigError, match="workdir of a single run"):
         study.run_study(_toy_study_config(), str(tmp_path))
 
 
@@ -417,7 +419,7 @@ def test_qc_sweep_config_file_and_variants(tmp_path):
     for variant, weight in [("qc_lam1e-02", 1e-2), ("score", 0.0)]:
         assert study.run_config(config, variant, 0, str(tmp_path)).training.qc_weight == weight
     config.study.qc_weights = (1e-3, 0.0)
-    with pytest.raises(configuration.ConfigError, match="study.qc_weights"):
+    with pytest.raises(ConfigError, match="study.qc_weights"):
         study.validate_study(config, str(tmp_path))
 
 
@@ -638,5 +640,5 @@ def test_parameter_matched_c_resnet_has_about_u_s_parameters(tmp_path):
     assert run_lib.num_params(narrow) < u / 4
     assert report_lib.variant_label("resnet_energy_ch40", False) == "C-ResNet ch=40"
     config.study.resnet_energy_widths = (36,)  # not divisible by model.num_groups = 8
-    with pytest.raises(configuration.ConfigError, match="study.resnet_energy_widths"):
+    with pytest.raises(ConfigError, match="study.resnet_energy_widths"):
         study.validate_study(config, str(tmp_path))

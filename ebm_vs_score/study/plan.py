@@ -23,8 +23,9 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from ebm_vs_score import config_base, configuration, evaluate
-from ebm_vs_score.errors import UserError
+from ebm_vs_score import config_base, evaluate, samplers, settings
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.errors import ConfigError, UserError
 
 STUDY_FAMILIES = ("score", "energy", "resnet_energy", "qc")
 ENERGY_FAMILIES = ("energy", "resnet_energy")  # the only ones with an energy for MH samplers
@@ -36,7 +37,7 @@ STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights",
                  "study.report_only", "study.resnet_energy_widths", "study.record",
                  "study.floor_draws")
-# Left out by configuration.config_differences but they change every run's numbers.
+# Left out by workdir.config_differences but they change every run's numbers.
 _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
 
@@ -209,7 +210,7 @@ def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise configuration.ConfigError(message)
+        raise ConfigError(message)
 
 
 def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
@@ -223,7 +224,7 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
              f"study.families={tuple(families)} must be distinct names from {STUDY_FAMILIES}")
     _require(seeds and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
              f"study.seeds={tuple(seeds)} must be distinct integers, e.g. (0, 1, 2)")
-    _require(config.sampling.method not in configuration.MH_SAMPLERS,
+    _require(config.sampling.method not in samplers.MH_METHODS,
              f"sampling.method={config.sampling.method!r} needs an energy, but the study "
              "samples every family with it; use e.g. 'euler_maruyama' and set "
              f"study.extra_sampler={config.sampling.method!r} for the energies")
@@ -245,15 +246,15 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
              f"study.resnet_energy_widths={tuple(widths)} must be distinct positive integers "
              f"divisible by model.num_groups={groups} (e.g. (40,)), or () for none")
     extra = study.extra_sampler
-    _require(extra == "" or extra in configuration.SAMPLERS,
+    _require(extra == "" or extra in samplers.METHODS,
              f"study.extra_sampler={extra!r} is not valid; choose '' (none) or one of "
-             f"{list(configuration.SAMPLERS)}")
+             f"{list(samplers.METHODS)}")
     for variant in variants(config):
         try:
-            configuration.validate(run_config(config, variant, seeds[0], study_dir),
+            settings.validate(run_config(config, variant, seeds[0], study_dir),
                                    num_devices=jax.device_count())
-        except configuration.ConfigError as e:
-            raise configuration.ConfigError(f"study run {variant!r}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"study run {variant!r}: {e}") from None
     evaluate.check_inception_weights(config)
 
 
@@ -274,10 +275,10 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
 def study_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
     """Fields where ``config`` differs from the saved study config, except the run set.
 
-    ``configuration.config_differences`` plus the sampling / eval / ``training.n_iters``
+    ``workdir.config_differences`` plus the sampling / eval / ``training.n_iters``
     fields it tolerates for single runs: in a study they would mix numbers of two configs.
     """
-    diff = configuration.config_differences(saved, config)
+    diff = workdir_lib.config_differences(saved, config)
     before, now = _flat_json(saved), _flat_json(_as_json(config))
     diff += [f"{p}: {before.get(p)!r} -> {now.get(p)!r}" for p in sorted(set(before) | set(now))
              if p.startswith(_STRICT_PREFIXES) and before.get(p) != now.get(p)]

@@ -43,8 +43,9 @@ import numpy as np
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from ebm_vs_score import builders, configuration, evaluate, results, train
+from ebm_vs_score import builders, evaluate, results, settings, train
 from ebm_vs_score import data as data_lib
+from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.evaluate import samples as samples_lib
 from ebm_vs_score.study import plan, power, report, verdicts
 from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
@@ -135,7 +136,7 @@ def timed_training(config: ml_collections.ConfigDict, run_dir: str) -> int:
     if step > start:
         steady = steady_steps_per_sec(report.read_jsonl(metrics_file)[before:], start)
         wall_rate = (step - start) / wall
-        train.append_metrics(run_dir, {
+        workdir_lib.append_metrics(run_dir, {
             "split": "timing", "train_wall_s": wall, "steps": step - start,
             "from_step": start, "to_step": step, "wall_steps_per_sec": wall_rate,
             "steps_per_sec": wall_rate if steady is None else steady})
@@ -282,7 +283,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def shared_classifier_accuracy(config, study_dir: str) -> float | None:
     """Trains (or loads) the one offline classifier of the study (images); its accuracy."""
-    if configuration.is_toy(config):
+    if settings.is_toy(config):
         return None
     cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
     clf = evaluate.offline_classifier(cfg, study_dir)
@@ -295,7 +296,7 @@ def image_floors(config, study_dir: str) -> dict[str, power.Floor] | None:
     ``study.floor_draws`` draws of ``eval.num_samples`` train images, each scored against
     the test images the samples are scored against. None for toys or without labels."""
     draws = int(config.study.get("floor_draws", 0))
-    if configuration.is_toy(config) or draws <= 0:
+    if settings.is_toy(config) or draws <= 0:
         return None
     cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
     clf = evaluate.offline_classifier(cfg, study_dir)
@@ -312,7 +313,7 @@ def image_floors(config, study_dir: str) -> dict[str, power.Floor] | None:
 
 def study_values(config, records, floors) -> dict:
     """The study record's values (``verdicts.study_values``) from the finished runs."""
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     per_seed = verdicts.per_seed_metrics(records)
     families, labels = {}, {}
     for key in per_seed:

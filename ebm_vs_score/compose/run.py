@@ -302,7 +302,7 @@ def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
                 row, x = run_cell(components, sde, op, method, sub, c, refs[op]["x"], centres)
                 rows.append({"family": family, "operator": op, "sampler": method, **row})
                 shown[(family, op, method)] = x
-    from ebm_vs_score import compose_report
+    from ebm_vs_score.compose import report as compose_report
 
     results = {"rows": rows, "runs": runs,
                "floor": {op: refs[op]["floor"] for op in c.operators},
