@@ -16,7 +16,7 @@ import ml_collections
 from ebm_vs_score import drl, losses, models, settings
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
-from ebm_vs_score.drl_ladder import DRLSchedule
+from ebm_vs_score.drl import DRLSchedule
 
 
 class Model(NamedTuple):

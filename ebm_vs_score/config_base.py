@@ -3,7 +3,7 @@
 The experiment files in ``configs/`` call :func:`get_config` with a data scale
 ('toy', 'digits', 'cifar') and a family ('score', 'energy', 'resnet_energy', 'qc', 'drl')
 and override what they need. Every field can be overridden on the command line, e.g.
-``--config.training.batch_size=64``. :mod:`ebm_vs_score.configuration` validates the
+``--config.training.batch_size=64``. :func:`ebm_vs_score.settings.validate` checks the
 result once at start-up.
 
 Families (DESIGN.md): ``score`` = U, ``energy`` = C (energy U-Net), ``resnet_energy`` =
@@ -12,6 +12,8 @@ C-ResNet, ``qc`` = U trained with the quasi-conservative regularizer (Chao et al
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import ml_collections
 
@@ -159,6 +161,13 @@ def _eval(scale: str) -> ml_collections.ConfigDict:
     # images, uint8 levels, no dequantization); None: FID against the eval test images.
     ev.fid_stats = ml_collections.config_dict.placeholder(str)
     ev.fid_batch_size = 200  # Inception batch (global, sharded over the devices)
+    # --mode=drl_long_run (ebm_vs_score/drl/long_run.py; Gao et al. 2021, Sec. 6): level-0
+    # chains of a DRL model started from the x_1 of its progressive samples ('sample') or of
+    # real points ('data'); 'marginal' adds the chain of exp(-E(y, 0)).
+    ev.long_run_steps = {"toy": 100_000, "digits": 10_000, "cifar": 10_000}[scale]
+    ev.long_run_chains = {"toy": 2000, "digits": 64, "cifar": 64}[scale]
+    ev.long_run_start = "data" if scale == "toy" else "sample"
+    ev.long_run_marginal = scale == "toy"
     return ev
 
 
@@ -166,7 +175,9 @@ def _drl() -> ml_collections.ConfigDict:
     drl = ml_collections.ConfigDict()
     drl.num_levels = 6
     drl.num_steps = 30
-    drl.step_size = 2e-4
+    # b^2 of the Langevin step s_t^2 = b^2 c_t sigma_{t+1}^2 (the authors' b_square).
+    drl.b_squared = 2e-4
+    drl.step_size = ml_collections.config_dict.placeholder(float)  # old name of b_squared
     drl.metropolis = False
     # Langevin step factor per level: 'authors' (Gao et al.'s code) or 'sigma' (their Sec. 4).
     drl.step_schedule = "authors"
@@ -174,6 +185,22 @@ def _drl() -> ml_collections.ConfigDict:
     # (1 / s_t^2, the authors' code: the chain's drift is grad N / 2 whatever b^2 is).
     drl.energy_scale = "sigma"
     return drl
+
+
+# Old field names still accepted (old path -> new path): a config that sets the old one (a
+# config file, a --config flag, a saved config.json) means the new one.
+RENAMED_FIELDS = {"drl.step_size": "drl.b_squared"}
+
+
+def with_current_names(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat ``{path: value}`` config with each old name's value, if set, under its new
+    name (and the old name dropped)."""
+    out = dict(flat)
+    for old, new in RENAMED_FIELDS.items():
+        value = out.pop(old, None)
+        if value is not None:
+            out[new] = value
+    return out
 
 
 _FAMILY_OVERRIDES = {

@@ -98,7 +98,7 @@ def _probe_terms(field: Field, x: jax.Array, v: jax.Array) -> tuple[jax.Array, j
 
     One ``jax.linearize`` gives ``J v``, and the transpose of that same linear map gives
     ``J^T v``: one forward pass of the field instead of two (a vjp and a jvp each run
-    it), which cut the QC train step's FLOPs by 20% (BENCHMARKS.md, finding 3).
+    it; BENCHMARKS.md, finding 3).
     """
     _, jvp_fn = jax.linearize(field, x)
     jv = jvp_fn(v)
@@ -114,8 +114,8 @@ def hutchinson_traces(field: Field, x: jax.Array, key: jax.Array,
     2023, eq. 9-10: their difference is L_QC and the Asym estimate). Up to
     ``UNROLL_PROBES`` probes run one after another in the program, each rematerialized
     (``jax.checkpoint``) so memory stays at one probe; more run in a ``lax.scan`` with the
-    same body (XLA:CPU runs the input-gradient convolutions of a scan body 4-6x slower,
-    BENCHMARKS.md finding 2). Both draw the same probes. Differentiable w.r.t. anything the
+    same body (XLA:CPU runs the input-gradient convolutions of a scan body several times
+    slower, BENCHMARKS.md finding 2). Both draw the same probes. Differentiable w.r.t. anything the
     field closes over, through both Jacobian factors.
     """
     if num_probes < 1:

@@ -57,7 +57,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _remember_early_signal)
     signal.signal(signal.SIGINT, _remember_early_signal)
 
-# TensorFlow is only the input pipeline; keep its C++ start-up chatter out of the log.
+# TensorFlow is only the TFDS input pipeline (it hides the GPUs from itself there); when
+# it is loaded, its C++ start-up chatter stays out of the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
@@ -71,7 +72,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "study",
-                                              "compose", "inpaint", "fid_stats"],
+                                              "compose", "inpaint", "fid_stats",
+                                              "drl_long_run", "energy_vs_ode"],
                           "What to do with the config.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs that JAX "
@@ -96,13 +98,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 _MODES = {
     "eval": ("ebm_vs_score.evaluate", "evaluate"),
     "sample": ("ebm_vs_score.evaluate", "sample"),
-    "compose": ("ebm_vs_score.compose_run", "run_compose"),
-    "inpaint": ("ebm_vs_score.inpaint_run", "run_inpaint"),
-    "fid_stats": ("ebm_vs_score.metrics.fid", "write_reference_stats"),  # FID reference stats
+    "compose": ("ebm_vs_score.compose.run", "run_compose"),
+    "inpaint": ("ebm_vs_score.inpaint.run", "run_inpaint"),
+    "fid_stats": ("ebm_vs_score.evaluate.fid_stats", "write_reference_stats"),  # FID stats
+    # trains (or reuses the run), then the long chains
+    "drl_long_run": ("ebm_vs_score.drl.long_run", "run_long_run"),
+    # a trained energy run, or every energy run of a study
+    "energy_vs_ode": ("ebm_vs_score.evaluate.energy_vs_ode", "run_energy_vs_ode"),
     "study": ("ebm_vs_score.study", "run_study"),
 }
-_LOCKED_MODES = ("study", "compose", "inpaint")  # train locks in train_and_evaluate
-_SAVING_MODES = ("train", "study", "compose", "inpaint")  # they train: Ctrl-C saves first
+# They write more than eval's files: one such run per workdir (train locks inside
+# train_and_evaluate, which the others call for their runs too).
+_LOCKED_MODES = ("study", "compose", "inpaint", "drl_long_run")
+_SAVING_MODES = ("train", "study", "compose", "inpaint", "drl_long_run")  # Ctrl-C saves
 
 
 @contextlib.contextmanager
@@ -127,7 +135,8 @@ def _run_mode(mode: str, config, workdir: str):
         from ebm_vs_score.train import train_and_evaluate
 
         return train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
-    if mode in ("eval", "sample", "inpaint"):
+    if mode in ("eval", "sample", "inpaint") or (mode == "energy_vs_ode"
+                                                  and "study" not in config):
         workdir_lib.require_run(workdir, mode)
     if mode in ("eval", "sample"):
         preflight.check(config, num_devices=jax.device_count())
@@ -200,15 +209,6 @@ def _use_every_cpu_core(config) -> None:
     hostcpu.use_cpu_cores(batch // accum if batch % accum == 0 else batch)
 
 
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow is only the input pipeline: keep it off the accelerators JAX uses."""
-    try:
-        import tensorflow as tf
-    except ImportError:  # a JAX-only install: toys and digits need no TensorFlow
-        return
-    tf.config.set_visible_devices([], "GPU")
-
-
 def _fail(message: str, workdir: str | None, status: int = 1) -> None:
     """One sentence on stderr (the traceback, if any, appended to ``WORKDIR/error.log``)."""
     if workdir and "://" not in workdir and os.path.isdir(workdir) and os.access(
@@ -256,10 +256,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []  # not reached
 
 
+def _is_ours_or_loud(record: pylogging.LogRecord) -> bool:
+    """This program's own log lines, and every library's warnings and errors."""
+    return (record.levelno >= pylogging.WARNING
+            or f"{os.sep}ebm_vs_score{os.sep}" in record.pathname)
+
+
 def _quiet_library_logs() -> None:
-    """Keeps Orbax's per-save INFO lines out of the run log (warnings still show)."""
-    handler = logging.get_absl_handler()
-    handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
+    """Keeps libraries' INFO lines (JAX's backend probing, Orbax's per-save lines,
+    matplotlib's font cache) out of the log and off stderr; ``--verbosity=1`` shows them."""
+    if logging.get_verbosity() >= logging.DEBUG:
+        return
+    logging.get_absl_handler().addFilter(_is_ours_or_loud)
 
 
 def _take_over_signals() -> None:
@@ -324,7 +332,6 @@ def main(argv):
     hostcpu.use_fast_cpu_kernels()  # before JAX starts: XLA:CPU's Eigen convolutions
     config, workdir, mode = _load_config(), _WORKDIR.value, _MODE.value
     _use_every_cpu_core(config)
-    _hide_gpus_from_tensorflow()
     _initialize_distributed()
     if jax.process_count() > 1:
         logging.info("JAX process %d/%d, devices: %s", jax.process_index(),

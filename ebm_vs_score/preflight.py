@@ -156,14 +156,14 @@ def _needs_section(config, section: str, mode: str, example: str) -> None:
 def check_mode(mode: str, config: ml_collections.ConfigDict) -> None:
     """Whether ``config`` fits ``--mode`` (checked before the mode starts any work)."""
     if mode == "compose":
-        from ebm_vs_score import compose_run
+        from ebm_vs_score.compose import run as compose_run
 
         _needs_section(config, "compose", mode, "configs/toy_compose.py")
         _as_config_error(compose_run.validate_compose, config.compose)
     elif mode == "study":
         _needs_section(config, "study", mode, "configs/study_toy.py")
     elif mode == "inpaint":
-        from ebm_vs_score import inpaint_run
+        from ebm_vs_score.inpaint import run as inpaint_run
 
         _as_config_error(inpaint_run.settings, config)
     elif mode == "fid_stats":

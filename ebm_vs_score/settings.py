@@ -21,12 +21,14 @@ import math
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from ebm_vs_score import data as data_lib
-from ebm_vs_score import drl_ladder, losses, models, samplers
+from ebm_vs_score import losses, models, samplers
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
 from ebm_vs_score.drl import ENERGY_SCALES, DRLChain
+from ebm_vs_score.drl import ladder as drl_ladder
 from ebm_vs_score.errors import ConfigError
 from ebm_vs_score.models.layers import EMBEDDINGS
 from ebm_vs_score.models.mlp import ACTIVATIONS
@@ -133,14 +135,14 @@ class DRLSettings:
 
     num_levels: int
     num_steps: int
-    step_size: float
+    b_squared: float
     metropolis: bool
     step_schedule: str = "authors"
     energy_scale: str = "sigma"
 
     @property
     def chain(self) -> DRLChain:
-        return DRLChain(self.num_steps, self.step_size, self.metropolis, self.step_schedule)
+        return DRLChain(self.num_steps, self.b_squared, self.metropolis, self.step_schedule)
 
     @property
     def schedule(self) -> drl_ladder.DRLSchedule:
@@ -284,11 +286,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
+def _b_squared(drl_config: Any) -> Any:
+    """``drl.b_squared``, or the old name ``drl.step_size`` where a config still sets it."""
+    old = getattr(drl_config, "step_size", None)
+    if old is None:
+        return drl_config.b_squared
+    logging.log_first_n(logging.WARNING, "drl.step_size is deprecated: it is b^2, the squared "
+                        "step factor; set drl.b_squared instead (now %r)", 1, old)
+    return old
+
+
 def drl_settings(drl_config: Any) -> DRLSettings:
     """``drl.*`` checked: levels in 1..501, K >= 1, b^2 > 0, metropolis a bool, and a known
     ``step_schedule``; one sentence naming the field and the fix otherwise."""
     levels, steps = drl_config.num_levels, drl_config.num_steps
-    size, mh = drl_config.step_size, drl_config.metropolis
+    size, mh = _b_squared(drl_config), drl_config.metropolis
     max_levels = drl_ladder.MAX_LEVELS
     _require(_is_int(levels) and 1 <= levels <= max_levels,
              f"drl.num_levels={levels!r} must be an integer from 1 to {max_levels}; the paper "
@@ -298,8 +310,8 @@ def drl_settings(drl_config: Any) -> DRLSettings:
              "the paper uses 30 (--config.drl.num_steps=30)")
     _require(not isinstance(size, bool) and isinstance(size, int | float)
              and math.isfinite(size) and size > 0,
-             f"drl.step_size={size!r} must be a positive number (b^2 of the step s_t^2 = b^2 "
-             "c_t sigma_{t+1}^2); the paper uses 2e-4 (--config.drl.step_size=2e-4)")
+             f"drl.b_squared={size!r} must be a positive number (b^2 of the step s_t^2 = b^2 "
+             "c_t sigma_{t+1}^2); the paper uses 2e-4 (--config.drl.b_squared=2e-4)")
     _require(isinstance(mh, bool | np.bool_),
              f"drl.metropolis={mh!r} must be True or False; set --config.drl.metropolis=False "
              "(the paper) or True (MALA correction)")

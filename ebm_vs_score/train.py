@@ -10,11 +10,8 @@ reaches bit-identical parameters to one that was never interrupted.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import itertools
-import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -30,7 +27,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ebm_vs_score import builders, checkpoints, plotting, preflight, runlock
+from ebm_vs_score import builders, checkpoints, plotting, preflight, runlock, settings, writers
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import workdir as workdir_lib
@@ -293,30 +290,6 @@ def divergence_advice(config: ml_collections.ConfigDict, last_checkpoint: int | 
             f"command and {rerun}")
 
 
-def append_metrics(workdir: str, record: dict) -> None:
-    """Appends one JSON line to ``workdir/metrics.jsonl`` (never rewritten: a line that does
-    not fit on a full disk is cut back off, so the file holds only whole lines)."""
-    if jax.process_index() != 0:
-        return
-    path = epath.Path(workdir) / "metrics.jsonl"
-    line = json.dumps(record, sort_keys=True) + "\n"
-    if "://" in workdir:
-        with path.open("a") as f:
-            f.write(line)
-        return
-    size = os.path.getsize(path) if os.path.exists(path) else 0
-    try:
-        with open(path, "a+b") as f:
-            if size:  # after an append cut short by a kill, start on a line of its own
-                f.seek(size - 1)
-                line = line if f.read(1) == b"\n" else "\n" + line
-            f.write(line.encode())
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.truncate(path, size)
-        raise
-
-
 def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> TrainState:
     """The newest checkpoint of the workdir that loads if there is one, else a fresh state."""
     state = replicate(init_state(model, tx, config.seed), mesh)
@@ -329,7 +302,7 @@ def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> 
 
 def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
     """``sample_fn(params, key) -> (samples, info)`` for the configured sampler, jitted once."""
-    from ebm_vs_score import samplers, settings
+    from ebm_vs_score import samplers
 
     shape = (int(config.sampling.num_samples),) + model.example_shape
     options = settings.sampler_options(config)
@@ -406,7 +379,8 @@ def _flush(loop: _Loop, history: list, step: int) -> dict[str, float]:
         raise _diverged(loop, str(e), getattr(e, "step", None)) from None
     history.clear()
     loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-    append_metrics(loop.workdir, dict(scalars, step=step, split="train", wall_time=time.time()))
+    workdir_lib.append_metrics(loop.workdir, dict(scalars, step=step, split="train",
+                                                  wall_time=time.time()))
     first = loop.stats.setdefault("first_loss", abs(scalars["loss"]))
     if abs(scalars["loss"]) > EXPLODED_LOSS_FACTOR * max(first, 1e-8):
         raise _diverged(loop, f"the loss exploded to {scalars['loss']:.3g} by step {step} "
@@ -441,10 +415,8 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
     donated, and batches reach the device ahead of their step (``prefetch_to_device``).
     A state is checkpointed only after every step since the last log was finite.
     """
-    from clu import periodic_actions
-
     cfg = loop.config.training
-    hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.n_iters, writer=loop.writer)]
+    hooks = [writers.ReportProgress(cfg.n_iters, loop.writer)]
     history: list = []
     start = int(state.step)
     loop.stats["start"] = start
@@ -544,10 +516,7 @@ def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
     step_fn = compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state,
                                  grad_accum_steps=config.training.get("grad_accum_steps", 1),
                                  batch_size=config.training.batch_size)
-    from clu import metric_writers  # imports TensorFlow: only the train loop needs it
-
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    writer = writers.create_writer(workdir, just_logging=jax.process_index() > 0)
     data_iter = prefetch_to_device(data_lib.get_dataset(
         config.data, batch_size=config.training.batch_size, split="train", seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -558,7 +527,7 @@ def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
         with checkpoints.PreemptionWatcher() as watcher:
             return _run_steps(loop, state, data_iter, watcher)
     finally:
-        writer.flush()
+        writer.close()
 
 
 def params_checksum(params: Any) -> float:

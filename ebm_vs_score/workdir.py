@@ -13,6 +13,7 @@ config now in force.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,10 +24,12 @@ import ml_collections
 from etils import epath
 
 from ebm_vs_score import errors
+from ebm_vs_score.config_base import with_current_names
 from ebm_vs_score.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
+METRICS_FILE = "metrics.jsonl"
 
 # Left out by :func:`config_differences` (schedules and evaluation; the study adds its own
 # rules on top of it).
@@ -77,6 +80,11 @@ def _has_qc(saved: dict) -> bool:
     return (saved.get("training.qc_weight") or 0) > 0
 
 
+def _read_by_another_mode(saved: dict) -> bool:
+    """Fields only a later mode reads (eval.long_run_*): they never act on a saved run."""
+    return False
+
+
 FIELDS_ADDED_LATER = {
     "model.energy_base": ("none", _is_resnet),
     "training.qc_fraction": (1.0, _has_qc), "training.qc_every": (1, _has_qc),
@@ -84,6 +92,8 @@ FIELDS_ADDED_LATER = {
     "training.grad_accum_steps": (1, None), "data.input_pipeline": ("auto", None),
     "data.cache_dir": (None, None), "data.input_workers": (4, None),
     "drl.energy_scale": ("sigma", None), "model.energy_head": ("mean", None),
+    **{f"eval.long_run_{name}": (None, _read_by_another_mode)
+       for name in ("steps", "chains", "start", "marginal")},
 }
 
 
@@ -98,8 +108,8 @@ def _with_added_fields(saved_flat: dict, now: dict) -> dict:
 
 def changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, list]:
     """Every field where ``config`` differs from ``saved``: ``{path: [before, now]}``."""
-    now = _flatten(_as_dict(config))
-    before = _with_added_fields(_flatten(saved), now)
+    now = with_current_names(_flatten(_as_dict(config)))
+    before = _with_added_fields(with_current_names(_flatten(saved)), now)
     return {p: [before.get(p), now.get(p)] for p in sorted(set(now) | set(before))
             if before.get(p) != now.get(p)}
 
@@ -359,3 +369,27 @@ def require_run(workdir: str, mode: str) -> None:
     what = "holds no trained run" if exists else "does not exist"
     raise WorkdirError(f"--workdir={workdir} {what}, so there is nothing to {mode}; train "
                        "first with the same --config and --workdir and --mode=train")
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+    """Appends one JSON line to ``WORKDIR/metrics.jsonl`` (process 0; never rewritten: a
+    line that does not fit on a full disk is cut back off, so the file holds whole lines)."""
+    if jax.process_index() != 0:
+        return
+    path = epath.Path(workdir) / METRICS_FILE
+    line = json.dumps(record, sort_keys=True) + "\n"
+    if "://" in workdir:
+        with path.open("a") as f:
+            f.write(line)
+        return
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with open(path, "a+b") as f:
+            if size:  # after an append cut short by a kill, start on a line of its own
+                f.seek(size - 1)
+                line = line if f.read(1) == b"\n" else "\n" + line
+            f.write(line.encode())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise

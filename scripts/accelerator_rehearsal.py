@@ -75,6 +75,7 @@ def run(config, workdir: str, steps: int) -> None:
     import tensorflow_datasets as tfds
 
     from ebm_vs_score import data, evaluate, train
+    from ebm_vs_score.evaluate import fid_stats
     from ebm_vs_score.metrics import fid
 
     os.makedirs(workdir, exist_ok=True)
@@ -94,7 +95,7 @@ def run(config, workdir: str, steps: int) -> None:
         stage("input", first_batch)
         stage("train", lambda: train_to(max(steps // 2, 1)))
         stage("resume", lambda: train_to(steps))
-        stage("fid_stats", lambda: fid.write_reference_stats(config, workdir))
+        stage("fid_stats", lambda: fid_stats.write_reference_stats(config, workdir))
 
         def run_eval():
             r = evaluate.evaluate(config, workdir)

@@ -17,10 +17,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ebm_vs_score import builders, checkpoints, configuration, metrics, plotting, train
+from ebm_vs_score import builders, checkpoints, metrics, plotting, settings, train
 from ebm_vs_score import data as data_lib
+from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.errors import CheckpointError, DataError
-from ebm_vs_score.evaluate import fields, files, likelihoods
+from ebm_vs_score.evaluate import fields, files, nll
 from ebm_vs_score.evaluate import samples as samples_lib
 from ebm_vs_score.metrics import fid as fid_lib
 from ebm_vs_score.metrics import inception
@@ -68,10 +69,10 @@ def restore_params(config, workdir: str, model: builders.Model, step: int = -1):
     return int(state.step), params
 
 
-def likelihood_protocol(config) -> likelihoods.Protocol:
+def likelihood_protocol(config) -> nll.Protocol:
     """The NLL protocol of a config: bins of the data, divergence, tolerances, batch."""
-    num_bins = None if configuration.is_toy(config) else int(data_lib.num_levels(config.data))
-    return likelihoods.Protocol(
+    num_bins = None if settings.is_toy(config) else int(data_lib.num_levels(config.data))
+    return nll.Protocol(
         num_bins=num_bins, num_probes=int(config.eval.nll_probes),
         rtol=float(_eval_field(config, "nll_rtol", 1e-5)),
         atol=float(_eval_field(config, "nll_atol", 1e-5)),
@@ -93,20 +94,20 @@ def likelihood_metrics(ctx: EvalContext, key) -> Results:
     protocol = likelihood_protocol(config)
     k_deq, k_ode, k_ais = jax.random.split(key, 3)
     x = ctx.data[:int(_eval_field(config, "nll_examples", len(ctx.data)))]
-    points = likelihoods.protocol_points(k_deq, x, protocol.num_bins)
+    points = nll.protocol_points(k_deq, x, protocol.num_bins)
     exact = true_density(config.data) if protocol.num_bins is None else None
     logging.info("eval: ODE likelihood of %d examples (%s divergence)", len(points),
-                 likelihoods.divergence_label(protocol.num_probes))
-    results, log_p = likelihoods.ode_nll(model.fns.score, ctx.params, points, k_ode,
+                 nll.divergence_label(protocol.num_probes))
+    results, log_p = nll.ode_nll(model.fns.score, ctx.params, points, k_ode,
                                          sde=model.sde, protocol=protocol,
                                          true_log_prob=exact)
     if model.fns.energy is not None:
-        results.update(likelihoods.energy_ode_agreement(
+        results.update(nll.energy_ode_agreement(
             model.fns.energy, ctx.params, points, log_p, sde=model.sde,
             batch_size=protocol.batch_size))
     if model.fns.energy is not None and config.eval.ais:
         logging.info("eval: AIS log-normalizer")
-        results.update(likelihoods.ais_nll_metrics(
+        results.update(nll.ais_nll_metrics(
             model.fns.energy, ctx.params, points, k_ais, sde=model.sde, protocol=protocol,
             true_log_prob=exact))
     return results
@@ -121,7 +122,7 @@ def model_metrics(ctx: EvalContext, key) -> Results:
         model.fns.score, ctx.params, x[:_ASYM_EXAMPLES], keys[0], sde=model.sde,
         num_levels=int(config.eval.asym_levels), num_probes=int(config.eval.asym_probes))
     results.update(likelihood_metrics(ctx, keys[1]))
-    if configuration.is_toy(config) and config.data.dataset in MIXTURE_TOYS:
+    if settings.is_toy(config) and config.data.dataset in MIXTURE_TOYS:
         mixture = data_lib.toy_mixture(config.data.dataset, dim=int(config.data.toy_dim),
                                        num_components=int(config.data.num_components))
         results.update(fields.fisher_metrics(model.fns.score, ctx.params, x, keys[2],
@@ -181,7 +182,7 @@ def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:
         return {}
     net = metrics.load_inception(config.eval.inception_weights)
     reference = None
-    if config.eval.get("fid_stats"):  # the file of --mode=fid_stats (metrics/fid.py)
+    if config.eval.get("fid_stats"):  # the file of --mode=fid_stats (evaluate/fid_stats.py)
         reference = fid_lib.load_moments(config.eval.fid_stats)
     batch = int(config.eval.get("fid_batch_size", 200))
     return samples_lib.inception_metrics(net, samples, x, reference=reference, batch_size=batch)
@@ -189,7 +190,7 @@ def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:
 
 def sample_quality(config, workdir: str, samples: np.ndarray, x: np.ndarray, key) -> Results:
     """Distances between samples and held-out data, per data type."""
-    if configuration.is_toy(config):
+    if settings.is_toy(config):
         return samples_lib.toy_sample_quality(samples, x, key)
     clf = offline_classifier(config, workdir)
     out = {} if clf is None else samples_lib.classifier_metrics(clf, samples, x)
@@ -205,7 +206,7 @@ def sampler_metrics(ctx: EvalContext, key) -> Results:
     logging.info("eval: %d samples with %s", num, config.sampling.method)
     samples, info = draw_samples(config, ctx.model, ctx.params, k_sample, num)
     files.save_samples(ctx.workdir, ctx.step, config.sampling.method, samples, ctx.data)
-    usable, nonfinite = samples_lib.finite_samples(samples, not configuration.is_toy(config))
+    usable, nonfinite = samples_lib.finite_samples(samples, not settings.is_toy(config))
     if nonfinite:
         logging.warning("eval: %d of %d samples are not finite; the sample metrics use the "
                         "others", len(samples) - len(usable), len(samples))
@@ -216,8 +217,8 @@ def sampler_metrics(ctx: EvalContext, key) -> Results:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> EvalContext:
     """Validates, checks the weights files first, restores ``eval.checkpoint`` and the data."""
-    configuration.validate(config, num_devices=jax.device_count())
-    configuration.check_workdir(config, workdir)
+    settings.validate(config, num_devices=jax.device_count())
+    workdir_lib.check_workdir(config, workdir)
     check_inception_weights(config)
     model = builders.build_model(config)
     step, params = restore_params(config, workdir, model, int(config.eval.checkpoint))
@@ -259,8 +260,8 @@ def evaluate_sampler(config: ml_collections.ConfigDict, workdir: str, method: st
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
     """Draws ``sampling.num_samples`` samples and writes ``WORKDIR/sample/step_N.{npz,png}``."""
-    configuration.validate(config, num_devices=jax.device_count())
-    configuration.check_workdir(config, workdir)
+    settings.validate(config, num_devices=jax.device_count())
+    workdir_lib.check_workdir(config, workdir)
     model = builders.build_model(config)
     step, params = restore_params(config, workdir, model, int(config.eval.checkpoint))
     drawn, info = draw_samples(config, model, params, jax.random.PRNGKey(config.seed + 3))

@@ -70,7 +70,7 @@ Options (``**options`` of ``sample``; each is the config field ``sampling.<name>
 | ``n_steps_each`` | pc | 1 | corrector steps per predictor step |
 | ``step_size`` | ald ula mala hmc uhmc | 2e-5 | Langevin step at the smallest level |
 | ``adapt`` | mala hmc | True | adapt the step (only where an energy is given) |
-| ``adapt`` | ula uhmc | False | the same; off, since without an MH test it biases |
+| ``adapt`` | ula uhmc | False | True is refused: no MH test keeps the adapted step stable |
 | ``target_acceptance`` | ula mala | 0.574 | aim of ``adapt`` (Roberts & Rosenthal 1998) |
 | ``target_acceptance`` | hmc uhmc | 0.65 | aim of ``adapt`` (Beskos et al. 2013) |
 | ``num_leapfrog`` | hmc uhmc | 5 | leapfrog steps per HMC step |
@@ -166,6 +166,16 @@ def check_options(method: str, num_steps: int, options: dict[str, Any]) -> None:
             raise ValueError(f"{name}={options[name]} must be positive")
     if "target_acceptance" in options and not 0 < float(options["target_acceptance"]) < 1:
         raise ValueError(f"target_acceptance={options['target_acceptance']} must lie in (0, 1)")
+    if method in UNADJUSTED_METHODS and options.get("adapt"):
+        raise ValueError(
+            f"adapt=True is refused for sampling.method={method!r}: tuning an unadjusted "
+            "chain's step to an acceptance rate that no Metropolis test enforces drives it to "
+            "the integrator's stability limit, where chains blow up; use 'mala' or 'hmc' to "
+            "adapt the step, or set sampling.adapt=False")
+
+
+# Chains without a Metropolis test: their step follows the noise schedule, never adapted.
+UNADJUSTED_METHODS = ("ula", "uhmc")
 
 
 def check_energy(method: str, has_energy: bool) -> None:

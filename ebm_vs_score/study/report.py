@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ebm_vs_score import builders, config_base, configuration, evaluate, plotting
+from ebm_vs_score import builders, config_base, evaluate, plotting, settings
 from ebm_vs_score.evaluate import fields as fields_lib
 from ebm_vs_score.study import plan
 from ebm_vs_score.study.plan import family_info
@@ -24,7 +24,9 @@ RunRecord = Any  # run.RunRecord (run imports this module)
 def variant_label(variant: str, toy: bool) -> str:
     """The report's name of a variant: the family's label, or 'QC λ=<lambda>'."""
     family, weight = plan.parse_variant(variant)
-    label = family_info(family, toy).label
+    label, width = family_info(family, toy).label, plan.variant_width(variant)
+    if width is not None:
+        return f"{label} ch={width}"
     return label if weight is None else f"{label} λ={weight:g}"
 
 
@@ -66,7 +68,7 @@ def _samples_panel(config, study_dir: str, grids: Sequence[tuple[str, str, str]]
     with its model and sampler (the figure the README shows)."""
     from PIL import Image
 
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     panels = [(f"{variant_label(variant, toy)} ({method})",
                np.asarray(Image.open(os.path.join(study_dir, rel)).convert("RGB")))
               for variant, method, rel in grids]
@@ -80,7 +82,7 @@ def _samples_panel(config, study_dir: str, grids: Sequence[tuple[str, str, str]]
 def score_fields(config, study_dir: str, records) -> dict[str, dict[str, np.ndarray]]:
     """Score and curl grids (evaluate.score_field_grid) of seed 0 of each variant (2-D)."""
     fields = {}
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     for variant in plan.variants(config):
         record = _first_done(records, variant)
         if record is None:
@@ -101,7 +103,7 @@ def make_figures(config, study_dir: str, records) -> dict[str, Any]:
         figures["samples_panel"] = _samples_panel(config, study_dir, figures["samples"])
     if config.study.qc_weights:
         figures.update(_sweep_figure(config, study_dir, records))
-    if not configuration.is_toy(config) or int(config.data.toy_dim) != 2:
+    if not settings.is_toy(config) or int(config.data.toy_dim) != 2:
         return figures
     fields = score_fields(config, study_dir, records)
     if fields:
@@ -163,7 +165,7 @@ def _run_metrics(done: dict, extra: bool) -> dict[str, float]:
 
 def build_rows(config, records: Sequence[RunRecord]) -> list[Row]:
     """One row per variant (and per energy with an extra sampler), seeds aggregated."""
-    toy, rows = configuration.is_toy(config), []
+    toy, rows = settings.is_toy(config), []
     for variant in plan.variants(config):
         family = plan.parse_variant(variant)[0]
         mine = [r for r in records if r.variant == variant]
@@ -218,7 +220,7 @@ def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
 
 
 def _header(config, records: Sequence[RunRecord], classifier_accuracy: float | None) -> list[str]:
-    toy, n = configuration.is_toy(config), len(config.study.seeds)
+    toy, n = settings.is_toy(config), len(config.study.seeds)
     finished = sum(r.done is not None for r in records)
     lines = [f"# Energy or score? Study on `{config.data.dataset}`", "",
              f"Written {datetime.datetime.now().isoformat(timespec='seconds')} by "
@@ -333,7 +335,7 @@ def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
 
 
 def _figure_lines(figures: dict[str, Any], config) -> list[str]:
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     lines = ["## Samples (first finished seed)", ""]
     if "samples_panel" in figures:
         lines += [f"![samples, every model, labelled]({figures['samples_panel']})", ""]
@@ -411,7 +413,7 @@ def _sweep_lines(config, rows: Sequence[Row], figures: dict[str, Any]) -> list[s
     """The QC lambda sweep (Chao et al. 2023, Table 2 claim): one row per lambda."""
     if not config.study.qc_weights:
         return []
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     sweep = _sweep_rows(rows)
     lines = ["## QC λ sweep (L = DSM + λ L_QC; U is λ = 0)", "",
              f"L_QC is the Hutchinson estimate of Asym with {config.training.qc_probes} "
@@ -450,18 +452,20 @@ def _sweep_figure(config, study_dir: str, records) -> dict[str, Any]:
         return {}
     rel = os.path.join("figures", "qc_sweep.png")
     if plan.is_writer():
-        image = sweep_image(rows, configuration.is_toy(config))
+        image = sweep_image(rows, settings.is_toy(config))
         plotting.save_png(image, os.path.join(study_dir, rel))
     return {"qc_sweep": rel}
 
 
 def write_report(config, study_dir: str, records: Sequence[RunRecord], figures: dict[str, Any],
-                 classifier_accuracy: float | None = None) -> str:
-    """Writes ``study_dir/REPORT.md`` (atomically) and returns its path."""
-    toy = configuration.is_toy(config)
+                 classifier_accuracy: float | None = None,
+                 power_lines: Sequence[str] = ()) -> str:
+    """Writes ``study_dir/REPORT.md`` (atomically) and returns its path; ``power_lines``
+    (``verdicts.power_lines``) follow the tables."""
+    toy = settings.is_toy(config)
     rows = build_rows(config, records)
     lines = _header(config, records, classifier_accuracy)
-    lines += _table_sections(rows, toy)
+    lines += _table_sections(rows, toy) + list(power_lines)
     lines += _per_level_table(rows, records, "nasym_per_level", "NAsym per noise level")
     if toy:
         lines += _per_level_table(rows, records, "fisher_per_level",

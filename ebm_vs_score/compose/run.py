@@ -33,6 +33,7 @@ from absl import logging
 
 from ebm_vs_score import builders, compose, config_base, data, evaluate, samplers, train
 from ebm_vs_score import metrics as metrics_lib
+from ebm_vs_score import results as records
 
 FAMILY_LABELS = {"score": "U", "energy": "C", "qc": "QC", "resnet_energy": "C-ResNet"}
 # Fields of the compose config that every component run takes over.
@@ -286,6 +287,7 @@ def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Runs the experiment end to end; returns the path of ``W/compose/REPORT.md``."""
     c = config.compose
     validate_compose(c)
+    load = records.load_average()
     out_dir = os.path.join(workdir, "compose")
     os.makedirs(out_dir, exist_ok=True)
     refs = exact_references(c, int(config.seed))
@@ -301,11 +303,12 @@ def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
                 row, x = run_cell(components, sde, op, method, sub, c, refs[op]["x"], centres)
                 rows.append({"family": family, "operator": op, "sampler": method, **row})
                 shown[(family, op, method)] = x
-    from ebm_vs_score import compose_report
+    from ebm_vs_score.compose import report as compose_report
 
     results = {"rows": rows, "runs": runs,
                "floor": {op: refs[op]["floor"] for op in c.operators},
                "config": json.loads(config.to_json_best_effort())}
     evaluate.write_json_atomic(os.path.join(out_dir, "results.json"), results)
+    records.write_record("compose", results, load_start=load)  # results/compose.json
     compose_report.write_figure(os.path.join(out_dir, "samples.png"), c, refs, shown)
     return compose_report.write_report(out_dir, config, results)
