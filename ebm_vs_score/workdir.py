@@ -219,7 +219,12 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> str:
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    try:
+        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    except OSError:  # a full disk: no half-written temporary file is left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     tmp.replace(path)
     return str(path)
 
