@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from _cli import advice_followed, assert_untouched, error_line, own_lines, snapshot
+from _cli import advice_followed, assert_untouched, error_line, own_lines, snapshot, tally
 
 from ebm_vs_score import checkpoints, config_base, errors, runlock, train
 
@@ -234,29 +234,51 @@ def test_checkpointer_skips_partial_dirs_saves_once_and_reports_broken_steps(tmp
 # ----------------------------------------------------------------------------------------
 
 
-def _sigint_trial(workdir, rng, after_save: bool, last_target: int = N_ITERS - EVERY) -> int:
-    """``_sigterm_trial`` with Ctrl-C: status 130, the step named in the last line saved."""
+def _last_logged_step(workdir) -> int:
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return max((json.loads(line)["step"] for line in f if line.endswith("\n")),
+                       default=0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _ready_for(moment: str, workdir, target: int) -> bool:
+    """Whether the run reached the ``moment`` of a Ctrl-C trial: 'startup' (the workdir is
+    locked; imports done, the first step not yet logged), 'after_save' (the checkpoint of
+    ``target`` or a later one is written), 'mid_training' (step ``target`` is logged)."""
+    if moment == "startup":
+        return os.path.exists(os.path.join(workdir, runlock.LOCK_FILE))
+    if moment == "after_save":
+        saved = _steps(workdir)
+        return bool(saved) and saved[-1] >= target
+    return _last_logged_step(workdir) >= target
+
+
+def _sigint_trial(workdir, rng, moment: str, last_target: int = N_ITERS - EVERY) -> int:
+    """``_sigterm_trial`` with Ctrl-C at a ``moment`` (see ``_ready_for``): status 130 and
+    the step named in the last line saved (0 when no step had trained)."""
     proc = subprocess.Popen(_cmd(workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    start, target = time.time(), int(rng.integers(1, last_target // EVERY + 1)) * EVERY
-    delay = rng.uniform(2, 40)
-    while proc.poll() is None:
-        saved = _steps(workdir)
-        if after_save and saved and saved[-1] >= target or not after_save and (
-                time.time() - start > delay):
-            time.sleep(rng.uniform(0, 0.5))
-            break
-        time.sleep(0.05)
+    if moment == "after_save":
+        target = int(rng.integers(1, last_target // EVERY + 1)) * EVERY
+    else:  # between two saves, on a log step
+        target = int(rng.choice([s for s in range(5, last_target, 5) if s % EVERY]))
+    while proc.poll() is None and not _ready_for(moment, workdir, target):
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, 0.5) if moment == "after_save" else 0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     if proc.returncode == 0:  # the signal came after the last step
         assert _steps(workdir)[-1] == N_ITERS, err[-3000:]
+        tally("sigint", status=0, step=N_ITERS)
         return 0
     assert proc.returncode == errors.INTERRUPTED_EXIT_STATUS, err[-3000:]
     assert sum("press Ctrl-C again" in line for line in err.splitlines()) == 1, err[-3000:]
     (step,) = [int(m) for m in re.findall(r"^interrupted at step (\d+):", err, re.M)]
     assert step == 0 or step in _steps(workdir), (step, _steps(workdir))  # saved, once
+    tally("sigint", status=proc.returncode, step=step, saved=_steps(workdir))
     return proc.returncode
 
 
@@ -264,7 +286,7 @@ def _sigint_trial(workdir, rng, after_save: bool, last_target: int = N_ITERS - E
 @pytest.mark.fast
 def test_ctrl_c_saves_the_step_exits_130_and_resumes_bit_identically(tmp_path, reference):
     workdir = str(tmp_path / "run")
-    status = _sigint_trial(workdir, np.random.default_rng(), after_save=True,
+    status = _sigint_trial(workdir, np.random.default_rng(), "after_save",
                            last_target=2 * EVERY)
     assert status == errors.INTERRUPTED_EXIT_STATUS
     _resume_to_end(workdir)  # the advice: rerun the same command
@@ -275,12 +297,15 @@ def test_ctrl_c_saves_the_step_exits_130_and_resumes_bit_identically(tmp_path, r
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(10))
 def test_ctrl_c_at_random_moments_resumes_bit_identically(tmp_path, reference, trial):
+    """Ctrl-C during start-up (trials 0, 3, 6, 9), right after a periodic save (1, 4, 7)
+    or between two saves (2, 5, 8): the step is saved once and the run resumes to the
+    uninterrupted run's parameters bit for bit."""
     rng = np.random.default_rng(3000 + trial)
     workdir = str(tmp_path / "run")
-    status = _sigint_trial(workdir, rng, after_save=bool(trial % 2))
-    assert status in (errors.INTERRUPTED_EXIT_STATUS, 0)
-    if status:
-        _resume_to_end(workdir)
+    moment = ("startup", "after_save", "mid_training")[trial % 3]
+    status = _sigint_trial(workdir, rng, moment)
+    assert status == errors.INTERRUPTED_EXIT_STATUS  # every trial stops before the end
+    _resume_to_end(workdir)
     _assert_same(_state(workdir), reference)
 
 
