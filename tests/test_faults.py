@@ -303,7 +303,8 @@ def test_ctrl_c_at_random_moments_resumes_bit_identically(tmp_path, reference, t
     rng = np.random.default_rng(3000 + trial)
     workdir = str(tmp_path / "run")
     moment = ("startup", "after_save", "mid_training")[trial % 3]
-    status = _sigint_trial(workdir, rng, moment)
+    # the last targets leave 40 steps (about a second) so that the run cannot finish first
+    status = _sigint_trial(workdir, rng, moment, last_target=N_ITERS - 2 * EVERY)
     assert status == errors.INTERRUPTED_EXIT_STATUS  # every trial stops before the end
     _resume_to_end(workdir)
     _assert_same(_state(workdir), reference)
