@@ -237,6 +237,8 @@ def test_an_unreachable_remote_workdir(tmp_path, mode):
                                   "--config.eval.inception_weights="]),
     ("inpaint", "digits_score", ["does not exist, so there is nothing to inpaint",
                                  "--mode=train"]),
+    ("drl_long_run", "toy_score", ["--mode=drl_long_run needs a DRL config"]),
+    ("energy_vs_ode", "toy_energy", ["nothing to energy_vs_ode", "--mode=train"]),
 ])
 def test_a_mode_that_does_not_fit_the_config(tmp_path, mode, config, expect):
     path = os.path.join(os.path.dirname(TOY), f"{config}.py")
