@@ -140,6 +140,15 @@ def _sampling(scale: str) -> ml_collections.ConfigDict:
     sampling.rtol = 1e-5
     sampling.atol = 1e-5
     sampling.use_ema = True
+    # Time-invariant samplers (samplers/descent.py; EqM and Energy Matching): Nesterov's
+    # momentum and form, the adaptive stop ||f|| < tol (0: a fixed number of steps), and the
+    # Langevin temperature eps(t): 0 before time_cutoff, up to eps_max at t = 1.
+    sampling.mu = 0.3
+    sampling.nag_form = "nesterov"
+    sampling.tol = 0.0
+    sampling.eps_max = 0.01
+    sampling.time_cutoff = 0.8
+    sampling.t_start = 0.0
     return sampling
 
 
