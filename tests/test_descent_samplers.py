@@ -212,3 +212,28 @@ def test_option_ranges_are_checked():
         samplers.check_options("nag", 3, {"nag_form": "adam"})
     with pytest.raises(ValueError, match="tol=-1"):
         samplers.check_options("gd", 3, {"tol": -1.0})
+
+
+def test_descent_samplers_are_refused_for_a_time_conditional_model():
+    from ebm_vs_score.sde import VPSDE
+
+    with pytest.raises(ValueError, match="descends a time-invariant field"):
+        samplers.sample("gd", jax.random.PRNGKey(0), (4, 2), sde=VPSDE(),
+                        score_fn=_gauss_score, num_steps=3)
+
+
+def test_held_pixels_stay_and_hidden_ones_descend():
+    """inpaint.held: descent on E = ||x - m||^2 / 2 moves only the hidden coordinates (to m)
+    and the energy is read at the merged point."""
+    from ebm_vs_score import compose, inpaint
+
+    m = jnp.asarray([[1.0, 2.0, 3.0, 4.0]])
+    model = compose.Component(lambda x, t: m - x, lambda x, t: 0.5 * jnp.sum((x - m) ** 2, -1))
+    known, mask = jnp.asarray([[9.0, 9.0, 0.0, 0.0]]), jnp.asarray([1.0, 1.0, 0.0, 0.0])
+    cond = inpaint.held(model, known, mask)
+    x, _ = samplers.sample("gd", jax.random.PRNGKey(0), (1, 4), sde=None, score_fn=cond.score,
+                           energy_fn=cond.energy, num_steps=200, step_size=0.1,
+                           init=jnp.asarray([[9.0, 9.0, -5.0, 7.0]]))
+    np.testing.assert_allclose(x, [[9.0, 9.0, 3.0, 4.0]], atol=1e-4)
+    np.testing.assert_allclose(cond.energy(jnp.zeros((1, 4)), None),
+                               0.5 * ((9 - 1) ** 2 + (9 - 2) ** 2 + 9 + 16))

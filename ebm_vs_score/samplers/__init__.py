@@ -261,8 +261,7 @@ def sample(method: str, key: jax.Array, shape: tuple[int, ...], *, sde,
     """
     check_options(method, num_steps, options)
     check_energy(method, energy_fn is not None)
-    if sde is None:
-        check_time_invariance(method, True)
+    check_time_invariance(method, sde is None)
     _check_score_fn(score_fn, shape)
     return _SAMPLERS[method](key, tuple(shape), sde=sde, score_fn=score_fn,
                              energy_fn=energy_fn, num_steps=int(num_steps), **options)
