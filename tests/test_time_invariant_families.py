@@ -154,3 +154,14 @@ def test_toy_eqm_trains_evaluates_and_samples(tmp_path):
     drawn = evaluate.sample(config, workdir)
     assert drawn.shape == (256, 2) and bool(jnp.all(jnp.isfinite(drawn)))
     assert jax.device_count() >= 1
+
+
+def test_path_asymmetry_of_a_linear_field_is_exact():
+    """Asym of x -> A x is ||A - A^T||_F^2 / 2 at every gamma (Chao et al. eq. 6)."""
+    from ebm_vs_score.evaluate import time_invariant
+
+    a = jnp.asarray([[1.0, 2.0], [0.0, 3.0]])
+    out = time_invariant.path_asymmetry(lambda p, x, t: x @ p.T, a, np.ones((8, 2)),
+                                        jax.random.PRNGKey(0), num_probes=0)
+    np.testing.assert_allclose(out["asym_per_gamma"], [4.0] * 5, rtol=1e-5)
+    np.testing.assert_allclose(out["nasym"], 8.0 / (4 * 14.0), rtol=1e-5)

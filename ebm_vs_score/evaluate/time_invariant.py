@@ -51,16 +51,19 @@ def path_asymmetry(score_fn, params, x: np.ndarray, key, *, num_probes: int,
     @jax.jit
     def run(params, x, key):
         field = lambda y: score_fn(params, y, _zeros(y))  # noqa: E731  (-f: same Asym)
-        out = []
-        for i, g in enumerate(gammas):
-            eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-            asym, nasym = conservativeness.asymmetry(
-                field, g * x + (1.0 - g) * eps, key=jax.random.fold_in(key, 1000 + i),
-                num_probes=int(num_probes))
-            out.append((jnp.mean(asym), jnp.mean(nasym)))
-        return jnp.asarray(out)
 
-    per = np.asarray(run(params, jnp.asarray(x), key))
+        def level(args):  # one gamma at a time (lax.map): one compiled copy of the field
+            g, k = args
+            k_noise, k_probe = jax.random.split(k)
+            eps = jax.random.normal(k_noise, x.shape, x.dtype)
+            asym, nasym = conservativeness.asymmetry(field, g * x + (1.0 - g) * eps,
+                                                     key=k_probe, num_probes=int(num_probes))
+            return jnp.mean(asym), jnp.mean(nasym)
+
+        g = jnp.asarray(gammas, jnp.float32)
+        return jax.lax.map(level, (g, jax.random.split(key, len(gammas))))
+
+    per = np.stack([np.asarray(v) for v in run(params, jnp.asarray(x), key)], axis=-1)
     return {"asym": float(per[:, 0].mean()), "nasym": float(per[:, 1].mean()),
             "asym_per_gamma": per[:, 0].tolist(), "nasym_per_gamma": per[:, 1].tolist(),
             "gamma_levels": list(gammas)}
