@@ -75,7 +75,18 @@ def _has_qc(saved: dict) -> bool:
     return (saved.get("training.qc_weight") or 0) > 0
 
 
+def _never(saved: dict) -> bool:
+    """Fields of the time-invariant families (issue #26): no earlier run used them."""
+    return False
+
+
+_TIME_INVARIANT_FIELDS = ("model.energy_form", "eqm.c_max", "eqm.interp") + tuple(
+    f"energy_matching.{f}" for f in ("time_cutoff", "lambda_cd", "num_gibbs", "dt", "eps_max",
+                                     "phase1_steps", "cd_trim_fraction", "cd_neg_clamp",
+                                     "split_negatives"))
+
 FIELDS_ADDED_LATER = {
+    **{path: (None, _never) for path in _TIME_INVARIANT_FIELDS},
     "model.energy_base": ("none", _is_resnet),
     "training.qc_fraction": (1.0, _has_qc), "training.qc_every": (1, _has_qc),
     "model.remat": (False, None), "training.ism_max_dim": (64, None),

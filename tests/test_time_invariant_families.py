@@ -165,3 +165,20 @@ def test_path_asymmetry_of_a_linear_field_is_exact():
                                         jax.random.PRNGKey(0), num_probes=0)
     np.testing.assert_allclose(out["asym_per_gamma"], [4.0] * 5, rtol=1e-5)
     np.testing.assert_allclose(out["nasym"], 8.0 / (4 * 14.0), rtol=1e-5)
+
+
+def test_workdirs_written_before_these_families_still_resume(tmp_path):
+    """A saved config without the new eqm / energy_matching / energy_form fields resumes."""
+    from ebm_vs_score import workdir as workdir_lib
+
+    config = config_base.get_config("digits", "energy")
+    workdir_lib.save(config, str(tmp_path))
+    path = tmp_path / "config.json"
+    import json
+
+    saved = json.loads(path.read_text())
+    for section in ("eqm", "energy_matching"):
+        del saved[section]
+    del saved["model"]["energy_form"]
+    path.write_text(json.dumps(saved))
+    workdir_lib.check_workdir(config, str(tmp_path))
