@@ -3,10 +3,11 @@
 Everything that reads the experiment's ``ml_collections`` config for the math goes through
 here (DESIGN.md rule 5): :func:`from_config` checks every field once and returns a frozen
 :class:`Settings` of plain values (:class:`SDESettings`, :class:`LossSettings`,
-:class:`SamplerSettings`, :class:`DRLSettings`); ``builders`` turns them into the SDE, the
-loss and the sampler options by calling the math modules with plain arguments. The math
-modules (sde, parameterization, losses, conservativeness, samplers, likelihood, drl,
-estimators, mcmc) never see a config.
+:class:`SamplerSettings`, :class:`DRLSettings`, :class:`TimeInvariantSettings` for EqM and
+Energy Matching); ``builders`` turns them into the SDE, the loss and the sampler options by
+calling the math modules with plain arguments. The math modules (sde, parameterization,
+losses, conservativeness, samplers, likelihood, drl, eqm, energy_matching, estimators,
+mcmc) never see a config.
 
 Every refusal is a :class:`ConfigError` with one sentence naming the field, the bad value
 and the valid choices. Valid names are imported from the module that owns them (SDE names
