@@ -266,7 +266,8 @@ def sampler_settings(config) -> SamplerSettings:
              f"sampling.target_acceptance={target} must lie in (0, 1), or be None for the "
              "method's default")
     has_energy = _has_energy(config)
-    _as_config_error(samplers.check_time_invariance, sampling.method, is_time_invariant(config))
+    _as_config_error(samplers.check_time_invariance, sampling.method, is_time_invariant(config),
+                     has_energy)
     _as_config_error(samplers.check_energy, sampling.method, has_energy)
     fields = sampling.to_dict() if hasattr(sampling, "to_dict") else dict(vars(sampling))
     options = tuple((k, v) for k, v in fields.items()

@@ -63,7 +63,9 @@ def test_mala_on_the_implicit_eqm_field_is_refused_in_one_sentence():
 
 
 @pytest.mark.parametrize("family,fields,match", [
-    ("eqm", {"sampling__method": "mala"}, "runs over the noise levels .* time-invariant"),
+    ("eqm", {"sampling__method": "mala"},
+     "runs over the noise levels .* time-invariant .* \\['gd', 'nag', 'langevin'\\]$"),
+    ("eqm_energy", {"sampling__method": "ula"}, "\\['gd', 'nag', 'langevin', 'langevin_mh'\\]"),
     ("score", {"sampling__method": "gd"}, "descends a time-invariant field"),
     ("energy_matching", {"model__parameterization": "unconstrained"}, "has none"),
     ("eqm_energy", {"model__energy_form": "scalar"}, "does not fit a vector network"),

@@ -211,13 +211,15 @@ def check_energy(method: str, has_energy: bool) -> None:
             "'conservative' or 'resnet_energy', or an unadjusted sampler ('ula', 'ald', 'pc')")
 
 
-def check_time_invariance(method: str, time_invariant: bool) -> None:
-    """Time-invariant models take the time-invariant samplers, and only those."""
+def check_time_invariance(method: str, time_invariant: bool, has_energy: bool = True) -> None:
+    """Time-invariant models take the time-invariant samplers, and only those (the MH one
+    only with an energy)."""
     if time_invariant and method not in TIME_INVARIANT_METHODS:
+        valid = [m for m in TIME_INVARIANT_METHODS if has_energy or m not in MH_METHODS]
         raise ValueError(
             f"sampling.method={method!r} runs over the noise levels of a time-conditional "
-            "model, but this model is time-invariant (EqM / Energy Matching); use one of "
-            f"{list(TIME_INVARIANT_METHODS)}")
+            f"model, but this model is time-invariant (EqM / Energy Matching); use one of "
+            f"{valid}")
     if not time_invariant and method in TIME_INVARIANT_METHODS:
         raise ValueError(
             f"sampling.method={method!r} descends a time-invariant field, but this model is "
@@ -261,7 +263,7 @@ def sample(method: str, key: jax.Array, shape: tuple[int, ...], *, sde,
     """
     check_options(method, num_steps, options)
     check_energy(method, energy_fn is not None)
-    check_time_invariance(method, sde is None)
+    check_time_invariance(method, sde is None, energy_fn is not None)
     _check_score_fn(score_fn, shape)
     return _SAMPLERS[method](key, tuple(shape), sde=sde, score_fn=score_fn,
                              energy_fn=energy_fn, num_steps=int(num_steps), **options)
