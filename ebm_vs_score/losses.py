@@ -46,7 +46,9 @@ BoundScore = Callable[[jax.Array, jax.Array], jax.Array]  # score(x, t), params 
 # objective(score, x0, key) -> (per-example term (B,), x_t, t, std): where it evaluated.
 Objective = Callable[[BoundScore, jax.Array, jax.Array], tuple[jax.Array, ...]]
 
-OBJECTIVES = ("dsm", "ssm", "ssm_vr", "ism", "drl")  # training.objective ('drl': drl/recovery.py)
+OBJECTIVES = ("dsm", "ssm", "ssm_vr", "ism", "drl", "eqm", "energy_matching")  # training.objective
+# ('drl': drl/recovery.py; the time-invariant models' objectives: eqm.py and energy_matching.py)
+TIME_INVARIANT_OBJECTIVES = ("eqm", "energy_matching")
 DSM_VARIANTS = ("continuous", "smld", "ddpm")
 PROJECTIONS = estimators.PROBES
 ISM_MAX_DIM = 64

@@ -3,10 +3,11 @@
 Everything that reads the experiment's ``ml_collections`` config for the math goes through
 here (DESIGN.md rule 5): :func:`from_config` checks every field once and returns a frozen
 :class:`Settings` of plain values (:class:`SDESettings`, :class:`LossSettings`,
-:class:`SamplerSettings`, :class:`DRLSettings`); ``builders`` turns them into the SDE, the
-loss and the sampler options by calling the math modules with plain arguments. The math
-modules (sde, parameterization, losses, conservativeness, samplers, likelihood, drl,
-estimators, mcmc) never see a config.
+:class:`SamplerSettings`, :class:`DRLSettings`, :class:`TimeInvariantSettings` for EqM and
+Energy Matching); ``builders`` turns them into the SDE, the loss and the sampler options by
+calling the math modules with plain arguments. The math modules (sde, parameterization,
+losses, conservativeness, samplers, likelihood, drl, eqm, energy_matching, estimators,
+mcmc) never see a config.
 
 Every refusal is a :class:`ConfigError` with one sentence naming the field, the bad value
 and the valid choices. Valid names are imported from the module that owns them (SDE names
@@ -24,7 +25,8 @@ import numpy as np
 from absl import logging
 
 from ebm_vs_score import data as data_lib
-from ebm_vs_score import losses, models, samplers
+from ebm_vs_score import energy_matching as em_lib
+from ebm_vs_score import eqm, losses, models, samplers
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
 from ebm_vs_score.drl import ENERGY_SCALES, DRLChain
@@ -150,6 +152,18 @@ class DRLSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TimeInvariantSettings:
+    """``eqm.*``, ``energy_matching.*`` and ``model.energy_form`` of the time-invariant
+    models (Equilibrium Matching, ``eqm.py``; Energy Matching, ``energy_matching.py``)."""
+
+    objective: str
+    energy_form: str | None  # None: EqM's implicit field (no energy)
+    c_max: float
+    interp: float
+    em: em_lib.EMSettings | None  # Energy Matching only
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All typed settings of one experiment."""
 
@@ -159,6 +173,7 @@ class Settings:
     loss: LossSettings
     sampler: SamplerSettings
     drl: DRLSettings | None
+    time_invariant: TimeInvariantSettings | None = None
 
     @property
     def is_drl(self) -> bool:
@@ -185,6 +200,11 @@ def example_shape(config) -> tuple[int, ...]:
 def data_dim(config) -> int:
     """Number of dimensions D of one example."""
     return math.prod(example_shape(config))
+
+
+def is_time_invariant(config) -> bool:
+    """Whether the model is time-invariant (EqM, EqM-E, Energy Matching)."""
+    return config.training.objective in losses.TIME_INVARIANT_OBJECTIVES
 
 
 def _has_energy(config) -> bool:
@@ -230,6 +250,9 @@ def loss_settings(config) -> LossSettings:
     _as_config_error(losses.check_qc, s.qc_weight, s.qc_probes, s.qc_fraction, s.qc_every)
     s = dataclasses.replace(s, qc_every=int(s.qc_every))
     conservative = _has_energy(config)
+    _require(s.qc_weight == 0 or s.objective not in losses.TIME_INVARIANT_OBJECTIVES,
+             f"training.qc_weight={s.qc_weight} regularizes the score-matching objectives, not "
+             f"training.objective={s.objective!r}; set training.qc_weight=0")
     _require(s.qc_weight == 0 or not conservative,
              f"training.qc_weight > 0 needs model.parameterization='unconstrained': the score of "
              f"a conservative model is a gradient field whose Asym is identically 0, so set "
@@ -267,6 +290,8 @@ def sampler_settings(config) -> SamplerSettings:
              f"sampling.target_acceptance={target} must lie in (0, 1), or be None for the "
              "method's default")
     has_energy = _has_energy(config)
+    _as_config_error(samplers.check_time_invariance, sampling.method, is_time_invariant(config),
+                     has_energy)
     _as_config_error(samplers.check_energy, sampling.method, has_energy)
     fields = sampling.to_dict() if hasattr(sampling, "to_dict") else dict(vars(sampling))
     options = tuple((k, v) for k, v in fields.items()
@@ -466,6 +491,37 @@ def _validate_eval(config) -> None:
     _int_at_least(config, "eval.checkpoint", -1)  # -1: the latest checkpoint
 
 
+def _em_settings(section) -> em_lib.EMSettings:
+    fields = {f: section[f] for f in em_lib.EMSettings._fields if f in section}
+    for name in ("num_gibbs", "phase1_steps"):
+        _require(_is_int(fields.get(name, 0)), f"energy_matching.{name}={fields.get(name)!r} "
+                 "must be an integer")
+    s = em_lib.EMSettings(**fields)
+    _as_config_error(em_lib.check_settings, s)
+    return s
+
+
+def time_invariant_settings(config) -> TimeInvariantSettings | None:
+    """``eqm.*`` / ``energy_matching.*`` / ``model.energy_form`` of a time-invariant model
+    (None for the others), checked: the c(gamma) schedule, an energy form that fits the
+    network ('scalar' iff the network is scalar), an energy for Energy Matching."""
+    if not is_time_invariant(config):
+        return None
+    objective, parameterization = config.training.objective, config.model.parameterization
+    c_max, interp = float(config.eqm.c_max), float(config.eqm.interp)
+    _as_config_error(eqm.check_schedule, c_max, interp)
+    _require(objective == "eqm" or _has_energy(config),
+             f"training.objective={objective!r} trains a scalar potential V(x), but "
+             "model.parameterization='unconstrained' has none; use 'conservative' (with "
+             "model.energy_form 'dot' or 'l2') or 'resnet_energy' (with 'scalar')")
+    form = None
+    if _has_energy(config):
+        form = str(config.model.energy_form)
+        _as_config_error(eqm.check_form, form, param_lib.SCALAR_OUTPUT[parameterization])
+    em = _em_settings(config.energy_matching) if objective == "energy_matching" else None
+    return TimeInvariantSettings(objective, form, c_max, interp, em)
+
+
 def _drl_if_any(config, loss: LossSettings) -> DRLSettings | None:
     if loss.objective != "drl":
         return None
@@ -491,7 +547,8 @@ def from_config(config, *, num_devices: int = 1) -> Settings:
     loss = loss_settings(config)
     return Settings(parameterization=str(config.model.parameterization),
                     example_shape=example_shape(config), sde=sde, loss=loss, sampler=sampler,
-                    drl=_drl_if_any(config, loss))
+                    drl=_drl_if_any(config, loss),
+                    time_invariant=time_invariant_settings(config))
 
 
 def validate(config, *, num_devices: int = 1) -> None:

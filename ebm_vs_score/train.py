@@ -9,6 +9,7 @@ reaches bit-identical parameters to one that was never interrupted.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import functools
 import itertools
@@ -160,13 +161,34 @@ def _check_accum(grad_accum_steps: int, mesh: Mesh, batch_size: int | None) -> N
                          "use a multiple of their product.")
 
 
+class PhasedStep:
+    """The compiled step of the phase each step falls in (``builders.PhasedLoss``: Energy
+    Matching's warm-up, then contrastive divergence). It counts the steps it has run from
+    the state's step, so its calls must be consecutive steps of one run; the phase is a
+    function of the step, so a resumed run takes the same steps."""
+
+    def __init__(self, steps: list[Callable], starts: tuple[int, ...], first_step: int):
+        self.steps, self.starts, self.next = steps, starts, int(first_step)
+
+    def __call__(self, state: TrainState, batch: dict):
+        phase = bisect.bisect_right(self.starts, self.next) - 1
+        self.next += 1
+        return self.steps[phase](state, batch)
+
+
 def compile_train_step(loss_fn, tx, ema_decay: float, mesh: Mesh, state: TrainState, *,
                        grad_accum_steps: int = 1, batch_size: int | None = None):
     """``jax.jit`` of :func:`train_step` with data sharding, replication and donation.
 
     ``grad_accum_steps`` micro-batches per step; ``batch_size`` (global), when given, is
-    checked to split into equal micro-batches on every device.
+    checked to split into equal micro-batches on every device. A ``builders.PhasedLoss``
+    gives a :class:`PhasedStep` (one compiled step per phase, starting at ``state.step``).
     """
+    if isinstance(loss_fn, builders.PhasedLoss):
+        steps = [compile_train_step(fn, tx, ema_decay, mesh, state,
+                                    grad_accum_steps=grad_accum_steps, batch_size=batch_size)
+                 for fn in loss_fn.loss_fns]
+        return PhasedStep(steps, loss_fn.starts, int(first_replica(state.step)))
     _check_accum(int(grad_accum_steps), mesh, batch_size)
     replicated = NamedSharding(mesh, P())
     state_sharding = jax.tree.map(lambda _: replicated, state)

@@ -80,19 +80,26 @@ def _has_qc(saved: dict) -> bool:
     return (saved.get("training.qc_weight") or 0) > 0
 
 
-def _read_by_another_mode(saved: dict) -> bool:
-    """Fields only a later mode reads (eval.long_run_*): they never act on a saved run."""
+def _never(saved: dict) -> bool:
+    """Fields that never acted on a saved run: the time-invariant families' (no earlier run
+    used them) and eval.long_run_* (only a later mode reads them)."""
     return False
 
 
+_TIME_INVARIANT_FIELDS = ("model.energy_form", "eqm.c_max", "eqm.interp") + tuple(
+    f"energy_matching.{f}" for f in ("time_cutoff", "lambda_cd", "num_gibbs", "dt", "eps_max",
+                                     "phase1_steps", "cd_trim_fraction", "cd_neg_clamp",
+                                     "split_negatives"))
+
 FIELDS_ADDED_LATER = {
+    **{path: (None, _never) for path in _TIME_INVARIANT_FIELDS},
     "model.energy_base": ("none", _is_resnet),
     "training.qc_fraction": (1.0, _has_qc), "training.qc_every": (1, _has_qc),
     "model.remat": (False, None), "training.ism_max_dim": (64, None),
     "training.grad_accum_steps": (1, None), "data.input_pipeline": ("auto", None),
     "data.cache_dir": (None, None), "data.input_workers": (4, None),
     "drl.energy_scale": ("sigma", None), "model.energy_head": ("mean", None),
-    **{f"eval.long_run_{name}": (None, _read_by_another_mode)
+    **{f"eval.long_run_{name}": (None, _never)
        for name in ("steps", "chains", "start", "marginal")},
 }
 

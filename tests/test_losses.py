@@ -308,10 +308,11 @@ def test_invalid_training_configs_are_refused(kw, conservative, dim, sde_name, m
 
 def test_every_objective_name_is_known_to_the_losses_list():
     """'drl' is a valid objective (issue #14): the list the config is checked against has it."""
-    assert set(losses.OBJECTIVES) == {"dsm", "ssm", "ssm_vr", "ism", "drl"}
+    assert set(losses.OBJECTIVES) == {"dsm", "ssm", "ssm_vr", "ism", "drl", "eqm",
+                                      "energy_matching"}
     for objective in losses.OBJECTIVES:
         config = _config(objective=objective)
-        if objective == "drl":
+        if objective in ("drl", "energy_matching"):
             config.model.parameterization = "resnet_energy"
         assert settings.loss_settings(config).objective == objective
 

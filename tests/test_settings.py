@@ -33,7 +33,7 @@ def test_every_config_file_gives_frozen_settings(path):
 
 @pytest.mark.parametrize("field, value, valid", [
     ("sde.name", "cosine", sde_lib.SDE_NAMES),
-    ("sampling.method", "langevin", samplers.METHODS),
+    ("sampling.method", "euler", samplers.METHODS),
 ])
 def test_unknown_names_list_the_owners_valid_names(field, value, valid):
     config = config_base.get_config("toy", "score")

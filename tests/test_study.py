@@ -63,8 +63,33 @@ def mtimes(root: str) -> dict[str, float]:
             for d, _, files in os.walk(root) for f in files}
 
 
+def _family_index(family: str) -> int:
+    family = plan.parse_variant(family)[0]  # eqm_energy_<form> runs carry their variant
+    return (study.STUDY_FAMILIES + study.TIME_INVARIANT_FAMILIES).index(family)
+
+
+def _time_invariant_metrics(family: str, seed: int, quality: str) -> dict:
+    """Fake results of a time-invariant run: no ODE NLL, NAsym per gamma, the NFE sweep,
+    AIS for the energies and OOD AUROCs (evaluate/time_invariant.py, evaluate/ood.py)."""
+    base = 1.0 + 0.1 * seed + 0.01 * _family_index(family)
+    sweep = [{"sampler": label, "sample_nfe_mean": nfe, quality: base * q}
+             for label, nfe, q in (("gd_25", 25, 9.0), ("nag_25", 25, 7.0),
+                                   ("nag_eqm_25", 25, 8.0), ("gd_200", 200, 6.0),
+                                   ("nag_200", 200, 5.0), ("nag_eqm_200", 200, 5.5),
+                                   ("nag_tol2", 60 + seed, 5.1), ("nag_tol1", 90 + seed, 5.0))]
+    out = {"asym": 1e-3 * base, "nasym": 0.02, "nasym_per_gamma": [0.01, 0.03],
+           "gamma_levels": [0.5, 1.0], "sample_nfe": 100.0, quality: 6.0 * base,
+           "nfe_sweep": sweep, "ood_auroc_grad_norm_noise": 0.9 + 0.01 * seed}
+    if family != "eqm":
+        out.update(ais_log_z=1.0, ais_nll_bpd=4.0 * base, ais_nll_nats=2.0 * base,
+                   ood_auroc_energy_noise=0.95 + 0.01 * seed, nasym=0.0)
+    return out
+
+
 def _toy_metrics(family: str, seed: int) -> dict:
-    base = 1.0 + 0.1 * seed + 0.01 * study.STUDY_FAMILIES.index(family)
+    if plan.parse_variant(family)[0] in study.TIME_INVARIANT_FAMILIES:
+        return _time_invariant_metrics(family, seed, "mmd")
+    base = 1.0 + 0.1 * seed + 0.01 * _family_index(family)
     out = {"asym": 0.0 if family in study.ENERGY_FAMILIES else 1e-3 * base, "nasym": 0.01,
            "asym_per_level": [1e-3, 2e-3], "nasym_per_level": [0.01, 0.02],
            "t_levels": [0.001, 1.0], "nll_nats": 2.0 * base, "nll_true_nats": 1.4,
@@ -76,7 +101,10 @@ def _toy_metrics(family: str, seed: int) -> dict:
 
 
 def _image_metrics(family: str, seed: int) -> dict:
-    base = 1.0 + 0.1 * seed + 0.01 * study.STUDY_FAMILIES.index(family)
+    if plan.parse_variant(family)[0] in study.TIME_INVARIANT_FAMILIES:
+        return dict(_time_invariant_metrics(family, seed, "fd"), is_std=0.1, precision=0.5,
+                    recall=0.4, classifier_accuracy=0.9, **{"is": 2.0})
+    base = 1.0 + 0.1 * seed + 0.01 * _family_index(family)
     return {"asym": 1e-3 * base, "nasym": 0.01, "nasym_per_level": [0.01, 0.02],
             "t_levels": [0.001, 1.0], "nll_bpd": 3.0 * base, "nll_bpd_stderr": 0.1,
             "sample_nfe": 6.0, "fd": 5.0 * base, "is": 2.0, "is_std": 0.1,
@@ -182,7 +210,8 @@ def test_study_config_files(scale, tmp_path):
     spec.loader.exec_module(module)
     config = module.get_config()
     assert config.to_dict() == study.get_config(scale).to_dict()
-    assert tuple(config.study.families) == study.STUDY_FAMILIES
+    extra = study.TIME_INVARIANT_FAMILIES if scale == "digits" else ()  # issue #26's rows
+    assert tuple(config.study.families) == study.STUDY_FAMILIES + extra
     assert len(config.study.seeds) >= 2
     study.validate_study(config, str(tmp_path))
 

@@ -285,6 +285,13 @@ def exact_references(c: ml_collections.ConfigDict, seed: int):
 
 def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Runs the experiment end to end; returns the path of ``W/compose/REPORT.md``."""
+    if "compose" not in config:
+        from ebm_vs_score.errors import ConfigError
+
+        raise ConfigError("--mode=compose runs the composition experiment of "
+                          "configs/toy_compose.py (its compose section names the families it "
+                          "trains); this config has no compose section, so pass "
+                          "--config=configs/toy_compose.py")
     c = config.compose
     validate_compose(c)
     load = records.load_average()

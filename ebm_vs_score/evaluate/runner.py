@@ -3,7 +3,8 @@ checkpoint, and calls the evaluators with model functions and plain arguments.
 
 Optional config fields read with defaults (the study configs set them):
 ``eval.num_samples``, ``eval.classifier_dir``, ``eval.classifier_steps``,
-``eval.nll_examples``, ``eval.nll_rtol``, ``eval.nll_atol``.
+``eval.nll_examples``, ``eval.nll_rtol``, ``eval.nll_atol``, ``eval.ood`` (True),
+``eval.nfe_sweep_steps`` / ``eval.nfe_sweep_tols`` (time-invariant models; () = no sweep).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ebm_vs_score import builders, checkpoints, metrics, plotting, settings, tra
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.errors import CheckpointError, DataError
-from ebm_vs_score.evaluate import fields, files, nll
+from ebm_vs_score.evaluate import fields, files, nll, ood
 from ebm_vs_score.evaluate import samples as samples_lib
+from ebm_vs_score.evaluate import time_invariant as ti_lib
 from ebm_vs_score.metrics import fid as fid_lib
 from ebm_vs_score.metrics import inception
 
@@ -131,6 +133,68 @@ def model_metrics(ctx: EvalContext, key) -> Results:
     return results
 
 
+def time_invariant_metrics(ctx: EvalContext, key) -> Results:
+    """Metrics of a time-invariant model (``evaluate/time_invariant.py``): NAsym on the EqM
+    path, AIS NLL of energies, the exact-field error on mixture toys (EqM)."""
+    config, model = ctx.config, ctx.model
+    ti = settings.time_invariant_settings(config)
+    keys = jax.random.split(key, 3)
+    results = ti_lib.path_asymmetry(model.fns.score, ctx.params, ctx.data[:_ASYM_EXAMPLES],
+                                    keys[0], num_probes=int(config.eval.asym_probes))
+    protocol = likelihood_protocol(config)
+    if model.fns.energy is not None and config.eval.ais:
+        x = ctx.data[:int(_eval_field(config, "nll_examples", len(ctx.data)))]
+        points = nll.protocol_points(jax.random.fold_in(keys[1], 0), x,
+                                             protocol.num_bins)
+        exact = true_density(config.data) if protocol.num_bins is None else None
+        logging.info("eval: AIS log-normalizer of exp(-E)")
+        results.update(ti_lib.ais_nll_metrics(model.fns.energy, ctx.params, points, keys[1],
+                                              protocol=protocol, true_log_prob=exact))
+    if (ti.objective == "eqm" and settings.is_toy(config)
+            and config.data.dataset in MIXTURE_TOYS):
+        mixture = data_lib.toy_mixture(config.data.dataset, dim=int(config.data.toy_dim),
+                                       num_components=int(config.data.num_components))
+        results.update(ti_lib.exact_field_error(model.fns.score, ctx.params, mixture, keys[2],
+                                                c_max=ti.c_max, interp=ti.interp))
+    return results
+
+
+def ood_metrics(ctx: EvalContext, key) -> Results:
+    """OOD AUROC of the energy and the field's norm (``evaluate/ood.py``; images only)."""
+    config, model = ctx.config, ctx.model
+    if (settings.is_toy(config) or not _eval_field(config, "ood", True)
+            or (model.sde is None and model.ladder is not None)):
+        return {}
+    sets = ood.ood_sets(ctx.data, config.data.dataset, seed=int(config.seed))
+    t = 0.0 if model.sde is None else float(model.sde.eps)
+    logging.info("eval: OOD AUROC against %s", list(sets))
+    return ood.ood_metrics(model.fns.score, model.fns.energy, ctx.params, ctx.data, sets, t=t,
+                           time_invariant=model.sde is None,
+                           batch_size=int(config.eval.batch_size))
+
+
+def _sweep_point(ctx: EvalContext, config, key) -> Results:
+    """Sample info and quality of ``config``'s sampler (one row of the NFE sweep)."""
+    num = int(_eval_field(config, "num_samples", config.eval.num_examples))
+    k_sample, k_quality = jax.random.split(key)
+    drawn, info = draw_samples(config, ctx.model, ctx.params, k_sample, num)
+    usable, nonfinite = samples_lib.finite_samples(drawn, not settings.is_toy(config))
+    return dict(info, sample_nonfinite=nonfinite,
+                **sample_quality(config, ctx.workdir, usable, ctx.data, k_quality))
+
+
+def nfe_sweep(ctx: EvalContext, key) -> Results:
+    """``nfe_sweep``: sample quality against NFE (``eval.nfe_sweep_steps``, ``..._tols``)."""
+    steps = tuple(_eval_field(ctx.config, "nfe_sweep_steps", ()))
+    if not steps or ctx.model.sde is not None:
+        return {}
+    tols = tuple(_eval_field(ctx.config, "nfe_sweep_tols", ()))
+    logging.info("eval: sample quality against NFE (%d samplers)", 3 * len(steps) + len(tols))
+    rows = ti_lib.nfe_sweep(ctx.config, lambda cfg, k: _sweep_point(ctx, cfg, k), key, steps,
+                            tols)
+    return {"nfe_sweep": rows}
+
+
 def draw_samples(config, model, params, key, num: int | None = None
                  ) -> tuple[np.ndarray, dict[str, float]]:
     """``num`` samples (default ``sampling.num_samples``) of the configured sampler, in
@@ -234,8 +298,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Results:
     """
     ctx = prepare(config, workdir)
     key = jax.random.PRNGKey(config.seed + 2)
-    results = model_metrics(ctx, jax.random.fold_in(key, 0))
+    if settings.is_time_invariant(config):
+        results = time_invariant_metrics(ctx, jax.random.fold_in(key, 0))
+    else:
+        results = model_metrics(ctx, jax.random.fold_in(key, 0))
     results.update(sampler_metrics(ctx, jax.random.fold_in(key, 1)))
+    results.update(ood_metrics(ctx, jax.random.fold_in(key, 3)))
+    results.update(nfe_sweep(ctx, jax.random.fold_in(key, 4)))
     results["step"] = ctx.step
     files.write_results(workdir, ctx.step, results)
     logging.info("eval at step %d: %s", ctx.step, files.scalars(results))

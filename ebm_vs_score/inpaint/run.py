@@ -6,7 +6,9 @@
 The bottom half of each test digit is hidden (``mask='bottom'``; or ``'right'``) and
 completed from the top half by each conditional sampler of :mod:`ebm_vs_score.inpaint`:
 ``replacement`` (score_sde's replacement method; every family), and annealed ``ula`` /
-``mala`` on the conditional model (MALA needs an energy). The offline classifier
+``mala`` on the conditional model (MALA needs an energy). A time-invariant model (EqM,
+Energy Matching) fills the hidden half with its own sampler (``sampling.method``) while
+the known half is held (the ``replacement`` row; ula / mala are refused). The classifier
 (:func:`ebm_vs_score.metrics.get_digits_classifier`, cached in ``W/classifier`` as
 ``--mode=eval`` does) labels each completion; the table gives how often that label is the
 true digit's, against its accuracy on the same real digits and on the half digits alone
@@ -32,6 +34,7 @@ from absl import logging
 from ebm_vs_score import builders, compose, data, evaluate, inpaint, samplers
 from ebm_vs_score import metrics as metrics_lib
 from ebm_vs_score import results as records
+from ebm_vs_score import settings as settings_lib
 from ebm_vs_score.inpaint import report
 
 METHODS = ("replacement", "ula", "mala")
@@ -66,8 +69,28 @@ def make_mask(shape: tuple[int, ...], which: str) -> np.ndarray:
     return mask
 
 
+def complete_time_invariant(model: compose.Component, key, known, mask, config):
+    """Completions by the configured time-invariant sampler (gd, nag, langevin) on the
+    hidden pixels only, started from N(0, I) there (``inpaint.held``)."""
+    k_noise, k_run = jax.random.split(key)
+    cond = inpaint.held(model, known, mask)
+    init = inpaint.merge(jax.random.normal(k_noise, known.shape), known, mask)
+    options = settings_lib.sampler_options(config)
+
+    @jax.jit
+    def run(k, init):
+        return samplers.sample(config.sampling.method, k, known.shape, sde=None,
+                               score_fn=cond.score, energy_fn=cond.energy,
+                               num_steps=int(config.sampling.num_steps), init=init, **options)
+
+    x, info = run(k_run, init)
+    return inpaint.merge(x, known, mask), info
+
+
 def complete(method: str, model: compose.Component, sde, key, known, mask, config, s):
     """Completions (N, H, W, C) of ``known`` and the sampler's info."""
+    if sde is None:  # time-invariant: 'replacement' holds the known pixels during descent
+        return complete_time_invariant(model, key, known, mask, config)
     if method == "replacement":
         fn = jax.jit(lambda k: inpaint.replacement_sample(
             k, model.score, sde, known, mask, int(config.sampling.num_steps)))
@@ -96,6 +119,9 @@ def method_row(method, model, sde, key, known, mask, truth, labels, clf, config,
     """One table row (dict) and the completions (None when refused)."""
     if method == "mala" and model.energy is None:
         return {"method": method, "status": "refused: MH needs an energy"}, None
+    if sde is None and method != "replacement":
+        return {"method": method, "status": "refused: annealed over noise levels; the model "
+                "is time-invariant (its completion is the 'replacement' row)"}, None
     start = time.time()
     x, info = complete(method, model, sde, key, jnp.asarray(known), jnp.asarray(mask),
                        config, s)

@@ -29,6 +29,13 @@ from ebm_vs_score.errors import ConfigError, UserError
 
 STUDY_FAMILIES = ("score", "energy", "resnet_energy", "qc")
 ENERGY_FAMILIES = ("energy", "resnet_energy")  # the only ones with an energy for MH samplers
+# Time-invariant families (EqM, EqM-E, Energy Matching; issue #26). A run of theirs keeps
+# the fields of TIME_INVARIANT_FIELDS from its own family config (its objective, its
+# sampler and energy form: no SDE sampler applies) and takes every other shared field.
+TIME_INVARIANT_FAMILIES = ("eqm", "eqm_energy", "energy_matching")
+TIME_INVARIANT_FIELDS = ("training.objective", "model.energy_form", "sampling.method",
+                         "sampling.num_steps", "sampling.step_size")
+EQM_ENERGY_FORMS = ("dot", "l2")  # study.eqm_energy_forms: one eqm_energy_<form> variant each
 # Fields that define a family (set by config_base.get_config(scale, family), never shared).
 FAMILY_FIELDS = ("family", "model.parameterization", "model.name", "training.qc_weight")
 # May differ between invocations on the same DIR: the run set and the cadences.
@@ -36,7 +43,7 @@ STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.checkpoint_every", "training.sample_every",
                  "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights",
                  "study.report_only", "study.resnet_energy_widths", "study.record",
-                 "study.floor_draws")
+                 "study.floor_draws", "study.eqm_energy_forms")
 # Left out by workdir.config_differences but they change every run's numbers.
 _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
@@ -65,6 +72,11 @@ def family_info(family: str, toy: bool) -> Family:
     net = "MLP" if toy else "U-Net"
     skips = "no" if toy else "yes"
     table = {
+        "eqm": Family("EqM", f"time-invariant field {net}, s = -f(x)", "no", skips),
+        "eqm_energy": Family("EqM-E", f"time-invariant energy {net}, E = -<F, x> (dot) or "
+                             "||F||^2/2 (l2), s = -grad E", "yes", skips),
+        "energy_matching": Family("EM", f"time-invariant potential {net}, E = -<F, x>, OT "
+                                  "flow matching then + CD", "yes", skips),
         "score": Family("U", f"score {net}, s = -F/sigma", "no", skips),
         "energy": Family("C", f"energy {net}, E = ||F||^2/2, s = -grad E", "yes", skips),
         "resnet_energy": Family("C-MLP" if toy else "C-ResNet",
@@ -107,6 +119,11 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     study = ml_collections.ConfigDict()
     study.scale = scale
     study.families = STUDY_FAMILIES
+    study.eqm_energy_forms = EQM_ENERGY_FORMS
+    if scale == "digits":  # issue #26: the time-invariant rows, same backbone and budget
+        study.families = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
+        config.eval.nfe_sweep_steps = (25, 50, 100, 200)
+        config.eval.nfe_sweep_tols = (2.0, 1.0)
     study.seeds = (0, 1, 2)
     study.qc_weight = float(config_base.get_config(scale, "qc").training.qc_weight)
     study.qc_weights = ()  # a lambda sweep: one QC run per value (replaces qc_weight)
@@ -158,16 +175,20 @@ _QC_PREFIX = "qc_lam"
 
 
 _WIDTH_PREFIX = "resnet_energy_ch"
+_FORM_PREFIX = "eqm_energy_"
 
 
 def variants(config: ml_collections.ConfigDict) -> list[str]:
     """The study's variants in report order: its families, with 'qc' replaced by one
-    ``qc_lam<lambda>`` per value of ``study.qc_weights`` when a sweep is set, and one
-    ``resnet_energy_ch<width>`` after 'resnet_energy' per ``study.resnet_energy_widths``."""
+    ``qc_lam<lambda>`` per value of ``study.qc_weights`` when a sweep is set, one
+    ``resnet_energy_ch<width>`` after 'resnet_energy' per ``study.resnet_energy_widths``, and
+    'eqm_energy' by one ``eqm_energy_<form>`` per ``study.eqm_energy_forms``."""
     out = []
     for family in config.study.families:
         if family == "qc" and config.study.qc_weights:
             out += [f"{_QC_PREFIX}{float(w):.0e}" for w in config.study.qc_weights]
+        elif family == "eqm_energy" and config.study.get("eqm_energy_forms", ()):
+            out += [f"{_FORM_PREFIX}{form}" for form in config.study.eqm_energy_forms]
         else:
             out.append(family)
         if family == "resnet_energy":
@@ -178,11 +199,13 @@ def variants(config: ml_collections.ConfigDict) -> list[str]:
 
 def parse_variant(variant: str) -> tuple[str, float | None]:
     """(family, QC lambda of a sweep variant or None): 'qc_lam1e-03' -> ('qc', 0.001),
-    'resnet_energy_ch40' -> ('resnet_energy', None)."""
+    'resnet_energy_ch40' -> ('resnet_energy', None), 'eqm_energy_l2' -> ('eqm_energy', None)."""
     if variant.startswith(_QC_PREFIX):
         return "qc", float(variant[len(_QC_PREFIX):])
     if variant.startswith(_WIDTH_PREFIX):
         return "resnet_energy", None
+    if variant.startswith(_FORM_PREFIX):
+        return "eqm_energy", None
     return variant, None
 
 
@@ -191,15 +214,23 @@ def variant_width(variant: str) -> int | None:
     return int(variant[len(_WIDTH_PREFIX):]) if variant.startswith(_WIDTH_PREFIX) else None
 
 
+def variant_form(variant: str) -> str | None:
+    """The energy form of an ``eqm_energy_<form>`` variant, else None."""
+    return variant[len(_FORM_PREFIX):] if variant.startswith(_FORM_PREFIX) else None
+
+
 def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
                study_dir: str) -> ml_collections.ConfigDict:
     """The config of run (variant, seed): the family's defaults + every shared study field."""
     family, weight = parse_variant(variant)
     run = config_base.get_config(config.study.scale, family)
+    own = TIME_INVARIANT_FIELDS if family in TIME_INVARIANT_FAMILIES else ()
     for path, value in _leaves(config):
-        if not path.startswith("study.") and path not in FAMILY_FIELDS:
+        if not path.startswith("study.") and path not in FAMILY_FIELDS and path not in own:
             _set(run, path, value)
     run.seed = int(seed)
+    if variant_form(variant) is not None:
+        run.model.energy_form, run.family = variant_form(variant), variant
     if family == "qc":
         run.training.qc_weight = float(config.study.qc_weight if weight is None else weight)
     if variant_width(variant) is not None:
@@ -219,9 +250,15 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
     _require(study.scale in config_base.SCALES,
              f"study.scale={study.scale!r} is not valid; choose one of {config_base.SCALES}")
     families, seeds = list(study.families), list(study.seeds)
-    bad = [f for f in families if f not in STUDY_FAMILIES]
+    valid = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
+    bad = [f for f in families if f not in valid]
     _require(families and not bad and len(set(families)) == len(families),
-             f"study.families={tuple(families)} must be distinct names from {STUDY_FAMILIES}")
+             f"study.families={tuple(families)} must be distinct names from {valid}")
+    forms = list(study.get("eqm_energy_forms", ()))
+    _require(len(set(forms)) == len(forms) and set(forms) <= set(EQM_ENERGY_FORMS)
+             and (forms or "eqm_energy" not in families),
+             f"study.eqm_energy_forms={tuple(forms)} must be distinct forms from "
+             f"{EQM_ENERGY_FORMS} (the U-Net's energies), at least one with 'eqm_energy'")
     _require(seeds and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
              f"study.seeds={tuple(seeds)} must be distinct integers, e.g. (0, 1, 2)")
     _require(config.sampling.method not in samplers.MH_METHODS,

@@ -16,6 +16,7 @@ import numpy as np
 from ebm_vs_score import builders, config_base, evaluate, plotting, settings
 from ebm_vs_score.evaluate import fields as fields_lib
 from ebm_vs_score.study import plan
+from ebm_vs_score.study import report_time_invariant as report_ti
 from ebm_vs_score.study.plan import family_info
 
 RunRecord = Any  # run.RunRecord (run imports this module)
@@ -27,6 +28,8 @@ def variant_label(variant: str, toy: bool) -> str:
     label, width = family_info(family, toy).label, plan.variant_width(variant)
     if width is not None:
         return f"{label} ch={width}"
+    if plan.variant_form(variant) is not None:
+        return f"{label} {plan.variant_form(variant)}"
     return label if weight is None else f"{label} λ={weight:g}"
 
 
@@ -52,7 +55,8 @@ def _copy_sample_grids(config, study_dir: str, records) -> list[tuple[str, str, 
         if record is None:
             continue
         step = int(record.done["step"])
-        methods = [config.sampling.method] + [m for m in [record.done.get("extra_sampler")] if m]
+        own = plan.run_config(config, family, record.seed, study_dir).sampling.method
+        methods = [own] + [m for m in [record.done.get("extra_sampler")] if m]
         for method in methods:
             src = evaluate.samples_path(record.run_dir, step, method)
             if os.path.exists(src):
@@ -214,7 +218,9 @@ def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
                                                  f"{len(row.runs) + row.failed} seeds)"
         info = family_info(row.family, toy)
         cells = [label] + ([info.conservative, info.shortcuts] if with_kind else [])
-        cells += [_fmt([m[c.key] for m in row.runs]) if row.runs else "failed" for c in columns]
+        cells += [("n/a" if any(c.key not in m for m in row.runs)  # e.g. no ODE without an SDE
+                   else _fmt([m[c.key] for m in row.runs])) if row.runs else "failed"
+                  for c in columns]
         body.append(cells)
     return markdown_table(header + [c.title for c in columns], body)
 
@@ -232,7 +238,10 @@ def _header(config, records: Sequence[RunRecord], classifier_accuracy: float | N
              f"(`{config.training.objective}`), "
              f"optimizer, {config.training.n_iters} steps at batch {config.training.batch_size}, "
              f"SDE `{config.sde.name}`; sampler `{config.sampling.method}` with "
-             f"{config.sampling.num_steps} steps for every model. Seeds "
+             f"{config.sampling.num_steps} steps for every model"
+             + (" (the time-invariant families: their own objective and sampler, see their "
+                "section)" if set(config.study.families) & set(report_ti.TI) else "")
+             + ". Seeds "
              f"{tuple(config.study.seeds)}: cells are mean ± sample std over seeds. "
              f"{finished} of {len(records)} runs finished.", ""]
     if toy:
@@ -269,9 +278,10 @@ def _table_sections(rows: Sequence[Row], toy: bool) -> list[str]:
     quality = _TOY_QUALITY if toy else _IMAGE_QUALITY
     likelihood = _TOY_LIKELIHOOD if toy else _IMAGE_LIKELIHOOD
     chao_rows = [r for r in rows if r.family in ("score", "energy", "qc") and not r.extra]
+    classic = [r for r in rows if r.family not in report_ti.TI] or rows  # their columns
     lines = ["## Table 1 (Salimans & Ho 2021, Table 1), extended", ""]
-    lines += metric_table(rows, _columns(quality + likelihood + _CONSERVATIVENESS + _COST, rows),
-                          toy, with_kind=True)
+    lines += metric_table(rows, _columns(quality + likelihood + _CONSERVATIVENESS + _COST,
+                                         classic), toy, with_kind=True)
     lines += ["", "## Likelihood and conservativeness (Chao et al. 2023, Table 2)", ""]
     lines += metric_table(chao_rows, _columns(likelihood + _CONSERVATIVENESS, chao_rows), toy)
     lines += ["", "## Sample quality (Chao et al. 2023, Table 3)", ""]
@@ -317,7 +327,8 @@ _ENERGY_TABLE_NOTE = (
 
 def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
     """AIS log Z and NLL next to the ODE NLL on the same points (Gao et al. 2021, Table 4)."""
-    energy_rows = [r for r in rows if not r.extra and r.runs and "ais_log_z" in r.runs[0]]
+    energy_rows = [r for r in rows if not r.extra and r.runs and "ais_log_z" in r.runs[0]
+                   and r.family not in report_ti.TI]  # no ODE: their AIS is in their section
     unit, name = ("nats", "nats") if toy else ("bpd", "bits/dim")
     columns = _columns((Column("AIS log Z", "ais_log_z"),
                         Column("± (chains)", "ais_log_z_stderr"),
@@ -471,6 +482,7 @@ def write_report(config, study_dir: str, records: Sequence[RunRecord], figures: 
         lines += _per_level_table(rows, records, "fisher_per_level",
                                   "Exact Fisher divergence per noise level (unweighted)")
     lines += _energy_table(rows, toy)
+    lines += report_ti.time_invariant_lines(config, rows, records, study_dir)
     lines += _sweep_lines(config, rows, figures)
     lines += _figure_lines(figures, config)
     lines += _runs_lines(records)
