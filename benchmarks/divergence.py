@@ -49,7 +49,7 @@ def _draw(run, params, points, key, batch: int) -> tuple[list[float], float, flo
     from ebm_vs_score.evaluate import likelihoods
 
     start = time.perf_counter()
-    log_p, nfe = likelihoods.ode_log_probs(run, params, points, key, batch)
+    log_p, nfe, _ = likelihoods.ode_log_probs(run, params, points, key, batch)
     return log_p, nfe, time.perf_counter() - start
 
 
