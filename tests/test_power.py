@@ -287,3 +287,18 @@ def test_nag_against_gd_and_the_claims_table():
     # The four words, and the U-less study leaves the seed papers' claims not testable.
     assert {c["verdict"] for c in values["claims"]} <= set(verdicts.VERDICTS)
     assert _claim(values, "c_matches_u", "energy")["verdict"] == verdicts.NOT_TESTABLE
+
+
+def test_a_record_written_before_claims_had_baselines_still_renders():
+    """Claims entries of older study records have no baseline fields: they were all
+    against U, and their rows read as those of the same claims in a new record."""
+    values = _study([(2.0, 1e-3), (2.6, 1.1e-3), (1.6, 0.9e-3)],
+                    {"energy": ("energy", [(2.1, 0.0), (2.5, 0.0), (1.7, 0.0)])})
+    u_claims = [c for c in values["claims"] if c["baseline_label"] == "U"]
+    assert {c["key"] for c in u_claims} == {"c_matches_u", "c_matches_u_fid",
+                                            "no_shortcuts", "qc_nasym", "qc_quality"}
+    new = ("baseline", "baseline_metric", "baseline_label", "reference", "per_seed", "guard")
+    old = [{k: v for k, v in c.items() if k not in new} for c in u_claims]
+    rows = verdicts.claims_table(dict(values, claims=old))
+    assert rows == verdicts.claims_table(dict(values, claims=u_claims))
+    assert any(row.split(" | ")[1] == "energy − U" for row in rows[2:])
