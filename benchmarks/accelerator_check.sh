@@ -27,7 +27,12 @@ timeout "${BENCH_S:-300}" python3 -m benchmarks.run --suite=gpu \
   --only="${BENCH_ONLY:-train/cifar/*}" --repeats "${REPEATS:-5}" --min-time 0.3 \
   --out="$OUT/bench_gpu.json" 2>&1 | grep -v "^WARNING: All log\|^I0000" | tee "$OUT/bench_gpu.log"
 if [ "${SMOKE:-1}" = 1 ]; then
-  timeout "${SMOKE_S:-240}" python3 scripts/accelerator_smoke.py --out="$OUT/smoke_gpu.json" \
-    ${SMOKE_CONFIGS:+--configs=$SMOKE_CONFIGS} \
+  # One config per process (each loaded as main loads it); the records collect in one JSON.
+  SMOKE_CONFIGS=${SMOKE_CONFIGS:-configs/cifar_score.py,configs/cifar_energy.py,configs/cifar_resnet_energy.py,configs/cifar_qc.py,configs/cifar_drl.py}
+  rm -f "$OUT/smoke_gpu.json"
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  timeout "${SMOKE_S:-240}" bash -c 'for c in ${1//,/ }; do
+      python3 scripts/accelerator_smoke.py --config="$c" --out="$2"; done' _ \
+    "$SMOKE_CONFIGS" "$OUT/smoke_gpu.json" \
     2>&1 | grep -v "^WARNING: All log\|^I0000" | tee "$OUT/smoke_gpu.log"
 fi

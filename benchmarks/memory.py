@@ -24,7 +24,7 @@ import time
 import jax
 
 from benchmarks import rows, timing
-from ebm_vs_score import builders, configuration, hostcpu, train
+from ebm_vs_score import builders, hostcpu, settings, train
 
 MIB = 2.0**20
 
@@ -56,7 +56,7 @@ def measure(scale: str, family: str, batch: int | None, remat: bool, accum: int,
     config = rows.make_config(scale, family, batch)
     config.model.remat = bool(remat)
     config.training.grad_accum_steps = int(accum)
-    configuration.validate(config, num_devices=jax.device_count())
+    settings.validate(config, num_devices=jax.device_count())
     model = builders.build_model(config)
     mesh = train.make_mesh()
     state, step = train.fresh_state_and_step(config, model, mesh)

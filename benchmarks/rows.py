@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks import timing
 from benchmarks.suites import FAMILIES, RowSpec
-from ebm_vs_score import builders, config_base, configuration, train
+from ebm_vs_score import builders, config_base, settings, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ def make_config(scale: str, family: str, batch: int | None, dtype: str = "float3
         config.training.qc_probes = 1
         if config.training.qc_weight <= 0:
             config.training.qc_weight = 1e-4
-    configuration.validate(config, num_devices=jax.device_count())
+    settings.validate(config, num_devices=jax.device_count())
     return config
 
 

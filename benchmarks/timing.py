@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebm_vs_score import results as records
+
 
 @dataclasses.dataclass
 class Timing:
@@ -196,4 +198,5 @@ def machine_info(argv: list[str], module: str = "benchmarks.run") -> dict[str, A
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_start": list(os.getloadavg()),
         "command": " ".join([os.path.basename(sys.executable), "-m", module, *argv]),
+        "commit": records.commit()[0],  # the code measured (ebm_vs_score.results reads it)
     }

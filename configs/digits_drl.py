@@ -10,24 +10,7 @@ of the time embedding: ``model.energy_head='sum'``) and no normalization
 ~35M) and without their spectral norm. No base term (``model.energy_base='none'``): the
 conditional's quadratic term is the restoring force at every level but the top.
 
-What was tried on digits (2 CPU cores shared with a study run; samples in the README):
-
-* C-ResNet (GroupNorm, mean-pool head), ``energy_scale='sigma'`` (E in nats), s_t = b
-  sigma_{t+1} with b^2 = 0.2, K = 15 MALA steps: 2000 steps gave saturated noise (FD 31.8);
-  with the published head the sample scale grew by 1/a_t per level, with the base term
-  the per-level std stayed at 0.85-1.17 but the samples were noise.
-* The same with the authors' b^2 = 2e-4 and K = 30: the chains did not move. The cause
-  is the energy's scale, not the step: with E = N / (sigma c_in) the drift (s^2/2) grad E
-  is ~1e-4 grad N, so N must output ~1e4x larger values first; the authors divide N by
-  s_t^2, which makes the drift grad N / 2 whatever b^2 is.
-* ``energy_scale='step'``, 1000 steps with the normalized mean-pool head and 500 with the
-  sum head: the chains moved (0.7 sigma per coordinate) but the samples stayed saturated
-  noise. The loss then weighted level t by 1 / s_t^2 (47,724 at level 0 against 52-579
-  above), so level 0 got ~90% of the gradient; the loss now weights by s_t^2 as well
-  (the authors' loss on N).
-* This config (that loss, the sum head, no normalization): digit shapes by step 750; at
-  2000 steps FD 10.8 against 9.1 for 64 real digits (README). Which of the loss weights
-  and the head matters more was not separated.
+What was tried on digits before this recipe, and what it gave: docs/notes/drl.md.
 """
 
 from ebm_vs_score import config_base
@@ -36,7 +19,7 @@ from ebm_vs_score import config_base
 def get_config():
     config = config_base.get_config("digits", "drl")
     config.drl.step_schedule = "authors"
-    config.drl.step_size = 2e-4
+    config.drl.b_squared = 2e-4
     config.drl.metropolis = False
     config.drl.num_steps = 30
     config.drl.energy_scale = "step"

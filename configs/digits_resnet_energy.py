@@ -3,7 +3,7 @@
 The energy is E = c_in^2 ||x||^2 / 2 + N(c_in x, log sigma) / (sigma c_in)
 (``model.energy_base='gaussian'``, the default: a restoring force far from the data, see
 ebm_vs_score/parameterization.py). ``--config.model.energy_base=none`` gives Salimans & Ho's
-model C as published, whose normalized head is bounded along rays (issue #12).
+model C as published, whose normalized head is bounded along rays (docs/notes/energy_base.md).
 """
 
 from ebm_vs_score import config_base

@@ -7,11 +7,11 @@ per step: its score is a gradient), 250 Euler-Maruyama steps for 297 samples (th
 the test split, so FD/precision/recall compare equal sets), MALA for the energies, and the
 ODE NLL of the first 64 test digits at tolerance 1e-4 with 4 Hutchinson probes,
 and for the energies AIS on the same dequantized digits with the same bits/dim offset
-(--config.eval.ais=False drops it). On a shared 2-core CPU one C run took 25 min (6 min
-training, 18 min evaluation with AIS, one probe); U, C-ResNet and QC are cheaper. Three
-seeds; fewer with --config.study.seeds=(0,). Every field: ebm_vs_score/config_base.py
-(shared by all runs) and ebm_vs_score/study/plan.py (the `study` section, the digits
-budget). The QC lambda sweep: configs/study_digits_qc_sweep.py.
+(--config.eval.ais=False drops it). C is the costliest run (its evaluation with AIS
+dominates; docs/notes/study_cost.md). Three seeds; fewer with --config.study.seeds=(0,).
+Every field: ebm_vs_score/config_base.py (shared by all runs) and
+ebm_vs_score/study/plan.py (the `study` section, the digits budget). The QC lambda sweep:
+configs/study_digits_qc_sweep.py.
 """
 
 from ebm_vs_score import study

@@ -29,4 +29,5 @@ def get_config():
     config.study.qc_weights = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     config.study.seeds = (0,)
     config.study.extra_sampler = ""  # no energies in a QC sweep
+    config.study.record = "study_digits_qc_sweep"  # results/study_digits_qc_sweep.json
     return config

@@ -4,11 +4,12 @@ python -m ebm_vs_score.main --mode=compose --config=configs/toy_compose.py --wor
 
 Fields: ebm_vs_score/config_base.py (the component runs take seed, training.n_iters,
 batch_size, log/checkpoint/sample_every and sde.name from here) and the `compose` section
-(ebm_vs_score/compose_run.py, default_compose_config). Every field is overridable, e.g.
+(ebm_vs_score/compose/run.py, default_compose_config). Every field is overridable, e.g.
 --config.training.n_iters=300 --config.compose.num_samples=500.
 """
 
-from ebm_vs_score import compose_run, config_base
+from ebm_vs_score import config_base
+from ebm_vs_score.compose import run as compose_run
 
 
 def get_config():

@@ -2,7 +2,7 @@
 
 On 2-D data the paper's step sizes (authors' level factor, b^2 = 2e-4) do not mix: the
 chains use the paper's Sec. 4 schedule s_t = b sigma_{t+1} with b^2 = 0.1 and a
-Metropolis-Hastings correction instead (see ebm_vs_score/drl.py for the measurements).
+Metropolis-Hastings correction instead (docs/notes/drl.md has the measurements).
 """
 
 from ebm_vs_score import config_base
@@ -11,7 +11,7 @@ from ebm_vs_score import config_base
 def get_config():
     config = config_base.get_config("toy", "drl")
     config.drl.step_schedule = "sigma"
-    config.drl.step_size = 0.1
+    config.drl.b_squared = 0.1
     config.drl.metropolis = True
     config.training.n_iters = 20_000
     config.training.sample_every = 5_000

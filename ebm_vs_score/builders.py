@@ -13,17 +13,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ebm_vs_score import drl, losses, models, settings
+from ebm_vs_score import drl, eqm, losses, models, settings
+from ebm_vs_score import energy_matching as em_lib
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
-from ebm_vs_score.drl_ladder import DRLSchedule
+from ebm_vs_score.drl import DRLSchedule
 
 
 class Model(NamedTuple):
     """A network with its noise process and the score/energy functions it yields.
 
-    ``sde`` is the noise process of score-based models (None for DRL); ``ladder`` the DRL
-    level ladder (None otherwise): a DRL energy is indexed by integer levels, not times.
+    ``sde`` is the noise process of score-based models (None for DRL and the time-invariant
+    models); ``ladder`` the DRL level ladder (None otherwise): a DRL energy is indexed by
+    integer levels, not times. A time-invariant model's functions ignore their time input.
     """
 
     net: Any
@@ -54,6 +56,10 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         net = net.clone(zero_init_output=False)
     sigma_data = float(config.model.sigma_data)
     shape = example_shape(config)
+    ti = settings.time_invariant_settings(config)
+    if ti is not None:
+        fns = time_invariant_fns(net, ti)
+        return Model(net=net, sde=None, fns=fns, example_shape=shape)
     if is_drl(config):
         drl_settings = settings.drl_settings(config.drl)
         ladder = drl_settings.schedule
@@ -65,6 +71,38 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
     fns = param_lib.get_model_fns(parameterization, net, sde, sigma_data,
                                   energy_base=config.model.energy_base)
     return Model(net=net, sde=sde, fns=fns, example_shape=shape)
+
+
+def time_invariant_fns(net, ti: settings.TimeInvariantSettings) -> param_lib.ModelFns:
+    """EqM's implicit field (no energy form), or the energy of ``ti.energy_form``."""
+    if ti.energy_form is None:
+        return eqm.implicit_fns(net)
+    return eqm.energy_fns(net, ti.energy_form, ti.c_max)
+
+
+is_time_invariant = settings.is_time_invariant
+
+
+class PhasedLoss(NamedTuple):
+    """Objectives by training phase: ``loss_fns[i]`` trains the steps from ``starts[i]`` on
+    (``train.compile_train_step`` compiles one step per phase)."""
+
+    starts: tuple[int, ...]
+    loss_fns: tuple[Any, ...]
+
+
+def time_invariant_loss(ti: settings.TimeInvariantSettings, fns: param_lib.ModelFns):
+    """EqM's loss, or Energy Matching's two phases (flow matching, then + CD)."""
+    if ti.objective == "eqm":
+        return eqm.eqm_loss(eqm.field_of(fns), c_max=ti.c_max, interp=ti.interp)
+    s = ti.em
+    warmup = em_lib.energy_matching_loss(fns.energy, s, phase=1)
+    if s.lambda_cd == 0:
+        return warmup
+    full = em_lib.energy_matching_loss(fns.energy, s, phase=2)
+    if s.phase1_steps == 0:
+        return full
+    return PhasedLoss((0, int(s.phase1_steps)), (warmup, full))
 
 
 def is_drl(config: ml_collections.ConfigDict) -> bool:
@@ -102,8 +140,12 @@ def loss_from_settings(s: settings.LossSettings, fns: param_lib.ModelFns, sde: s
 
 
 def build_loss_fn(config: ml_collections.ConfigDict, model: Model):
-    """The objective named by ``training.objective`` as ``loss_fn(params, batch, key)``."""
+    """The objective named by ``training.objective`` as ``loss_fn(params, batch, key)``, or
+    a :class:`PhasedLoss` (Energy Matching's warm-up, then contrastive divergence)."""
     if is_drl(config):
         s = settings.drl_settings(config.drl)
         return drl.make_drl_loss(model.fns.energy, model.ladder, s.chain, s.energy_scale)
+    ti = settings.time_invariant_settings(config)
+    if ti is not None:
+        return time_invariant_loss(ti, model.fns)
     return loss_from_settings(settings.loss_settings(config), model.fns, model.sde)

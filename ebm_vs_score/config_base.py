@@ -3,20 +3,27 @@
 The experiment files in ``configs/`` call :func:`get_config` with a data scale
 ('toy', 'digits', 'cifar') and a family ('score', 'energy', 'resnet_energy', 'qc', 'drl')
 and override what they need. Every field can be overridden on the command line, e.g.
-``--config.training.batch_size=64``. :mod:`ebm_vs_score.configuration` validates the
+``--config.training.batch_size=64``. :func:`ebm_vs_score.settings.validate` checks the
 result once at start-up.
 
 Families (DESIGN.md): ``score`` = U, ``energy`` = C (energy U-Net), ``resnet_energy`` =
 C-ResNet, ``qc`` = U trained with the quasi-conservative regularizer (Chao et al. 2023),
-``drl`` = an energy trained by diffusion recovery likelihood (Gao et al. 2021).
+``drl`` = an energy trained by diffusion recovery likelihood (Gao et al. 2021). The
+time-invariant families (no time input; sampled by descent or Langevin, ``sde.*`` unused):
+``eqm`` = Equilibrium Matching's implicit field (Wang & Du 2025), ``eqm_energy`` = its
+explicit energy EqM-E (``model.energy_form``), ``energy_matching`` = one scalar potential
+trained by flow matching then contrastive divergence (Balcerak et al. 2025).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 SCALES = ("toy", "digits", "cifar")
-FAMILIES = ("score", "energy", "resnet_energy", "qc", "drl")
+FAMILIES = ("score", "energy", "resnet_energy", "qc", "drl", "eqm", "eqm_energy",
+            "energy_matching")
 
 
 def _data(scale: str) -> ml_collections.ConfigDict:
@@ -58,6 +65,10 @@ def _model(scale: str) -> ml_collections.ConfigDict:
     # Scalar head of the C-ResNet (models/resnet.py ENERGY_HEADS): 'mean' (Salimans & Ho) or
     # 'sum' (Gao et al.'s DRL network; with model.num_groups=0 it has no normalization).
     model.energy_head = "mean"
+    # Energy of the time-invariant families (eqm.ENERGY_FORMS): 'dot' E = -<F(x), x> and
+    # 'l2' E = ||F(x)||^2 / 2 on a vector network, 'scalar' E = c_max ||x||^2 / 2 + N(x) on
+    # a scalar one (Wang & Du 2025's EqM-E forms; eqm.py).
+    model.energy_form = "dot"
     # Rematerialize (jax.checkpoint) the ResNet and attention blocks: less activation
     # memory for more compute; values unchanged (unet / resnet_energy; ignored by the mlp).
     model.remat = False
@@ -140,6 +151,15 @@ def _sampling(scale: str) -> ml_collections.ConfigDict:
     sampling.rtol = 1e-5
     sampling.atol = 1e-5
     sampling.use_ema = True
+    # Time-invariant samplers (samplers/descent.py; EqM and Energy Matching): Nesterov's
+    # momentum and form, the adaptive stop ||f|| < tol (0: a fixed number of steps), and the
+    # Langevin temperature eps(t): 0 before time_cutoff, up to eps_max at t = 1.
+    sampling.mu = 0.3
+    sampling.nag_form = "nesterov"
+    sampling.tol = 0.0
+    sampling.eps_max = 0.01
+    sampling.time_cutoff = 0.8
+    sampling.t_start = 0.0
     return sampling
 
 
@@ -163,6 +183,20 @@ def _eval(scale: str) -> ml_collections.ConfigDict:
     # images, uint8 levels, no dequantization); None: FID against the eval test images.
     ev.fid_stats = ml_collections.config_dict.placeholder(str)
     ev.fid_batch_size = 200  # Inception batch (global, sharded over the devices)
+    # --mode=drl_long_run (ebm_vs_score/drl/long_run.py; Gao et al. 2021, Sec. 6): level-0
+    # chains of a DRL model started from the x_1 of its progressive samples ('sample') or of
+    # real points ('data'); 'marginal' adds the chain of exp(-E(y, 0)).
+    ev.long_run_steps = {"toy": 100_000, "digits": 10_000, "cifar": 10_000}[scale]
+    ev.long_run_chains = {"toy": 2000, "digits": 64, "cifar": 64}[scale]
+    ev.long_run_start = "data" if scale == "toy" else "sample"
+    ev.long_run_marginal = scale == "toy"
+    # OOD AUROC of the energy / field norm: test images against noise, inverted images and
+    # (digits) grey patches (evaluate/ood.py); images only.
+    ev.ood = True
+    # Time-invariant models: sample quality against NFE for gd / nag / nag (EqM form) at
+    # these step counts, and nag with these adaptive tols (evaluate/time_invariant.py).
+    ev.nfe_sweep_steps = ()
+    ev.nfe_sweep_tols = ()
     return ev
 
 
@@ -170,7 +204,9 @@ def _drl() -> ml_collections.ConfigDict:
     drl = ml_collections.ConfigDict()
     drl.num_levels = 6
     drl.num_steps = 30
-    drl.step_size = 2e-4
+    # b^2 of the Langevin step s_t^2 = b^2 c_t sigma_{t+1}^2 (the authors' b_square).
+    drl.b_squared = 2e-4
+    drl.step_size = ml_collections.config_dict.placeholder(float)  # old name of b_squared
     drl.metropolis = False
     # Langevin step factor per level: 'authors' (Gao et al.'s code) or 'sigma' (their Sec. 4).
     drl.step_schedule = "authors"
@@ -180,6 +216,57 @@ def _drl() -> ml_collections.ConfigDict:
     return drl
 
 
+# Old field names still accepted (old path -> new path): a config that sets the old one (a
+# config file, a --config flag, a saved config.json) means the new one.
+RENAMED_FIELDS = {"drl.step_size": "drl.b_squared"}
+
+
+def with_current_names(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat ``{path: value}`` config with each old name's value, if set, under its new
+    name (and the old name dropped)."""
+    out = dict(flat)
+    for old, new in RENAMED_FIELDS.items():
+        value = out.pop(old, None)
+        if value is not None:
+            out[new] = value
+    return out
+
+
+def _eqm() -> ml_collections.ConfigDict:
+    eqm = ml_collections.ConfigDict()
+    eqm.c_max = 4.0  # c(gamma) = c_max min(1, (1 - gamma) / (1 - interp)) (the EqM code)
+    eqm.interp = 0.8
+    return eqm
+
+
+def _energy_matching(scale: str) -> ml_collections.ConfigDict:
+    """Balcerak et al. 2025 (their code's flags); the toy values follow their 2-D notebook,
+    digits is cut to what a CPU affords (20 chain steps of dt 0.05 instead of 200 of 0.01)."""
+    em = ml_collections.ConfigDict()
+    em.time_cutoff = 0.8
+    em.lambda_cd = {"toy": 0.5, "digits": 1e-3, "cifar": 1e-3}[scale]
+    em.num_gibbs = {"toy": 50, "digits": 20, "cifar": 200}[scale]
+    em.dt = {"toy": 0.02, "digits": 0.05, "cifar": 0.01}[scale]
+    em.eps_max = {"toy": 0.15, "digits": 0.01, "cifar": 0.01}[scale]
+    em.phase1_steps = {"toy": 3000, "digits": 1500, "cifar": 145_000}[scale]
+    em.cd_trim_fraction = 0.1
+    em.cd_neg_clamp = {"toy": 0.0, "digits": 0.02, "cifar": 0.02}[scale]
+    em.split_negatives = True
+    return em
+
+
+# Samplers of the time-invariant families: EqM's Nesterov descent (eta, mu = 0.3) and
+# Energy Matching's Langevin (dt, eps schedule; T = num_steps * dt, 3.25 on CIFAR-10).
+_TI_SAMPLING = {
+    "eqm": {"toy": dict(method="nag", num_steps=200, step_size=0.02),
+            "digits": dict(method="nag", num_steps=100, step_size=0.005),
+            "cifar": dict(method="nag", num_steps=250, step_size=0.0017)},
+    "energy_matching": {"toy": dict(method="langevin", num_steps=300, step_size=0.01),
+                        "digits": dict(method="langevin", num_steps=200, step_size=0.01),
+                        "cifar": dict(method="langevin", num_steps=325, step_size=0.01)},
+}
+_TI_SAMPLING["eqm_energy"] = _TI_SAMPLING["eqm"]
+
 _FAMILY_OVERRIDES = {
     "score": {},
     "energy": {"model.parameterization": "conservative"},
@@ -187,6 +274,10 @@ _FAMILY_OVERRIDES = {
     "qc": {"training.qc_weight": 1e-4},
     "drl": {"model.parameterization": "resnet_energy", "model.name": "resnet_energy",
             "training.objective": "drl"},
+    "eqm": {"training.objective": "eqm"},
+    "eqm_energy": {"training.objective": "eqm", "model.parameterization": "conservative"},
+    "energy_matching": {"training.objective": "energy_matching",
+                        "model.parameterization": "conservative"},
 }
 
 
@@ -207,8 +298,14 @@ def get_config(scale: str, family: str) -> ml_collections.ConfigDict:
     config.sampling = _sampling(scale)
     config.eval = _eval(scale)
     config.drl = _drl()
+    config.eqm = _eqm()
+    config.energy_matching = _energy_matching(scale)
     if scale == "toy" and family in ("energy", "resnet_energy", "drl"):
         config.model.name = "mlp"
+    if family in _TI_SAMPLING:
+        config.sampling.update(_TI_SAMPLING[family][scale])
+        if scale == "toy":
+            config.sampling.eps_max = config.energy_matching.eps_max
     for path, value in _FAMILY_OVERRIDES[family].items():
         if scale == "toy" and path == "model.name":
             continue

@@ -98,7 +98,7 @@ def _probe_terms(field: Field, x: jax.Array, v: jax.Array) -> tuple[jax.Array, j
 
     One ``jax.linearize`` gives ``J v``, and the transpose of that same linear map gives
     ``J^T v``: one forward pass of the field instead of two (a vjp and a jvp each run
-    it), which cut the QC train step's FLOPs by 20% (BENCHMARKS.md, finding 3).
+    it; BENCHMARKS.md, finding 3).
     """
     _, jvp_fn = jax.linearize(field, x)
     jv = jvp_fn(v)

@@ -1,32 +1,27 @@
 """The CPU's fast path: XLA:CPU's own (Eigen) convolutions, and optionally one device per core.
 
-``use_fast_cpu_kernels``: jaxlib 0.10's XLA:CPU sends convolutions and matrix products to
-YNNPACK by default. On an x86-64 CPU (2-core AMD EPYC, BENCHMARKS.md; ``python -m
-benchmarks.experiments --only=convs --batch=8``) its 3x3 convolution weight gradients on
-the CIFAR U-Net's shapes run at 61-106 GFLOP/s against 123-168 for XLA's own Eigen kernels
-(forward 124-157 against 145-176). Its reductions are fast, XLA's are not; the U-Net writes
-its gradient sums as matrix products on the CPU (``models/channelwise.py``). Together: the
-CIFAR U train step at batch 8 went from 3.2 s to 2.3 s, the digits U step from 35 to 27 ms.
-Eigen's convolutions are multi-threaded, so one device keeps every core busy (CPU time /
-wall 1.8-1.96 on 2 cores). ``main``, the benchmarks and the tests ask for it before JAX
-starts; a notebook calls it before its first JAX array. It sets
-``--xla_cpu_experimental_ynn_fusion_type=`` (no YNN fusions) in ``XLA_FLAGS`` only on
-x86-64 (the only CPU measured), only where this jaxlib defines the flag (an unknown XLA
-flag aborts the process), and never where the user's ``XLA_FLAGS`` mention it or
-``EBM_XLA_CPU_DEFAULTS=1`` asks to keep XLA's defaults.
+``use_fast_cpu_kernels`` sets ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK
+fusions) in ``XLA_FLAGS``, so that XLA:CPU runs convolutions and matrix products on its own
+multi-threaded Eigen kernels, which are faster than YNNPACK's for the U-Net's 3x3
+convolution weight gradients on x86-64 (BENCHMARKS.md; the measurements behind it:
+docs/notes/cpu_fast_path.md). XLA's own reductions are slow, so the U-Net writes its
+per-channel gradient sums as matrix products on the CPU (``models/channelwise.py``). It sets
+the flag only on x86-64 (the CPUs measured), only where this jaxlib defines the flag (an
+unknown XLA flag aborts the process), and never where the user's ``XLA_FLAGS`` mention it or
+``EBM_XLA_CPU_DEFAULTS=1`` asks to keep XLA's defaults. ``main``, the benchmarks and the
+tests call it before JAX starts; a notebook calls it before its first JAX array.
 
-``use_cpu_cores`` (opt-in, ``EBM_CPU_DEVICES=all`` in ``main``): one XLA:CPU device per core.
-With YNNPACK's kernels, which ran the digits U-Net's small convolutions on one thread,
-it made the digits U step 1.4x faster on 2 cores; with Eigen's it is slower at the CIFAR
-batch of 8. Exposing one host device per core (``jax_num_cpu_devices``) turns the one
-``data`` mesh of DESIGN.md rule 3 into data parallelism across cores, with no code path
-of its own: the batch is split over the devices exactly as over GPUs.
+``use_cpu_cores`` (opt-in, ``EBM_CPU_DEVICES=all`` in ``main``): one XLA:CPU device per core
+(``jax_num_cpu_devices``). It turns the one ``data`` mesh of DESIGN.md rule 3 into data
+parallelism across cores, with no code path of its own: the batch is split over the devices
+exactly as over GPUs. It is opt-in because multi-device XLA:CPU runs can hang in an
+all-reduce on a loaded machine (docs/notes/cpu_fast_path.md).
 
 Both must run before JAX starts its backends (before the first ``jax.devices()`` or array),
-which is why ``main`` calls it first. It changes nothing where the user chose already
-(``JAX_NUM_CPU_DEVICES`` or ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``)
-or once the backends are up; ``main`` does not call it in multi-process runs (each
-process's devices come from the launcher). On GPU and TPU hosts the extra CPU devices
+which is why ``main`` calls them first. They change nothing where the user chose already
+(``JAX_NUM_CPU_DEVICES`` or ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) or
+once the backends are up; ``main`` does not call ``use_cpu_cores`` in multi-process runs
+(each process's devices come from the launcher). On GPU and TPU hosts the extra CPU devices
 exist but are unused: the mesh is built from ``jax.devices()``, the accelerators.
 """
 

@@ -42,11 +42,13 @@ from ebm_vs_score.sde import SDE, batch_mul
 Params = Any
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[Params, dict, jax.Array], tuple[jax.Array, Metrics]]
-Model = Callable[[jax.Array, jax.Array], jax.Array]  # score with params and dropout bound
-# objective(model, x0, key) -> (per-example term (B,), x_t, t, std): where it evaluated.
-Objective = Callable[[Model, jax.Array, jax.Array], tuple[jax.Array, ...]]
+BoundScore = Callable[[jax.Array, jax.Array], jax.Array]  # score(x, t), params and dropout bound
+# objective(score, x0, key) -> (per-example term (B,), x_t, t, std): where it evaluated.
+Objective = Callable[[BoundScore, jax.Array, jax.Array], tuple[jax.Array, ...]]
 
-OBJECTIVES = ("dsm", "ssm", "ssm_vr", "ism", "drl")  # training.objective ('drl': drl.py)
+OBJECTIVES = ("dsm", "ssm", "ssm_vr", "ism", "drl", "eqm", "energy_matching")  # training.objective
+# ('drl': drl/recovery.py; the time-invariant models' objectives: eqm.py and energy_matching.py)
+TIME_INVARIANT_OBJECTIVES = ("eqm", "energy_matching")
 DSM_VARIANTS = ("continuous", "smld", "ddpm")
 PROJECTIONS = estimators.PROBES
 ISM_MAX_DIM = 64
@@ -175,15 +177,15 @@ def ism_objective(field: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.
 
 
 # ----------------------------------------------------------------------------------------
-# Objectives: objective(model, x0, key) -> (per-example term, x_t, t, std).
+# Objectives: objective(score, x0, key) -> (per-example term, x_t, t, std).
 
 
 def _continuous_dsm(sde, likelihood_weighting: bool, reduce_mean: bool) -> Objective:
     """Song et al. 2021 eq. 7: lambda(t) E||s(x_t, t) + z / std||^2 with t ~ U(eps, T)."""
 
-    def objective(model, x0, key):
+    def objective(score, x0, key):
         x_t, t, z, std = _perturb(sde, x0, key)
-        s = model(x_t, t)
+        s = score(x_t, t)
         if likelihood_weighting:  # lambda = g(t)^2 (Song, Durkan, Murray & Ermon 2021)
             g2 = sde.sde(x_t, t)[1] ** 2
             per = g2 * _half_sq(s + batch_mul(1.0 / std, z), reduce_mean)
@@ -201,14 +203,14 @@ def _smld_dsm(sde, reduce_mean: bool) -> Objective:
     ``sde.timestep(t_i) = i``.
     """
 
-    def objective(model, x0, key):
+    def objective(score, x0, key):
         k_i, k_z = jax.random.split(key)
         i = jax.random.randint(k_i, (x0.shape[0],), 0, sde.N)
         sigma = sde.discrete_sigmas[i]
         t = i.astype(x0.dtype) * sde.T / (sde.N - 1)
         z = jax.random.normal(k_z, x0.shape, x0.dtype)
         x_t = x0 + batch_mul(sigma, z)
-        return _half_sq(batch_mul(sigma, model(x_t, t)) + z, reduce_mean), x_t, t, sigma
+        return _half_sq(batch_mul(sigma, score(x_t, t)) + z, reduce_mean), x_t, t, sigma
 
     return objective
 
@@ -222,7 +224,7 @@ def _ddpm_dsm(sde, reduce_mean: bool) -> Objective:
     N grows). The loss uses the chain's own ``sqrt(1 - abar_i)``.
     """
 
-    def objective(model, x0, key):
+    def objective(score, x0, key):
         k_i, k_z = jax.random.split(key)
         i = jax.random.randint(k_i, (x0.shape[0],), 0, sde.N)
         abar = sde.alphas_cumprod[i]
@@ -230,7 +232,7 @@ def _ddpm_dsm(sde, reduce_mean: bool) -> Objective:
         t = (i + 1).astype(x0.dtype) * sde.T / sde.N
         z = jax.random.normal(k_z, x0.shape, x0.dtype)
         x_t = batch_mul(jnp.sqrt(abar), x0) + batch_mul(std, z)
-        return _half_sq(z + batch_mul(std, model(x_t, t)), reduce_mean), x_t, t, std
+        return _half_sq(z + batch_mul(std, score(x_t, t)), reduce_mean), x_t, t, std
 
     return objective
 
@@ -244,11 +246,11 @@ def _weighted(per, sde, x_t, t, std, likelihood_weighting, reduce_mean):
 def _ssm(sde, variance_reduction, projection, num_projections, **weighting) -> Objective:
     """Noise-conditional (V)SSM at t ~ U(eps, T), weighted by lambda(t) (Song et al. 2019)."""
 
-    def objective(model, x0, key):
+    def objective(score, x0, key):
         k_x, k_v = jax.random.split(key)
         x_t, t, _, std = _perturb(sde, x0, k_x)
         v = projections(k_v, (num_projections,) + x0.shape, projection).astype(x0.dtype)
-        per = ssm_objective(lambda y: model(y, t), x_t, v, variance_reduction=variance_reduction)
+        per = ssm_objective(lambda y: score(y, t), x_t, v, variance_reduction=variance_reduction)
         return _weighted(per, sde, x_t, t, std, **weighting), x_t, t, std
 
     return objective
@@ -257,10 +259,10 @@ def _ssm(sde, variance_reduction, projection, num_projections, **weighting) -> O
 def _ism(sde, max_dim: int, **weighting) -> Objective:
     """Noise-conditional exact ISM at t ~ U(eps, T), weighted by lambda(t) (Hyvarinen 2005)."""
 
-    def objective(model, x0, key):
+    def objective(score, x0, key):
         check_ism_dim(_dim(x0), max_dim)
         x_t, t, _, std = _perturb(sde, x0, key)
-        per = ism_objective(lambda y: model(y, t), x_t)
+        per = ism_objective(lambda y: score(y, t), x_t)
         return _weighted(per, sde, x_t, t, std, **weighting), x_t, t, std
 
     return objective
@@ -278,12 +280,12 @@ def _regularized(objective: Objective, score_fn, name: str, *, reduce_mean: bool
     def loss_fn(params, batch, key):
         k_obj, k_drop, k_qc = jax.random.split(key, 3)
         dropout = k_drop if train else None
-        model = lambda x, t: score_fn(params, x, t, dropout)  # noqa: E731
-        per, x_t, t, std = objective(model, batch["x"], k_obj)
+        score = lambda x, t: score_fn(params, x, t, dropout)  # noqa: E731
+        per, x_t, t, std = objective(score, batch["x"], k_obj)
         metrics = {name: jnp.mean(per)}
         loss = metrics[name]
         if qc_weight > 0:
-            term = amortized_qc(model, x_t, t, std, k_qc, qc_probes, fraction=qc_fraction,
+            term = amortized_qc(score, x_t, t, std, k_qc, qc_probes, fraction=qc_fraction,
                                 every=qc_every)
             metrics["qc"] = jnp.mean(term / _dim(x_t) if reduce_mean else term)
             loss = loss + qc_weight * metrics["qc"]

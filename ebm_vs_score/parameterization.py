@@ -29,9 +29,8 @@ so ``f`` estimates ``alpha(t) E[x0 | x]`` and ``F`` estimates the noise ``eps``.
   because the network alone has no restoring force (DESIGN.md rule 2): the ResNet energy
   ends GroupNorm -> swish -> mean-pool -> Dense(1) and has GroupNorm in every block, so
   ``N(lambda u)`` flattens as ``lambda`` grows and ``N / (sigma c_in)`` cannot grow like the
-  true ``||x||^2 / (2 var_t)``. Measured on digits (issue #12): without the base term the
-  ODE NLL was 269 bits/dim and 18% of Euler-Maruyama samples reached |x| > 10; with it
-  2.6 bits/dim and no blow-ups. Gao et al. 2021 (diffusion recovery likelihood) reach the
+  true ``||x||^2 / (2 var_t)``; without the base term its ODE likelihoods and samples blow
+  up (docs/notes/energy_base.md). Gao et al. 2021 (diffusion recovery likelihood) reach the
   same property differently: their energy network has no normalization and sum-pools, so
   it is unbounded. ``energy_base='none'`` is Salimans & Ho's model C exactly as published
   (``B = 0``), kept so that the study can report both.

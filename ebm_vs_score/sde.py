@@ -16,7 +16,7 @@ VE). The names and signatures follow the score_sde codebase so users can move ov
 * ``grid_step(x, t, t_next) -> (f, G)``: the forward chain step between two grid times, the
   step the reverse-diffusion predictor inverts; ``ancestral_step`` (the ancestral sampler's
   step), ``corrector_alpha(t)`` (the Langevin corrector's alpha_i), ``name`` and
-  ``has_discrete_chain``: what samplers and losses used to ask by class checks;
+  ``has_discrete_chain``: what samplers and losses ask of an SDE (no class checks);
 * ``T`` (end time, 1.0), ``eps`` (smallest time used in training/sampling), ``N``.
 
 The objects are frozen dataclasses of Python floats: hashable, closed over by ``jax.jit``

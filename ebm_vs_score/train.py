@@ -9,10 +9,10 @@ reaches bit-identical parameters to one that was never interrupted.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import functools
 import itertools
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -28,7 +28,16 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ebm_vs_score import builders, checkpoints, configuration, plotting
+from ebm_vs_score import (
+    builders,
+    checkpoints,
+    divergence,
+    plotting,
+    preflight,
+    runlock,
+    settings,
+    writers,
+)
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import workdir as workdir_lib
@@ -152,13 +161,34 @@ def _check_accum(grad_accum_steps: int, mesh: Mesh, batch_size: int | None) -> N
                          "use a multiple of their product.")
 
 
+class PhasedStep:
+    """The compiled step of the phase each step falls in (``builders.PhasedLoss``: Energy
+    Matching's warm-up, then contrastive divergence). It counts the steps it has run from
+    the state's step, so its calls must be consecutive steps of one run; the phase is a
+    function of the step, so a resumed run takes the same steps."""
+
+    def __init__(self, steps: list[Callable], starts: tuple[int, ...], first_step: int):
+        self.steps, self.starts, self.next = steps, starts, int(first_step)
+
+    def __call__(self, state: TrainState, batch: dict):
+        phase = bisect.bisect_right(self.starts, self.next) - 1
+        self.next += 1
+        return self.steps[phase](state, batch)
+
+
 def compile_train_step(loss_fn, tx, ema_decay: float, mesh: Mesh, state: TrainState, *,
                        grad_accum_steps: int = 1, batch_size: int | None = None):
     """``jax.jit`` of :func:`train_step` with data sharding, replication and donation.
 
     ``grad_accum_steps`` micro-batches per step; ``batch_size`` (global), when given, is
-    checked to split into equal micro-batches on every device.
+    checked to split into equal micro-batches on every device. A ``builders.PhasedLoss``
+    gives a :class:`PhasedStep` (one compiled step per phase, starting at ``state.step``).
     """
+    if isinstance(loss_fn, builders.PhasedLoss):
+        steps = [compile_train_step(fn, tx, ema_decay, mesh, state,
+                                    grad_accum_steps=grad_accum_steps, batch_size=batch_size)
+                 for fn in loss_fn.loss_fns]
+        return PhasedStep(steps, loss_fn.starts, int(first_replica(state.step)))
     _check_accum(int(grad_accum_steps), mesh, batch_size)
     replicated = NamedSharding(mesh, P())
     state_sharding = jax.tree.map(lambda _: replicated, state)
@@ -217,33 +247,16 @@ def summarize(history: list[dict], step: int) -> dict[str, float]:
     finite = np.array([h["finite"] for h in stacked])
     if not finite.all():
         bad = step - len(stacked) + 1 + int(np.argmin(finite))
-        raise NonFiniteLossError(f"the loss or its gradient became non-finite at step {bad}")
+        error = NonFiniteLossError(f"the loss or its gradient became non-finite at step {bad}")
+        error.step = bad
+        raise error
     keys = [k for k in stacked[0] if k != "finite"]
     return {k: float(np.mean([h[k] for h in stacked])) for k in keys}
 
 
 # A logged loss this many times the first one logged by the run means it diverged.
 EXPLODED_LOSS_FACTOR = 1e6
-
-
-def divergence_advice(config: ml_collections.ConfigDict, last_checkpoint: int | None) -> str:
-    """What to do after a divergence, with a command-line flag that the workdir accepts."""
-    flag = f"--config.optim.lr={float(config.optim.lr) / 10:g}"
-    if last_checkpoint is None:
-        return (f"the run stopped before its first checkpoint (due at step "
-                f"{config.training.checkpoint_every}), so nothing was saved; add {flag} (or "
-                "raise optim.warmup) to the same command and rerun it to start again")
-    return (f"the run stopped and its last checkpoint (step {last_checkpoint}) is kept; add "
-            f"{flag} (or raise optim.warmup) to the same command and rerun it to resume from "
-            f"step {last_checkpoint}")
-
-
-def append_metrics(workdir: str, record: dict) -> None:
-    """Appends one JSON line to ``workdir/metrics.jsonl`` (never rewritten)."""
-    if jax.process_index() != 0:
-        return
-    with (epath.Path(workdir) / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+divergence_advice = divergence.advice
 
 
 def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> TrainState:
@@ -258,7 +271,7 @@ def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> 
 
 def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
     """``sample_fn(params, key) -> (samples, info)`` for the configured sampler, jitted once."""
-    from ebm_vs_score import samplers, settings
+    from ebm_vs_score import samplers
 
     shape = (int(config.sampling.num_samples),) + model.example_shape
     options = settings.sampler_options(config)
@@ -315,11 +328,13 @@ class _Loop(NamedTuple):
     sample_fn: Callable
     ckpt: checkpoints.Checkpointer
     writer: Any
-    stats: dict  # "first_loss": the first loss this process logged (divergence reference)
+    stats: dict  # "first_loss": the first loss logged here; "start": the step resumed from
 
 
-def _diverged(loop: _Loop, message: str) -> NonFiniteLossError:
-    advice = divergence_advice(loop.config, loop.ckpt.latest_step())
+def _diverged(loop: _Loop, message: str, bad_step: int | None = None) -> NonFiniteLossError:
+    before_update = bad_step is not None and bad_step == loop.stats.get("start", 0) + 1
+    advice = divergence_advice(loop.config, loop.ckpt.latest_step(),
+                               before_any_update=before_update)
     return NonFiniteLossError(f"{message}; {advice}")
 
 
@@ -330,10 +345,11 @@ def _flush(loop: _Loop, history: list, step: int) -> dict[str, float]:
     try:
         scalars = summarize(history, step)
     except NonFiniteLossError as e:
-        raise _diverged(loop, str(e)) from None
+        raise _diverged(loop, str(e), getattr(e, "step", None)) from None
     history.clear()
     loop.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-    append_metrics(loop.workdir, dict(scalars, step=step, split="train", wall_time=time.time()))
+    workdir_lib.append_metrics(loop.workdir, dict(scalars, step=step, split="train",
+                                                  wall_time=time.time()))
     first = loop.stats.setdefault("first_loss", abs(scalars["loss"]))
     if abs(scalars["loss"]) > EXPLODED_LOSS_FACTOR * max(first, 1e-8):
         raise _diverged(loop, f"the loss exploded to {scalars['loss']:.3g} by step {step} "
@@ -347,9 +363,17 @@ def _all_finite(tree: Any) -> bool:
 
 
 def _save(loop: _Loop, step: int, state: TrainState) -> None:
-    """Checkpoints ``state`` unless its parameters are not finite (then stops the run)."""
+    """Checkpoints ``state`` unless its parameters are not finite (then stops the run).
+
+    The config is committed to the workdir just before the first checkpoint it trained:
+    a run that stops before (a divergence, a bad value found late) leaves no config.json
+    that would refuse the corrected command, and no checkpoint exists without its config.
+    """
     if not _all_finite((state.params, state.ema_params)):
         raise _diverged(loop, f"the parameters became non-finite by step {step}")
+    if not loop.stats.get("committed"):
+        workdir_lib.commit(loop.config, loop.workdir, loop.stats.get("start", 0))
+        loop.stats["committed"] = True
     loop.ckpt.save(step, state)
 
 
@@ -360,12 +384,11 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
     donated, and batches reach the device ahead of their step (``prefetch_to_device``).
     A state is checkpointed only after every step since the last log was finite.
     """
-    from clu import periodic_actions
-
     cfg = loop.config.training
-    hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.n_iters, writer=loop.writer)]
+    hooks = [writers.ReportProgress(cfg.n_iters, loop.writer)]
     history: list = []
     start = int(state.step)
+    loop.stats["start"] = start
     for step in range(start + 1, cfg.n_iters + 1):
         if watcher.should_stop(step - 1):
             _flush(loop, history, step - 1)
@@ -373,8 +396,6 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
                 _save(loop, step - 1, state)
             break
         state, metrics = loop.step_fn(state, next(data_iter))
-        if step == start + 1:  # the config is in force once a step has trained with it
-            workdir_lib.commit(loop.config, loop.workdir, start)
         history.append(metrics)
         for hook in hooks:
             hook(step)
@@ -392,10 +413,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> TrainState:
     """Trains the model of ``config`` in ``workdir``, resuming from its latest checkpoint.
 
-    Leaves in ``workdir``: ``config.json`` (written once the first step has trained),
+    Leaves in ``workdir``: ``config.json`` (written with the first checkpoint),
     ``checkpoints/``, TensorBoard event files, ``metrics.jsonl`` (one JSON line per log
-    step) and ``samples.png`` (+ ``samples/``). A SIGTERM stops the run after saving its
-    step once; the returned state's step is then below ``training.n_iters``.
+    step) and ``samples.png`` (+ ``samples/``). The workdir is locked for the run
+    (``runlock``: a second run on it is refused). A SIGTERM (or, from ``main``, a Ctrl-C)
+    stops the run after saving its step once; the returned state's step is then below
+    ``training.n_iters``.
 
     Args:
       config: the experiment config.
@@ -404,29 +427,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         differ from ``workdir/config.json`` (the changes are recorded in the workdir).
 
     Raises:
-      UserError: a bad config value, workdir or data, or a divergence (one sentence).
+      UserError: a bad config value, workdir or data, another run in the workdir, a full
+        disk, or a divergence (one sentence).
     """
     mesh = make_mesh()
-    configuration.validate(config, num_devices=mesh.size)
+    preflight.check(config, num_devices=mesh.size)
     workdir_lib.prepare_for_writing(workdir)
-    workdir_lib.check_workdir(config, workdir, allow_changes=allow_config_change)
-    model = builders.build_model(config)
-    tx = make_optimizer(config.optim)
-    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints,
-                                    set_aside_broken=True)
-    try:
-        state = _train(config, workdir, mesh, model, tx, ckpt)
-    finally:
-        ckpt.close()
+    with runlock.hold(workdir):
+        has_checkpoints = checkpoints.newest_on_disk(workdir) is not None
+        workdir_lib.check_workdir(
+            config, workdir, allow_changes=allow_config_change, training=True,
+            same_network=functools.partial(_same_network, config) if has_checkpoints else None)
+        state, directory = _build_and_train(config, workdir, mesh)
     if int(state.step) < config.training.n_iters:
-        saved = (f"its checkpoint is saved in {ckpt.directory}" if int(state.step) > 0
+        saved = (f"its checkpoint is saved in {directory}" if int(state.step) > 0
                  else "nothing was trained yet")
-        logging.warning("preempted at step %d: %s; rerun the same command to resume",
+        logging.warning("stopped at step %d: %s; rerun the same command to resume",
                         int(state.step), saved)
     else:
         logging.info("finished at step %d, params checksum %r", int(state.step),
                      params_checksum(state.params))
     return state
+
+
+def _param_shapes(config: ml_collections.ConfigDict) -> Any:
+    model = builders.build_model(config)
+    shapes = jax.eval_shape(lambda key: builders.init_params(model, key), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
+
+
+def _same_network(config: ml_collections.ConfigDict, saved: dict) -> bool:
+    """Whether the saved config's network has the parameter shapes of ``config``'s (True
+    when the saved config cannot be built any more: then the restore decides)."""
+    try:
+        old = _param_shapes(ml_collections.ConfigDict(saved))
+    except Exception:  # noqa: BLE001 - an old or partial config.json: cannot tell
+        return True
+    return old == _param_shapes(config)
+
+
+def _build_and_train(config, workdir: str, mesh: Mesh) -> tuple[TrainState, Any]:
+    model = builders.build_model(config)
+    tx = make_optimizer(config.optim)
+    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints,
+                                    set_aside_broken=True)
+    try:
+        return _train(config, workdir, mesh, model, tx, ckpt), ckpt.directory
+    finally:
+        ckpt.close()
 
 
 def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
@@ -437,10 +485,7 @@ def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
     step_fn = compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state,
                                  grad_accum_steps=config.training.get("grad_accum_steps", 1),
                                  batch_size=config.training.batch_size)
-    from clu import metric_writers  # imports TensorFlow: only the train loop needs it
-
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    writer = writers.create_writer(workdir, just_logging=jax.process_index() > 0)
     data_iter = prefetch_to_device(data_lib.get_dataset(
         config.data, batch_size=config.training.batch_size, split="train", seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -451,7 +496,7 @@ def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
         with checkpoints.PreemptionWatcher() as watcher:
             return _run_steps(loop, state, data_iter, watcher)
     finally:
-        writer.flush()
+        writer.close()
 
 
 def params_checksum(params: Any) -> float:

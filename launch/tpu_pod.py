@@ -67,8 +67,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     code.add_argument("--remote-dir", default="ebm_vs_score",
                       help="Code directory on the workers, relative to $HOME or absolute "
                            "(replaced on every launch). Default: %(default)s.")
-    code.add_argument("--jax", default="jax[tpu]", help="pip spec of JAX for TPUs "
-                      "(pin it, e.g. 'jax[tpu]==0.4.35'). Default: %(default)s.")
+    code.add_argument("--jax", default=None, help="a pinned pip spec of JAX for TPUs, e.g. "
+                      "'jax[tpu]==0.4.35' (default: the package's own `tpu` extra).")
     code.add_argument("--python", default="python3", help="Python on the workers.")
     code.add_argument("--skip-install", action="store_true",
                       help="Do not run pip (the package is already installed editable).")
@@ -134,7 +134,8 @@ def code_commands(args: argparse.Namespace) -> list[list[str]]:
 
 
 def install_command(args: argparse.Namespace) -> list[str]:
-    pip = shlex.join([args.python, "-m", "pip", "install", "-q", "-e", ".", args.jax])
+    pin = [args.jax] if args.jax else []
+    pip = shlex.join([args.python, "-m", "pip", "install", "-q", "-e", ".[tpu]", *pin])
     return on_all_workers(f"cd {shlex.quote(args.remote_dir)} && {pip}", args)
 
 

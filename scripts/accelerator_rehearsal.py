@@ -2,7 +2,7 @@
 
     python scripts/accelerator_rehearsal.py --config=configs/cifar_energy.py \
         --workdir=/tmp/rehearsal [--steps=300] [--tiny] [--config.training.batch_size=64]
-    for c in configs/cifar_{score,energy,qc,resnet_energy,drl}.py; do
+    for c in configs/cifar_{score,energy,qc,resnet_energy,drl,eqm,eqm_energy,energy_matching}.py; do
       python scripts/accelerator_rehearsal.py --config=$c --workdir=/tmp/rehearsal; done
 
 Under `tfds.testing.mock_data` (random CIFAR-shaped TFDS images, nothing downloaded) it
@@ -39,6 +39,7 @@ def shrink(config) -> None:
     config.training.batch_size = 8
     config.sampling.num_samples, config.sampling.num_steps = 4, 4
     config.drl.num_steps = 2
+    config.energy_matching.num_gibbs = 2
 
 
 def rehearsal_config(config, workdir: str, steps: int):
@@ -49,6 +50,8 @@ def rehearsal_config(config, workdir: str, steps: int):
     config.training.log_every = max(steps // 4, 1)
     config.training.sample_every = steps
     config.optim.warmup = min(config.optim.warmup, steps)
+    # Energy Matching: the warm-up ends within the rehearsal, so both phases compile and run.
+    config.energy_matching.phase1_steps = max(steps // 4, 1)
     config.sampling.num_samples = min(config.sampling.num_samples, 16)
     config.sampling.num_steps = min(config.sampling.num_steps, 50)
     config.eval.num_examples, config.eval.batch_size = 8, 8
@@ -75,6 +78,7 @@ def run(config, workdir: str, steps: int) -> None:
     import tensorflow_datasets as tfds
 
     from ebm_vs_score import data, evaluate, train
+    from ebm_vs_score.evaluate import fid_stats
     from ebm_vs_score.metrics import fid
 
     os.makedirs(workdir, exist_ok=True)
@@ -94,7 +98,7 @@ def run(config, workdir: str, steps: int) -> None:
         stage("input", first_batch)
         stage("train", lambda: train_to(max(steps // 2, 1)))
         stage("resume", lambda: train_to(steps))
-        stage("fid_stats", lambda: fid.write_reference_stats(config, workdir))
+        stage("fid_stats", lambda: fid_stats.write_reference_stats(config, workdir))
 
         def run_eval():
             r = evaluate.evaluate(config, workdir)

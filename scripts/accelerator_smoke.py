@@ -1,15 +1,20 @@
-"""Smoke test of the CIFAR configs on an accelerator: every piece of a run but the input.
+"""Smoke test of a config on an accelerator: every piece of a run but the input.
 
-    python scripts/accelerator_smoke.py [--configs=configs/cifar_score.py,...]
-        [--steps=5] [--sampler_steps=10] [--out=smoke.json]
+    for c in configs/cifar_{score,energy,resnet_energy,qc,drl}.py; do
+      python scripts/accelerator_smoke.py --config=$c [--steps=5] [--sampler_steps=10] \
+          [--out=smoke.json] [--config.training.batch_size=64]
+    done
 
-For each config: validate it, build its model and objective exactly as ``main`` does,
+The config is loaded as ``main`` loads it (config_flags, every ``--config.*`` override,
+locked): validate it, build its model and objective exactly as ``main`` does,
 compile the real train step (``train.compile_train_step``) at the config's batch size, run
 ``--steps`` steps on synthetic CIFAR-shaped images (uniform in [-1, 1]), save and restore
 an Orbax checkpoint and check the restored parameters are bit-identical, then draw
 ``sampling.num_samples`` samples with the config's own sampler at ``--sampler_steps`` steps.
-Fails (exit 1) on a non-finite loss or sample, a checkpoint mismatch, or any exception;
-the JSON keeps one record per config with compile and step times and peak device memory.
+The checkpoint goes to a temporary directory (no workdir: nothing is kept). Fails (exit 1)
+on a non-finite loss or sample, a checkpoint mismatch, or any exception; ``--out`` gets the
+config's record (compile and step times, peak device memory) appended to its ``records``,
+so one file collects a loop over configs.
 
 Why synthetic images: the GPU machines this was written for have no TensorFlow and no
 network, so the TFDS pipeline (tested offline with ``tfds.testing.mock_data`` in
@@ -18,8 +23,6 @@ tests/test_data.py) is the one part of a CIFAR run this does not exercise.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 import os
@@ -30,20 +33,18 @@ import traceback
 
 import jax
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-from ebm_vs_score import builders, checkpoints, configuration, train
+from ebm_vs_score import builders, checkpoints, settings, train
 
-DEFAULT_CONFIGS = ("configs/cifar_score.py", "configs/cifar_energy.py",
-                   "configs/cifar_resnet_energy.py", "configs/cifar_qc.py",
-                   "configs/cifar_drl.py")
-
-
-def load_config(path: str):
-    """``get_config()`` of a config file, as ``--config=PATH`` loads it."""
-    spec = importlib.util.spec_from_file_location("smoke_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 5, "Training steps (the first compiles).", lower_bound=2)
+_SAMPLER_STEPS = flags.DEFINE_integer("sampler_steps", 10, "Sampler steps (DRL: per level).",
+                                      lower_bound=1)
+_OUT = flags.DEFINE_string("out", None, "JSON file whose 'records' get this config's record.")
+flags.mark_flags_as_required(["config"])
 
 
 def _peak_memory_bytes() -> int | None:
@@ -103,49 +104,50 @@ def sample(config, model, state, sampler_steps: int) -> dict:
             "sampler": "drl" if builders.is_drl(config) else config.sampling.method}
 
 
-def smoke(path: str, steps: int, sampler_steps: int) -> dict:
+def smoke(config, path: str, steps: int, sampler_steps: int) -> dict:
     """One config's record (``ok`` False with the error if anything failed)."""
     record = {"config": path}
     try:
-        config = load_config(path)
         mesh = train.make_mesh()
-        configuration.validate(config, num_devices=mesh.size)
+        settings.validate(config, num_devices=mesh.size)
         model = builders.build_model(config)
         state, record["train"] = train_steps(config, model, mesh, steps)
         checkpoint_roundtrip(state)
         record["sample"] = sample(config, model, state, sampler_steps)
         record.update(ok=True, num_params=train.num_params(state.params),
                       batch=int(config.training.batch_size), dtype=config.model.dtype)
-    except Exception as e:  # record it and go on with the next config
+    except Exception as e:  # recorded in the JSON, and the exit status says it failed
         traceback.print_exc()
         record.update(ok=False, error=f"{type(e).__name__}: {e}")
     record["peak_device_bytes"] = _peak_memory_bytes()
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="scripts/accelerator_smoke.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--sampler_steps", type=int, default=10)
-    p.add_argument("--out", help="write the records here (JSON, rewritten after each config)")
-    args = p.parse_args(argv)
-    if args.steps < 2 or args.sampler_steps < 1:
-        p.error("--steps must be at least 2 and --sampler_steps at least 1")
+def append_record(path: str, record: dict) -> None:
+    """Adds ``record`` to the ``records`` of the JSON at ``path`` (created if missing)."""
     device = jax.devices()[0]
     result = {"device": f"{device.platform}:{device.device_kind}", "jax": jax.__version__,
               "records": []}
-    for path in args.configs.split(","):
-        print(f"[smoke] {path} ...", file=sys.stderr, flush=True)
-        result["records"].append(smoke(path, args.steps, args.sampler_steps))
-        print(json.dumps(result["records"][-1]), flush=True)
-        if args.out:
-            with open(f"{args.out}.tmp", "w") as f:
-                json.dump(result, f, indent=1)
-            os.replace(f"{args.out}.tmp", args.out)
-    return 0 if all(r["ok"] for r in result["records"]) else 1
+    if os.path.exists(path):
+        with open(path) as f:
+            result = json.load(f)
+    result["records"].append(record)
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(f"{path}.tmp", path)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    print(f"[smoke] {path} ...", file=sys.stderr, flush=True)
+    record = smoke(_CONFIG.value, path, _STEPS.value, _SAMPLER_STEPS.value)
+    print(json.dumps(record), flush=True)
+    if _OUT.value:
+        append_record(_OUT.value, record)
+    sys.exit(0 if record["ok"] else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

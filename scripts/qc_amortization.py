@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from ebm_vs_score import builders, train
 from ebm_vs_score import data as data_lib
+from ebm_vs_score import results as records
 from ebm_vs_score.evaluate import fields, restore_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A QC config file.")
@@ -61,8 +62,13 @@ def nasym(config, workdir: str) -> float:
     return out["nasym"]
 
 
+def x_test():
+    return data_lib.load_digits_split("test")[0]
+
+
 def main(argv):
     del argv
+    load = records.load_average()
     rows = []
     for name, config in variants(_CONFIG.value, [float(f) for f in _FRACTION.value]).items():
         workdir = os.path.join(_WORKDIR.value, name.replace(" ", "_"))
@@ -72,6 +78,9 @@ def main(argv):
     print("| run | λ | NAsym | train steps/s |\n|---|---|---|---|")
     for name, lam, value, speed in rows:
         print(f"| {name} | {lam:g} | {value:.5f} | {speed:.2f} |")
+    records.write_record("qc_amortization", {"runs": {
+        name: {"qc_weight": lam, "nasym": records.measurement(value, n=len(x_test())),
+               "steps_per_s": speed} for name, lam, value, speed in rows}}, load_start=load)
     return np.asarray([r[2] for r in rows])
 
 

@@ -4,3 +4,13 @@ Eigen convolutions instead of YNNPACK's), set before any test starts JAX."""
 from ebm_vs_score import hostcpu
 
 hostcpu.use_fast_cpu_kernels()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _records_to_a_temporary_directory(tmp_path_factory, monkeypatch):
+    """Records written by tests (``ebm_vs_score.results.write_record``) go to a temporary
+    directory, never to the repository's results/."""
+    monkeypatch.setenv("EBM_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))

@@ -163,7 +163,7 @@ def test_compose_mode_writes_report_with_finite_numbers(tmp_path):
     import math
     import pathlib
 
-    from ebm_vs_score import compose_run
+    from ebm_vs_score.compose import run as compose_run
 
     file = pathlib.Path(__file__).parents[1] / "configs" / "toy_compose.py"
     spec = importlib.util.spec_from_file_location("toy_compose", file)

@@ -207,6 +207,7 @@ def test_asymmetry_over_noise_linear_field():
     np.testing.assert_allclose(out["nasym"], want_nasym, rtol=1e-5)
 
 
+@pytest.mark.analytic
 @pytest.mark.slow
 def test_asymmetry_over_noise_time_dependent_hutchinson():
     """Asym of s(x, t) = A x / t at level t is Asym(A) / t^2, with Hutchinson probes."""
@@ -224,6 +225,7 @@ def test_asymmetry_over_noise_time_dependent_hutchinson():
     np.testing.assert_allclose(out["asym_per_level"], want, rtol=0.1)
 
 
+@pytest.mark.analytic
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["conservative", "resnet_energy"])
 def test_conv_energy_models_have_zero_asym(name):

@@ -106,14 +106,53 @@ def test_patches32_is_fixed_scaled_and_split_by_photograph():
                                atol=1e-6)
 
 
-def test_patch_sets_share_no_pixels_between_splits():
-    """No test patch equals any train patch (different photographs)."""
+def _pixel_values(images):
+    """One number per pixel, r 2^16 + g 2^8 + b (float64: every sum below stays exact)."""
+    images = images.astype(np.float64)
+    return images[..., 0] * 65536 + images[..., 1] * 256 + images[..., 2]
+
+
+_U, _V = np.random.default_rng(0).integers(1, 256, (2, 32)).astype(np.float64)
+
+
+def _window_hashes(image):
+    """sum_ij u_i v_j pixel(y + i, x + j) of every 32 x 32 window (y, x) of an image: an
+    integer below 2^50, exact in float64 in any order of summation (two sliding passes)."""
+    from numpy.lib.stride_tricks import sliding_window_view as windows
+
+    rows = windows(_pixel_values(image), 32, axis=1) @ _V
+    return (windows(rows, 32, axis=0) @ _U).ravel()
+
+
+def _patch_hashes(levels):
+    """The same hash of each patch (N, 32, 32, 3) and of its mirror image: (2, N)."""
+    out = [_pixel_values(levels[i:i + 2000][..., ::d, :]) @ _V @ _U
+           for d in (1, -1) for i in range(0, len(levels), 2000)]
+    return np.concatenate(out).reshape(2, len(levels))
+
+
+def test_patch_splits_come_from_disjoint_photographs():
+    """Every patch of a split is a 32 x 32 window (mirrored or not) of one of its own
+    photographs at one of the four scales, and no patch of either split is a window of a
+    photograph of the other split: the test patches share no region with the training data.
+    Windows are matched by a 50-bit hash over every window of every downsampled photograph
+    (6.5 million); a test patch cut from a training photograph would match it exactly."""
     from ebm_vs_score.data import patches
 
-    train = patches.patch_levels("train").reshape(50_000, -1)
-    test = patches.patch_levels("test")[:2000].reshape(2000, -1)
-    keys = {row.tobytes() for row in train}
-    assert not any(row.tobytes() in keys for row in test)
+    windows = {}
+    for split, names in patches.PATCH_PHOTOS.items():
+        hashes = [_window_hashes(patches.downsample(patches.load_photo(name), f))
+                  for name in names for f in patches.PATCH_FACTORS]
+        windows[split] = np.unique(np.concatenate(hashes))
+    for split in patches.PATCH_PHOTOS:
+        hashes = _patch_hashes(patches.patch_levels(split))
+        for other, table in windows.items():
+            slot = np.clip(np.searchsorted(table, hashes), 0, table.size - 1)
+            found = np.any(table[slot] == hashes, axis=0)
+            if other == split:
+                assert np.all(found), f"{np.sum(~found)} {split} patches match no {split} photo"
+            else:
+                assert not np.any(found), f"{np.sum(found)} {split} patches are in {other} photos"
 
 
 def _patches_config():

@@ -7,7 +7,6 @@ here the wiring: which groups run for which data, their keys and files, and the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -19,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_vs_score import builders, checkpoints, config_base, configuration, evaluate, train
-from ebm_vs_score.evaluate import runner
+from ebm_vs_score import builders, checkpoints, config_base, evaluate, train
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.evaluate import energy_vs_ode, runner
 from ebm_vs_score.metrics import inception
 
 N_ITERS = 4
@@ -49,7 +49,7 @@ def _checkpoint_initial_state(config, workdir: str) -> None:
     model = builders.build_model(config)
     state = train.init_state(model, train.make_optimizer(config.optim), config.seed)
     state = state.replace(step=jnp.asarray(N_ITERS, jnp.int32))
-    configuration.save(config, workdir)
+    workdir_lib.save(config, workdir)
     ckpt = checkpoints.Checkpointer(workdir)
     ckpt.save(N_ITERS, state)
     ckpt.close()
@@ -235,41 +235,30 @@ def test_image_likelihoods_share_points_offset_and_say_their_divergence():
         assert out[f"{prefix}_bpd_stderr"] > 0
 
 
-def _energy_vs_ode_script():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "scripts", "energy_vs_ode.py")
-    spec = importlib.util.spec_from_file_location("energy_vs_ode", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_energy_vs_ode_script_reruns_the_eval_likelihood_and_refuses_a_mismatch(
+def test_energy_vs_ode_mode_reruns_the_eval_likelihood_and_refuses_a_mismatch(
         energy_run, tmp_path):
-    """scripts/energy_vs_ode.py recomputes the eval's ODE NLL number for number (same
-    points and probes), adds the agreement keys to the eval JSON, and leaves a JSON whose
-    NLL it does not reproduce untouched."""
-    _, workdir, results = energy_run
+    """--mode=energy_vs_ode recomputes the eval's ODE NLL number for number (same points and
+    probes), adds the agreement keys to the eval JSON and a study run's DONE.json, and leaves
+    a JSON whose NLL it does not reproduce untouched."""
+    config, workdir, results = energy_run
     run = str(shutil.copytree(workdir, tmp_path / "run"))
-    script = _energy_vs_ode_script()
     path = evaluate.eval_path(run, N_ITERS)
     with open(path) as f:
         saved = json.load(f)
-    wrong = dict(saved, nll_nats=saved["nll_nats"] + 0.5)
-    evaluate.write_json_atomic(path, wrong)
+    evaluate.write_json_atomic(path, dict(saved, nll_nats=saved["nll_nats"] + 0.5))
     with open(path) as f:
         wrong_text = f.read()
-    with pytest.raises(ValueError, match="not a re-run of its eval"):
-        script.main(["--workdirs", run, "--update_eval_json"])
+    (row,) = energy_vs_ode.run_energy_vs_ode(config, run)
+    assert not row["eval_json_updated"]
     with open(path) as f:
         assert f.read() == wrong_text
     evaluate.write_json_atomic(path, saved)
     done = os.path.join(run, "DONE.json")  # as a study run has it
     evaluate.write_json_atomic(done, {"results": {"nll_nats": saved["nll_nats"]}})
-    (row,) = script.main(["--workdirs", run, "--update_eval_json"])
+    (row,) = energy_vs_ode.run_energy_vs_ode(config, run)
+    assert row["eval_json_updated"]
     assert row["nll_nats"] == pytest.approx(results["nll_nats"], rel=1e-6)
     assert row["ode_log_z"] == pytest.approx(results["ode_log_z"], rel=1e-6)
-    assert row["ais_log_z"] == results["ais_log_z"]
     for record in (path, done):
         with open(record) as f:
             values = json.load(f)

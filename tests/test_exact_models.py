@@ -15,7 +15,7 @@ import pytest
 
 from ebm_vs_score import data, likelihood
 from ebm_vs_score import sde as sde_lib
-from ebm_vs_score.evaluate import exact_models, likelihoods
+from ebm_vs_score.evaluate import exact_models, nll
 
 
 def test_annealing_recovers_mode_weights_plain_langevin_does_not():
@@ -67,9 +67,9 @@ def test_protocol_matches_the_library_bits_per_dim():
     flat = lambda p, x, t, key=None: score_fn(p, x.reshape(len(x), -1), t).reshape(x.shape)  # noqa: E731
     key = jax.random.PRNGKey(3)
     k_deq, _ = jax.random.split(key)
-    points = likelihoods.protocol_points(k_deq, x, 256)
-    protocol = likelihoods.Protocol(num_bins=256, batch_size=8, rtol=1e-4, atol=1e-4)
-    ours = likelihoods.ode_nll_metrics(flat, gauss, points, key, sde=sde, protocol=protocol)
+    points = nll.protocol_points(k_deq, x, 256)
+    protocol = nll.Protocol(num_bins=256, batch_size=8, rtol=1e-4, atol=1e-4)
+    ours = nll.ode_nll_metrics(flat, gauss, points, key, sde=sde, protocol=protocol)
     theirs, _ = likelihood.bits_per_dim(lambda x, t: flat(gauss, x, t), jnp.asarray(x),
                                         sde=sde, key=key, num_probes=0, rtol=1e-4, atol=1e-4)
     assert ours["nll_bpd"] == pytest.approx(float(jnp.mean(theirs)), abs=1e-4)
@@ -82,9 +82,9 @@ def test_probe_noise_is_stated_with_probes():
     score_fn, _ = exact_models.mixture_model(sde)
     gauss = data.toy_mixture("gmm", dim=6, num_components=4)
     x = np.asarray(gauss.sample(jax.random.PRNGKey(4), 8))
-    protocol = likelihoods.Protocol(num_bins=None, num_probes=2, batch_size=8, rtol=1e-3,
+    protocol = nll.Protocol(num_bins=None, num_probes=2, batch_size=8, rtol=1e-3,
                                     atol=1e-3, probe_check=8)
-    out = likelihoods.ode_nll_metrics(score_fn, gauss, x, jax.random.PRNGKey(5), sde=sde,
+    out = nll.ode_nll_metrics(score_fn, gauss, x, jax.random.PRNGKey(5), sde=sde,
                                       protocol=protocol)
     assert out["nll_divergence"] == "hutchinson_2" and out["nll_probes"] == 2
     assert 0.0 < out["nll_probe_std"] < 5.0
@@ -98,15 +98,15 @@ def test_energy_and_ode_agree_for_an_exact_energy_and_not_for_another():
     mixture = data.toy_mixture("8gaussians")
     score_fn, energy_fn = exact_models.mixture_model(sde)
     points = np.asarray(mixture.sample(jax.random.PRNGKey(4), 32))
-    protocol = likelihoods.Protocol(num_bins=None, batch_size=32)
-    _, log_p = likelihoods.ode_nll(score_fn, mixture, points, jax.random.PRNGKey(5),
+    protocol = nll.Protocol(num_bins=None, batch_size=32)
+    _, log_p = nll.ode_nll(score_fn, mixture, points, jax.random.PRNGKey(5),
                                    sde=sde, protocol=protocol)
-    exact = likelihoods.energy_ode_agreement(energy_fn, mixture, points, log_p, sde=sde,
+    exact = nll.energy_ode_agreement(energy_fn, mixture, points, log_p, sde=sde,
                                              batch_size=16)
     assert exact["ode_log_z"] == pytest.approx(0.0, abs=2e-3)
     assert exact["energy_ode_spread_nats"] < 5e-3
     doubled = lambda p, x, t: 2.0 * energy_fn(p, x, t)  # noqa: E731
-    other = likelihoods.energy_ode_agreement(doubled, mixture, points, log_p, sde=sde)
+    other = nll.energy_ode_agreement(doubled, mixture, points, log_p, sde=sde)
     e = np.asarray(energy_fn(mixture, jnp.asarray(points), jnp.full((32,), sde.eps)))
     assert other["energy_ode_spread_nats"] == pytest.approx(np.std(e, ddof=1), rel=1e-3)
     assert other["energy_ode_spread_nats"] > 100 * exact["energy_ode_spread_nats"]
@@ -119,13 +119,13 @@ def test_probe_std_from_one_solve_matches_independent_probe_draws():
     score_fn, _ = exact_models.mixture_model(sde)
     gauss = data.toy_mixture("gmm", dim=6, num_components=4)
     x = np.asarray(gauss.sample(jax.random.PRNGKey(4), 32))
-    protocol = likelihoods.Protocol(num_bins=None, num_probes=16, batch_size=32, rtol=1e-4,
-                                    atol=1e-4)
-    out = likelihoods.ode_nll_metrics(score_fn, gauss, x, jax.random.PRNGKey(5), sde=sde,
-                                      protocol=protocol)
-    run = likelihoods.ode_runner(score_fn, sde=sde, protocol=protocol)
-    draws = np.stack([likelihoods.ode_log_probs(run, gauss, x, jax.random.PRNGKey(10 + i),
-                                                32)[0] for i in range(16)])
+    protocol = nll.Protocol(num_bins=None, num_probes=16, batch_size=32, rtol=1e-4,
+                            atol=1e-4)
+    out = nll.ode_nll_metrics(score_fn, gauss, x, jax.random.PRNGKey(5), sde=sde,
+                              protocol=protocol)
+    run = nll.ode_runner(score_fn, sde=sde, protocol=protocol)
+    draws = np.stack([nll.ode_log_probs(run, gauss, x, jax.random.PRNGKey(10 + i), 32)[0]
+                      for i in range(16)])
     empirical = float(np.sqrt(np.mean(draws.var(axis=0, ddof=1))))
     assert out["nll_probe_std"] == pytest.approx(empirical, rel=0.25)
     assert out["nll_probe_se"] == pytest.approx(out["nll_probe_std"] / np.sqrt(32))

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ebm_vs_score.evaluate import fid_stats
 from ebm_vs_score.metrics import distances, fid, inception
 
 SIZE = 75
@@ -75,9 +76,9 @@ def test_reference_stats_mode_needs_weights_and_writes_a_file(weights_path, tmp_
 
     config = config_base.get_config("digits", "score")
     with pytest.raises(FileNotFoundError, match="inception_weights"):
-        fid.write_reference_stats(config, str(tmp_path))
+        fid_stats.write_reference_stats(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "fid_stats")
-    batches = list(fid.reference_batches(config, 512))
+    batches = list(fid_stats.reference_batches(config, 512))
     assert [len(b) for b in batches] == [512, 512, 476]  # all 1500, last batch kept
     levels = (batches[0] + 1) / 2 * 16
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-5)  # no dequantization

@@ -93,3 +93,26 @@ def test_replacement_method_is_biased_for_correlated_coordinates():
     x, mean, var = _replacement(COV, 3)
     assert abs(float(jnp.mean(x)) - mean) > 0.2
     assert float(jnp.var(x)) / var > 1.2
+
+
+def test_report_writes_the_agreement_table_and_figure(tmp_path):
+    from ebm_vs_score.inpaint import report
+
+    rows = [{"method": "replacement", "status": "ok", "nfe": 100.0, "agreement": 0.5,
+             "mse_hidden": 0.25, "seconds": 3.0},
+            {"method": "mala", "status": "refused: MH needs an energy"}]
+    results = {"step": 7, "family": "score", "rows": rows,
+               "settings": {"mask": "bottom", "num_images": 4, "num_shown": 4},
+               "baselines": {"real": 0.9, "half": 0.4, "classifier_test_accuracy": 0.95}}
+    path = report.write_report(str(tmp_path), results)
+    lines = open(path).read().splitlines()
+    table = [ln for ln in lines if ln.startswith("|")]
+    assert len(table) == 2 + 4  # header, separator, 2 baselines, 2 methods
+    assert all(ln.count("|") == 7 for ln in table)  # 6 cells each
+    assert "| replacement | 100 | 0.500 | 0.250 | – | 3 |" in table
+    assert "| mala | refused: MH needs an energy |" in table[-1]
+    images = np.linspace(-1, 1, 4 * 8 * 8).reshape(4, 8, 8, 1)
+    report.write_figure(str(tmp_path / "c.png"), images, images * 0, {"replacement": images,
+                                                                       "mala": None},
+                        results["settings"])
+    assert (tmp_path / "c.png").stat().st_size > 0

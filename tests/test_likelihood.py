@@ -71,7 +71,7 @@ def _full(t, n=B):
 
 
 @pytest.mark.parametrize("sde_name", [
-    "ve", "vp", pytest.param("subvp", marks=pytest.mark.slow)])
+    "ve", "vp", pytest.param("subvp", marks=[pytest.mark.slow, pytest.mark.analytic])])
 def test_ode_log_prob_matches_gaussian(sde_name):
     """Exact-divergence ODE log p equals the analytic log N(x; alpha mu, alpha^2 Sigma +
     sigma^2 I) at t = eps: transport to 2e-3 nats, full estimate to 0.05 nats."""
@@ -88,7 +88,7 @@ def test_ode_log_prob_matches_gaussian(sde_name):
 
 
 @pytest.mark.parametrize("probe", [
-    "rademacher", pytest.param("gaussian", marks=pytest.mark.slow)])
+    "rademacher", pytest.param("gaussian", marks=[pytest.mark.slow, pytest.mark.analytic])])
 def test_hutchinson_agrees_with_exact_within_stderr(probe):
     """K = 64 independent one-probe Hutchinson estimates of log p per example (probes fixed
     along each trajectory): |mean - exact| < 3 standard errors of the mean, for each of 4

@@ -148,6 +148,7 @@ def test_every_dsm_loss_is_lowest_at_the_exact_noisy_score():
         assert v[0] < v[1] and v[0] < v[2], (case, v)
 
 
+@pytest.mark.analytic
 @pytest.mark.slow
 def test_ssm_and_ism_losses_are_lowest_at_the_exact_noisy_score():
     for case, v in _values_at_and_around_the_exact_score(("ssm", "ssm_vr", "ism")).items():
@@ -198,6 +199,7 @@ def test_qc_gradient_flows_through_both_jacobian_factors():
     np.testing.assert_allclose(grad, 2 * vv @ a - vv @ a.T - a.T @ vv, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.analytic
 @pytest.mark.slow
 def test_qc_gradient_with_several_probes_is_the_mean_over_probes():
     """The rematerialized scan over probes differentiates like the probes one by one."""
@@ -306,10 +308,11 @@ def test_invalid_training_configs_are_refused(kw, conservative, dim, sde_name, m
 
 def test_every_objective_name_is_known_to_the_losses_list():
     """'drl' is a valid objective (issue #14): the list the config is checked against has it."""
-    assert set(losses.OBJECTIVES) == {"dsm", "ssm", "ssm_vr", "ism", "drl"}
+    assert set(losses.OBJECTIVES) == {"dsm", "ssm", "ssm_vr", "ism", "drl", "eqm",
+                                      "energy_matching"}
     for objective in losses.OBJECTIVES:
         config = _config(objective=objective)
-        if objective == "drl":
+        if objective in ("drl", "energy_matching"):
             config.model.parameterization = "resnet_energy"
         assert settings.loss_settings(config).objective == objective
 
@@ -352,7 +355,7 @@ def _linear_score(params, x, t, key=None):
 
 def test_unamortized_qc_is_the_full_hutchinson_regularizer():
     """fraction=1, every=1: L_QC on every example, with the probes of the key's third split
-    (the pre-amortization loss, whose value tests/test_reference_values.py pins)."""
+    (the pre-amortization loss, whose expectation tests/test_reference_values.py checks)."""
     batch, key = {"x": _MIX.sample(jax.random.key(0), 32)}, jax.random.key(3)
     _, metrics = losses.dsm_loss(_linear_score, _VP, qc_weight=0.5, qc_probes=2,
                                  reduce_mean=True)(_A, batch, key)
@@ -413,16 +416,20 @@ def _toy_asym(params):
     )["asym"]
 
 
+def _family_fns(family):
+    name, scalar, _ = _FAMILIES[family]
+    net = _toy_net(scalar, zero_init_output=name != "conservative")  # as builders does
+    return net, param_lib.get_model_fns(name, net, _TOY_SDE, 1.0)
+
+
 @functools.cache
 def _train(family: str, objective: str, steps: int = 300):
-    """Trains a tiny MLP on 8 gaussians: (mean loss of the first / last 30 steps, params).
+    """Trains a tiny MLP on 8 gaussians with Adam: (initial params, trained params).
 
     One compiled program per run (compiling dominates: the 300 steps take ~0.1 s).
     """
-    name, scalar, qc_weight = _FAMILIES[family]
-    net = _toy_net(scalar, zero_init_output=name != "conservative")  # as builders does
-    fns = param_lib.get_model_fns(name, net, _TOY_SDE, 1.0)
-    loss_fn = _loss(_TOY_SDE, fns, objective=objective, qc_weight=qc_weight)
+    net, fns = _family_fns(family)
+    loss_fn = _loss(_TOY_SDE, fns, objective=objective, qc_weight=_FAMILIES[family][2])
     tx = optax.adam(3e-3)
 
     @jax.jit
@@ -431,20 +438,37 @@ def _train(family: str, objective: str, steps: int = 300):
             p, opt = carry
             idx = jax.random.randint(key, (128,), 0, _TOY.shape[0])
             grads = jax.grad(lambda q: loss_fn(q, {"x": _TOY[idx]}, key)[0])(p)
-            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, {"x": _TOY[idx]}, key)
             updates, opt = tx.update(grads, opt)
-            return (optax.apply_updates(p, updates), opt), loss
+            return (optax.apply_updates(p, updates), opt), None
 
         keys = jax.random.split(jax.random.key(2), steps)
-        (trained, _), trace = jax.lax.scan(step, (params, tx.init(params)), keys)
-        return jnp.mean(trace[:30]), jnp.mean(trace[-30:]), trained
+        (trained, _), _ = jax.lax.scan(step, (params, tx.init(params)), keys)
+        return trained
 
-    before, after, trained = run(_init_params(net, family))
-    return float(before), float(after), trained
+    init = _init_params(net, family)
+    return init, run(init)
 
 
 _FAST = [("U", "dsm"), ("QC", "dsm")]  # the energy families' runs are in the slow grid
 _GRID = [(f, o) for f in _FAMILIES for o in ("dsm", "ssm", "ssm_vr", "ism")]
+_EVAL = jnp.asarray(data.sample_toy("8gaussians", 99, 4096))  # held out: not _TOY
+
+
+_EVAL_KEYS = jax.random.split(jax.random.key(123), 16)
+
+
+def _batch_means(objective, fns):
+    """params -> the objective (without L_QC) on the same 16 x 4096 held-out points, times,
+    noises and projections for any params: 16 batch means, paired across params."""
+    loss_fn = _loss(_TOY_SDE, fns, objective=objective)
+    run = jax.jit(jax.vmap(lambda p, k: loss_fn(p, {"x": _EVAL}, k)[0], in_axes=(None, 0)))
+    return lambda params: np.asarray(run(params, _EVAL_KEYS), np.float64)
+
+
+@functools.cache
+def _exact_floor(objective):
+    """The objective of the exact noisy score, its minimum over all fields (paired)."""
+    return _batch_means(objective, param_lib.ModelFns(_mixture_model(_TOY_SDE), None, False))(0.0)
 
 
 @pytest.mark.parametrize(
@@ -452,13 +476,24 @@ _GRID = [(f, o) for f in _FAMILIES for o in ("dsm", "ssm", "ssm_vr", "ism")]
     [pytest.param(*c, marks=[] if c in _FAST else [pytest.mark.slow]) for c in _GRID],
 )
 def test_short_training_lowers_the_loss(family, objective):
-    before, after, _ = _train(family, objective)
-    assert after < before, (before, after)
+    """On held-out data, paired over the same noise: 300 Adam steps lower the objective by
+    more than 5 standard errors, close at least a quarter of the gap between the initial
+    model and the exact noisy score (the objective's minimum; measured 93-95% for U, C and
+    QC, 33-60% for C-ResNet, which starts at the Gaussian base term's exact score of
+    N(0, I), already near), and stay above that minimum (within 5 standard errors)."""
+    losses_of = _batch_means(objective, _family_fns(family)[1])
+    first, last = (losses_of(params) for params in _train(family, objective))
+    floor = _exact_floor(objective)
+    se = lambda d: d.std(ddof=1) / np.sqrt(d.size)  # noqa: E731
+    assert np.all(np.isfinite([first, last]))
+    assert (first - last).mean() > 5 * se(first - last), (first.mean(), last.mean())
+    assert (last - floor).mean() < 0.75 * (first - floor).mean(), (first, last, floor)
+    assert (last - floor).mean() > -5 * se(last - floor), (last.mean(), floor.mean())
 
 
 def test_qc_ends_with_lower_asym_than_u():
-    asym_u = float(_toy_asym(_train("U", "dsm")[2]))
-    asym_qc = float(_toy_asym(_train("QC", "dsm")[2]))
+    asym_u = float(_toy_asym(_train("U", "dsm")[1]))
+    asym_qc = float(_toy_asym(_train("QC", "dsm")[1]))
     assert asym_qc < 0.5 * asym_u, (asym_qc, asym_u)
 
 

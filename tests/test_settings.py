@@ -17,7 +17,8 @@ from ebm_vs_score import sde as sde_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("study"))
 MATH = ["sde.py", "parameterization.py", "losses.py", "conservativeness.py", "likelihood.py",
-        "drl.py", "drl_ladder.py", "estimators.py", "mcmc.py", "samplers"]
+        "drl/recovery.py", "drl/ladder.py", "compose/operators.py", "inpaint/sampling.py",
+        "estimators.py", "mcmc.py", "samplers"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -32,7 +33,7 @@ def test_every_config_file_gives_frozen_settings(path):
 
 @pytest.mark.parametrize("field, value, valid", [
     ("sde.name", "cosine", sde_lib.SDE_NAMES),
-    ("sampling.method", "langevin", samplers.METHODS),
+    ("sampling.method", "euler", samplers.METHODS),
 ])
 def test_unknown_names_list_the_owners_valid_names(field, value, valid):
     config = config_base.get_config("toy", "score")
@@ -56,8 +57,11 @@ def test_none_sampling_fields_take_the_methods_defaults():
     config = config_base.get_config("toy", "energy")
     config.sampling.method = "ula"
     assert "adapt" not in settings.sampler_options(config)  # ula's own default: no adaptation
+    config.sampling.adapt = False
+    assert settings.sampler_options(config)["adapt"] is False
     config.sampling.adapt = True
-    assert settings.sampler_options(config)["adapt"] is True
+    with pytest.raises(settings.ConfigError, match="adapt=True is refused for .*'ula'"):
+        settings.sampler_options(config)
 
 
 def test_no_math_module_reads_a_config():

@@ -19,7 +19,9 @@ import types
 import numpy as np
 import pytest
 
-from ebm_vs_score import config_base, configuration, evaluate, study, train
+from ebm_vs_score import config_base, evaluate, settings, study, train
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.errors import ConfigError
 from ebm_vs_score.metrics import inception
 from ebm_vs_score.study import plan
 from ebm_vs_score.study import report as report_lib
@@ -61,8 +63,33 @@ def mtimes(root: str) -> dict[str, float]:
             for d, _, files in os.walk(root) for f in files}
 
 
+def _family_index(family: str) -> int:
+    family = plan.parse_variant(family)[0]  # eqm_energy_<form> runs carry their variant
+    return (study.STUDY_FAMILIES + study.TIME_INVARIANT_FAMILIES).index(family)
+
+
+def _time_invariant_metrics(family: str, seed: int, quality: str) -> dict:
+    """Fake results of a time-invariant run: no ODE NLL, NAsym per gamma, the NFE sweep,
+    AIS for the energies and OOD AUROCs (evaluate/time_invariant.py, evaluate/ood.py)."""
+    base = 1.0 + 0.1 * seed + 0.01 * _family_index(family)
+    sweep = [{"sampler": label, "sample_nfe_mean": nfe, quality: base * q}
+             for label, nfe, q in (("gd_25", 25, 9.0), ("nag_25", 25, 7.0),
+                                   ("nag_eqm_25", 25, 8.0), ("gd_200", 200, 6.0),
+                                   ("nag_200", 200, 5.0), ("nag_eqm_200", 200, 5.5),
+                                   ("nag_tol2", 60 + seed, 5.1), ("nag_tol1", 90 + seed, 5.0))]
+    out = {"asym": 1e-3 * base, "nasym": 0.02, "nasym_per_gamma": [0.01, 0.03],
+           "gamma_levels": [0.5, 1.0], "sample_nfe": 100.0, quality: 6.0 * base,
+           "nfe_sweep": sweep, "ood_auroc_grad_norm_noise": 0.9 + 0.01 * seed}
+    if family != "eqm":
+        out.update(ais_log_z=1.0, ais_nll_bpd=4.0 * base, ais_nll_nats=2.0 * base,
+                   ood_auroc_energy_noise=0.95 + 0.01 * seed, nasym=0.0)
+    return out
+
+
 def _toy_metrics(family: str, seed: int) -> dict:
-    base = 1.0 + 0.1 * seed + 0.01 * study.STUDY_FAMILIES.index(family)
+    if plan.parse_variant(family)[0] in study.TIME_INVARIANT_FAMILIES:
+        return _time_invariant_metrics(family, seed, "mmd")
+    base = 1.0 + 0.1 * seed + 0.01 * _family_index(family)
     out = {"asym": 0.0 if family in study.ENERGY_FAMILIES else 1e-3 * base, "nasym": 0.01,
            "asym_per_level": [1e-3, 2e-3], "nasym_per_level": [0.01, 0.02],
            "t_levels": [0.001, 1.0], "nll_nats": 2.0 * base, "nll_true_nats": 1.4,
@@ -74,7 +101,10 @@ def _toy_metrics(family: str, seed: int) -> dict:
 
 
 def _image_metrics(family: str, seed: int) -> dict:
-    base = 1.0 + 0.1 * seed + 0.01 * study.STUDY_FAMILIES.index(family)
+    if plan.parse_variant(family)[0] in study.TIME_INVARIANT_FAMILIES:
+        return dict(_time_invariant_metrics(family, seed, "fd"), is_std=0.1, precision=0.5,
+                    recall=0.4, classifier_accuracy=0.9, **{"is": 2.0})
+    base = 1.0 + 0.1 * seed + 0.01 * _family_index(family)
     return {"asym": 1e-3 * base, "nasym": 0.01, "nasym_per_level": [0.01, 0.02],
             "t_levels": [0.001, 1.0], "nll_bpd": 3.0 * base, "nll_bpd_stderr": 0.1,
             "sample_nfe": 6.0, "fd": 5.0 * base, "is": 2.0, "is_std": 0.1,
@@ -157,7 +187,7 @@ def test_run_configs_differ_only_in_the_family(scale, tmp_path):
     flat = {}
     for family in study.STUDY_FAMILIES:
         run = study.run_config(config, family, 3, str(tmp_path))
-        configuration.validate(run)
+        settings.validate(run)
         flat[family] = dict(plan._leaves(run))
         assert run.seed == 3 and run.eval.classifier_dir == str(tmp_path / "classifier")
     differing = {p for p in flat["score"] if len({str(f[p]) for f in flat.values()}) > 1}
@@ -180,7 +210,8 @@ def test_study_config_files(scale, tmp_path):
     spec.loader.exec_module(module)
     config = module.get_config()
     assert config.to_dict() == study.get_config(scale).to_dict()
-    assert tuple(config.study.families) == study.STUDY_FAMILIES
+    extra = study.TIME_INVARIANT_FAMILIES if scale == "digits" else ()  # issue #26's rows
+    assert tuple(config.study.families) == study.STUDY_FAMILIES + extra
     assert len(config.study.seeds) >= 2
     study.validate_study(config, str(tmp_path))
 
@@ -197,19 +228,19 @@ def test_shared_overrides_reach_every_run(tmp_path):
 def test_invalid_study_configs_are_one_sentence(tmp_path):
     config = study.get_config("toy")
     config.sampling.method = "mala"
-    with pytest.raises(configuration.ConfigError, match="study.extra_sampler='mala'"):
+    with pytest.raises(ConfigError, match="study.extra_sampler='mala'"):
         study.validate_study(config, str(tmp_path))
     config = study.get_config("toy")
     config.study.families = ("score", "drl")
-    with pytest.raises(configuration.ConfigError, match="study.families"):
+    with pytest.raises(ConfigError, match="study.families"):
         study.validate_study(config, str(tmp_path))
     config = study.get_config("toy")
     config.study.seeds = ()
-    with pytest.raises(configuration.ConfigError, match="study.seeds"):
+    with pytest.raises(ConfigError, match="study.seeds"):
         study.validate_study(config, str(tmp_path))
     config = study.get_config("toy")
     config.training.qc_weight = 0.1
-    with pytest.raises(configuration.ConfigError, match="training.qc_weight is set by each "
+    with pytest.raises(ConfigError, match="training.qc_weight is set by each "
                        "family in a study and cannot be overridden; .* study.qc_weight"):
         study.validate_study(config, str(tmp_path))
 
@@ -295,7 +326,7 @@ def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
                         ("training.n_iters", 10), ("study.extra_sampler", "")]:
         other = _toy_study_config(seeds=(0,))
         plan._set(other, path, value)
-        with pytest.raises(configuration.ConfigError) as error:
+        with pytest.raises(ConfigError) as error:
             study.run_study(other, workdir)
         message = str(error.value)
         assert message.startswith(f"study directory {workdir} was created from a different "
@@ -307,8 +338,8 @@ def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
 
 
 def test_single_run_workdir_is_not_a_study_dir(tmp_path, fakes):
-    configuration.save(config_base.get_config("toy", "score"), str(tmp_path))
-    with pytest.raises(configuration.ConfigError, match="workdir of a single run"):
+    workdir_lib.save(config_base.get_config("toy", "score"), str(tmp_path))
+    with pytest.raises(ConfigError, match="workdir of a single run"):
         study.run_study(_toy_study_config(), str(tmp_path))
 
 
@@ -333,10 +364,13 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_and_evaluate", fake.train)
     monkeypatch.setattr(evaluate, "evaluate", fake.evaluate)
     monkeypatch.setattr(evaluate, "evaluate_sampler", fake.evaluate_sampler)
-    monkeypatch.setattr(evaluate, "offline_classifier",
-                        lambda config, workdir: types.SimpleNamespace(accuracy=0.93))
+    pixels = lambda x: np.asarray(x).reshape(len(x), -1)  # features: 16 pixels, logits: 10
+    clf = types.SimpleNamespace(accuracy=0.93,
+                                apply=lambda x: (pixels(x)[:, 20:36], pixels(x)[:, 20:30]))
+    monkeypatch.setattr(evaluate, "offline_classifier", lambda config, workdir: clf)
     config = study.get_config("digits")
     config.study.seeds, config.study.compilation_cache = (0, 1), False
+    config.study.floor_draws = 5
     report = _read(study.run_study(config, str(tmp_path)))
     assert_tables_filled(report)
     header = table_cells(section(report, "Table 1"))[0]
@@ -351,6 +385,35 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
     assert "test accuracy 0.930" in report and "Inception network: skipped" in report
     assert table_cells(section(report, "Sample quality"))[0][1:] == [
         "FD ↓", "IS ↑", "precision ↑", "recall ↑", "NFE"]
+    assert "C-ResNet ch=40" in kinds  # the parameter-matched C-ResNet (study default)
+    _check_power_section_and_record(report, str(tmp_path), "study_digits")
+
+
+def _check_power_section_and_record(report: str, workdir: str, name: str) -> None:
+    """REPORT.md prints floors, paired intervals and verdicts; the same values are in the
+    record results/<name>.json (EBM_RESULTS_DIR in tests) and its copy in the study dir."""
+    from ebm_vs_score import results
+    from ebm_vs_score.study import verdicts
+
+    power = section(report, "Power")
+    assert "real vs real (n = 297)" in power and "95% of draws" in power
+    claims = [row for row in table_cells(power) if row[-1].strip("*") in verdicts.VERDICTS]
+    assert claims and all(row[5] == "2" or row[-1] == f"**{verdicts.NOT_TESTABLE}**"
+                          for row in claims)  # two seeds paired
+    paths = [os.path.join(results.results_dir(), name + ".json"),
+             os.path.join(workdir, name + ".json")]
+    for path in paths:
+        record = results.load(os.path.relpath(path, "/"), "/")
+        assert record["command"].startswith("python -m ebm_vs_score.main --mode=study")
+        assert record["load"]["end"] and record["machine"]["cpu_model"]
+        values = record["values"]
+        assert set(values["floors"]) == {"fd", "is", "precision", "recall"}
+        assert values["floors"]["fd"]["n"] == 297 and values["floors"]["fd"]["draws"] == 5
+        assert values["runs"]["seeds"] == [0, 1]
+        assert values["variants"]["score"]["metrics"]["fd"]["n"] == 2
+    assert verdicts.claims_table(values)[2:] == [
+        row for row in section(report, "Power").splitlines()
+        if row.startswith("| ") and any(f"**{v}**" in row for v in verdicts.VERDICTS)]
 
 
 def test_steady_steps_per_sec_from_metrics_records():
@@ -385,7 +448,7 @@ def test_qc_sweep_config_file_and_variants(tmp_path):
     for variant, weight in [("qc_lam1e-02", 1e-2), ("score", 0.0)]:
         assert study.run_config(config, variant, 0, str(tmp_path)).training.qc_weight == weight
     config.study.qc_weights = (1e-3, 0.0)
-    with pytest.raises(configuration.ConfigError, match="study.qc_weights"):
+    with pytest.raises(ConfigError, match="study.qc_weights"):
         study.validate_study(config, str(tmp_path))
 
 
@@ -534,7 +597,7 @@ def test_digits_study_reduced_end_to_end(tmp_path):
     report = _read(os.path.join(workdir, "REPORT.md"))
     assert_tables_filled(report)
     table1 = table_cells(section(report, "Table 1"))
-    assert {row[0] for row in table1[1:]} >= {"U", "C", "C-ResNet", "QC"}
+    assert {row[0] for row in table1[1:]} >= {"U", "C", "C-ResNet", "C-ResNet ch=40", "QC"}
     assert all("±" in cell for row in table1[1:] for cell in row[3:5])  # FD, IS over seeds
     assert os.path.exists(os.path.join(workdir, "classifier", "params.msgpack"))
     for family in study.STUDY_FAMILIES:
@@ -551,7 +614,7 @@ def test_digits_study_reduced_end_to_end(tmp_path):
         f"error: study directory {workdir} was created from a different study config "
         "(training.n_iters: 30 -> 31)")
     assert mtimes(os.path.join(workdir, "runs")) == before
-    np.testing.assert_equal(len(os.listdir(os.path.join(workdir, "runs"))), 8)
+    np.testing.assert_equal(len(os.listdir(os.path.join(workdir, "runs"))), 10)
 
 
 def test_samples_panel_labels_every_grid(tmp_path):
@@ -588,3 +651,23 @@ def test_report_only_trains_nothing_and_counts_unfinished_seeds(tmp_path, fakes)
     report = _read(os.path.join(workdir, "REPORT.md"))
     assert "| U (1 of 2 seeds) |" in section(report, "Table 1")
     assert "| score_seed1 | pending |" in report
+
+
+def test_parameter_matched_c_resnet_has_about_u_s_parameters(tmp_path):
+    """The digits study runs a C-ResNet at U's parameter count (within 10%) next to the
+    shared-width one; its config differs from C-ResNet's only in model.ch."""
+    from ebm_vs_score.study import run as run_lib
+
+    config = study.get_config("digits")
+    assert plan.variants(config)[:6] == ["score", "energy", "resnet_energy",
+                                         "resnet_energy_ch40", "qc_lam1e-01", "qc_lam1e+00"]
+    wide = study.run_config(config, "resnet_energy_ch40", 0, str(tmp_path))
+    narrow = study.run_config(config, "resnet_energy", 0, str(tmp_path))
+    assert plan.overrides(wide, narrow) == ["--config.model.ch=40"]
+    u = run_lib.num_params(study.run_config(config, "score", 0, str(tmp_path)))
+    assert abs(run_lib.num_params(wide) / u - 1) < 0.1
+    assert run_lib.num_params(narrow) < u / 4
+    assert report_lib.variant_label("resnet_energy_ch40", False) == "C-ResNet ch=40"
+    config.study.resnet_energy_widths = (36,)  # not divisible by model.num_groups = 8
+    with pytest.raises(ConfigError, match="study.resnet_energy_widths"):
+        study.validate_study(config, str(tmp_path))

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_vs_score import checkpoints, config_base, configuration, errors, train
+from ebm_vs_score import checkpoints, config_base, errors, settings, train
 from ebm_vs_score import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,15 +175,15 @@ def test_validation_errors(field, value, words):
     config = config_base.get_config("toy", "score")
     section, name = field.split(".")
     config[section][name] = value
-    with pytest.raises(configuration.ConfigError, match=words.replace("(", r"\(")):
-        configuration.validate(config)
+    with pytest.raises(errors.ConfigError, match=words.replace("(", r"\(")):
+        settings.validate(config)
 
 
 def test_inconsistent_unet_shape_is_refused():
     config = config_base.get_config("digits", "energy")
     config.model.ch_mult = (1, 2, 2, 2, 2)
-    with pytest.raises(configuration.ConfigError, match="not divisible"):
-        configuration.validate(config)
+    with pytest.raises(errors.ConfigError, match="not divisible"):
+        settings.validate(config)
 
 
 def test_missing_dataset_is_one_clear_sentence(tmp_path):
@@ -232,22 +232,27 @@ def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(tmp_path)
         train.train_and_evaluate(config, str(tmp_path))
     message = str(error.value)
     assert "before its first checkpoint" in message and "is kept" not in message
-    assert "--config.optim.lr=100000" in message and _steps(str(tmp_path)) == []
+    assert "optim.lr=1e+06 is far above" in message and _steps(str(tmp_path)) == []
+    assert "--config.optim.lr=0.001" in message  # a value that trains, not lr / 10
+    assert not os.path.exists(os.path.join(tmp_path, "config.json"))  # nothing refuses it
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):
     config = _toy_config(2)
-    configuration.save(config, str(tmp_path))
+    workdir_lib.save(config, str(tmp_path))
     other = _toy_config(2)
     other.model.hidden = (64, 64)
     with pytest.raises(errors.WorkdirError,
                        match="different config.*model.hidden.*--allow_config_change"):
-        configuration.check_workdir(other, str(tmp_path))
+        workdir_lib.check_workdir(other, str(tmp_path), training=True)
+    with pytest.raises(errors.WorkdirError, match="different config.*model.hidden") as refused:
+        workdir_lib.check_workdir(other, str(tmp_path))  # eval / sample: no training flag
+    assert "--allow_config_change" not in str(refused.value)
     workdir_lib.check_workdir(other, str(tmp_path), allow_changes=True)
     safe = _toy_config(10)  # the fields the program's own advice names
     safe.optim.lr, safe.optim.warmup, safe.data.data_dir = 1e-5, 500, "/elsewhere"
     safe.sampling.num_steps = 7
-    configuration.check_workdir(safe, str(tmp_path))
+    workdir_lib.check_workdir(safe, str(tmp_path))
 
 
 def test_accepted_changes_are_recorded_and_config_json_is_current(tmp_path):
@@ -285,8 +290,8 @@ def test_prefetch_to_device_keeps_order_and_runs_ahead():
 def test_attention_sizes_are_checked_only_for_the_unet():
     resnet = config_base.get_config("digits", "resnet_energy")
     resnet.model.attn_resolutions = (3,)  # unused by the ResNet energy
-    configuration.validate(resnet, num_devices=1)
+    settings.validate(resnet, num_devices=1)
     unet = config_base.get_config("digits", "score")
     unet.model.attn_resolutions = (3,)
-    with pytest.raises(configuration.ConfigError, match="attn_resolutions"):
-        configuration.validate(unet, num_devices=1)
+    with pytest.raises(errors.ConfigError, match="attn_resolutions"):
+        settings.validate(unet, num_devices=1)

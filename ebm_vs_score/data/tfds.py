@@ -18,9 +18,12 @@ Two ways to read a TFDS split (`data.input_pipeline`):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 
 import numpy as np
+from absl import logging
 
 from ebm_vs_score.data.source import ArrayRecordSource, check_process, write_array_record
 from ebm_vs_score.data.toy import TOY_NAMES
@@ -32,9 +35,29 @@ TFDS_SHUFFLE_BUFFER = 50_000  # encoded examples: all of cifar10 / mnist, ~0.5 G
 _CENTER_CROP = {"celeb_a": 140}  # score_sde's CelebA crop before resizing
 
 
+@contextlib.contextmanager
+def _native_stderr_to_debug_log():
+    """Sends what C++ code writes to file descriptor 2 meanwhile (TensorFlow's start-up
+    lines, which its absl logging prints whatever TF_CPP_MIN_LOG_LEVEL says) to the
+    DEBUG log (``--verbosity=1`` shows it) instead of the user's stderr."""
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace").strip()
+            if text:
+                logging.debug("TensorFlow start-up:\n%s", text)
+
+
 def _import_tf():
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    with _native_stderr_to_debug_log():
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
 
     try:
         tf.config.set_visible_devices([], "GPU")  # TF is the input pipeline only

@@ -7,13 +7,15 @@ place that reads the config and calls them.
 
 * :mod:`.fields`: Asym / NAsym over noise levels (Chao et al. 2023, Table 2), the exact
   Fisher divergence of mixture toys, the curl of 2-D score fields;
-* :mod:`.likelihoods`: one NLL protocol for the probability-flow ODE and AIS (same
+* :mod:`.nll`: one NLL protocol for the probability-flow ODE and AIS (same
   dequantized points, same bits/dim offset, divergence and standard errors stated);
 * :mod:`.samples`: samples in chunks with their NFE/acceptance; MMD and sliced Wasserstein
   (toys); FD / IS / precision / recall in an offline classifier's features and FID / IS
   with Inception (images);
 * :mod:`.files`: the eval JSON (atomic), ``metrics.jsonl`` lines, TensorBoard, sample files;
-* :mod:`.runner`: ``evaluate(config, workdir)``, ``evaluate_sampler``, ``sample``.
+* :mod:`.runner`: ``evaluate(config, workdir)``, ``evaluate_sampler``, ``sample``;
+* :mod:`.fid_stats` (``--mode=fid_stats``) and :mod:`.energy_vs_ode`
+  (``--mode=energy_vs_ode``), imported by ``main`` only.
 
 Results go to ``WORKDIR/eval/step_N.json`` (per-level lists and ``nll_divergence``
 included), ``WORKDIR/metrics.jsonl`` (``split='eval'``, scalars) and TensorBoard; the
@@ -32,7 +34,7 @@ from ebm_vs_score.evaluate.files import (
     scalars,
     write_json_atomic,
 )
-from ebm_vs_score.evaluate.likelihoods import (
+from ebm_vs_score.evaluate.nll import (
     Protocol,
     ais_nll_metrics,
     bits_per_dim,

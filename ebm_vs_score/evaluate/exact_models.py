@@ -24,7 +24,7 @@ import numpy as np
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import samplers
 from ebm_vs_score import sde as sde_lib
-from ebm_vs_score.evaluate import likelihoods
+from ebm_vs_score.evaluate import nll
 
 
 def mixture_model(sde) -> tuple[Any, Any]:
@@ -122,18 +122,18 @@ def ais_vs_ode(key, mixture: data_lib.GaussianMixture, *, sde=None, num_examples
     sde = sde_lib.VPSDE() if sde is None else sde
     k_data, k_deq, k_ode, k_ais = jax.random.split(key, 4)
     x = np.asarray(mixture.sample(k_data, num_examples))
-    points = likelihoods.protocol_points(k_deq, x, num_bins)
-    protocol = likelihoods.Protocol(num_bins=num_bins, num_probes=0, batch_size=num_examples)
+    points = nll.protocol_points(k_deq, x, num_bins)
+    protocol = nll.Protocol(num_bins=num_bins, num_probes=0, batch_size=num_examples)
     score_fn, energy_fn = mixture_model(sde)
-    ode, log_p = likelihoods.ode_nll(score_fn, mixture, points, k_ode, sde=sde,
+    ode, log_p = nll.ode_nll(score_fn, mixture, points, k_ode, sde=sde,
                                      protocol=protocol)
-    ode.update(likelihoods.energy_ode_agreement(energy_fn, mixture, points, log_p, sde=sde))
-    ais = likelihoods.ais_nll_metrics(energy_fn, mixture, points, k_ais, sde=sde,
+    ode.update(nll.energy_ode_agreement(energy_fn, mixture, points, log_p, sde=sde))
+    ais = nll.ais_nll_metrics(energy_fn, mixture, points, k_ais, sde=sde,
                                       protocol=protocol, **ais_options)
     exact = -np.asarray(energy_fn(mixture, jnp.asarray(points),
                                   jnp.full((len(points),), sde.eps)), np.float64)
     out = {**ode, **ais, "exact_nll_nats": float(-exact.mean())}
     if num_bins is not None:
-        out["exact_nll_bpd"] = float(likelihoods.bits_per_dim(exact, points[0].size,
+        out["exact_nll_bpd"] = float(nll.bits_per_dim(exact, points[0].size,
                                                               num_bins).mean())
     return out

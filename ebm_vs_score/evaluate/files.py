@@ -10,7 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from ebm_vs_score import plotting, train
+from ebm_vs_score import plotting, writers
+from ebm_vs_score import workdir as workdir_lib
 
 Results = dict[str, Any]
 
@@ -63,11 +64,7 @@ def write_results(workdir: str, step: int, results: Results, method: str | None 
     write_json_atomic(eval_path(workdir, step, method), results)
     values = scalars(results)
     prefix = "eval" if method is None else f"eval_{method}"
-    train.append_metrics(workdir, dict(values, step=step, split=prefix))
-    # clu imports TensorFlow: lazy, so that evaluating without writing (tests, notebooks)
-    # and JAX-only installs that only read results never load it.
-    from clu import metric_writers
-
-    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+    workdir_lib.append_metrics(workdir, dict(values, step=step, split=prefix))
+    writer = writers.create_writer(workdir)
     writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in values.items()})
-    writer.flush()
+    writer.close()

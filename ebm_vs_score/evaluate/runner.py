@@ -3,7 +3,8 @@ checkpoint, and calls the evaluators with model functions and plain arguments.
 
 Optional config fields read with defaults (the study configs set them):
 ``eval.num_samples``, ``eval.classifier_dir``, ``eval.classifier_steps``,
-``eval.nll_examples``, ``eval.nll_rtol``, ``eval.nll_atol``.
+``eval.nll_examples``, ``eval.nll_rtol``, ``eval.nll_atol``, ``eval.ood`` (True),
+``eval.nfe_sweep_steps`` / ``eval.nfe_sweep_tols`` (time-invariant models; () = no sweep).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ebm_vs_score import builders, checkpoints, configuration, metrics, plotting, train
+from ebm_vs_score import builders, checkpoints, metrics, plotting, settings, train
 from ebm_vs_score import data as data_lib
+from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.errors import CheckpointError, DataError
-from ebm_vs_score.evaluate import fields, files, likelihoods
+from ebm_vs_score.evaluate import fields, files, nll, ood
 from ebm_vs_score.evaluate import samples as samples_lib
+from ebm_vs_score.evaluate import time_invariant as ti_lib
 from ebm_vs_score.metrics import fid as fid_lib
 from ebm_vs_score.metrics import inception
 
@@ -82,10 +85,10 @@ def restore_params(config, workdir: str, model: builders.Model, step: int = -1):
     return int(state.step), params
 
 
-def likelihood_protocol(config) -> likelihoods.Protocol:
+def likelihood_protocol(config) -> nll.Protocol:
     """The NLL protocol of a config: bins of the data, divergence, tolerances, batch."""
-    num_bins = None if configuration.is_toy(config) else int(data_lib.num_levels(config.data))
-    return likelihoods.Protocol(
+    num_bins = None if settings.is_toy(config) else int(data_lib.num_levels(config.data))
+    return nll.Protocol(
         num_bins=num_bins, num_probes=int(config.eval.nll_probes),
         rtol=float(_eval_field(config, "nll_rtol", 1e-5)),
         atol=float(_eval_field(config, "nll_atol", 1e-5)),
@@ -108,23 +111,22 @@ def likelihood_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Resu
     protocol = likelihood_protocol(config)
     k_deq, k_ode, k_ais = jax.random.split(key, 3)
     x = ctx.data[:int(_eval_field(config, "nll_examples", len(ctx.data)))]
-    points = likelihoods.protocol_points(k_deq, x, protocol.num_bins)
+    points = nll.protocol_points(k_deq, x, protocol.num_bins)
     exact = true_density(config.data) if protocol.num_bins is None else None
     logging.info("eval: ODE likelihood of %d examples (%s divergence)", len(points),
-                 likelihoods.divergence_label(protocol.num_probes))
+                 nll.divergence_label(protocol.num_probes))
     with timed(walls, "ode_nll"):
-        results, log_p = likelihoods.ode_nll(model.fns.score, ctx.params, points, k_ode,
-                                             sde=model.sde, protocol=protocol,
-                                             true_log_prob=exact)
+        results, log_p = nll.ode_nll(model.fns.score, ctx.params, points, k_ode,
+                                     sde=model.sde, protocol=protocol, true_log_prob=exact)
     if model.fns.energy is not None:
         with timed(walls, "energy_ode_agreement"):
-            results.update(likelihoods.energy_ode_agreement(
+            results.update(nll.energy_ode_agreement(
                 model.fns.energy, ctx.params, points, log_p, sde=model.sde,
                 batch_size=protocol.batch_size))
     if model.fns.energy is not None and config.eval.ais:
         logging.info("eval: AIS log-normalizer")
         with timed(walls, "ais"):
-            results.update(likelihoods.ais_nll_metrics(
+            results.update(nll.ais_nll_metrics(
                 model.fns.energy, ctx.params, points, k_ais, sde=model.sde,
                 protocol=protocol, true_log_prob=exact))
     return results
@@ -141,7 +143,7 @@ def model_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Results:
             model.fns.score, ctx.params, x[:_ASYM_EXAMPLES], keys[0], sde=model.sde,
             num_levels=int(config.eval.asym_levels), num_probes=int(config.eval.asym_probes))
     results.update(likelihood_metrics(ctx, keys[1], walls))
-    if configuration.is_toy(config) and config.data.dataset in MIXTURE_TOYS:
+    if settings.is_toy(config) and config.data.dataset in MIXTURE_TOYS:
         mixture = data_lib.toy_mixture(config.data.dataset, dim=int(config.data.toy_dim),
                                        num_components=int(config.data.num_components))
         with timed(walls, "fisher"):
@@ -149,6 +151,68 @@ def model_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Results:
                                                  sde=model.sde, mixture=mixture,
                                                  num_levels=int(config.eval.asym_levels)))
     return results
+
+
+def time_invariant_metrics(ctx: EvalContext, key) -> Results:
+    """Metrics of a time-invariant model (``evaluate/time_invariant.py``): NAsym on the EqM
+    path, AIS NLL of energies, the exact-field error on mixture toys (EqM)."""
+    config, model = ctx.config, ctx.model
+    ti = settings.time_invariant_settings(config)
+    keys = jax.random.split(key, 3)
+    results = ti_lib.path_asymmetry(model.fns.score, ctx.params, ctx.data[:_ASYM_EXAMPLES],
+                                    keys[0], num_probes=int(config.eval.asym_probes))
+    protocol = likelihood_protocol(config)
+    if model.fns.energy is not None and config.eval.ais:
+        x = ctx.data[:int(_eval_field(config, "nll_examples", len(ctx.data)))]
+        points = nll.protocol_points(jax.random.fold_in(keys[1], 0), x,
+                                             protocol.num_bins)
+        exact = true_density(config.data) if protocol.num_bins is None else None
+        logging.info("eval: AIS log-normalizer of exp(-E)")
+        results.update(ti_lib.ais_nll_metrics(model.fns.energy, ctx.params, points, keys[1],
+                                              protocol=protocol, true_log_prob=exact))
+    if (ti.objective == "eqm" and settings.is_toy(config)
+            and config.data.dataset in MIXTURE_TOYS):
+        mixture = data_lib.toy_mixture(config.data.dataset, dim=int(config.data.toy_dim),
+                                       num_components=int(config.data.num_components))
+        results.update(ti_lib.exact_field_error(model.fns.score, ctx.params, mixture, keys[2],
+                                                c_max=ti.c_max, interp=ti.interp))
+    return results
+
+
+def ood_metrics(ctx: EvalContext, key) -> Results:
+    """OOD AUROC of the energy and the field's norm (``evaluate/ood.py``; images only)."""
+    config, model = ctx.config, ctx.model
+    if (settings.is_toy(config) or not _eval_field(config, "ood", True)
+            or (model.sde is None and model.ladder is not None)):
+        return {}
+    sets = ood.ood_sets(ctx.data, config.data.dataset, seed=int(config.seed))
+    t = 0.0 if model.sde is None else float(model.sde.eps)
+    logging.info("eval: OOD AUROC against %s", list(sets))
+    return ood.ood_metrics(model.fns.score, model.fns.energy, ctx.params, ctx.data, sets, t=t,
+                           time_invariant=model.sde is None,
+                           batch_size=int(config.eval.batch_size))
+
+
+def _sweep_point(ctx: EvalContext, config, key) -> Results:
+    """Sample info and quality of ``config``'s sampler (one row of the NFE sweep)."""
+    num = int(_eval_field(config, "num_samples", config.eval.num_examples))
+    k_sample, k_quality = jax.random.split(key)
+    drawn, info = draw_samples(config, ctx.model, ctx.params, k_sample, num)
+    usable, nonfinite = samples_lib.finite_samples(drawn, not settings.is_toy(config))
+    return dict(info, sample_nonfinite=nonfinite,
+                **sample_quality(config, ctx.workdir, usable, ctx.data, k_quality))
+
+
+def nfe_sweep(ctx: EvalContext, key) -> Results:
+    """``nfe_sweep``: sample quality against NFE (``eval.nfe_sweep_steps``, ``..._tols``)."""
+    steps = tuple(_eval_field(ctx.config, "nfe_sweep_steps", ()))
+    if not steps or ctx.model.sde is not None:
+        return {}
+    tols = tuple(_eval_field(ctx.config, "nfe_sweep_tols", ()))
+    logging.info("eval: sample quality against NFE (%d samplers)", 3 * len(steps) + len(tols))
+    rows = ti_lib.nfe_sweep(ctx.config, lambda cfg, k: _sweep_point(ctx, cfg, k), key, steps,
+                            tols)
+    return {"nfe_sweep": rows}
 
 
 def draw_samples(config, model, params, key, num: int | None = None
@@ -202,7 +266,7 @@ def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:
         return {}
     net = metrics.load_inception(config.eval.inception_weights)
     reference = None
-    if config.eval.get("fid_stats"):  # the file of --mode=fid_stats (metrics/fid.py)
+    if config.eval.get("fid_stats"):  # the file of --mode=fid_stats (evaluate/fid_stats.py)
         reference = fid_lib.load_moments(config.eval.fid_stats)
     batch = int(config.eval.get("fid_batch_size", 200))
     return samples_lib.inception_metrics(net, samples, x, reference=reference, batch_size=batch)
@@ -210,7 +274,7 @@ def inception_metrics(config, samples: np.ndarray, x: np.ndarray) -> Results:
 
 def sample_quality(config, workdir: str, samples: np.ndarray, x: np.ndarray, key) -> Results:
     """Distances between samples and held-out data, per data type."""
-    if configuration.is_toy(config):
+    if settings.is_toy(config):
         return samples_lib.toy_sample_quality(samples, x, key)
     clf = offline_classifier(config, workdir)
     out = {} if clf is None else samples_lib.classifier_metrics(clf, samples, x)
@@ -229,7 +293,7 @@ def sampler_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Results
     with timed(walls, "samples"):
         samples, info = draw_samples(config, ctx.model, ctx.params, k_sample, num)
     files.save_samples(ctx.workdir, ctx.step, config.sampling.method, samples, ctx.data)
-    usable, nonfinite = samples_lib.finite_samples(samples, not configuration.is_toy(config))
+    usable, nonfinite = samples_lib.finite_samples(samples, not settings.is_toy(config))
     if nonfinite:
         logging.warning("eval: %d of %d samples are not finite; the sample metrics use the "
                         "others", len(samples) - len(usable), len(samples))
@@ -241,8 +305,8 @@ def sampler_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Results
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> EvalContext:
     """Validates, checks the weights files first, restores ``eval.checkpoint`` and the data."""
-    configuration.validate(config, num_devices=jax.device_count())
-    configuration.check_workdir(config, workdir)
+    settings.validate(config, num_devices=jax.device_count())
+    workdir_lib.check_workdir(config, workdir)
     check_inception_weights(config)
     model = builders.build_model(config)
     step, params = restore_params(config, workdir, model, int(config.eval.checkpoint))
@@ -262,8 +326,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Results:
     with timed(walls, "restore"):
         ctx = prepare(config, workdir)
     key = jax.random.PRNGKey(config.seed + 2)
-    results = model_metrics(ctx, jax.random.fold_in(key, 0), walls)
+    if settings.is_time_invariant(config):
+        with timed(walls, "time_invariant"):
+            results = time_invariant_metrics(ctx, jax.random.fold_in(key, 0))
+    else:
+        results = model_metrics(ctx, jax.random.fold_in(key, 0), walls)
     results.update(sampler_metrics(ctx, jax.random.fold_in(key, 1), walls))
+    for name, group, index in (("ood", ood_metrics, 3), ("nfe_sweep", nfe_sweep, 4)):
+        with timed(walls, name):
+            extra = group(ctx, jax.random.fold_in(key, index))
+        if not extra:  # the group does not apply to this model: no wall time recorded
+            del walls[name]
+        results.update(extra)
     results["wall_s"] = dict(walls, total=time.perf_counter() - start)
     results["step"] = ctx.step
     files.write_results(workdir, ctx.step, results)
@@ -294,8 +368,8 @@ def evaluate_sampler(config: ml_collections.ConfigDict, workdir: str, method: st
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
     """Draws ``sampling.num_samples`` samples and writes ``WORKDIR/sample/step_N.{npz,png}``."""
-    configuration.validate(config, num_devices=jax.device_count())
-    configuration.check_workdir(config, workdir)
+    settings.validate(config, num_devices=jax.device_count())
+    workdir_lib.check_workdir(config, workdir)
     model = builders.build_model(config)
     step, params = restore_params(config, workdir, model, int(config.eval.checkpoint))
     drawn, info = draw_samples(config, model, params, jax.random.PRNGKey(config.seed + 3))

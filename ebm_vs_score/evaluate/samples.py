@@ -52,12 +52,18 @@ def classifier_metrics(clf, samples: np.ndarray, x: np.ndarray) -> Results:
     """FD, IS analogue and k-NN precision/recall in the offline classifier's feature space."""
     feat_s, logits_s = clf.apply(samples)
     feat_x, _ = clf.apply(x)
+    return dict(feature_metrics(feat_s, logits_s, feat_x), classifier_accuracy=clf.accuracy)
+
+
+def feature_metrics(feat_s: np.ndarray, logits_s: np.ndarray, feat_x: np.ndarray) -> Results:
+    """FD, IS and precision/recall (k = 3) of sample features and logits against data
+    features (the study's real-vs-real floor calls it on real draws)."""
     fd = metrics.frechet_distance(*metrics.feature_statistics(feat_s),
                                   *metrics.feature_statistics(feat_x))
     is_mean, is_std = metrics.inception_score(logits_s, splits=min(10, len(logits_s)))
-    pr = metrics.precision_recall(feat_x, feat_s, k=min(3, len(samples) - 1, len(x) - 1))
+    pr = metrics.precision_recall(feat_x, feat_s, k=min(3, len(feat_s) - 1, len(feat_x) - 1))
     return {"fd": fd, "is": is_mean, "is_std": is_std, "precision": pr.precision,
-            "recall": pr.recall, "classifier_accuracy": clf.accuracy}
+            "recall": pr.recall}
 
 
 def inception_metrics(net, samples: np.ndarray, x: np.ndarray, *, reference=None,

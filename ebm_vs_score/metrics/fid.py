@@ -8,9 +8,9 @@ code; score_sde issue #3 / PR #5):
   * the stored uint8 levels p scaled to p/255*2-1 in [-1, 1] (`inception.preprocess` maps
     them to the network's input), with NO dequantization noise and no flips;
   * mean and unbiased covariance (N - 1) of the 2048 pool3 features, in float64.
-`--mode=fid_stats` writes them to `eval.fid_stats` (default
-`WORKDIR/fid_stats/<dataset>_train.npz`: keys mu, sigma, num_images, protocol); eval then
-uses that file as the reference of its FID.
+`save_moments` / `load_moments` keep them in a file (keys mu, sigma, num_images, protocol);
+`--mode=fid_stats` (`ebm_vs_score.evaluate.fid_stats`) writes that file of a train split,
+and eval uses it as the reference of its FID.
 
 Batches are sharded over a 1-D `data` mesh of all devices; the per-batch sums (count,
 sum, sum of outer products) are reduced inside the compiled function, so every process
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -150,27 +150,3 @@ def fid(params: Any, samples: np.ndarray, reference: FeatureMoments, *, batch_si
     chunks = (samples[i:i + batch_size] for i in range(0, len(samples), batch_size))
     ours = feature_moments(params, chunks, batch_size=batch_size, input_size=input_size)
     return frechet_distance(ours.mu, ours.sigma, reference.mu, reference.sigma)
-
-
-def reference_batches(config, batch_size: int) -> Iterator[np.ndarray]:
-    """All train images of `config.data` in a fixed order, by the protocol above."""
-    from ebm_vs_score import data as data_lib
-
-    return data_lib.ordered_batches(config.data, "train", batch_size)
-
-
-def write_reference_stats(config, workdir: str) -> str:
-    """`--mode=fid_stats`: the reference statistics of the train split, to a file.
-
-    Writes `eval.fid_stats` (default `WORKDIR/fid_stats/<dataset>_train.npz`) and returns
-    its path. Raises FileNotFoundError without `eval.inception_weights`.
-    """
-    net = inception.load_inception(config.eval.inception_weights)
-    path = config.eval.get("fid_stats") or os.path.join(
-        workdir, "fid_stats", f"{config.data.dataset.replace('/', '_')}_train.npz")
-    batch_size = int(config.eval.get("fid_batch_size", 200))
-    moments = feature_moments(net.params, reference_batches(config, batch_size),
-                              batch_size=batch_size)
-    if jax.process_index() == 0:
-        save_moments(path, moments, dataset=config.data.dataset, split="train")
-    return path

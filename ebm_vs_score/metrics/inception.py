@@ -30,14 +30,14 @@ extra names are ignored. `expected_weight_shapes()` lists all 472 names. batch n
 folded into the convolutions at load time (inference only). Make the file from the
 pytorch-fid checkpoint with `convert_torch_checkpoint` (the only step that needs torch):
 
-  python -m ebm_vs_score.metrics.inception pt_inception-2015-12-05-6726825d.pth OUT.npz
+  python scripts/convert_inception_weights.py \
+      --src=pt_inception-2015-12-05-6726825d.pth --dst=OUT.npz
 """
 
 from __future__ import annotations
 
 import functools
 import pickle
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,9 +61,10 @@ def missing_weights_message(path: Any) -> str:
     return (f"FID/IS Inception weights not found (eval.inception_weights={path!r}): on a "
             f"machine with internet download pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
             f"(the Inception-v3 of the TF FID code / TF-hub, ported to PyTorch) from "
-            f"{INCEPTION_WEIGHTS_URL}, convert it with `python -m ebm_vs_score.metrics.inception "
-            f"pt_inception-2015-12-05-6726825d.pth inception_fid.npz` (needs torch), copy "
-            f"inception_fid.npz to this machine and pass "
+            f"{INCEPTION_WEIGHTS_URL}, convert it with `python "
+            f"scripts/convert_inception_weights.py --src=pt_inception-2015-12-05-6726825d.pth "
+            f"--dst=inception_fid.npz` (needs torch), copy inception_fid.npz to this machine "
+            f"and pass "
             f"--config.eval.inception_weights=/path/to/inception_fid.npz.")
 
 
@@ -294,8 +295,9 @@ def _read_named_arrays(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path} holds a {type(named).__name__}, not a dict of arrays.")
         return {str(k): np.asarray(v) for k, v in named.items()}
     raise ValueError(f"Inception weights file {path} must be a .npz or .pkl of named arrays; "
-                     f"convert pytorch-fid's .pth with `python -m ebm_vs_score.metrics.inception "
-                     f"{path} inception_fid.npz` (needs torch) and point "
+                     f"convert pytorch-fid's .pth with `python "
+                     f"scripts/convert_inception_weights.py --src={path} --dst=inception_fid.npz` "
+                     f"(needs torch) and point "
                      f"--config.eval.inception_weights at the .npz.")
 
 
@@ -375,8 +377,3 @@ def convert_torch_checkpoint(src: str | Path, dst: str | Path) -> None:
     _check_names(named)
     np.savez(dst, **named)
 
-
-if __name__ == "__main__":  # python -m ebm_vs_score.metrics.inception SRC.pth DST.npz
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m ebm_vs_score.metrics.inception SRC.pth DST.npz")
-    convert_torch_checkpoint(sys.argv[1], sys.argv[2])

@@ -2,18 +2,16 @@
 
 Every bias, GroupNorm scale and shift and time-embedding projection is broadcast over the
 batch and the pixels; the transpose of a broadcast is a sum over them, so backpropagation
-takes one sum over (B, H, W) per per-channel parameter, dozens per step. With XLA:CPU's own
-kernels (``hostcpu.use_fast_cpu_kernels``: YNNPACK off, because its convolution weight
+takes one sum over (B, H, W) per per-channel parameter, dozens per step. With XLA:CPU's
+own kernels (``hostcpu.use_fast_cpu_kernels``: YNNPACK off, because its convolution weight
 gradients are slow) each such "column" reduction (keep the minor axis, sum the major ones)
-is a single-threaded loop with its elementwise producers fused in: on the CIFAR U-Net at
-batch 8 they took ~0.7 s of a 2.6 s train step, and a bare one over (8, 32, 32, 128) takes
-0.95 ms against 0.08 ms for the same sum as a product with a vector of ones
-(``python -m benchmarks.experiments --only=sums --batch=8``; YNNPACK's own reduce is 0.08).
-The broadcasts below are therefore ``jax.custom_jvp`` functions whose
-tangent is an outer product with ones; reverse mode transposes it into a matrix-vector
-product, which XLA:CPU runs multi-threaded. The primal is a plain broadcast, so values
-are unchanged; on GPUs and TPUs, whose reductions are native, the plain broadcast is
-used throughout (``sums_as_products``).
+is a single-threaded loop with its elementwise producers fused in, several times slower
+than the same sum as a product with a vector of ones (``python -m benchmarks.experiments
+--only=sums --batch=8``; docs/notes/cpu_fast_path.md). The broadcasts below are therefore
+``jax.custom_jvp`` functions whose tangent is an outer product with ones; reverse mode
+transposes it into a matrix-vector product, which XLA:CPU runs multi-threaded. The primal
+is a plain broadcast, so values are unchanged; on GPUs and TPUs, whose reductions are
+native, the plain broadcast is used throughout (``sums_as_products``).
 
 The modules keep Flax's class and parameter names (``Conv_0/kernel``, ``Dense_0/bias``,
 ``GroupNorm_0/scale``), so parameter trees and checkpoints are the same as with

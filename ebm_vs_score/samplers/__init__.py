@@ -22,6 +22,9 @@ Methods (``sample(method, ...)``; ``sampling.method`` in the config):
   they need the energy (MH ratios use energy differences), as in Du et al. 2023,
   "Reduce, Reuse, Recycle", Sec. 3.
 * ``ula`` / ``uhmc``: the same chains without the accept/reject step (unadjusted).
+* ``gd``, ``nag``, ``langevin``, ``langevin_mh``: samplers of time-invariant models
+  (Equilibrium Matching, Energy Matching; ``sde`` may be None): gradient descent,
+  Nesterov with adaptive stops, and Langevin with a temperature schedule (``descent``).
 
 Time grids. Integrators (``ancestral, euler_maruyama, pc, ode``) use ``num_steps + 1``
 times ``sde.time_grid(num_steps + 1)`` from ``T`` down to ``eps`` and take ``num_steps``
@@ -57,7 +60,8 @@ denoising step costs 1.
 
 Layout: ``common`` (types, start, Tweedie), ``sde_solvers`` (predictors, corrector, PC,
 Euler-Maruyama, ancestral), ``ode`` (probability flow), ``annealed`` (ald and the MCMC
-samplers on the kernels of :mod:`ebm_vs_score.mcmc`); this module dispatches by name.
+samplers on the kernels of :mod:`ebm_vs_score.mcmc`), ``descent`` (time-invariant models;
+its options and info are in its docstring); this module dispatches by name.
 
 Options (``**options`` of ``sample``; each is the config field ``sampling.<name>``;
 ``OPTIONS[method]`` lists the defaults of each method, read from the signatures):
@@ -70,7 +74,7 @@ Options (``**options`` of ``sample``; each is the config field ``sampling.<name>
 | ``n_steps_each`` | pc | 1 | corrector steps per predictor step |
 | ``step_size`` | ald ula mala hmc uhmc | 2e-5 | Langevin step at the smallest level |
 | ``adapt`` | mala hmc | True | adapt the step (only where an energy is given) |
-| ``adapt`` | ula uhmc | False | the same; off, since without an MH test it biases |
+| ``adapt`` | ula uhmc | False | True is refused: no MH test keeps the adapted step stable |
 | ``target_acceptance`` | ula mala | 0.574 | aim of ``adapt`` (Roberts & Rosenthal 1998) |
 | ``target_acceptance`` | hmc uhmc | 0.65 | aim of ``adapt`` (Beskos et al. 2013) |
 | ``num_leapfrog`` | hmc uhmc | 5 | leapfrog steps per HMC step |
@@ -79,6 +83,11 @@ Options (``**options`` of ``sample``; each is the config field ``sampling.<name>
 | ``snr`` | pc | 0.16 | target signal-to-noise ratio r of the Langevin corrector |
 | ``ode_solver`` | ode | 'heun' | or 'euler' |
 | ``rtol`` ``atol`` | ode_adaptive | 1e-5 | Tsit5 tolerances (``num_steps``: max steps) |
+| ``step_size`` | gd nag langevin langevin_mh | 0.003 0.0017 0.01 | eta of descent; dt of Langevin |
+| ``mu`` | nag | 0.3 | Nesterov momentum (EqM's NAG-GD) |
+| ``nag_form`` | nag | 'nesterov' | or 'eqm' (the EqM code's recurrence) |
+| ``tol`` | gd nag | 0 | adaptive stop at ||f|| < tol (0: off) |
+| ``eps_max`` ``time_cutoff`` ``t_start`` | langevin langevin_mh | 0.01 0.8 0 | eps(t) schedule |
 
 ``info``: ``nfe`` always; ``acceptance`` (mean MH acceptance probability over all steps),
 ``acceptance_per_level`` (L,) and ``step_size_per_level`` (L,, the Langevin step h at the
@@ -103,16 +112,31 @@ from ebm_vs_score.samplers.annealed import (
     annealed_ula,
 )
 from ebm_vs_score.samplers.common import EnergyFn, ScoreFn, choose, tweedie_denoise
+from ebm_vs_score.samplers.descent import (
+    NAG_FORMS,
+    gradient_descent,
+    langevin,
+    langevin_mh,
+    nesterov,
+)
 from ebm_vs_score.samplers.ode import (
+    ODE_SOLVERS,
     ode_drift,
     probability_flow_ode,
     probability_flow_ode_adaptive,
     solve_adaptive,
 )
-from ebm_vs_score.samplers.sde_solvers import ancestral, euler_maruyama, predictor_corrector
+from ebm_vs_score.samplers.sde_solvers import (
+    CORRECTORS,
+    PREDICTORS,
+    ancestral,
+    euler_maruyama,
+    predictor_corrector,
+)
 
-__all__ = ["METHODS", "MH_METHODS", "OPTIONS", "EnergyFn", "ScoreFn", "ode_drift", "sample",
-           "solve_adaptive", "tweedie_denoise"]
+__all__ = ["CHOICES", "METHODS", "MH_METHODS", "NAG_FORMS", "OPTIONS", "TIME_INVARIANT_METHODS",
+           "UNADJUSTED_METHODS", "EnergyFn", "ScoreFn", "check_time_invariance", "ode_drift",
+           "sample", "solve_adaptive", "tweedie_denoise"]
 
 _SAMPLERS: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
     "ald": annealed_langevin,
@@ -125,9 +149,16 @@ _SAMPLERS: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
     "mala": annealed_mala,
     "hmc": annealed_hmc,
     "uhmc": annealed_uhmc,
+    # Time-invariant models (EqM, Energy Matching): samplers/descent.py
+    "gd": gradient_descent,
+    "nag": nesterov,
+    "langevin": langevin,
+    "langevin_mh": langevin_mh,
 }
 METHODS = tuple(_SAMPLERS)  # sampling.method
-MH_METHODS = ("mala", "hmc")  # need energy differences for the Metropolis-Hastings ratio
+MH_METHODS = ("mala", "hmc", "langevin_mh")  # need energy differences for the MH ratio
+# Samplers of time-invariant fields f(x) (no noise levels, no SDE); the others need both.
+TIME_INVARIANT_METHODS = ("gd", "nag", "langevin", "langevin_mh")
 _NOT_OPTIONS = ("key", "shape", "sde", "score_fn", "energy_fn", "num_steps")
 
 
@@ -137,6 +168,10 @@ def _defaults(fn) -> dict[str, Any]:
 
 
 OPTIONS: dict[str, dict[str, Any]] = {name: _defaults(fn) for name, fn in _SAMPLERS.items()}
+# Options that name a choice, with the tables the samplers dispatch on (``sampling.<name>``).
+CHOICES: dict[str, dict[str, Any]] = {"predictor": PREDICTORS, "corrector": CORRECTORS,
+                                      "ode_solver": ODE_SOLVERS,
+                                      "nag_form": dict.fromkeys(NAG_FORMS)}
 
 
 def check_options(method: str, num_steps: int, options: dict[str, Any]) -> None:
@@ -156,15 +191,62 @@ def check_options(method: str, num_steps: int, options: dict[str, Any]) -> None:
             raise ValueError(f"{name}={options[name]} must be positive")
     if "target_acceptance" in options and not 0 < float(options["target_acceptance"]) < 1:
         raise ValueError(f"target_acceptance={options['target_acceptance']} must lie in (0, 1)")
+    if method in UNADJUSTED_METHODS and options.get("adapt"):
+        raise ValueError(
+            f"adapt=True is refused for sampling.method={method!r}: tuning an unadjusted "
+            "chain's step to an acceptance rate that no Metropolis test enforces drives it to "
+            "the integrator's stability limit, where chains blow up; use 'mala' or 'hmc' to "
+            "adapt the step, or set sampling.adapt=False")
+
+    _check_descent_options(options)
+
+
+def _check_descent_options(options: dict[str, Any]) -> None:
+    """Ranges of the time-invariant samplers' options (samplers/descent.py)."""
+    bounds = {"mu": (0.0, 1.0, "[0, 1)"), "time_cutoff": (0.0, 1.0, "[0, 1)")}
+    for name, (lo, hi, text) in bounds.items():
+        if name in options and not lo <= float(options[name]) < hi:
+            raise ValueError(f"{name}={options[name]} must lie in {text}")
+    for name in ("tol", "eps_max", "t_start"):
+        if name in options and not float(options[name]) >= 0:
+            raise ValueError(f"{name}={options[name]} must be >= 0")
+    if "nag_form" in options and options["nag_form"] not in NAG_FORMS:
+        raise ValueError(f"nag_form={options['nag_form']!r} is not valid; choose one of "
+                         f"{list(NAG_FORMS)}")
+
+
+# Chains without a Metropolis test: their step follows the noise schedule, never adapted.
+UNADJUSTED_METHODS = ("ula", "uhmc")
 
 
 def check_energy(method: str, has_energy: bool) -> None:
     """The Metropolis-needs-an-energy rule, written once (settings.py calls it too)."""
+    if method in TIME_INVARIANT_METHODS and method in MH_METHODS and not has_energy:
+        raise ValueError(
+            f"sampling.method={method!r} is Metropolis-Hastings and needs energy differences, "
+            "but the implicit EqM field f(x) has no energy; sample it with 'gd', 'nag' or "
+            "'langevin', or train an energy (configs/*_eqm_energy.py)")
     if method in MH_METHODS and not has_energy:
         raise ValueError(
             f"sampling.method={method!r} is Metropolis-Hastings and needs energy differences, "
             "but the model is score-only (energy_fn=None); use model.parameterization="
             "'conservative' or 'resnet_energy', or an unadjusted sampler ('ula', 'ald', 'pc')")
+
+
+def check_time_invariance(method: str, time_invariant: bool, has_energy: bool = True) -> None:
+    """Time-invariant models take the time-invariant samplers, and only those (the MH one
+    only with an energy)."""
+    if time_invariant and method not in TIME_INVARIANT_METHODS:
+        valid = [m for m in TIME_INVARIANT_METHODS if has_energy or m not in MH_METHODS]
+        raise ValueError(
+            f"sampling.method={method!r} runs over the noise levels of a time-conditional "
+            f"model, but this model is time-invariant (EqM / Energy Matching); use one of "
+            f"{valid}")
+    if not time_invariant and method in TIME_INVARIANT_METHODS:
+        raise ValueError(
+            f"sampling.method={method!r} descends a time-invariant field, but this model is "
+            f"conditioned on the noise level; use one of "
+            f"{[m for m in METHODS if m not in TIME_INVARIANT_METHODS]}")
 
 
 def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...]) -> None:
@@ -186,11 +268,12 @@ def sample(method: str, key: jax.Array, shape: tuple[int, ...], *, sde,
       method: one of ``METHODS`` (``sampling.method``).
       key: PRNG key; all randomness is derived from it.
       shape: (B, ...) of the samples.
-      sde: ``VESDE``, ``VPSDE`` or ``SubVPSDE``.
+      sde: ``VESDE``, ``VPSDE`` or ``SubVPSDE`` (None for ``TIME_INVARIANT_METHODS``).
       score_fn: ``s(x, t)``, x (B, ...), t (B,), params bound.
       energy_fn: ``E(x, t) -> (B,)`` (energy models only; needed by 'mala' and 'hmc').
-      num_steps: grid steps (integrators), noise levels (annealed MCMC), or the maximum
-        number of solver steps ('ode_adaptive').
+      num_steps: grid steps (integrators), noise levels (annealed MCMC), the maximum
+        number of solver steps ('ode_adaptive'), or the (maximum) number of steps of the
+        time-invariant samplers.
       **options: the method's options (table in the module docstring; ``OPTIONS[method]``).
 
     Returns:
@@ -202,6 +285,7 @@ def sample(method: str, key: jax.Array, shape: tuple[int, ...], *, sde,
     """
     check_options(method, num_steps, options)
     check_energy(method, energy_fn is not None)
+    check_time_invariance(method, sde is None, energy_fn is not None)
     _check_score_fn(score_fn, shape)
     return _SAMPLERS[method](key, tuple(shape), sde=sde, score_fn=score_fn,
                              energy_fn=energy_fn, num_steps=int(num_steps), **options)

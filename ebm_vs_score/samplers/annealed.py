@@ -145,10 +145,10 @@ def annealed_ula(
 ) -> Samples:
     """Annealed unadjusted Langevin: the MALA proposal without the accept/reject step.
 
-    The step is the NCSN schedule of ``ald`` (h_l = step_size sigma_l^2 / sigma_L^2), not
-    adapted by default: adapting it to the acceptance MALA *would* have had (``adapt=True``,
-    aim ``target_acceptance``) makes its steps MALA-sized, and without the MH test that
-    bias stays (mode weights off by up to 0.1 on a 2-D mixture, issue #13). With
+    The step is the NCSN schedule of ``ald`` (h_l = step_size sigma_l^2 / sigma_L^2), never
+    adapted (``samplers.check_options`` refuses ``adapt=True``): tuned to the acceptance MALA
+    would have had, the step sits at the integrator's stability limit and, with no MH test
+    to reject the exploding proposals, chains blow up. With
     ``energy_fn`` grad E drives the chain (NFE as MALA, info with the would-be acceptance);
     score-only it is ``ald`` (NFE = num_steps n_steps_each + denoise).
     """
@@ -197,8 +197,7 @@ def annealed_uhmc(
 ) -> Samples:
     """Annealed HMC without accept/reject; score-only models use grad U = -s.
 
-    Like ``ula``, the step follows the noise schedule unless ``adapt=True`` (biased without
-    the MH test).
+    Like ``ula``, the step follows the noise schedule (``adapt=True`` is refused).
 
     NFE = num_steps (n_steps_each num_leapfrog + 1) + denoise.
     """

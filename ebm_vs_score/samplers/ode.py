@@ -28,6 +28,9 @@ def ode_drift(score_fn: ScoreFn, sde) -> Callable[[jax.Array, jax.Array], jax.Ar
     return drift
 
 
+ODE_SOLVERS = {"euler": 1, "heun": 2}  # ode_solver -> network evaluations per step
+
+
 def probability_flow_ode(
     key: jax.Array, shape: Shape, *, sde, score_fn: ScoreFn, energy_fn: EnergyFn | None = None,
     num_steps: int, ode_solver: str = "heun", denoise: bool = True, init: jax.Array | None = None,
@@ -37,7 +40,7 @@ def probability_flow_ode(
     Deterministic given the prior sample. NFE = num_steps (Euler) or 2 num_steps (Heun),
     plus denoise.
     """
-    solvers = {"euler": 1, "heun": 2}
+    solvers = ODE_SOLVERS
     common.choose(ode_solver, solvers, "ode_solver")
     drift = ode_drift(score_fn, sde)
     x = common.initial(key, shape, sde, init)

@@ -8,7 +8,10 @@ backbone, objective, optimizer, steps and seeds; samples every model with the sa
 and number of steps (and, for energies only, ``study.extra_sampler``, e.g. MALA, reported
 in extra rows); evaluates all metrics with :func:`ebm_vs_score.evaluate.evaluate`; and
 writes ``DIR/REPORT.md``. ``study.qc_weights=(1e-4, 1e-3, ...)`` adds a QC lambda sweep
-(``configs/study_digits_qc_sweep.py``): one QC run per lambda, a table and a figure.
+(``configs/study_digits_qc_sweep.py``): one QC run per lambda, a table and a figure. The
+digits study also trains the time-invariant families EqM, EqM-E (dot, l2) and Energy
+Matching (issue #26), each with its own sampler, and reports their NAsym, AIS, sample
+quality against NFE and OOD AUROC (:mod:`.report_time_invariant`).
 
 * :mod:`.plan`: the study config, its variants and run configs, validation, commands;
 * :mod:`.run`: each run trained (resuming), evaluated and marked done; ``run_study``;
@@ -19,6 +22,7 @@ from ebm_vs_score.study.plan import (
     ENERGY_FAMILIES,
     FAMILY_FIELDS,
     STUDY_FAMILIES,
+    TIME_INVARIANT_FAMILIES,
     Family,
     StudyError,
     check_study_dir,
@@ -31,6 +35,7 @@ from ebm_vs_score.study.plan import (
     run_name,
     study_differences,
     validate_study,
+    variant_form,
     variants,
 )
 from ebm_vs_score.study.report import make_figures, write_report
@@ -49,6 +54,7 @@ __all__ = [
     "ENERGY_FAMILIES",
     "FAMILY_FIELDS",
     "STUDY_FAMILIES",
+    "TIME_INVARIANT_FAMILIES",
     "Family",
     "RunRecord",
     "StudyError",
@@ -70,6 +76,7 @@ __all__ = [
     "timed_training",
     "training_speed",
     "validate_study",
+    "variant_form",
     "variants",
     "write_report",
 ]

@@ -23,19 +23,28 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from ebm_vs_score import config_base, configuration, evaluate
-from ebm_vs_score.errors import UserError
+from ebm_vs_score import config_base, evaluate, samplers, settings
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.errors import ConfigError, UserError
 
 STUDY_FAMILIES = ("score", "energy", "resnet_energy", "qc")
 ENERGY_FAMILIES = ("energy", "resnet_energy")  # the only ones with an energy for MH samplers
+# Time-invariant families (EqM, EqM-E, Energy Matching; issue #26). A run of theirs keeps
+# the fields of TIME_INVARIANT_FIELDS from its own family config (its objective, its
+# sampler and energy form: no SDE sampler applies) and takes every other shared field.
+TIME_INVARIANT_FAMILIES = ("eqm", "eqm_energy", "energy_matching")
+TIME_INVARIANT_FIELDS = ("training.objective", "model.energy_form", "sampling.method",
+                         "sampling.num_steps", "sampling.step_size")
+EQM_ENERGY_FORMS = ("dot", "l2")  # study.eqm_energy_forms: one eqm_energy_<form> variant each
 # Fields that define a family (set by config_base.get_config(scale, family), never shared).
 FAMILY_FIELDS = ("family", "model.parameterization", "model.name", "training.qc_weight")
 # May differ between invocations on the same DIR: the run set and the cadences.
 STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.checkpoint_every", "training.sample_every",
                  "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights",
-                 "study.report_only")
-# Left out by configuration.config_differences but they change every run's numbers.
+                 "study.report_only", "study.resnet_energy_widths", "study.record",
+                 "study.floor_draws", "study.eqm_energy_forms")
+# Left out by workdir.config_differences but they change every run's numbers.
 _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
 
@@ -63,6 +72,11 @@ def family_info(family: str, toy: bool) -> Family:
     net = "MLP" if toy else "U-Net"
     skips = "no" if toy else "yes"
     table = {
+        "eqm": Family("EqM", f"time-invariant field {net}, s = -f(x)", "no", skips),
+        "eqm_energy": Family("EqM-E", f"time-invariant energy {net}, E = -<F, x> (dot) or "
+                             "||F||^2/2 (l2), s = -grad E", "yes", skips),
+        "energy_matching": Family("EM", f"time-invariant potential {net}, E = -<F, x>, OT "
+                                  "flow matching then + CD", "yes", skips),
         "score": Family("U", f"score {net}, s = -F/sigma", "no", skips),
         "energy": Family("C", f"energy {net}, E = ||F||^2/2, s = -grad E", "yes", skips),
         "resnet_energy": Family("C-MLP" if toy else "C-ResNet",
@@ -105,11 +119,22 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     study = ml_collections.ConfigDict()
     study.scale = scale
     study.families = STUDY_FAMILIES
+    study.eqm_energy_forms = EQM_ENERGY_FORMS
+    if scale == "digits":  # issue #26: the time-invariant rows, same backbone and budget
+        study.families = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
+        config.eval.nfe_sweep_steps = (25, 50, 100, 200)
+        config.eval.nfe_sweep_tols = (2.0, 1.0)
     study.seeds = (0, 1, 2)
     study.qc_weight = float(config_base.get_config(scale, "qc").training.qc_weight)
     study.qc_weights = ()  # a lambda sweep: one QC run per value (replaces qc_weight)
     if scale == "digits":  # from the lambda sweep (README): 0.1 halves NAsym at no NLL
         study.qc_weights = (0.1, 1.0)  # cost; 1 cuts it 87% but doubles FD. Both reported.
+    # One more C-ResNet run per width (model.ch) next to the shared-width one, so that
+    # capacity and parameterization are not confounded: on digits ch=40 has 186k parameters
+    # against U's 177k (ch=16, the shared width: 30k). Widths must divide by model.num_groups.
+    study.resnet_energy_widths = (40,) if scale == "digits" else ()
+    study.record = f"study_{scale}"  # results/<record>.json (ebm_vs_score.results)
+    study.floor_draws = {"toy": 0, "digits": 200, "cifar": 20}[scale]  # real-vs-real draws
     study.extra_sampler = "" if scale == "cifar" else "mala"
     study.field_times = (0.01, 0.05, 0.2, 0.5)
     study.field_lim = 2.5
@@ -149,23 +174,49 @@ def run_name(variant: str, seed: int) -> str:
 _QC_PREFIX = "qc_lam"
 
 
+_WIDTH_PREFIX = "resnet_energy_ch"
+_FORM_PREFIX = "eqm_energy_"
+
+
 def variants(config: ml_collections.ConfigDict) -> list[str]:
     """The study's variants in report order: its families, with 'qc' replaced by one
-    ``qc_lam<lambda>`` per value of ``study.qc_weights`` when a sweep is set."""
+    ``qc_lam<lambda>`` per value of ``study.qc_weights`` when a sweep is set, one
+    ``resnet_energy_ch<width>`` after 'resnet_energy' per ``study.resnet_energy_widths``, and
+    'eqm_energy' by one ``eqm_energy_<form>`` per ``study.eqm_energy_forms``."""
     out = []
     for family in config.study.families:
         if family == "qc" and config.study.qc_weights:
             out += [f"{_QC_PREFIX}{float(w):.0e}" for w in config.study.qc_weights]
+        elif family == "eqm_energy" and config.study.get("eqm_energy_forms", ()):
+            out += [f"{_FORM_PREFIX}{form}" for form in config.study.eqm_energy_forms]
         else:
             out.append(family)
+        if family == "resnet_energy":
+            widths = config.study.get("resnet_energy_widths", ())
+            out += [f"{_WIDTH_PREFIX}{int(w)}" for w in widths]
     return out
 
 
 def parse_variant(variant: str) -> tuple[str, float | None]:
-    """(family, QC lambda of a sweep variant or None): 'qc_lam1e-03' -> ('qc', 0.001)."""
+    """(family, QC lambda of a sweep variant or None): 'qc_lam1e-03' -> ('qc', 0.001),
+    'resnet_energy_ch40' -> ('resnet_energy', None), 'eqm_energy_l2' -> ('eqm_energy', None)."""
     if variant.startswith(_QC_PREFIX):
         return "qc", float(variant[len(_QC_PREFIX):])
+    if variant.startswith(_WIDTH_PREFIX):
+        return "resnet_energy", None
+    if variant.startswith(_FORM_PREFIX):
+        return "eqm_energy", None
     return variant, None
+
+
+def variant_width(variant: str) -> int | None:
+    """The C-ResNet width (model.ch) of a ``resnet_energy_ch<width>`` variant, else None."""
+    return int(variant[len(_WIDTH_PREFIX):]) if variant.startswith(_WIDTH_PREFIX) else None
+
+
+def variant_form(variant: str) -> str | None:
+    """The energy form of an ``eqm_energy_<form>`` variant, else None."""
+    return variant[len(_FORM_PREFIX):] if variant.startswith(_FORM_PREFIX) else None
 
 
 def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
@@ -173,19 +224,24 @@ def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
     """The config of run (variant, seed): the family's defaults + every shared study field."""
     family, weight = parse_variant(variant)
     run = config_base.get_config(config.study.scale, family)
+    own = TIME_INVARIANT_FIELDS if family in TIME_INVARIANT_FAMILIES else ()
     for path, value in _leaves(config):
-        if not path.startswith("study.") and path not in FAMILY_FIELDS:
+        if not path.startswith("study.") and path not in FAMILY_FIELDS and path not in own:
             _set(run, path, value)
     run.seed = int(seed)
+    if variant_form(variant) is not None:
+        run.model.energy_form, run.family = variant_form(variant), variant
     if family == "qc":
         run.training.qc_weight = float(config.study.qc_weight if weight is None else weight)
+    if variant_width(variant) is not None:
+        run.model.ch = variant_width(variant)
     run.eval.classifier_dir = os.path.join(os.path.abspath(study_dir), "classifier")
     return run
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise configuration.ConfigError(message)
+        raise ConfigError(message)
 
 
 def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
@@ -194,12 +250,18 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
     _require(study.scale in config_base.SCALES,
              f"study.scale={study.scale!r} is not valid; choose one of {config_base.SCALES}")
     families, seeds = list(study.families), list(study.seeds)
-    bad = [f for f in families if f not in STUDY_FAMILIES]
+    valid = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
+    bad = [f for f in families if f not in valid]
     _require(families and not bad and len(set(families)) == len(families),
-             f"study.families={tuple(families)} must be distinct names from {STUDY_FAMILIES}")
+             f"study.families={tuple(families)} must be distinct names from {valid}")
+    forms = list(study.get("eqm_energy_forms", ()))
+    _require(len(set(forms)) == len(forms) and set(forms) <= set(EQM_ENERGY_FORMS)
+             and (forms or "eqm_energy" not in families),
+             f"study.eqm_energy_forms={tuple(forms)} must be distinct forms from "
+             f"{EQM_ENERGY_FORMS} (the U-Net's energies), at least one with 'eqm_energy'")
     _require(seeds and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
              f"study.seeds={tuple(seeds)} must be distinct integers, e.g. (0, 1, 2)")
-    _require(config.sampling.method not in configuration.MH_SAMPLERS,
+    _require(config.sampling.method not in samplers.MH_METHODS,
              f"sampling.method={config.sampling.method!r} needs an energy, but the study "
              "samples every family with it; use e.g. 'euler_maruyama' and set "
              f"study.extra_sampler={config.sampling.method!r} for the energies")
@@ -214,16 +276,22 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
              and (not weights or "qc" in families),
              f"study.qc_weights={tuple(weights)} must be distinct positive numbers (e.g. "
              "(1e-4, 1e-3, 1e-2)) with 'qc' in study.families, or () for no sweep")
+    widths = list(study.get("resnet_energy_widths", ()))
+    groups = int(config.model.num_groups) or 1
+    _require(all(isinstance(w, int) and w > 0 and w % groups == 0 for w in widths)
+             and len(set(widths)) == len(widths),
+             f"study.resnet_energy_widths={tuple(widths)} must be distinct positive integers "
+             f"divisible by model.num_groups={groups} (e.g. (40,)), or () for none")
     extra = study.extra_sampler
-    _require(extra == "" or extra in configuration.SAMPLERS,
+    _require(extra == "" or extra in samplers.METHODS,
              f"study.extra_sampler={extra!r} is not valid; choose '' (none) or one of "
-             f"{list(configuration.SAMPLERS)}")
+             f"{list(samplers.METHODS)}")
     for variant in variants(config):
         try:
-            configuration.validate(run_config(config, variant, seeds[0], study_dir),
+            settings.validate(run_config(config, variant, seeds[0], study_dir),
                                    num_devices=jax.device_count())
-        except configuration.ConfigError as e:
-            raise configuration.ConfigError(f"study run {variant!r}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"study run {variant!r}: {e}") from None
     evaluate.check_inception_weights(config)
 
 
@@ -244,10 +312,10 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
 def study_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
     """Fields where ``config`` differs from the saved study config, except the run set.
 
-    ``configuration.config_differences`` plus the sampling / eval / ``training.n_iters``
+    ``workdir.config_differences`` plus the sampling / eval / ``training.n_iters``
     fields it tolerates for single runs: in a study they would mix numbers of two configs.
     """
-    diff = configuration.config_differences(saved, config)
+    diff = workdir_lib.config_differences(saved, config)
     before, now = _flat_json(saved), _flat_json(_as_json(config))
     diff += [f"{p}: {before.get(p)!r} -> {now.get(p)!r}" for p in sorted(set(before) | set(now))
              if p.startswith(_STRICT_PREFIXES) and before.get(p) != now.get(p)]
@@ -262,8 +330,9 @@ def check_study_dir(config: ml_collections.ConfigDict, study_dir: str) -> None:
                  f"{study_dir} is the workdir of a single run (it has config.json), not a "
                  "study directory; use a new --workdir for the study")
         return
-    with open(path) as f:
-        diff = study_differences(json.load(f), config)
+    from ebm_vs_score import workdir
+
+    diff = study_differences(workdir.read_json(path), config)
     _require(not diff, f"study directory {study_dir} was created from a different study config "
              f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); use a new --workdir, "
              "or the same config to resume it")

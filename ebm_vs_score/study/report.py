@@ -6,7 +6,6 @@ the ODE for the energies; the QC sweep; runs and commands).
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -14,9 +13,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ebm_vs_score import builders, config_base, configuration, evaluate, plotting
+from ebm_vs_score import builders, config_base, evaluate, plotting, settings
 from ebm_vs_score.evaluate import fields as fields_lib
 from ebm_vs_score.study import plan
+from ebm_vs_score.study import report_time_invariant as report_ti
 from ebm_vs_score.study.plan import family_info
 
 RunRecord = Any  # run.RunRecord (run imports this module)
@@ -25,16 +25,20 @@ RunRecord = Any  # run.RunRecord (run imports this module)
 def variant_label(variant: str, toy: bool) -> str:
     """The report's name of a variant: the family's label, or 'QC λ=<lambda>'."""
     family, weight = plan.parse_variant(variant)
-    label = family_info(family, toy).label
+    label, width = family_info(family, toy).label, plan.variant_width(variant)
+    if width is not None:
+        return f"{label} ch={width}"
+    if plan.variant_form(variant) is not None:
+        return f"{label} {plan.variant_form(variant)}"
     return label if weight is None else f"{label} λ={weight:g}"
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The records of a JSON-lines file ([] if it does not exist)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a JSON-lines file ([] if it does not exist); a damaged file raises
+    ``WorkdirError`` naming it and the fix (``workdir.read_jsonl``)."""
+    from ebm_vs_score import workdir
+
+    return workdir.read_jsonl(path)
 
 
 def _first_done(records: Sequence[RunRecord], variant: str) -> RunRecord | None:
@@ -51,7 +55,8 @@ def _copy_sample_grids(config, study_dir: str, records) -> list[tuple[str, str, 
         if record is None:
             continue
         step = int(record.done["step"])
-        methods = [config.sampling.method] + [m for m in [record.done.get("extra_sampler")] if m]
+        own = plan.run_config(config, family, record.seed, study_dir).sampling.method
+        methods = [own] + [m for m in [record.done.get("extra_sampler")] if m]
         for method in methods:
             src = evaluate.samples_path(record.run_dir, step, method)
             if os.path.exists(src):
@@ -67,7 +72,7 @@ def _samples_panel(config, study_dir: str, grids: Sequence[tuple[str, str, str]]
     with its model and sampler (the figure the README shows)."""
     from PIL import Image
 
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     panels = [(f"{variant_label(variant, toy)} ({method})",
                np.asarray(Image.open(os.path.join(study_dir, rel)).convert("RGB")))
               for variant, method, rel in grids]
@@ -81,7 +86,7 @@ def _samples_panel(config, study_dir: str, grids: Sequence[tuple[str, str, str]]
 def score_fields(config, study_dir: str, records) -> dict[str, dict[str, np.ndarray]]:
     """Score and curl grids (evaluate.score_field_grid) of seed 0 of each variant (2-D)."""
     fields = {}
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     for variant in plan.variants(config):
         record = _first_done(records, variant)
         if record is None:
@@ -102,7 +107,7 @@ def make_figures(config, study_dir: str, records) -> dict[str, Any]:
         figures["samples_panel"] = _samples_panel(config, study_dir, figures["samples"])
     if config.study.qc_weights:
         figures.update(_sweep_figure(config, study_dir, records))
-    if not configuration.is_toy(config) or int(config.data.toy_dim) != 2:
+    if not settings.is_toy(config) or int(config.data.toy_dim) != 2:
         return figures
     fields = score_fields(config, study_dir, records)
     if fields:
@@ -164,7 +169,7 @@ def _run_metrics(done: dict, extra: bool) -> dict[str, float]:
 
 def build_rows(config, records: Sequence[RunRecord]) -> list[Row]:
     """One row per variant (and per energy with an extra sampler), seeds aggregated."""
-    toy, rows = configuration.is_toy(config), []
+    toy, rows = settings.is_toy(config), []
     for variant in plan.variants(config):
         family = plan.parse_variant(variant)[0]
         mine = [r for r in records if r.variant == variant]
@@ -213,13 +218,15 @@ def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
                                                  f"{len(row.runs) + row.failed} seeds)"
         info = family_info(row.family, toy)
         cells = [label] + ([info.conservative, info.shortcuts] if with_kind else [])
-        cells += [_fmt([m[c.key] for m in row.runs]) if row.runs else "failed" for c in columns]
+        cells += [("n/a" if any(c.key not in m for m in row.runs)  # e.g. no ODE without an SDE
+                   else _fmt([m[c.key] for m in row.runs])) if row.runs else "failed"
+                  for c in columns]
         body.append(cells)
     return markdown_table(header + [c.title for c in columns], body)
 
 
 def _header(config, records: Sequence[RunRecord], classifier_accuracy: float | None) -> list[str]:
-    toy, n = configuration.is_toy(config), len(config.study.seeds)
+    toy, n = settings.is_toy(config), len(config.study.seeds)
     finished = sum(r.done is not None for r in records)
     lines = [f"# Energy or score? Study on `{config.data.dataset}`", "",
              f"Written {datetime.datetime.now().isoformat(timespec='seconds')} by "
@@ -231,7 +238,10 @@ def _header(config, records: Sequence[RunRecord], classifier_accuracy: float | N
              f"(`{config.training.objective}`), "
              f"optimizer, {config.training.n_iters} steps at batch {config.training.batch_size}, "
              f"SDE `{config.sde.name}`; sampler `{config.sampling.method}` with "
-             f"{config.sampling.num_steps} steps for every model. Seeds "
+             f"{config.sampling.num_steps} steps for every model"
+             + (" (the time-invariant families: their own objective and sampler, see their "
+                "section)" if set(config.study.families) & set(report_ti.TI) else "")
+             + ". Seeds "
              f"{tuple(config.study.seeds)}: cells are mean ± sample std over seeds. "
              f"{finished} of {len(records)} runs finished.", ""]
     if toy:
@@ -268,9 +278,10 @@ def _table_sections(rows: Sequence[Row], toy: bool) -> list[str]:
     quality = _TOY_QUALITY if toy else _IMAGE_QUALITY
     likelihood = _TOY_LIKELIHOOD if toy else _IMAGE_LIKELIHOOD
     chao_rows = [r for r in rows if r.family in ("score", "energy", "qc") and not r.extra]
+    classic = [r for r in rows if r.family not in report_ti.TI] or rows  # their columns
     lines = ["## Table 1 (Salimans & Ho 2021, Table 1), extended", ""]
-    lines += metric_table(rows, _columns(quality + likelihood + _CONSERVATIVENESS + _COST, rows),
-                          toy, with_kind=True)
+    lines += metric_table(rows, _columns(quality + likelihood + _CONSERVATIVENESS + _COST,
+                                         classic), toy, with_kind=True)
     lines += ["", "## Likelihood and conservativeness (Chao et al. 2023, Table 2)", ""]
     lines += metric_table(chao_rows, _columns(likelihood + _CONSERVATIVENESS, chao_rows), toy)
     lines += ["", "## Sample quality (Chao et al. 2023, Table 3)", ""]
@@ -316,7 +327,8 @@ _ENERGY_TABLE_NOTE = (
 
 def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
     """AIS log Z and NLL next to the ODE NLL on the same points (Gao et al. 2021, Table 4)."""
-    energy_rows = [r for r in rows if not r.extra and r.runs and "ais_log_z" in r.runs[0]]
+    energy_rows = [r for r in rows if not r.extra and r.runs and "ais_log_z" in r.runs[0]
+                   and r.family not in report_ti.TI]  # no ODE: their AIS is in their section
     unit, name = ("nats", "nats") if toy else ("bpd", "bits/dim")
     columns = _columns((Column("AIS log Z", "ais_log_z"),
                         Column("± (chains)", "ais_log_z_stderr"),
@@ -334,7 +346,7 @@ def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
 
 
 def _figure_lines(figures: dict[str, Any], config) -> list[str]:
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     lines = ["## Samples (first finished seed)", ""]
     if "samples_panel" in figures:
         lines += [f"![samples, every model, labelled]({figures['samples_panel']})", ""]
@@ -412,7 +424,7 @@ def _sweep_lines(config, rows: Sequence[Row], figures: dict[str, Any]) -> list[s
     """The QC lambda sweep (Chao et al. 2023, Table 2 claim): one row per lambda."""
     if not config.study.qc_weights:
         return []
-    toy = configuration.is_toy(config)
+    toy = settings.is_toy(config)
     sweep = _sweep_rows(rows)
     lines = ["## QC λ sweep (L = DSM + λ L_QC; U is λ = 0)", "",
              f"L_QC is the Hutchinson estimate of Asym with {config.training.qc_probes} "
@@ -451,23 +463,26 @@ def _sweep_figure(config, study_dir: str, records) -> dict[str, Any]:
         return {}
     rel = os.path.join("figures", "qc_sweep.png")
     if plan.is_writer():
-        image = sweep_image(rows, configuration.is_toy(config))
+        image = sweep_image(rows, settings.is_toy(config))
         plotting.save_png(image, os.path.join(study_dir, rel))
     return {"qc_sweep": rel}
 
 
 def write_report(config, study_dir: str, records: Sequence[RunRecord], figures: dict[str, Any],
-                 classifier_accuracy: float | None = None) -> str:
-    """Writes ``study_dir/REPORT.md`` (atomically) and returns its path."""
-    toy = configuration.is_toy(config)
+                 classifier_accuracy: float | None = None,
+                 power_lines: Sequence[str] = ()) -> str:
+    """Writes ``study_dir/REPORT.md`` (atomically) and returns its path; ``power_lines``
+    (``verdicts.power_lines``) follow the tables."""
+    toy = settings.is_toy(config)
     rows = build_rows(config, records)
     lines = _header(config, records, classifier_accuracy)
-    lines += _table_sections(rows, toy)
+    lines += _table_sections(rows, toy) + list(power_lines)
     lines += _per_level_table(rows, records, "nasym_per_level", "NAsym per noise level")
     if toy:
         lines += _per_level_table(rows, records, "fisher_per_level",
                                   "Exact Fisher divergence per noise level (unweighted)")
     lines += _energy_table(rows, toy)
+    lines += report_ti.time_invariant_lines(config, rows, records, study_dir)
     lines += _sweep_lines(config, rows, figures)
     lines += _figure_lines(figures, config)
     lines += _runs_lines(records)

@@ -43,8 +43,12 @@ import numpy as np
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from ebm_vs_score import builders, configuration, evaluate, train
-from ebm_vs_score.study import plan, report
+from ebm_vs_score import builders, evaluate, results, settings, train
+from ebm_vs_score import data as data_lib
+from ebm_vs_score import workdir as workdir_lib
+from ebm_vs_score.errors import WorkdirError
+from ebm_vs_score.evaluate import samples as samples_lib
+from ebm_vs_score.study import plan, power, report, verdicts
 from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
 
 
@@ -133,7 +137,7 @@ def timed_training(config: ml_collections.ConfigDict, run_dir: str) -> int:
     if step > start:
         steady = steady_steps_per_sec(report.read_jsonl(metrics_file)[before:], start)
         wall_rate = (step - start) / wall
-        train.append_metrics(run_dir, {
+        workdir_lib.append_metrics(run_dir, {
             "split": "timing", "train_wall_s": wall, "steps": step - start,
             "from_step": start, "to_step": step, "wall_steps_per_sec": wall_rate,
             "steps_per_sec": wall_rate if steady is None else steady})
@@ -205,13 +209,14 @@ def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
         logging.info("study: training %s in %s", name, run_dir)
         step = timed_training(cfg, run_dir)
         if step < n_iters:
-            raise StudyError(f"study run {name} stopped at step {step} of {n_iters} (SIGTERM); "
-                             "its checkpoint is saved; rerun the same command to resume")
+            raise StudyError(f"study run {name} stopped at step {step} of {n_iters} (SIGTERM "
+                             "or Ctrl-C); its checkpoint is saved; rerun the same command to "
+                             "resume")
         logging.info("study: evaluating %s", name)
         done = _evaluate_run(cfg, run_dir, family, str(config.study.extra_sampler))
         if plan.is_writer():
             evaluate.write_json_atomic(os.path.join(run_dir, DONE_FILE), done)
-    except StudyError:
+    except (StudyError, WorkdirError):  # the study stops: a file of it needs the user
         raise
     except Exception as e:  # noqa: BLE001 - any failure of one run must not stop the others
         message = _failure(name, run_dir, e)
@@ -250,6 +255,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
     """
     plan.validate_study(config, workdir)
     plan.check_study_dir(config, workdir)
+    load_start = results.load_average()
     os.makedirs(workdir, exist_ok=True)
     _record_invocation(config, workdir)
     cache = os.path.join(workdir, "jax_cache") if config.study.compilation_cache else None
@@ -262,7 +268,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
             records.append(run_one(config, variant, seed, workdir,
                                    train=not config.study.get("report_only", False)))
         figures = report.make_figures(config, workdir, records)
-    path = report.write_report(config, workdir, records, figures, accuracy)
+        floors = image_floors(config, workdir)
+    values = study_values(config, records, floors)
+    path = report.write_report(config, workdir, records, figures, accuracy,
+                               verdicts.power_lines(values))
+    write_study_record(config, workdir, values, load_start)
     failed = [r for r in records if r.status == "failed"]
     if failed:
         raise StudyError(f"{len(failed)} of {len(records)} study runs failed "
@@ -275,9 +285,56 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def shared_classifier_accuracy(config, study_dir: str) -> float | None:
     """Trains (or loads) the one offline classifier of the study (images); its accuracy."""
-    if configuration.is_toy(config):
+    if settings.is_toy(config):
         return None
     cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
     clf = evaluate.offline_classifier(cfg, study_dir)
     return None if clf is None else clf.accuracy
 
+
+
+def image_floors(config, study_dir: str) -> dict[str, power.Floor] | None:
+    """Real-vs-real floors of the offline-classifier metrics (FD, IS, precision, recall):
+    ``study.floor_draws`` draws of ``eval.num_samples`` train images, each scored against
+    the test images the samples are scored against. None for toys or without labels."""
+    draws = int(config.study.get("floor_draws", 0))
+    if settings.is_toy(config) or draws <= 0:
+        return None
+    cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
+    clf = evaluate.offline_classifier(cfg, study_dir)
+    if clf is None:
+        return None
+    pool, _ = data_lib.labelled_split(cfg.data, "train")
+    feats, logits = clf.apply(pool)
+    feat_x, _ = clf.apply(data_lib.eval_data(cfg.data, "test", int(cfg.eval.num_examples)))
+    n = min(int(cfg.eval.get("num_samples", None) or cfg.eval.num_examples), len(pool))
+    score = lambda idx: {k: v for k, v in samples_lib.feature_metrics(
+        feats[idx], logits[idx], feat_x).items() if k in verdicts.FLOOR_METRICS}
+    return power.real_floor(score, len(pool), n, draws, seed=int(config.seed))
+
+
+def study_values(config, records, floors) -> dict:
+    """The study record's values (``verdicts.study_values``) from the finished runs."""
+    toy = settings.is_toy(config)
+    per_seed = verdicts.per_seed_metrics(records)
+    families, labels = {}, {}
+    for key in per_seed:
+        variant, _, method = key.partition("@")
+        families[key] = plan.parse_variant(variant)[0]
+        labels[key] = report.variant_label(variant, toy) + (f" + {method}" if method else "")
+    return verdicts.study_values(per_seed, families, labels, floors,
+                                 scale=str(config.study.scale),
+                                 runs=verdicts.run_times(records))
+
+
+def write_study_record(config, study_dir: str, values: dict, load_start) -> None:
+    """The study's record: ``results/<study.record>.json`` (:func:`results.write_record`)
+    and a copy in the study directory."""
+    if not plan.is_writer():
+        return
+    name = str(config.study.get("record", f"study_{config.study.scale}"))
+    command = plan.command_line(config, study_dir)
+    for directory in (study_dir, None):
+        path = results.write_record(name, values, command=command, load_start=load_start,
+                                    directory=directory)
+    logging.info("study: wrote the record %s", path)

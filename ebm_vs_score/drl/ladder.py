@@ -87,9 +87,9 @@ class DRLSchedule:
         """sigma_1 / sigma_{t+1} (authors' ``loss_scale``)."""
         return self._take(tuple(self.sigmas[1] / s for s in self.sigmas[1:]), t)
 
-    def step_size_sq(self, t: jax.Array, step_size: float,
+    def step_size_sq(self, t: jax.Array, b_squared: float,
                      step_schedule: str = "authors") -> jax.Array:
-        """Langevin s_t^2 = b^2 c_t sigma_{t+1}^2, with b^2 = ``step_size``.
+        """Langevin s_t^2 = b^2 c_t sigma_{t+1}^2, with b^2 = ``b_squared``.
 
         ``step_schedule`` picks c_t: 'authors' (default) c_t = sbar_t / sbar_0, the authors'
         ``c_t_square``; 'sigma' c_t = 1, the paper's s_t = b sigma_{t+1} (Sec. 4).
@@ -98,7 +98,7 @@ class DRLSchedule:
             raise ValueError(f"drl.step_schedule={step_schedule!r} is not valid; choose one of "
                              f"{list(STEP_SCHEDULES)}")
         factor = STEP_SCHEDULES[step_schedule]
-        sq = tuple(step_size * factor(self, k) * self.sigmas[k + 1] ** 2
+        sq = tuple(b_squared * factor(self, k) * self.sigmas[k + 1] ** 2
                    for k in range(self.num_levels))
         return self._take(sq, t)
 

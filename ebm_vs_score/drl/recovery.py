@@ -17,7 +17,7 @@ conditional has no quadratic (data) term, so its chains start from white noise x
 sample the marginal exp(-E(y, T-1)) (authors' code: ``is_recovery[T] = 0``,
 ``a_s_prev[T] = 1``).
 
-Schedule (`make_schedule`). From the 1000-step linear schedule of Ho et al. 2020,
+Schedule (``ladder.make_schedule``). From the 1000-step linear schedule of Ho et al. 2020,
 beta_i = linspace(1e-4, 0.02, 1000)[i], level t < T is DDPM step i_t = t * (1000 //
 (2 (T - 1))) and level T is step 999: for T = 6 (the paper's T6) i = 0, 100, 200, 300,
 400, 500, 999, so abar = 1.000, 0.946, 0.810, 0.628, 0.440, 0.279, 0.006. The trained
@@ -37,9 +37,8 @@ sigma_{t+1} c_in. The noise scale is the recovery noise sigma_{t+1}, not the std
 the level-t energy enters only through p(y_t | x_{t+1}), whose scale is sigma_{t+1} (Gao et
 al. Sec. 3.3: p(y | x_tilde) ~ N(x_tilde + sigma^2 grad f(x_tilde), sigma^2)), whereas y_0
 carries almost no noise (std 0.0095), and the C-ResNet's 1 / std output factor would then
-ask the network for the data energy / 100: on 8gaussians a 64x64 MLP regressed onto the
-exact level-0 energy reaches MSE 2.6 that way and 0.22 with sigma_{t+1}, and DRL training
-never learns the angular structure of the ring with the former. (The authors' code
+ask the network for the data energy / 100, which a small network fits far worse
+(docs/notes/drl.md). (The authors' code
 divides a raw network by the squared step size instead, ``log_prob = net / b0``;
 ``drl.energy_scale='step'`` does the same: E = B + N(c_in y) / s_t^2.)
 
@@ -47,10 +46,9 @@ Langevin (Gao et al. Sec. 4, Algorithms 1-2). K steps of
     y <- y + (s_t^2 / 2) grad_y log p(y | x_{t+1}) + s_t eps,
 started at y = x_{t+1}, with s_t^2 = b^2 (sbar_t / sbar_0) sigma_{t+1}^2: the paper's
 s_t = b sigma_{t+1} times the authors' level factor ``c_t_square = sigma_cum[t] /
-sigma_cum[0]``; b^2 = ``drl.step_size`` (``mcmc_step_size_b_square = 2e-4``). The level
+sigma_cum[0]``; b^2 = ``drl.b_squared`` (``mcmc_step_size_b_square = 2e-4``). The level
 factor grows to ~96 at t = 5, so b^2 small enough for the top level leaves the low levels'
-chains far from mixing: with the exact energies of a 2-D mixture and K = 30 the paper's
-b^2 = 2e-4 gives samples with 1.8 times the data std. The optional ``drl.step_schedule='sigma'``
+chains far from mixing on 2-D toys (docs/notes/drl.md). The optional ``drl.step_schedule='sigma'``
 drops the factor (s_t = b sigma_{t+1}, as the paper's Sec. 4 writes it); with b^2 = 0.1 every
 level mixes on the 2-D toys. With ``drl.metropolis`` each step is a MALA proposal accepted
 with the Metropolis-Hastings probability (the authors' code has no correction).
@@ -65,7 +63,7 @@ Functions taking a *bound* energy ``energy_fn(y, t)`` (params closed over, as sa
 `conditional_langevin`, `drl_sample`, `long_run_chain`, `drl_nll_by_ais`.
 `make_drl_loss` takes the unbound ``energy_fn(params, y, t, key=None)``. The chain settings
 come as a `DRLChain` (plain values; ``settings.DRLSettings`` builds it from the config),
-the ladder as a ``drl_ladder.DRLSchedule``; the Langevin / MALA step is ``mcmc.mala_step``
+the ladder as a ``ladder.DRLSchedule``; the Langevin / MALA step is ``mcmc.mala_step``
 on the potential U = -log p(y | x_tilde) with h = s_t^2 / 2.
 """
 
@@ -81,15 +79,7 @@ import numpy as np
 
 from ebm_vs_score import mcmc
 from ebm_vs_score import parameterization as param_lib
-from ebm_vs_score.drl_ladder import (  # noqa: F401 - the ladder's names, as drl.* too
-    DDPM_STEPS,
-    MAX_LEVELS,
-    STEP_SCHEDULES,
-    DRLConditioning,
-    DRLSchedule,
-    ddpm_steps,
-    make_schedule,
-)
+from ebm_vs_score.drl.ladder import DRLConditioning, DRLSchedule
 from ebm_vs_score.sde import batch_mul, sum_sq
 
 BoundEnergy = Callable[[jax.Array, jax.Array], jax.Array]
@@ -97,11 +87,11 @@ BoundEnergy = Callable[[jax.Array, jax.Array], jax.Array]
 
 class DRLChain(NamedTuple):
     """The Langevin chains of DRL (Gao et al. Algorithms 1-2): K = ``num_steps`` steps of
-    s_t^2 = b^2 c_t sigma_{t+1}^2 with b^2 = ``step_size``, c_t by ``step_schedule``
+    s_t^2 = b^2 c_t sigma_{t+1}^2 with b^2 = ``b_squared``, c_t by ``step_schedule``
     ('authors' or 'sigma'), MALA-corrected if ``metropolis``."""
 
     num_steps: int
-    step_size: float
+    b_squared: float
     metropolis: bool = False
     step_schedule: str = "authors"
 
@@ -151,7 +141,7 @@ def _output_scale(parameterization: str, schedule: DRLSchedule, energy_scale: st
     if parameterization != "resnet_energy" or chain is None:
         raise ValueError("drl.energy_scale='step' needs model.parameterization="
                          "'resnet_energy' and the chain settings")
-    return lambda t: 1.0 / schedule.step_size_sq(t, chain.step_size, chain.step_schedule)
+    return lambda t: 1.0 / schedule.step_size_sq(t, chain.b_squared, chain.step_schedule)
 
 
 # ----------------------------------------------------------------------------------------
@@ -193,7 +183,7 @@ def conditional_potential(energy_fn: BoundEnergy, schedule: DRLSchedule, x_tilde
 
 def conditional_langevin(energy_fn: BoundEnergy, key: jax.Array, x_tilde: jax.Array,
                          level: jax.Array, schedule: DRLSchedule, *, num_steps: int,
-                         step_size: float, metropolis: bool = False,
+                         b_squared: float, metropolis: bool = False,
                          step_schedule: str = "authors") -> tuple[jax.Array, dict]:
     """Samples y_t ~ p(y_t | x_{t+1} = x_tilde) by K steps from y = x_tilde (Algorithm 1).
 
@@ -204,7 +194,7 @@ def conditional_langevin(energy_fn: BoundEnergy, key: jax.Array, x_tilde: jax.Ar
       level: t, int (B,).
       schedule: the DRL levels.
       num_steps: K.
-      step_size: b^2 (``drl.step_size``) of s_t^2 = b^2 c_t sigma_{t+1}^2.
+      b_squared: b^2 (``drl.b_squared``) of s_t^2 = b^2 c_t sigma_{t+1}^2.
       metropolis: MALA correction.
       step_schedule: c_t of the step size, 'authors' or 'sigma' (`DRLSchedule`).
 
@@ -212,7 +202,7 @@ def conditional_langevin(energy_fn: BoundEnergy, key: jax.Array, x_tilde: jax.Ar
       ``(y, info)`` as :func:`run_chain`.
     """
     potential = conditional_potential(energy_fn, schedule, x_tilde, level)
-    step_sq = schedule.step_size_sq(level, step_size, step_schedule)
+    step_sq = schedule.step_size_sq(level, b_squared, step_schedule)
     return run_chain(potential, key, x_tilde, step_sq, num_steps, metropolis)
 
 # ----------------------------------------------------------------------------------------
@@ -227,7 +217,7 @@ def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
     Args:
       energy_fn: unbound ``energy_fn(params, y, t, key=None) -> (B,)``, t the level (the
         ``energy`` of `model_fns`).
-      schedule: the levels (``make_schedule(num_levels)``).
+      schedule: the levels (``ladder.make_schedule(num_levels)``).
       chain: the Langevin chains' settings.
       energy_scale: as `model_fns`. With 'step' (E = B + N / s_t^2) each level's term is
         multiplied by s_t^2, so the loss is the authors' ``(sigma_1 / sigma_{t+1}) (N(y^+) -
@@ -253,7 +243,7 @@ def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
         frozen = jax.lax.stop_gradient(params)
         y_neg, info = conditional_langevin(
             lambda y, t: energy_fn(frozen, y, t), k_chain, x_next, level, schedule,
-            num_steps=cfg.num_steps, step_size=cfg.step_size, metropolis=cfg.metropolis,
+            num_steps=cfg.num_steps, b_squared=cfg.b_squared, metropolis=cfg.metropolis,
             step_schedule=cfg.step_schedule)
         y_neg = jax.lax.stop_gradient(y_neg)
         energy = energy_fn(params, jnp.concatenate([y_pos, y_neg]),
@@ -261,17 +251,21 @@ def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
         e_pos, e_neg = jnp.split(energy, 2)
         weight = schedule.loss_weight(level)
         if energy_scale == "step":
-            weight = weight * schedule.step_size_sq(level, cfg.step_size, cfg.step_schedule)
+            weight = weight * schedule.step_size_sq(level, cfg.b_squared, cfg.step_schedule)
         loss = jnp.mean(weight * (e_pos - e_neg))
         dim = math.prod(x.shape[1:])
         disp = jnp.sqrt(sum_sq(y_neg - x_next) / dim) / schedule.recovery_sigma(level)
-        metrics = {"energy_pos": jnp.mean(e_pos), "energy_neg": jnp.mean(e_neg),
-                   "acceptance": jnp.mean(info["acceptance"]),
-                   "accept_prob": jnp.mean(info["accept_prob"]),
-                   "level": jnp.mean(level.astype(jnp.float32)), "displacement": jnp.mean(disp)}
-        return loss, metrics
+        return loss, _loss_metrics(e_pos, e_neg, info, level, disp)
 
     return loss_fn
+
+
+def _loss_metrics(e_pos, e_neg, info: dict, level, displacement) -> dict[str, jax.Array]:
+    """The DRL loss's metrics, each a mean over the batch (see `make_drl_loss`)."""
+    return {"energy_pos": jnp.mean(e_pos), "energy_neg": jnp.mean(e_neg),
+            "acceptance": jnp.mean(info["acceptance"]),
+            "accept_prob": jnp.mean(info["accept_prob"]),
+            "level": jnp.mean(level.astype(jnp.float32)), "displacement": jnp.mean(displacement)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,7 +302,7 @@ def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int],
         level = jnp.full((x.shape[0],), t, jnp.int32)
         y, info = conditional_langevin(
             energy_fn, jax.random.fold_in(k_chain, t), x, level, schedule,
-            num_steps=cfg.num_steps, step_size=cfg.step_size, metropolis=cfg.metropolis,
+            num_steps=cfg.num_steps, b_squared=cfg.b_squared, metropolis=cfg.metropolis,
             step_schedule=cfg.step_schedule)
         x = batch_mul(1.0 / schedule.y_scale(level), y)
         return x, (x, jnp.mean(info["acceptance"]), jnp.mean(info["accept_prob"]))
@@ -354,7 +348,7 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
       num_steps: chain length.
       level: t, a Python int in 0..T-1 (0 = the data-level EBM).
       schedule: the levels.
-      chain: the chain settings (``step_size``, ``step_schedule``, ``metropolis``).
+      chain: the chain settings (``b_squared``, ``step_schedule``, ``metropolis``).
       snapshot_steps: steps at which to record y (0 = the start); default 11 evenly spaced.
       conditional: target the conditional (True) or the marginal (False) EBM.
 
@@ -367,7 +361,7 @@ def long_run_chain(energy_fn: BoundEnergy, key: jax.Array, x0: jax.Array, num_st
     t = jnp.full((x0.shape[0],), level, jnp.int32)
     potential = (conditional_potential(energy_fn, schedule, x0, t) if conditional
                  else mcmc.energy_potential(lambda y: energy_fn(y, t)))
-    step_sq = schedule.step_size_sq(t, chain.step_size, chain.step_schedule)
+    step_sq = schedule.step_size_sq(t, chain.b_squared, chain.step_schedule)
     init = mcmc.init_state(potential, x0)
     buf = jnp.zeros((steps.size,) + x0.shape, x0.dtype).at[0].set(x0)
     lp_buf = jnp.zeros((steps.size, x0.shape[0])).at[0].set(-init.potential)
@@ -404,8 +398,7 @@ def drl_nll_by_ais(energy_fn: BoundEnergy, key: jax.Array, x: jax.Array,
     from ``likelihood.ais_log_normalizer`` (Gao et al. Sec. 6 estimate Z by AIS too).
     This scores the level-0 EBM alone, not the progressive sampler: its recovery
     likelihood fixes each mode's shape but hardly the modes' relative masses when modes are
-    further apart than sigma_1 (on 8gaussians the marginal level-0 chains of a well-trained
-    model drift to weights 0.04-0.27 over 20k steps while the conditional chains stay put).
+    further apart than sigma_1 (docs/notes/drl.md).
 
     Args:
       energy_fn: bound energy (y, t) -> (B,).

@@ -6,20 +6,22 @@
 The bottom half of each test digit is hidden (``mask='bottom'``; or ``'right'``) and
 completed from the top half by each conditional sampler of :mod:`ebm_vs_score.inpaint`:
 ``replacement`` (score_sde's replacement method; every family), and annealed ``ula`` /
-``mala`` on the conditional model (MALA needs an energy). The offline classifier
+``mala`` on the conditional model (MALA needs an energy). A time-invariant model (EqM,
+Energy Matching) fills the hidden half with its own sampler (``sampling.method``) while
+the known half is held (the ``replacement`` row; ula / mala are refused). The classifier
 (:func:`ebm_vs_score.metrics.get_digits_classifier`, cached in ``W/classifier`` as
 ``--mode=eval`` does) labels each completion; the table gives how often that label is the
 true digit's, against its accuracy on the same real digits and on the half digits alone
 (hidden pixels set to background). Writes ``W/inpaint/REPORT.md``, ``results.json`` and
 ``completions.png`` (``W/inpaint/step_N/`` with ``--config.eval.checkpoint=N``). Optional
-fields: an ``inpaint`` section in the config (see :data:`DEFAULTS`).
+fields: an ``inpaint`` section in the config (see :data:`DEFAULTS`). The report and the
+figure are :mod:`ebm_vs_score.inpaint.report`'s.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
 from typing import Any
 
@@ -31,7 +33,9 @@ from absl import logging
 
 from ebm_vs_score import builders, compose, data, evaluate, inpaint, samplers
 from ebm_vs_score import metrics as metrics_lib
-from ebm_vs_score.compose_report import markdown_table
+from ebm_vs_score import results as records
+from ebm_vs_score import settings as settings_lib
+from ebm_vs_score.inpaint import report
 
 METHODS = ("replacement", "ula", "mala")
 MASKS = ("bottom", "right")
@@ -65,8 +69,28 @@ def make_mask(shape: tuple[int, ...], which: str) -> np.ndarray:
     return mask
 
 
+def complete_time_invariant(model: compose.Component, key, known, mask, config):
+    """Completions by the configured time-invariant sampler (gd, nag, langevin) on the
+    hidden pixels only, started from N(0, I) there (``inpaint.held``)."""
+    k_noise, k_run = jax.random.split(key)
+    cond = inpaint.held(model, known, mask)
+    init = inpaint.merge(jax.random.normal(k_noise, known.shape), known, mask)
+    options = settings_lib.sampler_options(config)
+
+    @jax.jit
+    def run(k, init):
+        return samplers.sample(config.sampling.method, k, known.shape, sde=None,
+                               score_fn=cond.score, energy_fn=cond.energy,
+                               num_steps=int(config.sampling.num_steps), init=init, **options)
+
+    x, info = run(k_run, init)
+    return inpaint.merge(x, known, mask), info
+
+
 def complete(method: str, model: compose.Component, sde, key, known, mask, config, s):
     """Completions (N, H, W, C) of ``known`` and the sampler's info."""
+    if sde is None:  # time-invariant: 'replacement' holds the known pixels during descent
+        return complete_time_invariant(model, key, known, mask, config)
     if method == "replacement":
         fn = jax.jit(lambda k: inpaint.replacement_sample(
             k, model.score, sde, known, mask, int(config.sampling.num_steps)))
@@ -95,6 +119,9 @@ def method_row(method, model, sde, key, known, mask, truth, labels, clf, config,
     """One table row (dict) and the completions (None when refused)."""
     if method == "mala" and model.energy is None:
         return {"method": method, "status": "refused: MH needs an energy"}, None
+    if sde is None and method != "replacement":
+        return {"method": method, "status": "refused: annealed over noise levels; the model "
+                "is time-invariant (its completion is the 'replacement' row)"}, None
     start = time.time()
     x, info = complete(method, model, sde, key, jnp.asarray(known), jnp.asarray(mask),
                        config, s)
@@ -111,6 +138,7 @@ def method_row(method, model, sde, key, known, mask, truth, labels, clf, config,
 def run_inpaint(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Completes masked test digits with each method; returns the REPORT.md path."""
     s = settings(config)
+    load = records.load_average()
     model_def = builders.build_model(config)
     step, params = evaluate.restore_params(config, workdir, model_def,
                                            int(config.eval.checkpoint))
@@ -139,54 +167,6 @@ def run_inpaint(config: ml_collections.ConfigDict, workdir: str) -> str:
     results = {"step": step, "family": config.family, "settings": s, "baselines": base,
                "rows": rows}
     evaluate.write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    write_figure(os.path.join(out_dir, "completions.png"), truth, known, shown, s)
-    return write_report(out_dir, results)
-
-
-def _fmt(v: Any, f: str) -> str:
-    return "–" if v is None else format(v, f)
-
-
-def write_report(out_dir: str, results: dict) -> str:
-    """``REPORT.md``: the label-agreement table, baselines and command."""
-    b, s = results["baselines"], results["settings"]
-    body = [["real digits", "–", f"{b['real']:.3f}", "", "", ""],
-            [f"{s['mask']} half hidden (background)", "–", f"{b['half']:.3f}", "", "", ""]]
-    for r in results["rows"]:
-        if r["status"] != "ok":
-            body.append([r["method"], r["status"], "", "", "", ""])
-            continue
-        body.append([r["method"], _fmt(r.get("nfe"), ".0f"), f"{r['agreement']:.3f}",
-                     f"{r['mse_hidden']:.3f}", _fmt(r.get("acceptance"), ".2f"),
-                     f"{r['seconds']:.0f}"])
-    lines = [f"# Inpainting: family {results['family']}, checkpoint step {results['step']}", "",
-             "Command: `" + " ".join(["python -m ebm_vs_score.main"] + sys.argv[1:]) + "`", "",
-             f"{s['num_images']} test digits, the {s['mask']} half hidden and completed; label "
-             "agreement = fraction the offline classifier (test accuracy "
-             f"{b['classifier_test_accuracy']:.3f}) labels with the true digit; MSE on the "
-             "hidden pixels in [-1, 1] units.", ""]
-    lines += markdown_table(["method", "NFE", "label agreement ↑", "MSE hidden ↓",
-                             "acceptance", "s"], body)
-    lines += ["", "![completions](completions.png)", ""]
-    path = os.path.join(out_dir, "REPORT.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines))
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def write_figure(path: str, truth, known, shown: dict, s: dict) -> None:
-    """Rows: real digits, the known half, then each method's completions."""
-    from ebm_vs_score import plotting
-
-    n = int(s["num_shown"])
-    rows = [("real", truth), ("known", known)] + [(m, x) for m, x in shown.items()
-                                                   if x is not None]
-    fig = plotting.new_figure(figsize=(0.5 * n, 0.6 * len(rows)))
-    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
-    for ax, (name, x) in zip(axes, rows, strict=True):
-        ax.imshow(plotting.image_grid(np.clip(x[:n], -1, 1), cols=n), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    records.write_record(f"inpaint_{config.family}_step{step}", results, load_start=load)
+    report.write_figure(os.path.join(out_dir, "completions.png"), truth, known, shown, s)
+    return report.write_report(out_dir, results)

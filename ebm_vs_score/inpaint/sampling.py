@@ -67,6 +67,22 @@ def conditional(model: compose.Component, sde, known: jax.Array, mask: jax.Array
     return compose.Component(score, energy)
 
 
+def held(model: compose.Component, known: jax.Array, mask: jax.Array) -> compose.Component:
+    """A time-invariant model (EqM, Energy Matching) with ``x[mask] = known`` held: the
+    field read at merge(x, known) and zero on the known coordinates, E(merge(x, known)).
+    Descent then moves only the hidden pixels; no noise ladder is needed (Wang & Du 2025
+    complete partially noised inputs by the same descent)."""
+    def score(x, t):
+        return (1 - mask) * model.score(merge(x, known, mask), t)
+
+    energy = None
+    if model.energy is not None:
+        def energy(x, t):
+            return model.energy(merge(x, known, mask), t)
+
+    return compose.Component(score, energy)
+
+
 def _em_step(score_fn: ScoreFn, sde, key, x, t, t_next):
     """One Euler-Maruyama step of the reverse SDE (Song et al. 2021, eq. 6) from t to t_next."""
     tb = jnp.full((x.shape[0],), t)

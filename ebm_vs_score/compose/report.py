@@ -1,29 +1,22 @@
 """The composition experiment's report: ``W/compose/REPORT.md`` and ``samples.png``.
 
-Reads only the results dict that :func:`ebm_vs_score.compose_run.run_compose` builds.
+Reads only the results dict that :func:`ebm_vs_score.compose.run.run_compose` builds.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from ebm_vs_score import plotting
+from ebm_vs_score import markdown, plotting
 
 FAMILY_LABELS = {"score": "U", "energy": "C", "qc": "QC", "resnet_energy": "C-ResNet"}
 MAX_POINTS = 600  # points per scatter panel
-
-
-def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in body]
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -49,7 +42,7 @@ def results_tables(results: dict, operators: Sequence[str]) -> list[str]:
         body = [_row_cells(r) for r in results["rows"] if r["operator"] == op]
         body.append(["exact", "grid (floor)", _num(1e3 * results["floor"][op], ".2f"), "0",
                      "", "", ""])
-        lines += [f"### {op}", ""] + markdown_table(header, body) + [""]
+        lines += [f"### {op}", ""] + markdown.table(header, body) + [""]
     return lines
 
 
@@ -78,17 +71,12 @@ def write_report(out_dir: str, config: ml_collections.ConfigDict, results: dict)
     runs = "; ".join(f"{FAMILY_LABELS.get(f, f)}: " + ", ".join(f"{d} {s}" for d, s in v.items())
                      for f, v in results["runs"].items())
     lines = ["# What only an energy can do: composing trained models", "",
-             "Command: `" + " ".join(["python -m ebm_vs_score.main"] + sys.argv[1:]) + "`", "",
+             f"Command: `{markdown.command()}`", "",
              f"Training steps per component: {config.training.n_iters}. Runs: {runs}.", ""]
     lines += [p + "\n" for p in _describe(c)]
     lines += results_tables(results, list(c.operators))
     lines += ["![samples against the exact composed density](samples.png)", ""]
-    path = os.path.join(out_dir, "REPORT.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return markdown.write(os.path.join(out_dir, "REPORT.md"), lines)
 
 
 def _panel(ax, mass: np.ndarray, lim: float, x: np.ndarray | None, title: str) -> None:

@@ -33,6 +33,7 @@ from absl import logging
 
 from ebm_vs_score import builders, compose, config_base, data, evaluate, samplers, train
 from ebm_vs_score import metrics as metrics_lib
+from ebm_vs_score import results as records
 
 FAMILY_LABELS = {"score": "U", "energy": "C", "qc": "QC", "resnet_energy": "C-ResNet"}
 # Fields of the compose config that every component run takes over.
@@ -120,8 +121,9 @@ def train_component(cfg: ml_collections.ConfigDict, run_dir: str) -> str:
     logging.info("compose: training %s", run_dir)
     state = train.train_and_evaluate(cfg, run_dir)
     if int(state.step) < int(cfg.training.n_iters):
-        raise ValueError(f"compose: run {run_dir} stopped at step {int(state.step)} (SIGTERM); "
-                         "its checkpoint is saved; rerun the same command to resume it.")
+        raise ValueError(f"compose: run {run_dir} stopped at step {int(state.step)} (SIGTERM "
+                         "or Ctrl-C); its checkpoint is saved; rerun the same command to "
+                         "resume it.")
     return "trained"
 
 
@@ -283,8 +285,16 @@ def exact_references(c: ml_collections.ConfigDict, seed: int):
 
 def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Runs the experiment end to end; returns the path of ``W/compose/REPORT.md``."""
+    if "compose" not in config:
+        from ebm_vs_score.errors import ConfigError
+
+        raise ConfigError("--mode=compose runs the composition experiment of "
+                          "configs/toy_compose.py (its compose section names the families it "
+                          "trains); this config has no compose section, so pass "
+                          "--config=configs/toy_compose.py")
     c = config.compose
     validate_compose(c)
+    load = records.load_average()
     out_dir = os.path.join(workdir, "compose")
     os.makedirs(out_dir, exist_ok=True)
     refs = exact_references(c, int(config.seed))
@@ -300,11 +310,12 @@ def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
                 row, x = run_cell(components, sde, op, method, sub, c, refs[op]["x"], centres)
                 rows.append({"family": family, "operator": op, "sampler": method, **row})
                 shown[(family, op, method)] = x
-    from ebm_vs_score import compose_report
+    from ebm_vs_score.compose import report as compose_report
 
     results = {"rows": rows, "runs": runs,
                "floor": {op: refs[op]["floor"] for op in c.operators},
                "config": json.loads(config.to_json_best_effort())}
     evaluate.write_json_atomic(os.path.join(out_dir, "results.json"), results)
+    records.write_record("compose", results, load_start=load)  # results/compose.json
     compose_report.write_figure(os.path.join(out_dir, "samples.png"), c, refs, shown)
     return compose_report.write_report(out_dir, config, results)

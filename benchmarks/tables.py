@@ -1,0 +1,211 @@
+"""Document tables rendered from the harness's JSONs (``python -m ebm_vs_score.results``).
+
+Each renderer takes the marker's :class:`ebm_vs_score.results.Spec` and its records
+(label, record) and returns the block's lines; :data:`TABLE_KINDS` maps a marker's kind to
+its renderer. Times are medians over the JSON's repeats; ``repeats`` and ``spread`` (max −
+min over the median, in %) give each time's sample size and scatter; ``load`` is the
+1-minute load average at the start and end of the run that wrote the JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Any
+
+from benchmarks import report
+from ebm_vs_score.results import RecordError, Spec
+
+
+def _raw(record: Any) -> dict:
+    if isinstance(record, list):  # a .jsonl source: its last run
+        record = record[-1]
+    return record["values"]
+
+
+def _rows(raw: dict, kind: str, patterns: str | None) -> list[dict]:
+    rows = [r for r in raw.get("rows", []) if r.get("kind") == kind and "error" not in r]
+    if patterns:
+        wanted = patterns.split(",")
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(r["name"], p) for p in wanted)]
+    return rows
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _spread(row: dict) -> str:
+    times = row.get("times_s") or []
+    if len(times) < 2 or not row.get("time_s"):
+        return "–"
+    return f"{100 * (max(times) - min(times)) / row['time_s']:.0f}%"
+
+
+def _repeats(row: dict) -> str:
+    return str(len(row.get("times_s") or [])) or "–"
+
+
+def _load(raw: dict) -> str:
+    m = raw.get("machine", {})
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    if not start:
+        return "–"
+    return f"{start[0]:.1f} → {end[0]:.1f}" if end else f"{start[0]:.1f}"
+
+
+def _cores(row: dict) -> float | None:
+    if row.get("cpu_time_s") is None or not row.get("time_s"):
+        return None
+    return row["cpu_time_s"] / row["time_s"]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1e3 * seconds
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def _need(records: list, count: int | None, kind: str) -> None:
+    if not records or (count is not None and len(records) != count):
+        raise RecordError(f"{kind} needs {count or 'at least one'} source(s), got {len(records)}")
+
+
+def bench_text(spec: Spec, records: list) -> list[str]:
+    """The harness's own text tables and ratio lines of one run (``report.render``), fenced."""
+    _need(records, 1, "bench_text")
+    parts = report.render(_raw(records[0][1])).split("\n\n")[2:]
+    return ["```text", *"\n\n".join(parts).splitlines(), "```"]
+
+
+def bench_train(spec: Spec, records: list) -> list[str]:
+    """Train rows of one or more runs of one machine; ``x U`` recomputed over all of them
+    (per scale and precision). Options: ``rows`` (comma-separated globs)."""
+    _need(records, None, "bench_train")
+    rows = [copy.deepcopy(r) for _, rec in records
+            for r in _rows(_raw(rec), "train", spec.options.get("rows"))]
+    report.add_ratios(rows)
+    body = [[r["name"], str(r["batch"]), _fmt(r.get("steps_per_s"), ".2f"),
+             _fmt(r.get("examples_per_s"), ",.0f"), _fmt(_ms(r.get("time_s")), ".2f"),
+             _fmt(r.get("time_vs_U"), ".2f"), _fmt(r.get("compile_s"), ".1f"),
+             _fmt(report._mib(r), ",.0f"), _repeats(r), _spread(r)] for r in rows]
+    return _table(["row", "batch", "steps/s", "examples/s", "ms/step", "x U", "compile s",
+                   "XLA MiB", "repeats", "spread"], body)
+
+
+def bench_samplers(spec: Spec, records: list) -> list[str]:
+    """Sampler rows of one or more runs: ms per NFE against one lone network call."""
+    _need(records, None, "bench_samplers")
+    rows = [r for _, rec in records for r in _rows(_raw(rec), "sampler", spec.options.get("rows"))]
+    body = [[r["name"], str(r["batch"]), str(r.get("num_steps", "–")), _fmt(r.get("nfe"), ".0f"),
+             _fmt(_ms(r.get("time_s")), ".1f"), _fmt(_ms(r.get("time_per_nfe_s")), ".3f"),
+             _fmt(_ms(r.get("bare_eval_s")), ".3f"), _fmt(r.get("overhead"), "+.2f"),
+             _fmt(r.get("info", {}).get("acceptance"), ".2f"), _repeats(r)] for r in rows]
+    return _table(["row", "batch", "steps", "NFE", "ms total", "ms/NFE", "lone call ms",
+                   "vs lone call", "accept", "repeats"], body)
+
+
+def bench_runs(spec: Spec, records: list) -> list[str]:
+    """One line per (labelled run, train row): the same rows measured in several runs.
+    Options: ``rows`` (globs); ``x U`` within each run."""
+    _need(records, None, "bench_runs")
+    body = []
+    for label, rec in records:
+        raw = _raw(rec)
+        rows = [copy.deepcopy(r) for r in _rows(raw, "train", None)]
+        report.add_ratios(rows)
+        wanted = spec.options.get("rows")
+        for r in rows:
+            if wanted and not any(fnmatch.fnmatchcase(r["name"], p) for p in wanted.split(",")):
+                continue
+            body.append([label or rec["path"], r["name"], _fmt(_ms(r.get("time_s")), ",.2f"),
+                         _fmt(r.get("steps_per_s"), ".3g"), _fmt(_ms(r.get("cpu_time_s")), ",.1f"),
+                         _fmt(_cores(r), ".2f"), _fmt(r.get("time_vs_U"), ".2f"), _repeats(r),
+                         _spread(r), _load(raw)])
+    return _table(["run", "row", "ms/step", "steps/s", "CPU ms/step", "cores busy",
+                   "x U", "repeats", "spread", "load (1 min)"], body)
+
+
+def bench_compare(spec: Spec, records: list) -> list[str]:
+    """Rows of two runs (labels ``before`` and ``after``): time, speed-up, cores busy;
+    sampler rows per NFE."""
+    runs = dict(records)
+    if set(runs) != {"before", "after"}:
+        raise RecordError("bench_compare needs before=SOURCE and after=SOURCE")
+    before, after = ({r["name"]: r for r in _raw(runs[k]).get("rows", []) if "error" not in r}
+                     for k in ("before", "after"))
+    body = []
+    for name, a in after.items():
+        b = before.get(name)
+        if b is None:
+            continue
+        key = "time_per_nfe_s" if a["kind"] == "sampler" else "time_s"
+        what = name + (", ms per NFE" if a["kind"] == "sampler" else "")
+        tb, ta = _ms(b.get(key)), _ms(a.get(key))
+        body.append([what, _fmt(tb, ".2f"), _fmt(ta, ".2f"),
+                     _fmt(tb / ta if tb and ta else None, ".2f") + "x",
+                     f"{_fmt(_cores(b), '.2f')} → {_fmt(_cores(a), '.2f')}",
+                     f"{_repeats(b)} / {_repeats(a)}"])
+    return _table(["row", "before ms", "after ms", "speed-up", "cores busy before → after",
+                   "repeats"], body) + ["", f"1-minute load before: {_load(_raw(runs['before']))}; "
+                                            f"after: {_load(_raw(runs['after']))}."]
+
+
+def bench_peer(spec: Spec, records: list) -> list[str]:
+    """Interleaved pairs against score_sde_pytorch: ours, theirs, ours/theirs, the median."""
+    _need(records, 1, "bench_peer")
+    raw = _raw(records[0][1])
+    body = [[str(i), f"{p['ours_ms']:,.0f}", f"{p['theirs_ms']:,.0f}",
+             f"{p['ours_ms'] / p['theirs_ms']:.3f}"] for i, p in enumerate(raw["pairs"])]
+    return _table(["pair", "ours ms/step", "theirs ms/step", "ours/theirs"], body) + [
+        "", f"Median of ours/theirs over {len(body)} pairs: {raw['ratio_median']:.3f} "
+            f"(batch {raw.get('batch')}; 1-minute load {_load(raw)})."]
+
+
+def _conv_label(key: str) -> str:
+    """'32x32x128->128/s2' -> '32x32, 128 -> 128, stride 2'."""
+    size, stride = key.split("/")
+    height, width, channels = size.split("x")
+    text = f"{height}x{width}, {channels.replace('->', ' -> ')}"
+    return text + (", stride 2" if stride == "s2" else "")
+
+
+def bench_convs(spec: Spec, records: list) -> list[str]:
+    """GFLOP/s of the 3x3 convolutions (forward, input and weight gradients) of two or more
+    labelled runs of ``benchmarks.experiments --only=convs``."""
+    _need(records, None, "bench_convs")
+    labels = [label or rec["path"] for label, rec in records]
+    convs = [_raw(rec)["convs"] for _, rec in records]
+    header = [f"3x3 conv, batch {spec.options.get('batch', '?')} (GFLOP/s)"]
+    header += [f"{part.replace('_', ' ')} {' / '.join(labels)}"
+               for part in ("forward", "input_grad", "weight_grad")]
+    body = [[_conv_label(key)] + [" / ".join(f"{c[key][part]['gflop_per_s']:.0f}" for c in convs)
+                                  for part in ("forward", "input_grad", "weight_grad")]
+            for key in convs[0]]
+    return _table(header, body)
+
+
+def bench_smoke(spec: Spec, records: list) -> list[str]:
+    """``scripts/accelerator_smoke.py``: each config's train rate and peak device memory."""
+    _need(records, 1, "bench_smoke")
+    raw = _raw(records[0][1])
+    body = [[f"`{r['config']}`", "yes" if r.get("ok") else "no",
+             _fmt(r.get("train", {}).get("examples_per_s"), ",.0f"),
+             _fmt(r["peak_device_bytes"] / 2**30 if r.get("peak_device_bytes") else None, ".1f"),
+             _fmt(r.get("num_params"), ",d")] for r in raw["records"]]
+    return _table(["config", "ok", "images/s", "peak device GiB (so far)", "params"], body)
+
+
+TABLE_KINDS = {
+    "bench_text": bench_text,
+    "bench_train": bench_train,
+    "bench_samplers": bench_samplers,
+    "bench_runs": bench_runs,
+    "bench_compare": bench_compare,
+    "bench_peer": bench_peer,
+    "bench_convs": bench_convs,
+    "bench_smoke": bench_smoke,
+}

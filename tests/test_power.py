@@ -1,0 +1,156 @@
+"""The study's statistics against independent references, and each verdict word on
+synthetic per-seed numbers.
+
+References: scipy.stats.ttest_rel's confidence interval (the paired t-interval), G*Power's
+published sample sizes for a one-sample / paired t-test (two-sided, alpha 0.05, power
+0.8: d = 0.2 -> 199, 0.5 -> 34, 0.8 -> 15, 1.0 -> 10), a Monte-Carlo power of
+scipy.stats.ttest_1samp, and the finite-population variance of a sample mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from ebm_vs_score.study import power, verdicts
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+def test_paired_interval_equals_scipy_ttest_rel(n):
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(2.0, 1.0, n), rng.normal(1.5, 1.0, n)
+    iv = power.paired_interval(a, b)
+    ref = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+    np.testing.assert_allclose([iv.low, iv.high], [ref.low, ref.high], rtol=1e-12)
+    np.testing.assert_allclose(iv.mean, np.mean(a - b), rtol=1e-12)
+    assert iv.n == n and iv.df == n - 1
+    ref90 = scipy.stats.ttest_rel(a, b).confidence_interval(0.9)
+    iv90 = power.paired_interval(a, b, level=0.9)
+    np.testing.assert_allclose([iv90.low, iv90.high], [ref90.low, ref90.high], rtol=1e-12)
+
+
+def test_paired_interval_of_one_seed_is_unbounded_and_nan_fails():
+    iv = power.paired_interval([1.0], [0.5])
+    assert iv.mean == 0.5 and iv.low == -math.inf and iv.high == math.inf
+    with pytest.raises(ValueError, match="not finite"):
+        power.paired_interval([1.0, np.nan], [0.5, 0.4])
+    with pytest.raises(ValueError, match="equal-length"):
+        power.paired_interval([1.0, 2.0], [0.5])
+
+
+@pytest.mark.parametrize("d, expected", [(0.2, 199), (0.5, 34), (0.8, 15), (1.0, 10)])
+def test_seeds_needed_matches_gpower(d, expected):
+    assert power.seeds_needed(d, 1.0) == expected
+    assert power.seeds_needed(-3 * d, 3.0) == expected  # only |effect| / sd matters
+
+
+def test_seeds_needed_reaches_the_power_by_monte_carlo():
+    """At the returned n, simulated paired t-tests reject in >= ~80% of trials; at n - 1
+    in fewer (scipy.stats.ttest_1samp on the differences)."""
+    effect, sd = 0.7, 1.0
+    n = power.seeds_needed(effect, sd)
+    rng = np.random.default_rng(0)
+    rate = {}
+    for m in (n - 1, n):
+        d = rng.normal(effect, sd, size=(40_000, m))
+        rate[m] = np.mean(scipy.stats.ttest_1samp(d, 0.0, axis=1).pvalue < 0.05)
+    assert rate[n] >= 0.79 and rate[n - 1] < 0.8, rate
+    assert power.seeds_needed(0.0, 1.0) is None and power.seeds_needed(1.0, math.nan) is None
+
+
+def test_real_floor_of_a_mean_difference_has_the_sampling_spread():
+    """metric = mean(draw) - mean(pool): its floor is centred on 0 with the standard
+    deviation of a mean of n draws without replacement, sigma sqrt((1 - n/N) / n)."""
+    rng = np.random.default_rng(1)
+    pool = rng.normal(0.0, 2.0, 1500)
+    n, draws = 300, 4000
+    floor = power.real_floor(lambda idx: {"diff": pool[idx].mean() - pool.mean()},
+                             len(pool), n, draws, seed=3)["diff"]
+    expected = pool.std(ddof=1) * math.sqrt((1 - n / len(pool)) / n)
+    assert abs(floor.mean) < 4 * expected / math.sqrt(draws)
+    np.testing.assert_allclose(floor.sd, expected, rtol=0.05)
+    assert floor.low < 0 < floor.high and floor.n == n and floor.draws == draws
+    with pytest.raises(ValueError, match="pool"):
+        power.real_floor(lambda idx: {}, 10, 11, 2)
+
+
+# ----------------------------------------------------------------------------------------
+# Verdicts
+# ----------------------------------------------------------------------------------------
+
+
+def _iv(low, high):
+    return power.PairedInterval((low + high) / 2, 0.1, low, high, 3, 0.2)
+
+
+@pytest.mark.parametrize("claim_kw, interval, expected", [
+    (dict(direction=-1), (-0.5, -0.1), verdicts.REPRODUCED),
+    (dict(direction=-1), (0.1, 0.5), verdicts.NOT_REPRODUCED),
+    (dict(direction=-1), (-0.5, 0.2), verdicts.UNDERPOWERED),
+    (dict(direction=+1, size=0.5), (-0.1, 0.3), verdicts.NOT_REPRODUCED),  # below the size
+    (dict(direction=+1, size=0.5), (-0.1, 0.8), verdicts.UNDERPOWERED),
+    (dict(direction=+1, size=0.5), (0.05, 0.2), verdicts.REPRODUCED),  # right side, smaller
+    (dict(direction=0, size=0.05), (-0.04, 0.03), verdicts.REPRODUCED),  # inside +-5% of 1
+    (dict(direction=0, size=0.05), (0.06, 0.3), verdicts.NOT_REPRODUCED),
+    (dict(direction=0, size=0.05), (-0.2, 0.3), verdicts.UNDERPOWERED),
+])
+def test_verdict_rules(claim_kw, interval, expected):
+    claim = verdicts.Claim("k", "s", "src", "fd", "energy", **claim_kw)
+    assert verdicts.verdict(claim, _iv(*interval), baseline=1.0) == expected
+    assert verdicts.verdict(claim, None, baseline=1.0) == verdicts.NOT_TESTABLE
+
+
+def _study(u, others):
+    """per-seed dicts: U's values and {variant: (family, values)} for metrics fd, nasym."""
+    per_seed = {"score": {s: {"fd": f, "nasym": n} for s, (f, n) in enumerate(u)}}
+    families, labels = {"score": "score"}, {"score": "U"}
+    for variant, (family, values) in others.items():
+        per_seed[variant] = {s: {"fd": f, "nasym": n} for s, (f, n) in enumerate(values)}
+        families[variant], labels[variant] = family, variant
+    return verdicts.study_values(per_seed, families, labels, None, scale="digits")
+
+
+def _verdict_of(values, key, variant):
+    return next(c["verdict"] for c in values["claims"]
+                if c["key"] == key and c["variant"] == variant)
+
+
+def test_each_verdict_from_synthetic_seeds():
+    u = [(2.0, 1e-3), (2.6, 1.1e-3), (1.6, 0.9e-3), (3.1, 1.05e-3)]
+    values = _study(u, {
+        # C within 1% of U every seed: "matches" reproduced (gap 5% of U's mean FD).
+        "energy": ("energy", [(f * 1.005, 1e-9) for f, _ in u]),
+        # QC: NAsym halved every seed (reproduced), FD 1.0 worse every seed (not reproduced).
+        "qc_lam1e-01": ("qc", [(f + 1.0 + 0.01 * i, n / 2) for i, (f, n) in enumerate(u)]),
+        # C-ResNet: FD differences of both signs, spread large: underpowered.
+        "resnet_energy": ("resnet_energy", [(f + d, n) for (f, n), d in
+                                            zip(u, [1.5, -1.2, 0.9, -0.4], strict=True)]),
+    })
+    assert _verdict_of(values, "c_matches_u", "energy") == verdicts.REPRODUCED
+    assert _verdict_of(values, "qc_nasym", "qc_lam1e-01") == verdicts.REPRODUCED
+    assert _verdict_of(values, "qc_quality", "qc_lam1e-01") == verdicts.NOT_REPRODUCED
+    assert _verdict_of(values, "no_shortcuts", "resnet_energy") == verdicts.UNDERPOWERED
+    assert _verdict_of(values, "c_matches_u_fid", "energy") == verdicts.NOT_TESTABLE
+    qc = next(c for c in values["claims"] if c["key"] == "qc_quality")
+    d = np.asarray([1.0 + 0.01 * i for i in range(4)])
+    ref = scipy.stats.ttest_rel(d + np.asarray(u)[:, 0], np.asarray(u)[:, 0])
+    np.testing.assert_allclose([qc["low"], qc["high"]],
+                               list(ref.confidence_interval(0.95)), rtol=1e-9)
+    assert qc["n"] == 4
+    c = next(c for c in values["claims"] if c["key"] == "c_matches_u")
+    effect = 0.05 * np.mean(np.asarray(u)[:, 0])
+    assert c["seeds_needed"] == power.seeds_needed(effect, c["sd"])
+    assert set(c["verdict"] for c in values["claims"]) <= set(verdicts.VERDICTS)
+
+
+def test_a_family_the_study_did_not_run_is_not_testable_and_nan_seeds_are_left_out():
+    u = [(2.0, 1e-3), (2.5, 1e-3), (np.nan, 1e-3)]
+    values = _study(u, {"energy": ("energy", [(2.0, 0.0), (2.5, 0.0), (2.2, 0.0)])})
+    assert _verdict_of(values, "qc_nasym", "qc") == verdicts.NOT_TESTABLE
+    assert values["differences"]["energy"]["fd"]["n"] == 2  # the NaN seed is not paired
+    lines = verdicts.power_lines(values)
+    assert any(verdicts.NOT_TESTABLE in line for line in lines)
+    assert not any("nan" in line.lower() for line in lines)

@@ -1,0 +1,192 @@
+"""Records and the document blocks rendered from them (``python -m ebm_vs_score.results``).
+
+A changed number in a README table makes ``--check`` fail; render then check passes; a
+block whose record is missing lists its numbers; the repository's own documents match
+their records. Rendered numbers are compared with numbers computed here from the raw
+inputs (scipy's paired t-interval, the harness JSON's own times), not with saved output.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from ebm_vs_score import results
+from ebm_vs_score.study import verdicts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_JSON = "benchmarks/results/cpu_2core_digits_1dev_2026-11-29.json"
+
+
+def _write(root, rel: str, text: str) -> None:
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read(root, rel: str) -> str:
+    with open(os.path.join(root, rel)) as f:
+        return f.read()
+
+
+def test_write_record_holds_command_commit_machine_load_and_values(tmp_path):
+    values = {"fd": results.measurement(2.44, se=0.47, n=3), "steps": np.int64(2000)}
+    path = results.write_record("demo", values, command="python -m x --y=1",
+                                load_start=[0.5, 0.6, 0.7], directory=str(tmp_path))
+    record = results.load(os.path.basename(path), str(tmp_path))
+    assert record["command"] == "python -m x --y=1" and record["name"] == "demo"
+    assert re.fullmatch(r"[0-9a-f]{40}", record["commit"]) and isinstance(record["dirty"], bool)
+    assert datetime.datetime.fromisoformat(record["date"]).tzinfo is not None
+    machine = record["machine"]
+    assert machine["cpu_model"] and machine["cpu_count"] >= 1
+    assert machine["versions"]["numpy"] == np.__version__ and machine["versions"]["python"]
+    assert record["load"]["start"] == [0.5, 0.6, 0.7] and len(record["load"]["end"]) == 3
+    assert record["values"] == {"fd": {"value": 2.44, "se": 0.47, "n": 3}, "steps": 2000}
+    for _ in range(2):
+        jsonl = results.write_record("runs", {"x": 1.0}, directory=str(tmp_path), append=True)
+    assert [r["values"] for r in results.load("runs.jsonl", str(tmp_path))] == [{"x": 1.0}] * 2
+    assert os.path.basename(jsonl) == "runs.jsonl"
+    with pytest.raises(ValueError, match="plain file stem"):
+        results.write_record("../escape", {}, directory=str(tmp_path))
+
+
+def _study_record(root) -> dict:
+    """A study record from synthetic per-seed FDs: C 1% above U, QC 1.0 above U."""
+    u = [2.0, 2.6, 1.6, 3.1]
+    per_seed = {"score": {s: {"fd": f} for s, f in enumerate(u)},
+                "energy": {s: {"fd": 1.01 * f} for s, f in enumerate(u)},
+                "qc": {s: {"fd": f + 1.0 + 0.05 * s} for s, f in enumerate(u)}}
+    values = verdicts.study_values(per_seed, {k: k for k in per_seed},
+                                   {"score": "U", "energy": "C", "qc": "QC"}, None,
+                                   scale="digits")
+    results.write_record("study_digits", values, command="python -m ebm_vs_score.main --mode=study",
+                         directory=os.path.join(root, "results"))
+    return values
+
+
+README = """# demo
+
+Some prose.
+
+<!-- results:table study_claims results/study_digits.json -->
+<!-- /results -->
+
+More prose.
+"""
+
+
+def test_changed_number_in_a_readme_table_fails_check_and_render_fixes_it(tmp_path, capsys):
+    root = str(tmp_path)
+    _study_record(root)
+    _write(root, "README.md", README)
+    assert results.run("check", root, ["README.md"]) == 1  # empty block: differs
+    assert results.run("render", root, ["README.md"]) == 0
+    assert results.run("check", root, ["README.md"]) == 0
+    text = _read(root, "README.md")
+    # the QC claim's interval, from scipy's paired t-test on the same synthetic numbers
+    u = np.asarray([2.0, 2.6, 1.6, 3.1])
+    ci = scipy.stats.ttest_rel(u + 1.0 + 0.05 * np.arange(4), u).confidence_interval(0.95)
+    assert f"[+{ci.low:.3g}, +{ci.high:.3g}]" in text
+    assert "**not reproduced**" in text and "**reproduced**" in text
+    assert "**not testable here**" in text
+
+    changed = text.replace(f"+{ci.low:.3g}", f"+{ci.low + 0.1:.3g}", 1)
+    _write(root, "README.md", changed)
+    capsys.readouterr()
+    assert results.run("check", root, ["README.md"]) == 1
+    out = capsys.readouterr().out
+    assert "README.md:5: table `study_claims results/study_digits.json` differs" in out
+    assert results.run("render", root, ["README.md"]) == 0
+    assert _read(root, "README.md") == text
+    assert results.run("check", root, ["README.md"]) == 0
+
+
+def test_a_block_without_its_record_lists_its_numbers(tmp_path, capsys):
+    doc = ("<!-- results:table study_claims results/none.json -->\n| U | 2.442 ± 0.81 |\n"
+           "<!-- /results -->\n<!-- results:table no_such_kind -->\n<!-- /results -->\n")
+    _write(str(tmp_path), "README.md", doc)
+    assert results.run("check", str(tmp_path), ["README.md"]) == 1
+    out = capsys.readouterr().out
+    assert "results/none.json does not exist" in out and "2.442, 0.81" in out
+    assert "unknown table kind 'no_such_kind'" in out and "bench_peer" in out
+    assert results.run("render", str(tmp_path), ["README.md"]) == 1  # nothing to render from
+    assert _read(str(tmp_path), "README.md") == doc
+
+
+def test_inline_values_render_and_check(tmp_path, capsys):
+    root = str(tmp_path)
+    results.write_record("speed", {"step_s": 0.02747, "fd": results.measurement(2.44, se=0.466)},
+                         directory=os.path.join(root, "results"))
+    doc = ("U takes <!-- results:value results/speed.json step_s scale=1e3 fmt=.2f -->27.40"
+           "<!-- /results --> ms; FD <!-- results:value results/speed.json fd fmt=.3g se -->"
+           "2.44 ± 0.47<!-- /results -->.\n")
+    _write(root, "BENCHMARKS.md", doc)
+    assert results.run("check", root, ["BENCHMARKS.md"]) == 1
+    assert "27.40" in capsys.readouterr().out
+    results.run("render", root, ["BENCHMARKS.md"])
+    assert "-->27.47<!--" in _read(root, "BENCHMARKS.md")
+    assert results.run("check", root, ["BENCHMARKS.md"]) == 0
+
+
+def test_strict_lists_numbers_outside_marked_blocks(tmp_path, capsys):
+    root = str(tmp_path)
+    _study_record(root)
+    doc = README + ("\nThe step took 3.14 s, 1.38x faster (84%).\n\n| model | FD |\n|---|---|\n"
+                    "| U | 2.44 |\n\n```bash\npython -m x --lr=0.001\n```\n"
+                    "λ = 0.1 is a setting. <!-- results:ignore -->\n"
+                    "See `v0.10.2` and 2026-11-30.\n")
+    _write(root, "README.md", doc)
+    results.run("render", root, ["README.md"])
+    capsys.readouterr()
+    assert results.run("check", root, ["README.md"]) == 0
+    assert results.run("check", root, ["README.md"], strict=True) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "no record" in line]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("no record for 3.14, 1.38x, 84%") and lines[1].endswith("for 2.44")
+
+
+def test_benchmark_json_is_read_as_a_record_and_rendered(tmp_path):
+    with open(os.path.join(REPO, BENCH_JSON)) as f:
+        raw = json.load(f)
+    record = results.load(BENCH_JSON, REPO)
+    assert record["command"] == raw["machine"]["command"] and record["values"] == raw
+    assert record["load"]["start"] == raw["machine"]["load_average_start"]
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "benchmarks/results"))
+    shutil.copy(os.path.join(REPO, BENCH_JSON), os.path.join(root, BENCH_JSON))
+    _write(root, "B.md",
+           f'<!-- results:table bench_runs "one={BENCH_JSON}" -->\n<!-- /results -->\n')
+    results.run("render", root, ["B.md"])
+    text = _read(root, "B.md")
+    for row in raw["rows"]:
+        ms, cores = 1e3 * row["time_s"], row["cpu_time_s"] / row["time_s"]
+        assert f"| one | {row['name']} | {ms:,.2f} |" in text
+        assert f"| {cores:.2f} |" in text
+
+
+def test_the_repository_documents_match_their_records(capsys):
+    """What `.ci/run` should run: every marked block of README.md, BENCHMARKS.md and
+    docs/*.md equals what its records render."""
+    status = results.run("check", REPO, list(results.DEFAULT_DOCS))
+    assert status == 0, capsys.readouterr().out
+
+
+def test_values_table_renders_any_record(tmp_path):
+    root = str(tmp_path)
+    results.write_record("qc_amortization", {"runs": {
+        "U": {"nasym": results.measurement(0.00484, se=0.00012, n=297), "steps_per_s": 27.9},
+        "QC": {"nasym": results.measurement(0.00062, se=0.00003, n=297), "steps_per_s": 6.9}}},
+        directory=os.path.join(root, "results"))
+    _write(root, "B.md", "<!-- results:table values results/qc_amortization.json path=runs "
+                         "columns=nasym,steps_per_s fmt=.3g se=1 -->\n<!-- /results -->\n")
+    assert results.run("render", root, ["B.md"]) == 0
+    text = _read(root, "B.md")
+    assert "| U | 0.00484 ± 0.00012 | 27.9 |" in text and "| QC | 0.00062 ± 3e-05 | 6.9 |" in text
