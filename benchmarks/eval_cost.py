@@ -15,6 +15,10 @@ protocol's evaluation fields:
 * ``study``: the study's digits evaluation (``study/plan.py``): the ODE NLL of the first
   64 test digits at tolerance 1e-4 with 4 Hutchinson probes, AIS on the same points for
   energies, 297 Euler-Maruyama samples (250 steps) for FD / IS / precision / recall;
+* ``small``: a reduced study evaluation that fits a loaded 2-core box: 64 samples (100
+  Euler-Maruyama steps) for FD / IS / precision / recall, the ODE NLL of 16 test digits at
+  tolerance 1e-3 with 4 probes, Asym as shipped; no AIS (``benchmarks.loops`` times AIS per
+  NFE) and no OOD (a metric the code before did not have);
 * ``default``: the config as shipped (``eval.*`` of ``config_base``).
 
 Every run shares one offline classifier (``DIR/classifier``, trained before the timed
@@ -44,6 +48,13 @@ PROTOCOLS = {
               "config.eval.nll_examples = 64",
               "config.eval.nll_rtol = config.eval.nll_atol = 1e-4",
               "config.eval.nll_probes = 4"),
+    "small": ("config.eval.num_examples = config.eval.batch_size = 64",
+              "config.sampling.num_steps = 100",
+              "config.eval.nll_examples = 16",
+              "config.eval.nll_rtol = config.eval.nll_atol = 1e-3",
+              "config.eval.nll_probes = 4",
+              "config.eval.ais = False",
+              "config.eval.ood = False"),
     "default": (),
 }
 MARKERS = {"asym": r"eval: Asym/NAsym", "ode_nll": r"eval: ODE likelihood of",
