@@ -228,12 +228,22 @@ def bench_loops(spec: Spec, records: list) -> list[str]:
     lines = _table(["family", "loop", f"bare ms ({label})", f"ms per NFE ({label})",
                     f"× bare ({label})", f"CPU × bare ({label})",
                     f"non-canonical convs ({label})"], body)
+    def cpu_per_nfe(code, family, loop):
+        row = sides[code][0]["families"][family][loop]
+        return row["cpu_time_s"] / row["nfe"] if "cpu_time_s" in row else None
+
+    def over_u(value, base):
+        return "–" if value is None or not base else f"{value / base:.2f}"
+
     ratios = [[f, loop, " / ".join(f"{per_nfe[(c, f, loop)] / per_nfe[(c, 'U', loop)]:.2f}"
-                                   for c in codes)]
+                                   for c in codes),
+               " / ".join(over_u(cpu_per_nfe(c, f, loop), cpu_per_nfe(c, "U", loop))
+                          for c in codes)]
               for (code, f, loop) in per_nfe if code == codes[-1] and f != "U"
               and (code, "U", loop) in per_nfe]
     if ratios:
-        lines += [""] + _table(["family", "loop", f"ms per NFE over U's ({label})"], ratios)
+        lines += [""] + _table(["family", "loop", f"ms per NFE over U's ({label})",
+                                f"CPU per NFE over U's ({label})"], ratios)
     loads = "; ".join(f"{c} {i}: {_side_load(s)}" for c in codes
                       for i, s in enumerate(sides[c]))
     return lines + ["", f"1-minute load at the start → end of each side: {loads}."]
