@@ -275,13 +275,15 @@ def bench_eval_cost(spec: Spec, records: list) -> list[str]:
         return "–" if r is None else f"{r['process_wall_s']:,.0f}"
 
     label = " / ".join(codes)
+    groups = [(name, keys) for name, keys in _EVAL_GROUPS  # those some run measured
+              if any(seconds(c, f, keys) != "–" for c in codes for f in families)]
     body = [[family] + [" / ".join(seconds(c, family, keys) for c in codes)
-                        for _, keys in _EVAL_GROUPS]
+                        for _, keys in groups]
             + [" / ".join(wall(c, family) for c in codes),
                " / ".join(_side_load(cell[(c, family)]) if (c, family) in cell else "–"
                           for c in codes)]
             for family in families]
-    return _table(["family"] + [f"{name} s ({label})" for name, _ in _EVAL_GROUPS]
+    return _table(["family"] + [f"{name} s ({label})" for name, _ in groups]
                   + [f"process wall s ({label})", "1-minute load (start → end)"], body)
 
 
