@@ -15,6 +15,10 @@ protocol's evaluation fields:
 * ``study``: the study's digits evaluation (``study/plan.py``): the ODE NLL of the first
   64 test digits at tolerance 1e-4 with 4 Hutchinson probes, AIS on the same points for
   energies, 297 Euler-Maruyama samples (250 steps) for FD / IS / precision / recall;
+* ``small``: a reduced study evaluation that fits a loaded 2-core box: 64 samples (100
+  Euler-Maruyama steps) for FD / IS / precision / recall, the ODE NLL of 16 test digits at
+  tolerance 1e-3 with 4 probes, Asym as shipped; no AIS (``benchmarks.loops`` times AIS per
+  NFE) and no OOD (a metric the code before did not have);
 * ``default``: the config as shipped (``eval.*`` of ``config_base``).
 
 Every run shares one offline classifier (``DIR/classifier``, trained before the timed
@@ -44,6 +48,13 @@ PROTOCOLS = {
               "config.eval.nll_examples = 64",
               "config.eval.nll_rtol = config.eval.nll_atol = 1e-4",
               "config.eval.nll_probes = 4"),
+    "small": ("config.eval.num_examples = config.eval.batch_size = 64",
+              "config.sampling.num_steps = 100",
+              "config.eval.nll_examples = 16",
+              "config.eval.nll_rtol = config.eval.nll_atol = 1e-3",
+              "config.eval.nll_probes = 4",
+              "config.eval.ais = False",
+              "config.eval.ood = False"),
     "default": (),
 }
 MARKERS = {"asym": r"eval: Asym/NAsym", "ode_nll": r"eval: ODE likelihood of",
@@ -62,6 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--protocol", default="study", choices=sorted(PROTOCOLS))
     p.add_argument("--before", help="a checkout of the commit to compare with")
     p.add_argument("--pairs", type=int, default=1)
+    p.add_argument("--train_each", action="store_true",
+                   help="train a checkpoint with each tree (DIR/<family>_before), for a "
+                        "checkout whose eval refuses a workdir trained by this tree's config")
     p.add_argument("--timeout", type=float, default=7200, help="seconds per evaluation")
     p.add_argument("--out")
     return p.parse_args(argv)
@@ -124,9 +138,14 @@ def log_phases(log: str, start: float) -> dict:
     return phases
 
 
+def _workdir(args: argparse.Namespace, family: str, label: str) -> str:
+    suffix = f"_{label}" if args.train_each and label != "after" else ""
+    return os.path.join(args.workroot, family + suffix)
+
+
 def evaluate(tree: str, family: str, args: argparse.Namespace, label: str, i: int) -> dict:
     """One timed ``--mode=eval`` of ``family`` with ``tree``'s library."""
-    workdir = os.path.join(args.workroot, family)
+    workdir = _workdir(args, family, label)
     config = write_config(args.workroot, family, args.protocol)
     log = os.path.join(args.workroot, "logs", f"{family}_{label}_{i}.log")
     os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -156,21 +175,24 @@ def _commit(tree: str) -> dict:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
-def prepare(args: argparse.Namespace, tree: str) -> dict:
-    """Trains every family once (``--train_iters`` steps, this tree) and the shared offline
-    classifier; both skipped when already there. Returns the training runs' records."""
+def prepare(args: argparse.Namespace, tree: str, label: str = "after") -> dict:
+    """Trains every family once (``--train_iters`` steps, ``tree``) and (this tree) the
+    shared offline classifier; both skipped when already there. Returns the training runs'
+    records."""
     records = {}
     for family in args.families.split(","):
-        workdir = os.path.join(args.workroot, family)
+        workdir = _workdir(args, family, label)
         config = write_config(args.workroot, family, args.protocol)
         if os.path.isdir(os.path.join(workdir, "checkpoints")):
             continue
-        log = os.path.join(args.workroot, "logs", f"{family}_train.log")
+        log = os.path.join(args.workroot, "logs", f"{family}_{label}_train.log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
         records[family] = _run(_main_cmd(config, workdir, "train", args.train_iters), tree,
                                log, args.timeout)
         if records[family]["returncode"] != 0:
             raise RuntimeError(f"training {family} failed; see {log}")
+    if label != "after":
+        return records
     first = args.families.split(",")[0]
     code = ("import importlib.util, sys\n"
             "from ebm_vs_score.evaluate import runner\n"
@@ -213,6 +235,9 @@ def main(argv: list[str]) -> int:
                                   if args.before else [])
     result = {"schema_version": 1, "kind": "eval_cost", "options": vars(args),
               "machine": _machine(argv), "prepare": prepare(args, after), "runs": []}
+    if args.train_each:
+        for label, tree in trees[1:]:
+            result["prepare_" + label] = prepare(args, tree, label)
     for i in range(args.pairs):
         for family in args.families.split(","):
             for label, tree in (trees[::-1] if i % 2 == 0 else trees):

@@ -226,6 +226,7 @@ def main(argv: list[str]) -> int:
     if args.side:
         print(json.dumps(side(args)))
         return 0
+    load_start = list(os.getloadavg())
     after = os.path.dirname(HERE)
     trees = [("after", after)] + ([("before", os.path.abspath(args.before))]
                                   if args.before else [])
@@ -240,6 +241,7 @@ def main(argv: list[str]) -> int:
               "machine": timing.machine_info(argv, module="benchmarks.loops"),
               "options": vars(args), "sides": sides,
               "summary": {name: summarize(s, name) for name, s in sides.items()}}
+    result["machine"]["load_average_start"] = load_start
     result["machine"]["load_average_end"] = list(os.getloadavg())
     print(json.dumps(result["summary"], indent=1))
     if args.out:

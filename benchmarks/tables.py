@@ -216,6 +216,94 @@ def bench_runtime(spec: Spec, records: list) -> list[str]:
                   body)
 
 
+def _side_load(side: dict) -> str:
+    start, end = side.get("load_average_start"), side.get("load_average_end")
+    return "–" if not start else f"{start[0]:.1f} → {end[0]:.1f}" if end else f"{start[0]:.1f}"
+
+
+def bench_loops(spec: Spec, records: list) -> list[str]:
+    """``benchmarks.loops`` with ``--before``: per family and loop, ms per NFE inside the loop
+    and its ratio to the bare call (wall and CPU), before and after, the non-canonical
+    convolutions of each compiled loop, then each energy's per-NFE cost over U's in the
+    same loop and run, and the load of every side."""
+    _need(records, 1, "bench_loops")
+    raw = _raw(records[0][1])
+    summary, sides = raw["summary"], raw["sides"]
+    codes = [c for c in ("before", "after") if c in summary]
+    label = " / ".join(codes)
+    body, per_nfe = [], {}
+    for family, loops in summary[codes[-1]].items():
+        for loop in loops:
+            rows = {c: summary[c][family][loop] for c in codes}
+            bare = [sides[c][0]["families"][family][rows[c]["bare"]]["time_s"] for c in codes]
+            for c in codes:
+                per_nfe[(c, family, loop)] = rows[c]["ms_per_nfe_median"]
+            body.append([family, loop, " / ".join(f"{1e3 * b:.1f}" for b in bare)] + [
+                " / ".join(format(rows[c][key], fmt) for c in codes)
+                for key, fmt in (("ms_per_nfe_median", ".1f"), ("ratio_median", ".2f"),
+                                 ("cpu_ratio_median", ".2f"), ("non_canonical", "d"))])
+    lines = _table(["family", "loop", f"bare ms ({label})", f"ms per NFE ({label})",
+                    f"× bare ({label})", f"CPU × bare ({label})",
+                    f"non-canonical convs ({label})"], body)
+    def cpu_per_nfe(code, family, loop):
+        row = sides[code][0]["families"][family][loop]
+        return row["cpu_time_s"] / row["nfe"] if "cpu_time_s" in row else None
+
+    def over_u(value, base):
+        return "–" if value is None or not base else f"{value / base:.2f}"
+
+    ratios = [[f, loop, " / ".join(f"{per_nfe[(c, f, loop)] / per_nfe[(c, 'U', loop)]:.2f}"
+                                   for c in codes),
+               " / ".join(over_u(cpu_per_nfe(c, f, loop), cpu_per_nfe(c, "U", loop))
+                          for c in codes)]
+              for (code, f, loop) in per_nfe if code == codes[-1] and f != "U"
+              and (code, "U", loop) in per_nfe]
+    if ratios:
+        lines += [""] + _table(["family", "loop", f"ms per NFE over U's ({label})",
+                                f"CPU per NFE over U's ({label})"], ratios)
+    loads = "; ".join(f"{c} {i}: {_side_load(s)}" for c in codes
+                      for i, s in enumerate(sides[c]))
+    return lines + ["", f"1-minute load at the start → end of each side: {loads}."]
+
+
+_EVAL_GROUPS = (("restore", ("restore",)), ("Asym", ("asym",)), ("ODE NLL", ("ode_nll",)),
+                ("AIS", ("ais",)), ("samples + FD/IS/PR", ("samples", "sample_quality")))
+
+
+def bench_eval_cost(spec: Spec, records: list) -> list[str]:
+    """``benchmarks.eval_cost``: per family, seconds of each metric group (the eval JSON's
+    ``wall_s`` where the code writes it, else its log timestamps; ``restore`` is then the
+    process start to the first metric), and the process's wall time, before / after."""
+    _need(records, 1, "bench_eval_cost")
+    raw = _raw(records[0][1])
+    runs = raw["runs"]
+    codes = [c for c in ("before", "after") if any(r["code"] == c for r in runs)]
+    families = list(dict.fromkeys(r["family"] for r in runs))
+    cell = {(r["code"], r["family"]): r for r in runs}
+
+    def seconds(code, family, keys):
+        r = cell.get((code, family))
+        metrics = (r or {}).get("metric_wall_s") or (r or {}).get("log_phases") or {}
+        found = [metrics[k] for k in keys if k in metrics]
+        return f"{sum(found):,.0f}" if found else "–"
+
+    def wall(code, family):
+        r = cell.get((code, family))
+        return "–" if r is None else f"{r['process_wall_s']:,.0f}"
+
+    label = " / ".join(codes)
+    groups = [(name, keys) for name, keys in _EVAL_GROUPS  # those some run measured
+              if any(seconds(c, f, keys) != "–" for c in codes for f in families)]
+    body = [[family] + [" / ".join(seconds(c, family, keys) for c in codes)
+                        for _, keys in groups]
+            + [" / ".join(wall(c, family) for c in codes),
+               " / ".join(_side_load(cell[(c, family)]) if (c, family) in cell else "–"
+                          for c in codes)]
+            for family in families]
+    return _table(["family"] + [f"{name} s ({label})" for name, _ in groups]
+                  + [f"process wall s ({label})", "1-minute load (start → end)"], body)
+
+
 TABLE_KINDS = {
     "bench_text": bench_text,
     "bench_train": bench_train,
@@ -226,4 +314,6 @@ TABLE_KINDS = {
     "bench_convs": bench_convs,
     "bench_smoke": bench_smoke,
     "bench_runtime": bench_runtime,
+    "bench_loops": bench_loops,
+    "bench_eval_cost": bench_eval_cost,
 }

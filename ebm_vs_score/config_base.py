@@ -170,9 +170,9 @@ def _eval(scale: str) -> ml_collections.ConfigDict:
     ev.asym_probes = {"toy": 0, "digits": 4, "cifar": 1}[scale]
     ev.asym_levels = 10
     # 0: exact divergence (D JVPs per ODE evaluation); K: Hutchinson with K probes, whose
-    # probe noise the eval JSON states (nll_probe_std, nll_probe_se). digits: 4 probes cost
-    # a tenth of the exact divergence for +20% standard error (BENCHMARKS.md, the CPU
-    # section on the evaluation's cost; python -m benchmarks.divergence).
+    # probe noise the eval JSON states (nll_probe_std, nll_probe_se). digits: 4 probes, far
+    # cheaper than the exact divergence at a small cost in standard error; `python -m
+    # benchmarks.divergence` measures both on a checkpoint (no committed record yet).
     ev.nll_probes = {"toy": 0, "digits": 4, "cifar": 1}[scale]
     ev.ais = True
     ev.checkpoint = -1

@@ -172,3 +172,59 @@ def test_a_digits_energy_inside_mala_and_the_ode_likelihood_is_canonical(family)
     for fn, args in ((mala, (params, key)), (nll, (params, x, key))):
         labels = _conv_labels(fn, *args)
         assert labels and all(label == CANONICAL for label in labels), set(labels)
+
+
+@pytest.mark.parametrize("family", ["energy", "resnet_energy"])
+def test_loops_give_the_values_of_flax_convolutions(family, monkeypatch):
+    """Same parameters and keys, the canonical layer against Flax's convolution (the path
+    used off the CPU): Euler-Maruyama, MALA (its acceptance decisions included), the
+    fixed-grid probability-flow ODE and the ODE likelihood's field (the drift and its
+    one-probe divergence, a JVP of the score) in Euler steps, each a ``lax.scan`` over the
+    energy's score, agree to float tolerance. (The adaptive solver is left out: at initial
+    parameters the ODE is stiff, at tolerance 1e-5 it reaches its step limit, and at loose
+    tolerances its step choices amplify rounding differences.)"""
+    from ebm_vs_score import builders, config_base, estimators, samplers
+    from ebm_vs_score import parameterization as param_lib
+
+    config = config_base.get_config("digits", family)
+    config.model.ch = 8
+    model = builders.build_model(config)
+    params = builders.init_params(model, jax.random.PRNGKey(0))
+    x = jax.random.normal(KEYS[0], (4,) + model.example_shape)
+    key = jax.random.PRNGKey(1)
+
+    def loops(params, x, key, canonical):  # canonical: a static argument, so a fresh trace
+        score = param_lib.bind(model.fns.score, params)
+        energy = param_lib.bind(model.fns.energy, params)
+        em, _ = samplers.sample("euler_maruyama", key, x.shape, sde=model.sde, num_steps=3,
+                                score_fn=score)
+        mala, info = samplers.sample("mala", key, x.shape, sde=model.sde, num_steps=3,
+                                     score_fn=score, energy_fn=energy, step_size=1e-3,
+                                     adapt=False)
+        ode, _ = samplers.sample("ode", key, x.shape, sde=model.sde, num_steps=3,
+                                 score_fn=score, ode_solver="heun")
+        drift = samplers.ode_drift(score, model.sde)
+        v = estimators.probes(key, (1,) + x.shape, "rademacher", x.dtype)
+
+        def nll_step(carry, _):  # the ODE likelihood's field: drift and its divergence
+            y, delta = carry
+            dy, div = estimators.divergence(lambda u: drift(u, jnp.full(u.shape[:1], 0.5)),
+                                            y, v)
+            return (y + 1e-2 * dy, delta + 1e-2 * div), None
+
+        nll, _ = jax.lax.scan(nll_step, (x, jnp.zeros(x.shape[:1])), None, length=3)
+        return {"em": em, "mala": mala, "acceptance": info["acceptance"], "ode": ode,
+                "nll_y": nll[0], "nll_delta": nll[1]}
+
+    values = {}
+    for canonical in (True, False):
+        monkeypatch.setattr(channelwise, "canonical_convs", lambda c=canonical: c)
+        compiled = jax.jit(loops, static_argnums=3).lower(params, x, key, canonical).compile()
+        labels = re.findall(r"convolution\([^)]*\), window=\{[^}]*\}, (dim_labels=[^,\s]+)",
+                            compiled.as_text())
+        assert all(label == CANONICAL for label in labels) == canonical, set(labels)
+        values[canonical] = compiled(params, x, key)
+    for name, want in values[False].items():
+        got = values[True][name]
+        assert np.all(np.isfinite(got)), name
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)

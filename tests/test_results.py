@@ -208,3 +208,50 @@ def test_runtime_table_is_steps_over_the_measured_rate(tmp_path):
     _write(root, "B.md", "<!-- results:table bench_runtime results/bench.json -->\n"
                          "<!-- /results -->\n")
     assert results.run("check", root, ["B.md"]) == 1  # steps=N is required
+
+
+def _loops_side(ms: dict[str, float], non_canonical: int) -> dict:
+    families = {}
+    for family, per_nfe in ms.items():
+        families[family] = {"bare": {"time_s": 0.01},
+                            "em": {"time_per_nfe_s": per_nfe / 1e3}}
+    return {"families": families, "load_average_start": [7.25, 1, 1],
+            "load_average_end": [9.5, 1, 1], "nc": non_canonical}
+
+
+def _loops_summary(side: dict, code: str) -> dict:
+    return {f: {"em": {"code": code, "n": 1, "bare": "bare",
+                       "ratio_median": row["em"]["time_per_nfe_s"] / row["bare"]["time_s"],
+                       "cpu_ratio_median": 1.5, "non_canonical": side["nc"],
+                       "ms_per_nfe_median": 1e3 * row["em"]["time_per_nfe_s"]}}
+            for f, row in side["families"].items()}
+
+
+def test_loops_and_eval_cost_tables_render_their_records(tmp_path):
+    """bench_loops: per-NFE ms, × bare, C over U per code; bench_eval_cost: seconds per
+    metric group (samples + quality summed) from wall_s or the log phases."""
+    root = str(tmp_path)
+    sides = {"before": [_loops_side({"U": 10.0, "C": 60.0}, 20)],
+             "after": [_loops_side({"U": 10.0, "C": 25.0}, 0)]}
+    raw = {"kind": "loops", "machine": {"command": "python -m benchmarks.loops"},
+           "sides": sides, "summary": {c: _loops_summary(s[0], c) for c, s in sides.items()}}
+    costs = {"kind": "eval_cost", "machine": {}, "runs": [
+        {"code": "before", "family": "C", "process_wall_s": 700.0,
+         "log_phases": {"restore": 40.0, "asym": 100.0, "ode_nll": 300.0, "samples": 200.0},
+         "load_average_start": [8.0], "load_average_end": [9.0]},
+        {"code": "after", "family": "C", "process_wall_s": 300.0,
+         "metric_wall_s": {"restore": 5.0, "asym": 50.0, "ode_nll": 100.0, "samples": 60.0,
+                           "sample_quality": 15.0},
+         "load_average_start": [8.0], "load_average_end": [9.0]}]}
+    _write(root, "results/loops.json", json.dumps(raw))
+    _write(root, "results/cost.json", json.dumps(costs))
+    _write(root, "B.md", "<!-- results:table bench_loops results/loops.json -->\n"
+                         "<!-- /results -->\n<!-- results:table bench_eval_cost "
+                         "results/cost.json -->\n<!-- /results -->\n")
+    assert results.run("render", root, ["B.md"]) == 0
+    text = _read(root, "B.md")
+    assert "| C | em | 10.0 / 10.0 | 60.0 / 25.0 | 6.00 / 2.50 | 1.50 / 1.50 | 20 / 0 |" in text
+    assert f"| C | em | {60 / 10:.2f} / {25 / 10:.2f} | – / – |" in text  # C over U per NFE
+    assert "before 0: 7.2 → 9.5" in text
+    assert "| C | 40 / 5 | 100 / 50 | 300 / 100 | 200 / 75 | 700 / 300 |" in text  # no AIS
+    assert results.run("check", root, ["B.md"]) == 0
