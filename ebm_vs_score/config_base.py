@@ -21,6 +21,8 @@ from typing import Any
 
 import ml_collections
 
+from ebm_vs_score.compose.operators import OPERATORS
+
 SCALES = ("toy", "digits", "cifar")
 FAMILIES = ("score", "energy", "resnet_energy", "qc", "drl", "eqm", "eqm_energy",
             "energy_matching")
@@ -210,6 +212,27 @@ def _drl() -> ml_collections.ConfigDict:
     # (1 / s_t^2, the authors' code: the chain's drift is grad N / 2 whatever b^2 is).
     drl.energy_scale = "sigma"
     return drl
+
+
+def compose_section() -> ml_collections.ConfigDict:
+    """The ``compose`` section of ``configs/toy_compose.py`` (``--mode=compose``,
+    ebm_vs_score/compose/run.py), with its defaults."""
+    c = ml_collections.ConfigDict()
+    c.datasets = ("8gaussians", "gmm")
+    c.families = ("score", "energy", "qc")
+    c.operators = OPERATORS
+    c.samplers = ("euler_maruyama", "ode", "ula", "mala", "hmc")
+    c.product_weights = (1.0, 1.0)
+    c.mixture_weights = (0.5, 0.5)
+    c.alpha = 0.3  # negation p_1 / p_2^alpha
+    c.num_samples = 1000
+    c.sde_steps = 200  # euler_maruyama, ancestral, pc
+    c.ode_steps = 50  # ode (Heun): 2 NFE per step
+    c.mcmc_levels = 50  # ald, ula, mala, hmc: noise levels
+    c.n_steps_each = 4
+    c.grid_size = 300
+    c.grid_lim = 3.5
+    return c
 
 
 # Old field names still accepted (old path -> new path): a config that sets the old one (a
