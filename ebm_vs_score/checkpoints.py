@@ -100,6 +100,7 @@ class Checkpointer:
             if not errors.is_disk_full(e):
                 raise
             self._remove_partial(step)
+            _silence_unretrieved_save_errors()
             raise self.disk_full(tree) from e
         sys.stderr.write("".join(reports))  # a save that worked: nothing is hidden
         return True
@@ -243,6 +244,22 @@ class _Collect(pylogging.Filter):
             self.reports.append(pylogging.Formatter().format(record) + "\n")
             return False
         return True
+
+
+class _UnretrievedSaveError(pylogging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports of a failed save's
+    write tasks: they are garbage-collected after the save has raised its one error
+    (often at exit), each with a traceback of the same ENOSPC."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("never retrieved" in text and "orbax" in text)
+
+
+def _silence_unretrieved_save_errors() -> None:
+    logger = pylogging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedSaveError) for f in logger.filters):
+        logger.addFilter(_UnretrievedSaveError())
 
 
 @contextlib.contextmanager

@@ -171,7 +171,11 @@ def _eval(scale: str) -> ml_collections.ConfigDict:
     ev.batch_size = {"toy": 512, "digits": 297, "cifar": 500}[scale]
     ev.asym_probes = {"toy": 0, "digits": 4, "cifar": 1}[scale]
     ev.asym_levels = 10
-    ev.nll_probes = {"toy": 0, "digits": 0, "cifar": 1}[scale]  # 0: exact divergence (D <= 64)
+    # 0: exact divergence (D JVPs per ODE evaluation); K: Hutchinson with K probes, whose
+    # probe noise the eval JSON states (nll_probe_std, nll_probe_se). digits: 4 probes cost
+    # a tenth of the exact divergence for +20% standard error (BENCHMARKS.md, the CPU
+    # section on the evaluation's cost; python -m benchmarks.divergence).
+    ev.nll_probes = {"toy": 0, "digits": 4, "cifar": 1}[scale]
     ev.ais = True
     ev.checkpoint = -1
     # Local file of the FID Inception weights (ebm_vs_score/metrics/inception.py says where

@@ -114,9 +114,10 @@ def hutchinson_traces(field: Field, x: jax.Array, key: jax.Array,
     2023, eq. 9-10: their difference is L_QC and the Asym estimate). Up to
     ``UNROLL_PROBES`` probes run one after another in the program, each rematerialized
     (``jax.checkpoint``) so memory stays at one probe; more run in a ``lax.scan`` with the
-    same body (XLA:CPU runs the input-gradient convolutions of a scan body several times
-    slower, BENCHMARKS.md finding 2). Both draw the same probes. Differentiable w.r.t. anything the
-    field closes over, through both Jacobian factors.
+    same body (compile time grows with the unrolled probes; a scan body costs the same per
+    probe on XLA:CPU only because ``models/conv.py`` keeps its convolutions canonical,
+    BENCHMARKS.md finding 2). Both draw the same probes. Differentiable w.r.t. anything
+    the field closes over, through both Jacobian factors.
     """
     if num_probes < 1:
         raise ValueError(f"num_probes={num_probes} must be >= 1 for a Hutchinson estimate.")

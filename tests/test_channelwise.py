@@ -53,6 +53,7 @@ def _assert_trees_close(a, b, tol):
 def path(request, monkeypatch):
     monkeypatch.setattr(channelwise, "sums_as_products",
                         lambda: request.param == "cpu path")
+    monkeypatch.setattr(channelwise, "canonical_convs", lambda: request.param == "cpu path")
     return request.param
 
 

@@ -99,6 +99,12 @@ def test_toy_evaluation_has_every_metric_group(energy_run):
     assert results["sample_nonfinite"] == 0.0
     assert results["nll_divergence"] == "exact" and results["nll_probes"] == 0
     assert "bpd" not in " ".join(results)  # toys: nats, no dequantization, no offset
+    walls = results["wall_s"]  # the evaluation's own wall time per metric group
+    groups = ("restore", "asym", "ode_nll", "energy_ode_agreement", "ais", "fisher",
+              "samples", "sample_quality")
+    assert set(walls) == set(groups) | {"total"}
+    assert all(np.isfinite(walls[g]) and walls[g] > 0 for g in walls)
+    assert sum(walls[g] for g in groups) <= walls["total"]
     assert abs(results["asym"]) < 1e-4  # an energy's score is a gradient field
     assert results["nll_true_nats"] == pytest.approx(1.41, abs=0.3)  # 8 Gaussians, std 1/sqrt(33)
     with open(evaluate.eval_path(workdir, N_ITERS)) as f:
@@ -204,6 +210,7 @@ def test_image_likelihoods_share_points_offset_and_say_their_divergence():
 
     config = config_base.get_config("digits", "energy")
     config.eval.batch_size = 16
+    config.eval.nll_probes = 0  # the exact divergence: AIS and the ODE agree to 0.1 nats
     sde = sde_lib.VPSDE()
     score, energy = exact_models.mixture_model(sde)
     flat = lambda fn: (lambda p, x, t, key=None: fn(p, x.reshape(len(x), -1), t))  # noqa: E731

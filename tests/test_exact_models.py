@@ -110,3 +110,22 @@ def test_energy_and_ode_agree_for_an_exact_energy_and_not_for_another():
     e = np.asarray(energy_fn(mixture, jnp.asarray(points), jnp.full((32,), sde.eps)))
     assert other["energy_ode_spread_nats"] == pytest.approx(np.std(e, ddof=1), rel=1e-3)
     assert other["energy_ode_spread_nats"] > 100 * exact["energy_ode_spread_nats"]
+
+
+def test_probe_std_from_one_solve_matches_independent_probe_draws():
+    """``nll_probe_std`` comes from the spread of one solve's K per-probe integrals; it
+    must equal the std of the K-probe NLL over independent probe draws (here 16)."""
+    sde = sde_lib.VPSDE()
+    score_fn, _ = exact_models.mixture_model(sde)
+    gauss = data.toy_mixture("gmm", dim=6, num_components=4)
+    x = np.asarray(gauss.sample(jax.random.PRNGKey(4), 32))
+    protocol = nll.Protocol(num_bins=None, num_probes=16, batch_size=32, rtol=1e-4,
+                            atol=1e-4)
+    out = nll.ode_nll_metrics(score_fn, gauss, x, jax.random.PRNGKey(5), sde=sde,
+                              protocol=protocol)
+    run = nll.ode_runner(score_fn, sde=sde, protocol=protocol)
+    draws = np.stack([nll.ode_log_probs(run, gauss, x, jax.random.PRNGKey(10 + i), 32)[0]
+                      for i in range(16)])
+    empirical = float(np.sqrt(np.mean(draws.var(axis=0, ddof=1))))
+    assert out["nll_probe_std"] == pytest.approx(empirical, rel=0.25)
+    assert out["nll_probe_se"] == pytest.approx(out["nll_probe_std"] / np.sqrt(32))

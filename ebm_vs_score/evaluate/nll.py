@@ -14,8 +14,10 @@ The ODE gives log p_eps(x) by the instantaneous change of variables (``likelihoo
 ode_log_prob``; exact divergence or K Hutchinson probes, which the results name); AIS
 gives log p(x) = -E(x, eps) - log Z with log Z by annealed importance sampling
 (``likelihood.ais_log_normalizer``). Every NLL comes with its standard error over
-examples; with probes also the probe noise of one example's estimate (``nll_probe_std``,
-from a second probe draw on the first examples).
+examples; with probes also the probe noise of one example's K-probe estimate
+(``nll_probe_std``: the spread of its K per-probe integrals, one solve; with one probe,
+from a second draw on the first examples) and its share of the mean's standard error
+(``nll_probe_se`` = nll_probe_std / sqrt(n), already inside ``nll_bpd_stderr``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Protocol(NamedTuple):
       num_probes: 0 = exact divergence; K > 0 = K Rademacher probes (Hutchinson).
       rtol, atol: tolerances of the adaptive ODE solver.
       batch_size: examples per ODE call.
-      probe_check: examples scored twice (two probe draws) to state the probe noise.
+      probe_check: with one probe: examples scored twice (two probe draws) to state the
+        probe noise (K >= 2 probes state it from their own spread).
     """
 
     num_bins: int | None
@@ -106,18 +109,25 @@ def ode_runner(score_fn, *, sde, protocol: Protocol):
 
 
 def ode_log_probs(run, params, x: np.ndarray, key, batch_size: int
-                  ) -> tuple[np.ndarray, float]:
-    """log p_eps(x) (nats, (B,)) by ``run`` (:func:`ode_runner`) in batches; the mean NFE.
+                  ) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """log p_eps(x) (nats, (B,)) by ``run`` (:func:`ode_runner`) in batches, the mean NFE,
+    and with K >= 2 probes each example's probe variance of its K-probe estimate (nats^2:
+    the sample variance of the K per-probe integrals over K), else None.
 
     Batch i uses probes from ``fold_in(key, i)``.
     """
-    values, nfe = [], []
+    values, nfe, variances = [], [], []
     for i, batch in enumerate(np.array_split(x, -(-len(x) // int(batch_size)))):
         log_p, info = run(params, jnp.asarray(batch), jax.random.fold_in(key, i))
         values.append(np.asarray(log_p))
         nfe.append(float(info["nfe"]))
+        per_probe = info.get("delta_logp_per_probe")
+        if per_probe is not None and per_probe.shape[0] > 1:
+            per_probe = np.asarray(per_probe, np.float64)
+            variances.append(per_probe.var(axis=0, ddof=1) / per_probe.shape[0])
         logging.info("ODE likelihood: %d of %d examples", sum(map(len, values)), len(x))
-    return np.concatenate(values).astype(np.float64), float(np.mean(nfe))
+    probe_var = np.concatenate(variances) if variances else None
+    return np.concatenate(values).astype(np.float64), float(np.mean(nfe)), probe_var
 
 
 def ode_nll_metrics(score_fn, params, x: np.ndarray, key, *, sde, protocol: Protocol,
@@ -133,7 +143,8 @@ def ode_nll_metrics(score_fn, params, x: np.ndarray, key, *, sde, protocol: Prot
 
     Returns:
       ``nll_nats`` (and ``nll_bpd``) with ``_stderr``, ``nll_nfe``, ``nll_probes`` (0 =
-      exact), ``nll_divergence``; with probes ``nll_probe_std``; with ``true_log_prob``
+      exact), ``nll_divergence``; with probes ``nll_probe_std`` and ``nll_probe_se``
+      (units of the NLL); with ``true_log_prob``
       ``nll_true_nats``, ``nll_gap_nats``, ``nll_gap_stderr``.
     """
     return ode_nll(score_fn, params, x, key, sde=sde, protocol=protocol,
@@ -145,12 +156,17 @@ def ode_nll(score_fn, params, x: np.ndarray, key, *, sde, protocol: Protocol,
     """:func:`ode_nll_metrics` and the per-example log p_eps(x) (nats, (B,)) it summarizes."""
     dim = int(np.prod(x.shape[1:]))
     run = ode_runner(score_fn, sde=sde, protocol=protocol)
-    log_p, nfe = ode_log_probs(run, params, x, key, protocol.batch_size)
+    log_p, nfe, probe_var = ode_log_probs(run, params, x, key, protocol.batch_size)
     out = nll_summary("nll", log_p, dim, protocol.num_bins)
     out.update(nll_nfe=nfe, nll_probes=int(protocol.num_probes),
                nll_divergence=divergence_label(protocol.num_probes))
-    if protocol.num_probes > 0 and protocol.probe_check > 1:
+    if probe_var is not None:  # from the K per-probe integrals of every example
+        unit = 1.0 if protocol.num_bins is None else dim * math.log(2.0)
+        out["nll_probe_std"] = float(np.sqrt(np.mean(probe_var))) / unit
+        out["nll_probe_se"] = out["nll_probe_std"] / math.sqrt(len(x))
+    elif protocol.num_probes > 0 and protocol.probe_check > 1:
         out["nll_probe_std"] = probe_std(run, params, x, key, log_p, protocol)
+        out["nll_probe_se"] = out["nll_probe_std"] / math.sqrt(len(x))
     if true_log_prob is not None:
         true_nll = -np.asarray(true_log_prob(jnp.asarray(x)), np.float64)
         gap = -log_p - true_nll
@@ -199,8 +215,8 @@ def probe_std(run, params, x, key, log_p, protocol: Protocol) -> float:
     draws a, b of the same example, E[(a - b)^2] / 2 is the probe variance.
     """
     n = min(int(protocol.probe_check), len(x))
-    again, _ = ode_log_probs(run, params, x[:n], jax.random.fold_in(key, 1 << 20),
-                             protocol.batch_size)
+    again, _, _ = ode_log_probs(run, params, x[:n], jax.random.fold_in(key, 1 << 20),
+                                protocol.batch_size)
     diff = again - log_p[:n]
     if protocol.num_bins is not None:
         diff = diff / (int(np.prod(x.shape[1:])) * math.log(2.0))

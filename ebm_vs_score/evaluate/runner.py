@@ -9,7 +9,9 @@ models; () = no sweep).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -45,6 +47,19 @@ class EvalContext(NamedTuple):
 def _num_samples(ev: settings.EvalSettings) -> int:
     """``eval.num_samples``, or ``eval.num_examples`` when it is not set."""
     return int(ev.num_examples if ev.num_samples is None else ev.num_samples)
+
+
+@contextlib.contextmanager
+def timed(walls: dict[str, float] | None, name: str):
+    """Adds the wall seconds of the ``with`` body (compilation included) to ``walls[name]``:
+    the eval JSON's ``wall_s``, one entry per metric group."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if walls is not None:
+            walls[name] = walls.get(name, 0.0) + time.perf_counter() - start
+
 
 
 def _nll_examples(ctx: EvalContext) -> np.ndarray:
@@ -92,8 +107,9 @@ def true_density(data: settings.DataSettings):
         return None
 
 
-def likelihood_metrics(ctx: EvalContext, key) -> Results:
-    """ODE NLL and (energies, ``eval.ais``) AIS NLL on the same protocol points."""
+def likelihood_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Results:
+    """ODE NLL and (energies, ``eval.ais``) AIS NLL on the same protocol points; their wall
+    seconds go to ``walls`` (``ode_nll``, ``ais``)."""
     s, model = ctx.settings, ctx.model
     protocol = likelihood_protocol(s)
     k_deq, k_ode, k_ais = jax.random.split(key, 3)
@@ -102,35 +118,40 @@ def likelihood_metrics(ctx: EvalContext, key) -> Results:
     exact = true_density(s.data) if protocol.num_bins is None else None
     logging.info("eval: ODE likelihood of %d examples (%s divergence)", len(points),
                  nll.divergence_label(protocol.num_probes))
-    results, log_p = nll.ode_nll(model.fns.score, ctx.params, points, k_ode,
-                                         sde=model.sde, protocol=protocol,
-                                         true_log_prob=exact)
+    with timed(walls, "ode_nll"):
+        results, log_p = nll.ode_nll(model.fns.score, ctx.params, points, k_ode,
+                                     sde=model.sde, protocol=protocol, true_log_prob=exact)
     if model.fns.energy is not None:
-        results.update(nll.energy_ode_agreement(
-            model.fns.energy, ctx.params, points, log_p, sde=model.sde,
-            batch_size=protocol.batch_size))
+        with timed(walls, "energy_ode_agreement"):
+            results.update(nll.energy_ode_agreement(
+                model.fns.energy, ctx.params, points, log_p, sde=model.sde,
+                batch_size=protocol.batch_size))
     if model.fns.energy is not None and s.eval.ais:
         logging.info("eval: AIS log-normalizer")
-        results.update(nll.ais_nll_metrics(
-            model.fns.energy, ctx.params, points, k_ais, sde=model.sde, protocol=protocol,
-            true_log_prob=exact))
+        with timed(walls, "ais"):
+            results.update(nll.ais_nll_metrics(
+                model.fns.energy, ctx.params, points, k_ais, sde=model.sde,
+                protocol=protocol, true_log_prob=exact))
     return results
 
 
-def model_metrics(ctx: EvalContext, key) -> Results:
-    """Metrics of the model itself: Asym/NAsym, NLL (ODE, AIS), Fisher divergence (toys)."""
+def model_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Results:
+    """Metrics of the model itself: Asym/NAsym, NLL (ODE, AIS), Fisher divergence (toys);
+    the wall seconds of each go to ``walls``."""
     s, model, x = ctx.settings, ctx.model, ctx.data
     keys = jax.random.split(key, 3)
     logging.info("eval: Asym/NAsym over %d levels", s.eval.asym_levels)
-    results = fields.asymmetry_metrics(
-        model.fns.score, ctx.params, x[:_ASYM_EXAMPLES], keys[0], sde=model.sde,
-        num_levels=int(s.eval.asym_levels), num_probes=int(s.eval.asym_probes))
-    results.update(likelihood_metrics(ctx, keys[1]))
+    with timed(walls, "asym"):
+        results = fields.asymmetry_metrics(
+            model.fns.score, ctx.params, x[:_ASYM_EXAMPLES], keys[0], sde=model.sde,
+            num_levels=int(s.eval.asym_levels), num_probes=int(s.eval.asym_probes))
+    results.update(likelihood_metrics(ctx, keys[1], walls))
     mixture = _mixture(s)
     if mixture is not None:
-        results.update(fields.fisher_metrics(model.fns.score, ctx.params, x, keys[2],
-                                             sde=model.sde, mixture=mixture,
-                                             num_levels=int(s.eval.asym_levels)))
+        with timed(walls, "fisher"):
+            results.update(fields.fisher_metrics(model.fns.score, ctx.params, x, keys[2],
+                                                 sde=model.sde, mixture=mixture,
+                                                 num_levels=int(s.eval.asym_levels)))
     return results
 
 
@@ -270,20 +291,24 @@ def sample_quality(s: settings.Settings, workdir: str, samples: np.ndarray, x: n
     return out
 
 
-def sampler_metrics(ctx: EvalContext, key) -> Results:
-    """Samples of the configured sampler, their NFE and quality; saves them as npz + png."""
+def sampler_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Results:
+    """Samples of the configured sampler, their NFE and quality; saves them as npz + png.
+    Wall seconds to ``walls``: ``samples`` (drawing them), ``sample_quality`` (one sample
+    set for every distance; the offline classifier's training included when not cached)."""
     s = ctx.settings
     num = _num_samples(s.eval)
     k_sample, k_quality = jax.random.split(key)
     logging.info("eval: %d samples with %s", num, s.sampling.method)
-    samples, info = draw_samples(s, ctx.model, ctx.params, k_sample, num)
+    with timed(walls, "samples"):
+        samples, info = draw_samples(s, ctx.model, ctx.params, k_sample, num)
     files.save_samples(ctx.workdir, ctx.step, s.sampling.method, samples, ctx.data)
     usable, nonfinite = samples_lib.finite_samples(samples, not s.is_toy)
     if nonfinite:
         logging.warning("eval: %d of %d samples are not finite; the sample metrics use the "
                         "others", len(samples) - len(usable), len(samples))
     results = dict(info, sample_nonfinite=nonfinite)
-    results.update(sample_quality(s, ctx.workdir, usable, ctx.data, k_quality))
+    with timed(walls, "sample_quality"):
+        results.update(sample_quality(s, ctx.workdir, usable, ctx.data, k_quality))
     return results
 
 
@@ -302,18 +327,28 @@ def prepare(s: settings.Settings, workdir: str) -> EvalContext:
 def evaluate(s: settings.Settings, workdir: str) -> Results:
     """Evaluates checkpoint ``eval.checkpoint`` (-1: latest) of ``workdir``: all metrics.
 
-    Returns the results (scalars, per-level lists, the divergence used) also written to
+    Returns the results (scalars, per-level lists, the divergence used, and ``wall_s``: the
+    wall seconds of each metric group and the ``total``) also written to
     ``WORKDIR/eval/step_N.json``.
     """
-    ctx = prepare(s, workdir)
+    walls: dict[str, float] = {}
+    start = time.perf_counter()
+    with timed(walls, "restore"):
+        ctx = prepare(s, workdir)
     key = jax.random.PRNGKey(s.seed + 2)
     if s.is_time_invariant:
-        results = time_invariant_metrics(ctx, jax.random.fold_in(key, 0))
+        with timed(walls, "time_invariant"):
+            results = time_invariant_metrics(ctx, jax.random.fold_in(key, 0))
     else:
-        results = model_metrics(ctx, jax.random.fold_in(key, 0))
-    results.update(sampler_metrics(ctx, jax.random.fold_in(key, 1)))
-    results.update(ood_metrics(ctx, jax.random.fold_in(key, 3)))
-    results.update(nfe_sweep(ctx, jax.random.fold_in(key, 4)))
+        results = model_metrics(ctx, jax.random.fold_in(key, 0), walls)
+    results.update(sampler_metrics(ctx, jax.random.fold_in(key, 1), walls))
+    for name, group, index in (("ood", ood_metrics, 3), ("nfe_sweep", nfe_sweep, 4)):
+        with timed(walls, name):
+            extra = group(ctx, jax.random.fold_in(key, index))
+        if not extra:  # the group does not apply to this model: no wall time recorded
+            del walls[name]
+        results.update(extra)
+    results["wall_s"] = dict(walls, total=time.perf_counter() - start)
     results["step"] = ctx.step
     files.write_results(workdir, ctx.step, results)
     logging.info("eval at step %d: %s", ctx.step, files.scalars(results))
@@ -327,8 +362,13 @@ def evaluate_sampler(s: settings.Settings, workdir: str, method: str) -> Results
     the sampler and stay in :func:`evaluate`'s file.
     """
     s = settings.override(settings.require(s), {"sampling.method": method})
-    ctx = prepare(s, workdir)
-    results = sampler_metrics(ctx, jax.random.fold_in(jax.random.PRNGKey(s.seed + 2), 1))
+    walls: dict[str, float] = {}
+    start = time.perf_counter()
+    with timed(walls, "restore"):
+        ctx = prepare(s, workdir)
+    results = sampler_metrics(ctx, jax.random.fold_in(jax.random.PRNGKey(s.seed + 2), 1),
+                              walls)
+    results["wall_s"] = dict(walls, total=time.perf_counter() - start)
     results["step"] = ctx.step
     files.write_results(workdir, ctx.step, results, method)
     logging.info("eval (%s) at step %d: %s", method, ctx.step, files.scalars(results))

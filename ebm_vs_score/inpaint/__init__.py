@@ -14,8 +14,9 @@ The math's names are importable from the package (``inpaint.replacement_sample``
 from ebm_vs_score.inpaint.sampling import (
     conditional,
     gaussian_conditional,
+    held,
     merge,
     replacement_sample,
 )
 
-__all__ = ["conditional", "gaussian_conditional", "merge", "replacement_sample"]
+__all__ = ["conditional", "gaussian_conditional", "held", "merge", "replacement_sample"]

@@ -30,8 +30,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ebm_vs_score.models import conv as conv_lib
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
+
+
+def canonical_convs() -> bool:
+    """Whether convolutions differentiate into canonical convolutions (``models/conv.py``):
+    on XLA:CPU only, whose loop bodies run non-canonical ones through a naive loop."""
+    return jax.default_backend() == "cpu"
 
 
 def sums_as_products() -> bool:
@@ -74,6 +82,17 @@ def broadcast_channels(v: jax.Array, shape: Sequence[int]) -> jax.Array:
     return jnp.broadcast_to(_expand(v, shape), shape)
 
 
+def convolve(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+             padding: str) -> jax.Array:
+    """NHWC x HWIO convolution; on the CPU with derivatives that stay canonical inside XLA
+    loops (``models/conv.py``), elsewhere ``lax.conv_general_dilated`` itself."""
+    if not canonical_convs():
+        return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                            dimension_numbers=conv_lib.DIMENSION_NUMBERS)
+    pads = conv_lib.padding_pairs(x.shape[1:3], kernel.shape[:2], strides, padding)
+    return conv_lib.conv(x, kernel, strides, pads)
+
+
 class Dense(nn.Module):
     """``flax.linen.Dense`` (kernel (in, out), bias (out,)) with a product-gradient bias."""
 
@@ -109,10 +128,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, shape)
         bias = self.param("bias", self.bias_init, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jax.lax.conv_general_dilated(
-            x, kernel, tuple(self.strides), self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = convolve(x, kernel, tuple(self.strides), self.padding)
         return y + broadcast_channels(bias, y.shape)
 
 

@@ -170,7 +170,8 @@ def _defaults(fn) -> dict[str, Any]:
 OPTIONS: dict[str, dict[str, Any]] = {name: _defaults(fn) for name, fn in _SAMPLERS.items()}
 # Options that name a choice, with the tables the samplers dispatch on (``sampling.<name>``).
 CHOICES: dict[str, dict[str, Any]] = {"predictor": PREDICTORS, "corrector": CORRECTORS,
-                                      "ode_solver": ODE_SOLVERS}
+                                      "ode_solver": ODE_SOLVERS,
+                                      "nag_form": dict.fromkeys(NAG_FORMS)}
 
 
 def check_options(method: str, num_steps: int, options: dict[str, Any]) -> None:

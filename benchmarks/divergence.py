@@ -1,0 +1,121 @@
+"""The ODE NLL's divergence chosen by measurement: exact against K Hutchinson probes.
+
+    python -m benchmarks.divergence --config=CONFIG.py --workdir=DIR [--examples=64]
+        [--probes=1,4,16] [--exact] [--rtol=1e-4] [--out=FILE.json]
+
+On the trained checkpoint of ``DIR`` (restored as ``--mode=eval`` does) and the same
+dequantized test points (the evaluation's protocol), it runs ``likelihood.ode_log_prob``
+with the exact divergence (D JVPs per evaluation) and with K Rademacher probes for each K,
+twice with independent probes. Per estimator: mean bits/dim, its standard error over the
+examples, the probe noise of one example (``probe_std``, from E[(a - b)^2] / 2 over the
+two draws), the probe part of the mean's standard error (``probe_se`` = probe_std /
+sqrt(n)), the mean difference from the exact divergence on the same points (paired, with
+its standard error: Hutchinson is unbiased, so it should be 0 within it), the NFE and
+the wall seconds of each call (the first compiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.divergence", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--examples", type=int, default=64)
+    p.add_argument("--probes", default="1,4,16")
+    p.add_argument("--exact", action="store_true", help="also the exact divergence")
+    p.add_argument("--rtol", type=float, default=1e-4, help="rtol = atol of the solver")
+    p.add_argument("--out")
+    return p.parse_args(argv)
+
+
+def _load_config(path: str):
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _draw(run, params, points, key, batch: int) -> tuple[list[float], float, float]:
+    from ebm_vs_score.evaluate import likelihoods
+
+    start = time.perf_counter()
+    log_p, nfe, _ = likelihoods.ode_log_probs(run, params, points, key, batch)
+    return log_p, nfe, time.perf_counter() - start
+
+
+def estimator(ctx, points, key, num_probes: int, rtol: float, num_bins: int) -> dict:
+    """Two draws (one for the exact divergence) of the NLL of ``points`` in bits/dim."""
+    import jax
+    import numpy as np
+
+    from ebm_vs_score.evaluate import likelihoods
+
+    protocol = likelihoods.Protocol(num_bins=num_bins, num_probes=num_probes, rtol=rtol,
+                                    atol=rtol, batch_size=len(points))
+    run = likelihoods.ode_runner(ctx.model.fns.score, sde=ctx.model.sde, protocol=protocol)
+    dim = int(np.prod(points.shape[1:]))
+    draws = [_draw(run, ctx.params, points, jax.random.fold_in(key, i), len(points))
+             for i in range(1 if num_probes == 0 else 2)]
+    bpd = [likelihoods.bits_per_dim(d[0], dim, num_bins) for d in draws]
+    n = len(points)
+    out = {"num_probes": num_probes, "n": n, "bpd": float(bpd[0].mean()),
+           "bpd_se": float(bpd[0].std(ddof=1) / math.sqrt(n)), "nfe": draws[0][1],
+           "call_s": [d[2] for d in draws], "per_example_bpd": bpd[0].tolist()}
+    if len(bpd) == 2:
+        probe_std = float(np.sqrt(np.mean((bpd[0] - bpd[1]) ** 2) / 2))
+        out.update(probe_std=probe_std, probe_se=probe_std / math.sqrt(n),
+                   bpd_second_draw=float(bpd[1].mean()))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from ebm_vs_score import hostcpu
+
+    hostcpu.use_fast_cpu_kernels()
+    import jax
+    import numpy as np
+
+    from benchmarks import timing
+    from ebm_vs_score.evaluate import likelihoods, runner
+
+    config = _load_config(args.config)
+    ctx = runner.prepare(config, args.workdir)
+    num_bins = int(runner.likelihood_protocol(config).num_bins)
+    key = jax.random.PRNGKey(config.seed + 2)
+    points = likelihoods.protocol_points(key, ctx.data[:args.examples], num_bins)
+    counts = ([0] if args.exact else []) + [int(k) for k in args.probes.split(",")]
+    result = {"schema_version": 1, "kind": "divergence", "options": vars(args),
+              "machine": timing.machine_info(argv, module="benchmarks.divergence"),
+              "step": ctx.step, "estimators": []}
+    for k in counts:
+        row = estimator(ctx, points, jax.random.fold_in(key, 1), k, args.rtol, num_bins)
+        result["estimators"].append(row)
+        print(f"K={k}: {row['bpd']:.4f} ± {row['bpd_se']:.4f} bpd, probe std "
+              f"{row.get('probe_std', 0):.4f}, NFE {row['nfe']:.0f}, calls "
+              f"{', '.join(f'{s:.0f}' for s in row['call_s'])} s", file=sys.stderr, flush=True)
+    exact = next((r for r in result["estimators"] if r["num_probes"] == 0), None)
+    for row in result["estimators"]:
+        if exact is not None and row is not exact:
+            diff = np.asarray(row["per_example_bpd"]) - np.asarray(exact["per_example_bpd"])
+            row.update(diff_vs_exact=float(diff.mean()),
+                       diff_vs_exact_se=float(diff.std(ddof=1) / math.sqrt(diff.size)))
+    result["machine"]["load_average_end"] = list(os.getloadavg())
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
