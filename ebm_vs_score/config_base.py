@@ -241,7 +241,17 @@ def compose_section() -> ml_collections.ConfigDict:
 
 # Old field names still accepted (old path -> new path): a config that sets the old one (a
 # config file, a --config flag, a saved config.json) means the new one.
-RENAMED_FIELDS = {"drl.step_size": "drl.b_squared"}
+RENAMED_FIELDS = {
+    "drl.step_size": "drl.b_squared",  # it holds b^2, the squared step factor
+    "study.qc_weight": "study.qc_lambda",  # lambda of L_QC in the study's QC runs
+    "study.qc_weights": "study.qc_lambda_sweep",  # a lambda sweep: one QC run per value
+}
+# Why each old name misled, for its one-line deprecation warning.
+RENAME_REASONS = {
+    "drl.step_size": "it is b^2, the squared step factor",
+    "study.qc_weight": "it is the lambda of the QC runs, easily confused with qc_weights",
+    "study.qc_weights": "it is a lambda sweep, easily confused with qc_weight",
+}
 
 
 def with_current_names(flat: dict[str, Any]) -> dict[str, Any]:

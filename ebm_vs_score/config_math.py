@@ -16,7 +16,6 @@ import math
 from typing import Any
 
 import numpy as np
-from absl import logging
 
 from ebm_vs_score import energy_matching as em_lib
 from ebm_vs_score import eqm, losses, samplers
@@ -196,21 +195,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
-def _b_squared(drl_config: Any) -> Any:
-    """``drl.b_squared``, or the old name ``drl.step_size`` where a config still sets it."""
-    old = getattr(drl_config, "step_size", None)
-    if old is None:
-        return drl_config.b_squared
-    logging.log_first_n(logging.WARNING, "drl.step_size is deprecated: it is b^2, the squared "
-                        "step factor; set drl.b_squared instead (now %r)", 1, old)
-    return old
-
-
 def drl_settings(drl_config: Any) -> DRLSettings:
     """``drl.*`` checked: levels in 1..501, K >= 1, b^2 > 0, metropolis a bool, and a known
     ``step_schedule``; one sentence naming the field and the fix otherwise."""
     levels, steps = drl_config.num_levels, drl_config.num_steps
-    size, mh = _b_squared(drl_config), drl_config.metropolis
+    size, mh = drl_config.b_squared, drl_config.metropolis
     max_levels = drl_ladder.MAX_LEVELS
     require(is_int(levels) and 1 <= levels <= max_levels,
             f"drl.num_levels={levels!r} must be an integer from 1 to {max_levels}; the paper "

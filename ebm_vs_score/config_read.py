@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from ebm_vs_score import config_base, models, preflight
 from ebm_vs_score import config_math as cm
@@ -40,7 +41,7 @@ DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamw")
 _TUPLES = ("hidden", "ch_mult", "attn_resolutions", "nfe_sweep_steps", "nfe_sweep_tols",
            "datasets", "families", "operators", "samplers", "product_weights",
-           "mixture_weights", "methods", "seeds", "qc_weights", "eqm_energy_forms",
+           "mixture_weights", "methods", "seeds", "qc_lambda_sweep", "eqm_energy_forms",
            "resnet_energy_widths", "field_times")
 
 
@@ -230,12 +231,36 @@ def _feature_sections(config) -> dict[str, Any]:
     return out
 
 
+_WARNED: set[str] = set()  # old names already warned about in this process
+
+
+def with_current_names(config):
+    """A copy of ``config`` with each old field name's value, where set, under its new name
+    (``config_base.RENAMED_FIELDS``) and the old one cleared; one warning line per old name."""
+    config = copy.deepcopy(config)
+    for old, new in config_base.RENAMED_FIELDS.items():
+        (section, name), (new_section, new_name) = old.split("."), new.split(".")
+        if section not in config or config[section].get(name) is None:
+            continue
+        value = config[section][name]
+        if old not in _WARNED:
+            _WARNED.add(old)
+            logging.warning("%s is deprecated: %s; set %s instead (now %r)", old,
+                            config_base.RENAME_REASONS[old], new, value)
+        with config.unlocked():
+            config[new_section][new_name] = value
+            config[section][name] = None
+    return config
+
+
 def read(config, *, num_devices: int = 1) -> Settings:
     """Checks every field once and returns the typed settings (``settings.from_config``).
+    Old field names (``config_base.RENAMED_FIELDS``) are read as their new ones.
 
     Raises:
       ConfigError: one sentence naming the field, the bad value and the valid choices.
     """
+    config = with_current_names(config)
     validate_finite(config)
     _validate_seed(config)
     _validate_data(config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from ebm_vs_score import settings
-from ebm_vs_score.config_base import FAMILIES
 
 # Above this, a divergence is blamed on optim.lr itself, not on a step that is slightly too
 # large: Adam trains these models at 2e-4 .. 1e-3 (config_base), and 0.1 is far outside.
@@ -26,7 +25,7 @@ def _defaults_of(s: settings.Settings) -> dict[str, Any]:
     """config_base's defaults for the scale and family of ``s``, as a nested dict."""
     dataset = s.data.dataset
     scale = "toy" if s.is_toy else ("digits" if dataset == "digits" else "cifar")
-    family = s.family if s.family in FAMILIES else "score"
+    family = s.family if s.family in settings.families() else "score"
     return settings.family_defaults(scale, family)
 
 

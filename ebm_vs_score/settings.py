@@ -41,8 +41,9 @@ from ebm_vs_score.errors import ConfigError
 __all__ = ["ComposeSettings", "ConfigError", "DRLSettings", "DataSettings", "EvalSettings",
            "InpaintSettings", "LossSettings", "ModelSettings", "OptimSettings",
            "SDESettings", "SamplingSettings", "Settings", "StudySettings",
-           "TimeInvariantSettings", "TrainingSettings", "family_defaults", "from_config",
-           "from_dict", "of_family", "override", "require", "validate"]
+           "TimeInvariantSettings", "TrainingSettings", "current_names", "families",
+           "family_defaults", "from_config", "from_dict", "of_family", "override", "require",
+           "validate"]
 
 _frozen = dataclasses.dataclass(frozen=True)
 
@@ -273,8 +274,8 @@ class StudySettings:
     scale: str
     families: tuple[str, ...]
     seeds: tuple[int, ...]
-    qc_weight: float
-    qc_weights: tuple[float, ...] = ()
+    qc_lambda: float
+    qc_lambda_sweep: tuple[float, ...] = ()
     eqm_energy_forms: tuple[str, ...] = ()
     resnet_energy_widths: tuple[int, ...] = ()
     record: str | None = None
@@ -412,6 +413,21 @@ def of_family(scale: str, family: str, changes: dict[str, Any] | None = None) ->
 
     return config_read.read_dict(config_read.with_changes(
         family_defaults(scale, family), changes or {}))
+
+
+def current_names(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat ``{path: value}`` config (e.g. a saved ``config.json``) with each old field
+    name's value, if set, under its new name (``config_base.RENAMED_FIELDS``)."""
+    from ebm_vs_score import config_base
+
+    return config_base.with_current_names(flat)
+
+
+def families() -> tuple[str, ...]:
+    """The model families that ``config_base.get_config`` knows."""
+    from ebm_vs_score import config_base
+
+    return config_base.FAMILIES
 
 
 def family_defaults(scale: str, family: str) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import jax
 from etils import epath
 
 from ebm_vs_score import errors, settings
-from ebm_vs_score.config_base import with_current_names
 from ebm_vs_score.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -111,8 +110,8 @@ def _with_added_fields(saved_flat: dict, now: dict) -> dict:
 
 def changes(saved: dict, s: settings.Settings) -> dict[str, list]:
     """Every field where the config of ``s`` differs from ``saved``: ``{path: [before, now]}``."""
-    now = with_current_names(flatten(settings.require(s).as_dict()))
-    before = _with_added_fields(with_current_names(flatten(saved)), now)
+    now = settings.current_names(flatten(settings.require(s).as_dict()))
+    before = _with_added_fields(settings.current_names(flatten(saved)), now)
     return {p: [before.get(p), now.get(p)] for p in sorted(set(now) | set(before))
             if before.get(p) != now.get(p)}
 

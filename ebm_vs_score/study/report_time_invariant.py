@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ebm_vs_score import settings
 from ebm_vs_score.evaluate.ood import OOD_SETS
 from ebm_vs_score.evaluate.time_invariant import AIS_TARGET
+from ebm_vs_score.settings import Settings
 from ebm_vs_score.study import plan
 
 Row = Any  # report.Row
@@ -37,8 +37,8 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{values.mean():.4g}" if std == 0.0 else f"{values.mean():.4g} ± {std:.2g}"
 
 
-def _quality_key(config) -> tuple[str, str]:
-    return ("mmd", "MMD² ↓") if settings.is_toy(config) else ("fd", "FD ↓")
+def _quality_key(s: Settings) -> tuple[str, str]:
+    return ("mmd", "MMD² ↓") if s.is_toy else ("fd", "FD ↓")
 
 
 def _results(records, variant: str) -> list[dict]:
@@ -67,12 +67,12 @@ def verdict(claimed: Sequence[float], other: Sequence[float], direction: int) ->
     return "consistent, underpowered" if d > 0 else "not reproduced"
 
 
-def _summary_lines(config, ti_rows: Sequence[Row], study_dir: str) -> list[str]:
-    key, title = _quality_key(config)
-    unit = "nats" if settings.is_toy(config) else "bpd"
+def _summary_lines(s: Settings, ti_rows: Sequence[Row], study_dir: str) -> list[str]:
+    key, title = _quality_key(s)
+    unit = "nats" if s.is_toy else "bpd"
     body = []
     for row in ti_rows:
-        run = plan.run_config(config, row.variant, config.study.seeds[0], study_dir)
+        run = plan.run_settings(s, row.variant, s.study.seeds[0], study_dir)
         sampler = f"{run.sampling.method}, {run.sampling.num_steps} steps"
         keys = (key, "nasym", f"ais_nll_{unit}", "sample_nfe", "steps_per_sec")
         body.append([row.label, sampler] + [_fmt([m.get(k) for m in row.runs]) for k in keys])
@@ -102,11 +102,11 @@ def _sweep_labels(records, ti_rows) -> list[str]:
     return []
 
 
-def _nfe_lines(config, ti_rows: Sequence[Row], records) -> list[str]:
+def _nfe_lines(s: Settings, ti_rows: Sequence[Row], records) -> list[str]:
     labels = _sweep_labels(records, ti_rows)
     if not labels:
         return []
-    key, title = _quality_key(config)
+    key, title = _quality_key(s)
     body = []
     for row in ti_rows:
         for label in labels:
@@ -146,22 +146,22 @@ def _row(ti_rows, family: str, form: str | None = None) -> Row | None:
                  and plan.variant_form(r.variant) == form), None)
 
 
-def _claims(config, ti_rows: Sequence[Row], records) -> list[list[str]]:
-    key, _ = _quality_key(config)
+def _claims(s: Settings, ti_rows: Sequence[Row], records) -> list[list[str]]:
+    key, _ = _quality_key(s)
     implicit = _row(ti_rows, "eqm")
     out = []
-    for form in config.study.get("eqm_energy_forms", ()):
+    for form in s.study.eqm_energy_forms:
         explicit = _row(ti_rows, "eqm_energy", form)
         if implicit and explicit:
             a, b = [m[key] for m in explicit.runs], [m[key] for m in implicit.runs]
             out.append([f"EqM-E ({form}) samples slightly worse than EqM ({key} higher)",
                         f"{_fmt(a)} vs {_fmt(b)}", verdict(a, b, +1)])
-    steps = list(config.eval.get("nfe_sweep_steps", ()))
+    steps = list(s.eval.nfe_sweep_steps)
     for row in [r for r in ti_rows if r.family in ("eqm", "eqm_energy")]:
         if not steps:
             break
         n = max(steps)
-        for tol in config.eval.get("nfe_sweep_tols", ()):
+        for tol in s.eval.nfe_sweep_tols:
             nfe = _sweep_values(records, row.variant, f"nag_tol{tol:g}", "sample_nfe_mean")
             qa = _sweep_values(records, row.variant, f"nag_tol{tol:g}", key)
             qb = _sweep_values(records, row.variant, f"nag_{n}", key)
@@ -185,7 +185,7 @@ def _claims(config, ti_rows: Sequence[Row], records) -> list[list[str]]:
     return out
 
 
-def time_invariant_lines(config, rows: Sequence[Row], records, study_dir: str) -> list[str]:
+def time_invariant_lines(s: Settings, rows: Sequence[Row], records, study_dir: str) -> list[str]:
     """The time-invariant families' section (empty without them) and the OOD table."""
     ti_rows = [r for r in rows if r.family in TI and not r.extra and r.runs]
     lines = []
@@ -196,10 +196,10 @@ def time_invariant_lines(config, rows: Sequence[Row], records, study_dir: str) -
                   "schedule); same backbone, budget and seeds as the rows above. NAsym: "
                   "mean over the path's γ (table below). AIS NLL: the test points under "
                   f"{AIS_TARGET} (not the samplers' law); there is no ODE likelihood.", ""]
-        lines += _summary_lines(config, ti_rows, study_dir)
-        lines += _gamma_lines(ti_rows, records) + _nfe_lines(config, ti_rows, records)
+        lines += _summary_lines(s, ti_rows, study_dir)
+        lines += _gamma_lines(ti_rows, records) + _nfe_lines(s, ti_rows, records)
     lines += ood_lines(rows)
-    claims = _claims(config, ti_rows, records) if ti_rows else []
+    claims = _claims(s, ti_rows, records) if ti_rows else []
     if claims:
         lines += ["## Reproduction: Equilibrium Matching / Energy Matching claims", "",
                   "Verdicts from ± 2 standard errors over seeds "
