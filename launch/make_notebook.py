@@ -87,7 +87,8 @@ CELLS = [
         `settings.from_config(config)` checks a config once and turns it into typed
         settings; `train.train_and_evaluate(settings, workdir)` is what
         `python -m ebm_vs_score.main` runs with them: it checkpoints into `workdir`, resumes
-        from it when run again, and returns the final train state. The runs here are short, so the EMA decay is lowered to 0.99.
+        from it when run again, and returns the final train state. The runs here are short,
+        so the EMA decay is lowered to 0.99.
         QC's weight λ (`training.qc_weight`) is raised to 1 for the 2-D toy: at the config's
         default (1e-4, sized for images) the penalty is a negligible part of the loss here,
         and QC trains like U.
