@@ -4,7 +4,7 @@
 :func:`from_config` once; everything below it (builders, models, data, train, evaluate, the
 samplers and losses, the compose / inpaint / DRL / study modes, the workdir, the metrics)
 takes a :class:`Settings`, one of its sections, or plain arguments, and never sees a
-ConfigDict (DESIGN.md rule 5; ``tests/test_settings.py`` walks the code's syntax trees to
+ConfigDict (DESIGN.md rule 5; ``tests/test_config_boundary.py`` walks the syntax trees to
 keep it so). A notebook does the same::
 
     s = settings.from_config(config_base.get_config("toy", "score"))
