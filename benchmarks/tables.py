@@ -199,6 +199,23 @@ def bench_smoke(spec: Spec, records: list) -> list[str]:
     return _table(["config", "ok", "images/s", "peak device GiB (so far)", "params"], body)
 
 
+def bench_runtime(spec: Spec, records: list) -> list[str]:
+    """Expected training time of each train row at its measured rate: ``steps`` optimizer
+    steps (option, e.g. the CIFAR configs' ``training.n_iters``) at the row's batch, in
+    hours, before sampling and evaluation. Options: ``rows`` (globs), ``steps``."""
+    _need(records, None, "bench_runtime")
+    if "steps" not in spec.options:
+        raise RecordError("bench_runtime needs steps=N (optimizer steps)")
+    steps = int(float(spec.options["steps"]))
+    rows = [r for _, rec in records for r in _rows(_raw(rec), "train", spec.options.get("rows"))]
+    body = [[r["name"], str(r["batch"]), r.get("dtype", "–"),
+             _fmt(r.get("examples_per_s"), ",.0f"),
+             _fmt(steps / r["steps_per_s"] / 3600 if r.get("steps_per_s") else None, ".1f")]
+            for r in rows]
+    return _table(["row", "batch", "precision", "images/s", f"hours for {steps:,} steps"],
+                  body)
+
+
 TABLE_KINDS = {
     "bench_text": bench_text,
     "bench_train": bench_train,
@@ -208,4 +225,5 @@ TABLE_KINDS = {
     "bench_peer": bench_peer,
     "bench_convs": bench_convs,
     "bench_smoke": bench_smoke,
+    "bench_runtime": bench_runtime,
 }

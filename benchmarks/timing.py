@@ -165,18 +165,6 @@ def matmul_peak(n: int, dtype: str, *, repeats: int, min_time: float) -> dict[st
             "flops_per_s": flops / timing.median_s}
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def machine_info(argv: list[str], module: str = "benchmarks.run") -> dict[str, Any]:
     """Devices, platform, cores, versions, date, load and the exact command line."""
     import jaxlib
@@ -189,7 +177,7 @@ def machine_info(argv: list[str], module: str = "benchmarks.run") -> dict[str, A
         "num_devices": len(devices),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": records.cpu_model(),
         "python": platform.python_version(),
         "jax_version": jax.__version__,
         "jaxlib_version": jaxlib.__version__,

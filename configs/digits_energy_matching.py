@@ -7,18 +7,12 @@ at the data; phase 2 adds lambda_cd (V(data) - V(negatives)), negatives from num
 Langevin steps x - dt grad V + sqrt(2 dt eps(t)) z started half at data, half at noise
 (ebm_vs_score/energy_matching.py). Samples: Langevin with eps(t) = 0 before the cutoff,
 rising to eps_max (samplers/descent.py).
+Fields: ``energy_matching.*`` (time_cutoff, lambda_cd, num_gibbs, dt, eps_max,
+phase1_steps), ``model.energy_form``, ``sampling.*``.
 """
 
 from ebm_vs_score import config_base
 
 
 def get_config():
-    config = config_base.get_config("digits", "energy_matching")
-    config.training.objective = "energy_matching"
-    config.model.parameterization = "conservative"
-    config.model.energy_form = "dot"
-    em = config.energy_matching  # the paper's tau* = 0.8; the scale's chain and budget
-    em.time_cutoff = 0.8
-    config.sampling.method = "langevin"
-    config.sampling.time_cutoff = em.time_cutoff
-    return config
+    return config_base.get_config("digits", "energy_matching")

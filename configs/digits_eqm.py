@@ -3,16 +3,11 @@
 The digits U-Net with its time input zeroed is the field f(x) ~ (eps - x) c(gamma) on the
 flow-matching path (ebm_vs_score/eqm.py); samples are 100 Nesterov steps (eta = 0.005,
 mu = 0.3) from N(0, I). MALA is refused: the implicit field has no energy.
+Fields: ``eqm.*`` (c(gamma) and the path), ``sampling.*`` (gd / nag, adaptive ``tol``).
 """
 
 from ebm_vs_score import config_base
 
 
 def get_config():
-    config = config_base.get_config("digits", "eqm")
-    config.training.objective = "eqm"
-    config.model.parameterization = "unconstrained"
-    config.eqm.c_max, config.eqm.interp = 4.0, 0.8
-    config.sampling.method = "nag"
-    config.sampling.num_steps, config.sampling.step_size, config.sampling.mu = 100, 0.005, 0.3
-    return config
+    return config_base.get_config("digits", "eqm")

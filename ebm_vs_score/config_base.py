@@ -304,7 +304,9 @@ _FAMILY_OVERRIDES = {
     "score": {},
     "energy": {"model.parameterization": "conservative"},
     "resnet_energy": {"model.parameterization": "resnet_energy", "model.name": "resnet_energy"},
-    "qc": {"training.qc_weight": 1e-4},
+    # lambda = 0.1, the digits study's QC weight: VP from scratch, where Chao et al.'s 1e-4
+    # (fine-tuning a VE model, whose L_QC is weighted by std^2) leaves NAsym unchanged.
+    "qc": {"training.qc_weight": 0.1},
     "drl": {"model.parameterization": "resnet_energy", "model.name": "resnet_energy",
             "training.objective": "drl"},
     "eqm": {"training.objective": "eqm"},

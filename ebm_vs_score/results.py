@@ -67,7 +67,8 @@ def load_average() -> list[float] | None:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else ``platform.processor()``."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -94,7 +95,7 @@ def machine_info() -> dict[str, Any]:
         devices = [f"{d.platform}:{d.device_kind}" for d in jax.devices()]
     versions = {"python": platform.python_version()}
     versions.update({p: _version(p) for p in _VERSIONS})
-    return {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "devices": devices, "versions": versions,
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 

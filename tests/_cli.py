@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -113,3 +114,21 @@ def assert_untouched(before: dict[str, bytes], root, *, append_only: tuple[str, 
 def advice_followed(name: str, ok: bool) -> None:
     tally("advice", advice=name, ok=bool(ok))
     assert ok, name
+
+
+def train_small_run(directory) -> str:
+    """A 40-step toy run (checkpoints 20 and 40) in ``directory/w``; cases copy it
+    (:func:`copy_run`) before they damage it."""
+    workdir = os.path.join(str(directory), "w")
+    out = run_main(f"--config={TOY}", f"--workdir={workdir}", *SMALL,
+                   "--config.training.n_iters=40")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def copy_run(workdir: str, tmp_path) -> str:
+    """A copy of ``workdir`` under ``tmp_path`` (the shared run stays undamaged)."""
+    copy = os.path.join(str(tmp_path), "w")
+    shutil.copytree(workdir, copy)
+    return copy
+

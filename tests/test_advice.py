@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import pytest
 from _cli import (
@@ -17,9 +16,11 @@ from _cli import (
     TOY,
     advice_followed,
     assert_untouched,
+    copy_run,
     error_line,
     run_main,
     snapshot,
+    train_small_run,
 )
 
 pytestmark = pytest.mark.faults
@@ -28,22 +29,13 @@ RUN = [f"--config={TOY}", *SMALL, "--config.training.n_iters=40"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("advice") / "w")
-    out = run_main(*RUN, f"--workdir={workdir}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir
-
-
-def _copy(trained, tmp_path) -> str:
-    workdir = str(tmp_path / "w")
-    shutil.copytree(trained, workdir)
-    return workdir
+    return train_small_run(tmp_path_factory.mktemp("advice"))
 
 
 @pytest.mark.fast
 @pytest.mark.parametrize("mode", ["train", "sample"])
 def test_a_damaged_config_json_moved_aside_lets_the_run_go_on(trained, tmp_path, mode):
-    workdir = _copy(trained, tmp_path)
+    workdir = copy_run(trained, tmp_path)
     path = os.path.join(workdir, "config.json")
     with open(path, "wb") as f:
         f.write(b'{"data": {"dataset": "8gaus')
@@ -87,7 +79,7 @@ def test_sample_without_a_run_then_train_first(tmp_path):
 
 
 def test_sample_with_another_config_then_the_trained_one(trained, tmp_path):
-    workdir = _copy(trained, tmp_path)
+    workdir = copy_run(trained, tmp_path)
     other = [f for f in RUN if not f.startswith("--config.model.hidden")]
     line = error_line(run_main(*other, "--config.model.hidden=(64,64)",
                                f"--workdir={workdir}", "--mode=sample"))
@@ -97,7 +89,7 @@ def test_sample_with_another_config_then_the_trained_one(trained, tmp_path):
 
 
 def test_a_network_of_another_shape_then_a_new_workdir(trained, tmp_path):
-    workdir = _copy(trained, tmp_path)
+    workdir = copy_run(trained, tmp_path)
     bigger = [f for f in RUN if not f.startswith("--config.model.hidden")] + [
         "--config.model.hidden=(64,64)"]
     line = error_line(run_main(*bigger, f"--workdir={workdir}", "--allow_config_change"))
@@ -107,7 +99,7 @@ def test_a_network_of_another_shape_then_a_new_workdir(trained, tmp_path):
 
 
 def test_another_sde_is_refused_then_resumed_with_allow_config_change(trained, tmp_path):
-    workdir = _copy(trained, tmp_path)
+    workdir = copy_run(trained, tmp_path)
     args = [*RUN, f"--workdir={workdir}", "--config.training.n_iters=60",
             "--config.sde.name=ve"]
     line = error_line(run_main(*args))

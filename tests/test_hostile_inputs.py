@@ -13,11 +13,19 @@ the config, remote and coordinator addresses nobody answers, and the command lin
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 
 import pytest
-from _cli import SMALL, TOY, assert_untouched, error_line, run_main, snapshot
+from _cli import (
+    SMALL,
+    TOY,
+    assert_untouched,
+    copy_run,
+    error_line,
+    run_main,
+    snapshot,
+    train_small_run,
+)
 
 pytestmark = pytest.mark.faults
 FAST = pytest.mark.fast
@@ -138,18 +146,7 @@ def test_image_model_tuples(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 40-step toy run (checkpoints 20 and 40), copied by each case that damages it."""
-    workdir = str(tmp_path_factory.mktemp("trained") / "w")
-    out = run_main(f"--config={TOY}", f"--workdir={workdir}", *SMALL,
-                   "--config.training.n_iters=40")
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir
-
-
-def _copy(trained, tmp_path) -> str:
-    workdir = str(tmp_path / "w")
-    shutil.copytree(trained, workdir)
-    return workdir
+    return train_small_run(tmp_path_factory.mktemp("trained"))
 
 
 def _damage(path: str, how: str) -> None:
@@ -174,7 +171,7 @@ def _damage(path: str, how: str) -> None:
 ])
 def test_a_damaged_config_json_is_named_with_its_fix_and_left_alone(trained, tmp_path, how,
                                                                        mode, expect):
-    workdir = _copy(trained, tmp_path)
+    workdir = copy_run(trained, tmp_path)
     config_json = os.path.join(workdir, "config.json")
     _damage(config_json, how)
     before = snapshot(workdir)
@@ -188,7 +185,7 @@ def test_a_damaged_config_json_is_named_with_its_fix_and_left_alone(trained, tmp
 @pytest.mark.parametrize("mode", ["sample", "eval"])
 def test_sample_and_eval_with_another_config_do_not_offer_a_training_flag(trained, tmp_path,
                                                                             mode):
-    workdir = _copy(trained, tmp_path)
+    workdir = copy_run(trained, tmp_path)
     before = snapshot(workdir)
     line = error_line(run_main(f"--config={TOY}", f"--workdir={workdir}", *SMALL,
                                "--config.model.hidden=(64,64)", f"--mode={mode}"))
@@ -202,7 +199,7 @@ def test_a_bigger_network_is_refused_before_any_checkpoint_is_tried(trained, tmp
                                                                      allow):
     """No checkpoint can fit the new network: one sentence that does not offer
     --allow_config_change (it could not help), and nothing is moved or said to be."""
-    workdir = _copy(trained, tmp_path)
+    workdir = copy_run(trained, tmp_path)
     before = snapshot(workdir)
     out = run_main(f"--config={TOY}", f"--workdir={workdir}", *_small_with(
         ["--config.training.n_iters=60", "--config.model.hidden=(64,64)"]),

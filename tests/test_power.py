@@ -154,3 +154,151 @@ def test_a_family_the_study_did_not_run_is_not_testable_and_nan_seeds_are_left_o
     lines = verdicts.power_lines(values)
     assert any(verdicts.NOT_TESTABLE in line for line in lines)
     assert not any("nan" in line.lower() for line in lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Claims against other baselines: a named model, a constant, another metric of the same
+# runs (Equilibrium Matching's claims on the time-invariant families)
+# ----------------------------------------------------------------------------------------
+
+
+def _sweep(nfe: float, fd_adaptive: float, fd_fixed: float | None, n: int = 200,
+           nag: float = 5.0, gd: float = 6.0) -> list[dict]:
+    """NFE-sweep rows shaped as evaluate/time_invariant.nfe_sweep writes them."""
+    rows = [{"sampler": f"gd_{n}", "method": "gd", "num_steps": n, "tol": 0.0,
+             "sample_nfe": float(n), "fd": gd},
+            {"sampler": f"nag_eqm_{n}", "method": "nag", "nag_form": "eqm", "num_steps": n,
+             "tol": 0.0, "sample_nfe": float(n), "fd": nag},
+            {"sampler": "nag_tol2", "method": "nag", "nag_form": "nesterov", "num_steps": n,
+             "tol": 2.0, "sample_nfe": float(n), "sample_nfe_mean": nfe, "fd": fd_adaptive}]
+    if fd_fixed is not None:
+        rows.append({"sampler": f"nag_{n}", "method": "nag", "nag_form": "nesterov",
+                     "num_steps": n, "tol": 0.0, "sample_nfe": float(n), "fd": fd_fixed})
+    return rows
+
+
+def _ti_values(runs: dict[str, list[dict]]) -> dict:
+    """Study values of per-seed eval results {variant: [results of seed 0, 1, ...]}, through
+    the same per-seed extraction as the study (verdicts.per_seed_metrics)."""
+    import types
+
+    from ebm_vs_score.study import plan
+
+    records = [types.SimpleNamespace(variant=v, seed=s, done={"results": r})
+               for v, seeds in runs.items() for s, r in enumerate(seeds)]
+    per_seed = verdicts.per_seed_metrics(records)
+    families = {v: plan.parse_variant(v)[0] for v in per_seed}
+    return verdicts.study_values(per_seed, families, {v: v for v in per_seed}, None,
+                                 scale="digits")
+
+
+def _claim(values, key, variant):
+    return next(c for c in values["claims"] if c["key"] == key and c["variant"] == variant)
+
+
+def test_explicit_energy_against_the_implicit_field_is_paired_by_seed():
+    eqm = [4.0, 5.5, 3.2, 6.1]
+    values = _ti_values({
+        "eqm": [{"fd": f} for f in eqm],
+        # dot: 0.5 worse every seed (+-0.02): the paper's direction, reproduced.
+        "eqm_energy_dot": [{"fd": f + 0.5 + 0.02 * (-1) ** i} for i, f in enumerate(eqm)],
+        # l2: 0.5 better every seed: the other side, not reproduced.
+        "eqm_energy_l2": [{"fd": f - 0.5 - 0.01 * i} for i, f in enumerate(eqm)]})
+    dot = _claim(values, "eqm_explicit_worse", "eqm_energy_dot")
+    assert dot["verdict"] == verdicts.REPRODUCED and dot["baseline"] == "eqm"
+    ref = scipy.stats.ttest_rel([f + 0.5 + 0.02 * (-1) ** i for i, f in enumerate(eqm)],
+                                eqm).confidence_interval(0.95)
+    np.testing.assert_allclose([dot["low"], dot["high"]], [ref.low, ref.high], rtol=1e-9)
+    np.testing.assert_allclose(dot["baseline_value"], np.mean(eqm))
+    assert _claim(values, "eqm_explicit_worse", "eqm_energy_l2")["verdict"] == \
+        verdicts.NOT_REPRODUCED
+    spread = _ti_values({"eqm": [{"fd": f} for f in eqm],
+                         "eqm_energy_dot": [{"fd": f + d} for f, d in
+                                            zip(eqm, [0.9, -0.7, 0.4, -0.1], strict=True)]})
+    assert _claim(spread, "eqm_explicit_worse", "eqm_energy_dot")["verdict"] == \
+        verdicts.UNDERPOWERED
+    # No implicit EqM runs: nothing to pair with.
+    alone = _ti_values({"eqm_energy_dot": [{"fd": f} for f in eqm]})
+    entry = _claim(alone, "eqm_explicit_worse", "eqm_energy_dot")
+    assert entry["verdict"] == verdicts.NOT_TESTABLE and "low" not in entry
+
+
+def test_ood_auroc_of_the_energy_against_chance():
+    aurocs = {"noise": [0.91, 0.95, 0.88], "inverted": [0.31, 0.27, 0.35],
+              "patches": [0.45, 0.72, 0.55]}
+    values = _ti_values({"eqm_energy_dot": [
+        {f"ood_auroc_energy_{s}": v[i] for s, v in aurocs.items()} for i in range(3)]})
+    expected = {"noise": verdicts.REPRODUCED, "inverted": verdicts.NOT_REPRODUCED,
+                "patches": verdicts.UNDERPOWERED}
+    for ood_set, word in expected.items():
+        c = _claim(values, f"eqm_ood_energy_{ood_set}", "eqm_energy_dot")
+        assert c["verdict"] == word, (ood_set, c)
+        ref = scipy.stats.ttest_1samp(aurocs[ood_set], 0.5).confidence_interval(0.95)
+        np.testing.assert_allclose([c["low"] + 0.5, c["high"] + 0.5], [ref.low, ref.high],
+                                   rtol=1e-9)
+        assert c["n"] == 3 and c["baseline_label"] == "0.5"
+    # A run without OOD scores: the claim stays, unexpanded, and is not testable.
+    none = _ti_values({"eqm_energy_dot": [{"fd": 1.0}, {"fd": 1.1}]})
+    assert _claim(none, "eqm_ood_energy", "eqm_energy_dot")["verdict"] == \
+        verdicts.NOT_TESTABLE
+
+
+@pytest.mark.parametrize("nfe, fd_adaptive, fd_fixed, expected", [
+    ([61.0, 70.0, 66.0], [5.02, 5.11, 4.93], [5.0, 5.1, 5.0], verdicts.REPRODUCED),
+    # fewer evaluations, but FD 1.0 worse every seed: the condition is violated.
+    ([61.0, 70.0, 66.0], [6.0, 6.12, 5.95], [5.0, 5.1, 5.0], verdicts.NOT_REPRODUCED),
+    # the stop never fires: 200 of 200 evaluations every seed, nothing saved.
+    ([200.0, 200.0, 200.0], [5.0, 5.1, 5.0], [5.0, 5.1, 5.0], verdicts.NOT_REPRODUCED),
+    ([100.0, 199.0], [5.0, 5.1], [5.0, 5.1], verdicts.UNDERPOWERED),  # two far-apart seeds
+    ([61.0, 70.0, 66.0], [5.0, 5.1, 5.0], None, verdicts.NOT_TESTABLE),  # no fixed-step row
+])
+def test_adaptive_compute_against_the_fixed_step_count(nfe, fd_adaptive, fd_fixed, expected):
+    fixed = fd_fixed or [None] * len(nfe)
+    runs = [{"fd": 5.0, "nfe_sweep": _sweep(a, b, c)}
+            for a, b, c in zip(nfe, fd_adaptive, fixed, strict=True)]
+    values = _ti_values({"eqm": runs})
+    c = _claim(values, "eqm_adaptive_nfe_nag_tol2", "eqm")
+    assert c["verdict"] == expected, c
+    if expected != verdicts.NOT_TESTABLE and np.std(nfe) > 0:
+        ref = scipy.stats.ttest_1samp(nfe, 200.0).confidence_interval(0.95)
+        np.testing.assert_allclose([c["low"] + 200, c["high"] + 200], [ref.low, ref.high],
+                                   rtol=1e-9)
+        guard = c["guard"]
+        ref = scipy.stats.ttest_rel(fd_adaptive, fd_fixed).confidence_interval(0.95)
+        np.testing.assert_allclose([guard["low"], guard["high"]], [ref.low, ref.high],
+                                   rtol=1e-9)
+
+
+def test_nag_against_gd_and_the_claims_table():
+    runs = [{"fd": 5.0, "nfe_sweep": _sweep(60.0, 5.0, 5.0, nag=5.0 + 0.1 * s, gd=6.0)}
+            for s in range(3)]
+    values = _ti_values({"eqm": runs, "eqm_energy_dot": runs})
+    for variant in ("eqm", "eqm_energy_dot"):
+        family = "eqm" if variant == "eqm" else "eqm_energy"
+        c = _claim(values, f"{family}_nag_beats_gd_200", variant)
+        assert c["verdict"] == verdicts.REPRODUCED
+        np.testing.assert_allclose(c["value"], -0.9)
+    lines = verdicts.claims_table(values)
+    row = next(line for line in lines if "NAG-GD samples better than GD at 200 steps" in line)
+    assert "eqm: FD ↓ (nag_eqm_200) − FD ↓ (gd_200)" in row and "**reproduced**" in row
+    row = next(line for line in lines if "adaptive stops (nag_tol2)" in line)
+    assert "NFE (nag_tol2) − steps (nag_tol2)" in row
+    assert "FD ↓ (nag_tol2) − FD ↓ (nag_tol2 without the stop)" in row
+    # The four words, and the U-less study leaves the seed papers' claims not testable.
+    assert {c["verdict"] for c in values["claims"]} <= set(verdicts.VERDICTS)
+    assert _claim(values, "c_matches_u", "energy")["verdict"] == verdicts.NOT_TESTABLE
+
+
+def test_a_record_written_before_claims_had_baselines_still_renders():
+    """Claims entries of older study records have no baseline fields: they were all
+    against U, and their rows read as those of the same claims in a new record."""
+    values = _study([(2.0, 1e-3), (2.6, 1.1e-3), (1.6, 0.9e-3)],
+                    {"energy": ("energy", [(2.1, 0.0), (2.5, 0.0), (1.7, 0.0)])})
+    u_claims = [c for c in values["claims"] if c["baseline_label"] == "U"]
+    assert {c["key"] for c in u_claims} == {"c_matches_u", "c_matches_u_fid",
+                                            "no_shortcuts", "qc_nasym", "qc_quality"}
+    new = ("baseline", "baseline_metric", "baseline_label", "reference", "per_seed", "guard")
+    old = [{k: v for k, v in c.items() if k not in new} for c in u_claims]
+    rows = verdicts.claims_table(dict(values, claims=old))
+    assert rows == verdicts.claims_table(dict(values, claims=u_claims))
+    assert any(row.split(" | ")[1] == "energy − U" for row in rows[2:])

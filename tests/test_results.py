@@ -190,3 +190,21 @@ def test_values_table_renders_any_record(tmp_path):
     assert results.run("render", root, ["B.md"]) == 0
     text = _read(root, "B.md")
     assert "| U | 0.00484 ± 0.00012 | 27.9 |" in text and "| QC | 0.00062 ± 3e-05 | 6.9 |" in text
+
+
+def test_runtime_table_is_steps_over_the_measured_rate(tmp_path):
+    """bench_runtime: hours = steps / (steps/s) / 3600 for each selected train row."""
+    root = str(tmp_path)
+    rows = [dict(name="train/cifar/U", kind="train", batch=128, dtype="float32",
+                 steps_per_s=10.0, examples_per_s=1280.0),
+            dict(name="train/cifar/C", kind="train", batch=128, dtype="float32",
+                 steps_per_s=4.0, examples_per_s=512.0)]
+    results.write_record("bench", {"rows": rows}, directory=os.path.join(root, "results"))
+    _write(root, "B.md", "<!-- results:table bench_runtime results/bench.json steps=36000 "
+                         "rows=train/cifar/C -->\n<!-- /results -->\n")
+    assert results.run("render", root, ["B.md"]) == 0
+    text = _read(root, "B.md")
+    assert "| train/cifar/C | 128 | float32 | 512 | 2.5 |" in text and "cifar/U" not in text
+    _write(root, "B.md", "<!-- results:table bench_runtime results/bench.json -->\n"
+                         "<!-- /results -->\n")
+    assert results.run("check", root, ["B.md"]) == 1  # steps=N is required

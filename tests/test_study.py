@@ -72,11 +72,14 @@ def _time_invariant_metrics(family: str, seed: int, quality: str) -> dict:
     """Fake results of a time-invariant run: no ODE NLL, NAsym per gamma, the NFE sweep,
     AIS for the energies and OOD AUROCs (evaluate/time_invariant.py, evaluate/ood.py)."""
     base = 1.0 + 0.1 * seed + 0.01 * _family_index(family)
-    sweep = [{"sampler": label, "sample_nfe_mean": nfe, quality: base * q}
-             for label, nfe, q in (("gd_25", 25, 9.0), ("nag_25", 25, 7.0),
-                                   ("nag_eqm_25", 25, 8.0), ("gd_200", 200, 6.0),
-                                   ("nag_200", 200, 5.0), ("nag_eqm_200", 200, 5.5),
-                                   ("nag_tol2", 60 + seed, 5.1), ("nag_tol1", 90 + seed, 5.0))]
+    sweep = [{"sampler": label, "num_steps": steps, "tol": tol, "sample_nfe_mean": nfe,
+              quality: base * q}
+             for label, steps, tol, nfe, q in (
+                 ("gd_25", 25, 0.0, 25, 9.0), ("nag_25", 25, 0.0, 25, 7.0),
+                 ("nag_eqm_25", 25, 0.0, 25, 8.0), ("gd_200", 200, 0.0, 200, 6.0),
+                 ("nag_200", 200, 0.0, 200, 5.0), ("nag_eqm_200", 200, 0.0, 200, 5.5),
+                 ("nag_tol2", 200, 2.0, 60 + seed, 5.1), ("nag_tol1", 200, 1.0, 90 + seed,
+                                                         5.0))]
     out = {"asym": 1e-3 * base, "nasym": 0.02, "nasym_per_gamma": [0.01, 0.03],
            "gamma_levels": [0.5, 1.0], "sample_nfe": 100.0, quality: 6.0 * base,
            "nfe_sweep": sweep, "ood_auroc_grad_norm_noise": 0.9 + 0.01 * seed}
@@ -412,9 +415,33 @@ def _check_power_section_and_record(report: str, workdir: str, name: str) -> Non
         assert values["floors"]["fd"]["n"] == 297 and values["floors"]["fd"]["draws"] == 5
         assert values["runs"]["seeds"] == [0, 1]
         assert values["variants"]["score"]["metrics"]["fd"]["n"] == 2
+    _check_time_invariant_claims(values)
     assert verdicts.claims_table(values)[2:] == [
         row for row in section(report, "Power").splitlines()
         if row.startswith("| ") and any(f"**{v}**" in row for v in verdicts.VERDICTS)]
+
+
+def _check_time_invariant_claims(values: dict) -> None:
+    """The record carries Equilibrium Matching's claims on the fake runs (two seeds),
+    each against its own baseline: EqM-E vs EqM, the energy's AUROC vs 0.5, adaptive NFE
+    vs the fixed 200 steps (FD vs nag_200 as its condition), NAG-GD vs GD at 200 steps."""
+    from ebm_vs_score.study import verdicts
+
+    claims = {(c["key"], c["variant"]): c for c in values["claims"]}
+    for form in ("dot", "l2"):
+        c = claims["eqm_explicit_worse", f"eqm_energy_{form}"]
+        assert c["baseline"] == "eqm" and c["n"] == 2
+        # The fake FDs grow by 0.01 per family index: EqM-E 6 * 0.01 above EqM each seed.
+        np.testing.assert_allclose(c["value"], 0.06, rtol=1e-9)
+        c = claims["eqm_ood_energy_noise", f"eqm_energy_{form}"]
+        np.testing.assert_allclose(c["value"], 0.955 - 0.5, rtol=1e-9)
+        assert c["reference"] == 0.5 and c["verdict"] in verdicts.VERDICTS
+    for family, variant in (("eqm", "eqm"), ("eqm_energy", "eqm_energy_dot")):
+        c = claims[f"{family}_adaptive_nfe_nag_tol2", variant]
+        np.testing.assert_allclose(c["value"], 60.5 - 200, rtol=1e-9)  # NFE 60, 61 vs 200
+        assert c["guard"]["baseline_metric"] == "nfe_sweep.nag_tol2.fixed.fd"
+        assert c["guard"]["n"] == 2 and c["verdict"] in verdicts.VERDICTS
+        assert claims[f"{family}_nag_beats_gd_200", variant]["verdict"] == verdicts.REPRODUCED
 
 
 def test_steady_steps_per_sec_from_metrics_records():

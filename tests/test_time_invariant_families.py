@@ -186,12 +186,3 @@ def test_workdirs_written_before_these_families_still_resume(tmp_path):
     del saved["model"]["energy_form"]
     path.write_text(json.dumps(saved))
     workdir_lib.check_workdir(settings.from_config(config), str(tmp_path))
-
-
-def test_claim_verdicts_come_from_intervals():
-    from ebm_vs_score.study.report_time_invariant import verdict
-
-    assert verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], +1) == "reproduced"
-    assert verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], -1) == "not reproduced"
-    assert verdict([1.1, 0.5, 1.9], [1.0, 1.4, 0.4], +1) == "consistent, underpowered"
-    assert verdict([2.0], [1.0], +1) == "not testable here"

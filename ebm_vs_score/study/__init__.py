@@ -16,7 +16,10 @@ quality against NFE and OOD AUROC (:mod:`.report_time_invariant`).
 * :mod:`.plan`: the study config, its variants and the runs' configs and settings
   (the study's side of the one crossing), validation, commands;
 * :mod:`.run`: each run trained (resuming), evaluated and marked done; ``run_study``;
-* :mod:`.report`: figures and REPORT.md.
+* :mod:`.report`: figures and REPORT.md;
+* :mod:`.claims` and :mod:`.verdicts`: the papers' claims (the seed papers' and Equilibrium
+  Matching's), their paired per-seed intervals and verdicts in the study record
+  ``results/study_<scale>.json``, and the tables rendered from it.
 """
 
 from ebm_vs_score.study.plan import (

@@ -1,11 +1,12 @@
 """REPORT.md sections of the time-invariant families (EqM, EqM-E, Energy Matching; issue
-#26), the OOD table of every family, and the verdicts on the two papers' testable claims.
+#26): their summary, NAsym along the EqM path, sample quality against NFE, and the OOD
+table of every family.
 
-Verdicts are computed from intervals over seeds: a difference of means d with standard
-error se = sqrt(s1^2/n1 + s2^2/n2) (sample stds), interval d +- 2 se. "reproduced": the
-interval lies on the claimed side of 0; "consistent, underpowered": it contains 0 and d is
-on the claimed side; "not reproduced": d is on the other side; "not testable here": fewer
-than two seeds on either side, or a metric is missing.
+The verdicts on Equilibrium Matching's testable claims (explicit energy slightly worse
+than the implicit field, adaptive compute saves NFE, OOD detection by energy, NAG-GD beats
+GD) are not computed here: they are claims of ``study.claims``, judged by
+``study.verdicts`` from paired per-seed intervals, written into the study record and shown
+in the report's power section (and README's reproduction table) with the other claims.
 """
 
 from __future__ import annotations
@@ -53,18 +54,6 @@ def _sweep_values(records, variant: str, label: str, key: str) -> list[float]:
         if rows and key in rows[0]:
             out.append(float(rows[0][key]))
     return out
-
-
-def verdict(claimed: Sequence[float], other: Sequence[float], direction: int) -> str:
-    """Verdict that mean(claimed) - mean(other) has the sign ``direction`` (module doc)."""
-    a, b = np.asarray(claimed, np.float64), np.asarray(other, np.float64)
-    if a.size < 2 or b.size < 2:
-        return "not testable here"
-    d = direction * (a.mean() - b.mean())
-    se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-    if d - 2 * se > 0:
-        return "reproduced"
-    return "consistent, underpowered" if d > 0 else "not reproduced"
 
 
 def _summary_lines(s: Settings, ti_rows: Sequence[Row], study_dir: str) -> list[str]:
@@ -141,50 +130,6 @@ def ood_lines(rows: Sequence[Row]) -> list[str]:
             + _table(["model"] + [f"{sc} vs {s}" for sc, s in columns], body) + [""])
 
 
-def _row(ti_rows, family: str, form: str | None = None) -> Row | None:
-    return next((r for r in ti_rows if r.family == family
-                 and plan.variant_form(r.variant) == form), None)
-
-
-def _claims(s: Settings, ti_rows: Sequence[Row], records) -> list[list[str]]:
-    key, _ = _quality_key(s)
-    implicit = _row(ti_rows, "eqm")
-    out = []
-    for form in s.study.eqm_energy_forms:
-        explicit = _row(ti_rows, "eqm_energy", form)
-        if implicit and explicit:
-            a, b = [m[key] for m in explicit.runs], [m[key] for m in implicit.runs]
-            out.append([f"EqM-E ({form}) samples slightly worse than EqM ({key} higher)",
-                        f"{_fmt(a)} vs {_fmt(b)}", verdict(a, b, +1)])
-    steps = list(s.eval.nfe_sweep_steps)
-    for row in [r for r in ti_rows if r.family in ("eqm", "eqm_energy")]:
-        if not steps:
-            break
-        n = max(steps)
-        for tol in s.eval.nfe_sweep_tols:
-            nfe = _sweep_values(records, row.variant, f"nag_tol{tol:g}", "sample_nfe_mean")
-            qa = _sweep_values(records, row.variant, f"nag_tol{tol:g}", key)
-            qb = _sweep_values(records, row.variant, f"nag_{n}", key)
-            saved = verdict([float(n)] * len(nfe), nfe, +1)
-            if verdict(qa, qb, +1) == "reproduced":  # the interval says quality was lost
-                saved = f"not reproduced ({key} worse)"
-            out.append([f"{row.label}: adaptive stops (τ={tol:g}) save NFE against {n} "
-                        f"nag steps at no loss of {key}",
-                        f"NFE {_fmt(nfe)} vs {n}; {key} {_fmt(qa)} vs {_fmt(qb)}", saved])
-        gd = _sweep_values(records, row.variant, f"gd_{n}", key)
-        nag = _sweep_values(records, row.variant, f"nag_eqm_{n}", key)
-        out.append([f"{row.label}: NAG-GD (EqM form) beats GD at {n} steps ({key} lower)",
-                    f"{_fmt(nag)} vs {_fmt(gd)}", verdict(gd, nag, +1)])
-    for row in [r for r in ti_rows if r.family != "eqm"]:
-        for s in OOD_SETS:
-            auc = [m[f"ood_auroc_energy_{s}"] for m in row.runs
-                   if f"ood_auroc_energy_{s}" in m]
-            if auc:
-                out.append([f"{row.label}: OOD by energy vs {s} (AUROC > 0.5)", _fmt(auc),
-                            verdict(auc, [0.5] * len(auc), +1)])
-    return out
-
-
 def time_invariant_lines(s: Settings, rows: Sequence[Row], records, study_dir: str) -> list[str]:
     """The time-invariant families' section (empty without them) and the OOD table."""
     ti_rows = [r for r in rows if r.family in TI and not r.extra and r.runs]
@@ -195,14 +140,10 @@ def time_invariant_lines(s: Settings, rows: Sequence[Row], records, study_dir: s
                   "Nesterov descent; Energy Matching: Langevin with its temperature "
                   "schedule); same backbone, budget and seeds as the rows above. NAsym: "
                   "mean over the path's γ (table below). AIS NLL: the test points under "
-                  f"{AIS_TARGET} (not the samplers' law); there is no ODE likelihood.", ""]
+                  f"{AIS_TARGET} (not the samplers' law); there is no ODE likelihood. "
+                  "The Equilibrium Matching claims these rows test, with paired intervals "
+                  "and verdicts, are in the claims table of the power section.", ""]
         lines += _summary_lines(s, ti_rows, study_dir)
         lines += _gamma_lines(ti_rows, records) + _nfe_lines(s, ti_rows, records)
     lines += ood_lines(rows)
-    claims = _claims(s, ti_rows, records) if ti_rows else []
-    if claims:
-        lines += ["## Reproduction: Equilibrium Matching / Energy Matching claims", "",
-                  "Verdicts from ± 2 standard errors over seeds "
-                  "(ebm_vs_score/study/report_time_invariant.py).", ""]
-        lines += _table(["claim", "measured", "verdict"], claims) + [""]
     return lines

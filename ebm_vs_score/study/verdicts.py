@@ -2,9 +2,13 @@
 
 :data:`VERDICTS` defines the four verdict words once; :func:`verdict` applies them to the
 95% paired interval of a claim's metric (:func:`ebm_vs_score.study.power.paired_interval`:
-variant minus U over the seeds both were trained with). :data:`CLAIMS` lists what the
-study can test. :func:`study_values` builds the study record's values (per-seed metrics,
-real-vs-real floors, paired differences, claims with their verdicts and the seeds the
+variant minus its baseline over the seeds both were trained with). The baseline is U, or
+the model the claim names (EqM-E against EqM), or another metric of the same runs (the
+adaptive sampler's NFE against its fixed step count), or a constant (an AUROC against
+chance, 0.5). :data:`CLAIMS` (:mod:`ebm_vs_score.study.claims`) lists what the study can
+test, including the testable claims of Equilibrium Matching (Wang & Du 2025) on the
+time-invariant families. :func:`study_values` builds the study record's values (per-seed
+metrics, real-vs-real floors, paired differences, claims with their verdicts and the seeds the
 paper's effect would need); :func:`power_lines` writes them into REPORT.md and
 :data:`TABLE_KINDS` renders README tables from the record (``python -m
 ebm_vs_score.results``).
@@ -14,27 +18,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ebm_vs_score.study import power
+from ebm_vs_score.study.claims import CLAIMS, SELF, Claim, expand
 
 REPRODUCED = "reproduced"
 UNDERPOWERED = "consistent, underpowered"
 NOT_REPRODUCED = "not reproduced"
 NOT_TESTABLE = "not testable here"
 VERDICTS = {
-    REPRODUCED: "the 95% interval of the paired difference (variant − U over seeds) excludes "
-                "zero on the side the paper reports; for a claim of no difference, the "
-                "interval lies inside ± the paper's own gap",
+    REPRODUCED: "the 95% interval of the paired difference (variant − baseline over seeds; "
+                "the baseline is U unless the claim names another model, another metric of "
+                "the same runs or a constant such as chance) excludes zero on the side the "
+                "paper reports, and no condition of the claim is shown violated; for a claim "
+                "of no difference, the interval lies inside ± the paper's own gap",
     UNDERPOWERED: "the interval contains zero (or crosses the ± gap of a no-difference claim) "
                   "and also the paper's effect: these seeds cannot decide",
     NOT_REPRODUCED: "the interval excludes the paper's claim: it lies on the other side of "
                     "zero, below the paper's effect size, or outside ± the gap of a "
-                    "no-difference claim",
+                    "no-difference claim; or a condition of the claim (e.g. no loss of "
+                    "sample quality) is violated with its own interval excluding zero",
     NOT_TESTABLE: "the study did not measure this metric or model (e.g. Inception FID on "
-                  "CIFAR-10), or it has no U runs with the same seeds to pair with",
+                  "CIFAR-10), or it has no baseline runs with the same seeds to pair with",
 }
 LEVEL = 0.95
 METRICS = ("fd", "is", "precision", "recall", "fid", "inception_score", "nll_bpd", "nll_nats",
@@ -44,41 +52,6 @@ TITLES = {"fd": "FD ↓", "is": "IS ↑", "precision": "precision ↑", "recall"
           "fid": "FID ↓", "inception_score": "IS (Inception) ↑", "nll_bpd": "NLL bits/dim ↓",
           "nll_nats": "NLL nats ↓", "mmd": "MMD² ↓", "swd": "SWD ↓", "asym": "Asym ↓",
           "nasym": "NAsym ↓"}
-
-
-class Claim(NamedTuple):
-    """A claim of a seed paper about ``metric`` of ``family`` against U.
-
-    ``direction``: the sign of (family − U) the paper reports (+1 higher, −1 lower), or 0
-    for "no difference". ``size``: the paper's effect relative to U's value (for direction
-    0: the gap within which the two count as equal); None when the paper gives no size.
-    ``scales``: the data scales the claim is about (None: any).
-    """
-
-    key: str
-    statement: str
-    source: str
-    metric: str
-    family: str
-    direction: int
-    size: float | None = None
-    scales: tuple[str, ...] | None = None
-
-
-CLAIMS = (
-    # Salimans & Ho 2021, Table 1: CIFAR-10 FIDs of the energy and score U-Nets about 5%
-    # apart (6.5 vs 6.8): "can perform just as well".
-    Claim("c_matches_u", "C matches U's sample quality", "Salimans & Ho 2021, Table 1",
-          "fd", "energy", 0, 0.05),
-    Claim("c_matches_u_fid", "C matches U's FID", "Salimans & Ho 2021, Table 1", "fid",
-          "energy", 0, 0.05, scales=("cifar",)),
-    Claim("no_shortcuts", "an energy without short-cuts to its input samples worse than U",
-          "Salimans & Ho 2021, Table 1", "fd", "resnet_energy", +1),
-    Claim("qc_nasym", "the QC regularizer lowers NAsym", "Chao et al. 2023, Table 2",
-          "nasym", "qc", -1),
-    Claim("qc_quality", "QC improves sample quality", "Chao et al. 2023, Table 3", "fd",
-          "qc", -1),
-)
 
 
 def verdict(claim: Claim, interval: power.PairedInterval | None, baseline: float) -> str:
@@ -121,8 +94,21 @@ def per_seed_metrics(records: Sequence[Any]) -> dict[str, dict[int, dict[str, fl
 
 
 def _scalars(results: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in results.items()
-            if k in METRICS and isinstance(v, int | float) and not isinstance(v, bool)}
+    """The numbers claims are tested on: :data:`METRICS`, the OOD AUROCs (``ood_auroc_*``,
+    evaluate/ood.py) and the NFE sweep's rows as ``nfe_sweep.<sampler>.<key>``
+    (evaluate/time_invariant.py); an adaptive row (``tol`` > 0) also carries the row of the
+    same sampler without the stop, at its ``num_steps``, as ``nfe_sweep.<sampler>.fixed.<key>``."""
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+    out = {k: float(v) for k, v in results.items()
+           if (k in METRICS or k.startswith("ood_auroc_")) and number(v)}
+    rows = {row.get("sampler"): row for row in results.get("nfe_sweep") or ()}
+    for label, row in rows.items():
+        out.update({f"nfe_sweep.{label}.{k}": float(v) for k, v in row.items() if number(v)})
+        fixed = rows.get(f"nag_{row.get('num_steps')}")
+        if row.get("tol", 0) and fixed is not None:
+            out.update({f"nfe_sweep.{label}.fixed.{k}": float(v) for k, v in fixed.items()
+                        if number(v)})
+    return out
 
 
 def run_times(records: Sequence[Any]) -> dict[str, Any]:
@@ -168,23 +154,91 @@ def _interval_dict(iv: power.PairedInterval) -> dict[str, Any]:
             "high": finite(iv.high), "n": iv.n, "sd": finite(iv.sd)}
 
 
-def _claim_entry(claim: Claim, variant: str, label: str, values: dict, per_seed, scale: str,
-                 baseline: str) -> dict[str, Any]:
+def _baseline_variant(claim: Claim, variant: str, per_seed, families,
+                      u: str) -> str | None:
+    """The runs ``claim`` pairs ``variant`` with: U (``u``), the variant itself, or the
+    plain variant of the named family (None: the study did not run it)."""
+    if claim.baseline == SELF:
+        return variant
+    if claim.baseline == "score":
+        return u if u in per_seed else None
+    mine = [v for v in per_seed if families.get(v) == claim.baseline and "@" not in v]
+    return claim.baseline if claim.baseline in mine else next(iter(mine), None)
+
+
+def _baseline_label(claim: Claim, base: str | None, labels) -> str:
+    if claim.reference is not None:
+        return format(claim.reference, "g")
+    if claim.baseline == SELF:
+        return title(claim.baseline_metric or claim.metric)
+    default = "U" if claim.baseline == "score" else claim.baseline
+    return labels.get(base, default) if base else default
+
+
+def _pairs(claim: Claim, variant: str, base: str | None, per_seed
+           ) -> tuple[dict[int, float], dict[int, float]]:
+    """Per seed: the variant's value and its baseline's (finite values of seeds both
+    have)."""
+    mine = {s: m[claim.metric] for s, m in per_seed.get(variant, {}).items()
+            if claim.metric in m and math.isfinite(m[claim.metric])}
+    if claim.reference is not None:
+        return mine, {s: float(claim.reference) for s in mine}
+    metric = claim.baseline_metric or claim.metric
+    other = {s: m[metric] for s, m in per_seed.get(base, {}).items()
+             if metric in m and math.isfinite(m[metric])} if base else {}
+    seeds = sorted(set(mine) & set(other))
+    return {s: mine[s] for s in seeds}, {s: other[s] for s in seeds}
+
+
+def _claim_entry(claim: Claim, variant: str, labels, per_seed, families, scale: str,
+                 u: str) -> dict[str, Any]:
+    base = _baseline_variant(claim, variant, per_seed, families, u)
     entry = {"key": claim.key, "statement": claim.statement, "source": claim.source,
-             "metric": claim.metric, "variant": variant, "label": label,
-             "direction": claim.direction, "size": claim.size}
-    base = values["variants"].get(baseline, {}).get("metrics", {}).get(claim.metric)
-    testable = (claim.scales is None or scale in claim.scales) and base is not None \
-        and variant in per_seed and baseline in per_seed
-    iv = _paired(per_seed[variant], per_seed[baseline], claim.metric) if testable else None
-    entry["verdict"] = verdict(claim, iv, base["value"] if base and base["value"] is not None
-                               else math.nan)
+             "metric": claim.metric, "variant": variant,
+             "label": labels.get(variant, claim.family), "direction": claim.direction,
+             "size": claim.size, "baseline": base,
+             "baseline_metric": claim.baseline_metric or claim.metric,
+             "baseline_label": _baseline_label(claim, base, labels)}
+    if claim.reference is not None:
+        entry["reference"] = claim.reference
+    a, b = _pairs(claim, variant, base, per_seed)
+    testable = (claim.scales is None or scale in claim.scales) and bool(a) and bool(b)
+    iv = power.paired_interval(list(a.values()), list(b.values()), LEVEL) if testable \
+        else None
+    summary = _summary({s: {"v": v} for s, v in _all_baseline(claim, base, per_seed, a)},
+                       "v") if testable else None
+    base_value = summary["value"] if summary and summary["value"] is not None else math.nan
+    entry["verdict"] = verdict(claim, iv, base_value)
     if iv is not None:
-        entry.update(_interval_dict(iv), baseline_value=base["value"])
-        effect = None if claim.size is None else claim.size * abs(base["value"])
+        entry.update(_interval_dict(iv), baseline_value=base_value,
+                     per_seed={str(s): [a[s], b[s]] for s in a})
+        effect = None if claim.size is None else claim.size * abs(base_value)
         entry["seeds_needed"] = (power.seeds_needed(effect, iv.sd)
                                  if effect and math.isfinite(iv.sd) else None)
+    if claim.guard is not None:
+        entry["guard"] = _claim_entry(claim.guard, variant, labels, per_seed, families,
+                                      scale, u)
+        entry["verdict"] = _guarded(entry["verdict"], entry["guard"]["verdict"])
     return entry
+
+
+def _all_baseline(claim: Claim, base: str | None, per_seed, paired_mine):
+    """(seed, value) of the baseline over all its seeds with the metric: the value the
+    claim's size is relative to (U's mean, as for the differences table)."""
+    if claim.reference is not None:
+        return [(s, float(claim.reference)) for s in paired_mine]
+    metric = claim.baseline_metric or claim.metric
+    return [(s, m[metric]) for s, m in per_seed.get(base, {}).items() if metric in m]
+
+
+def _guarded(word: str, guard_word: str) -> str:
+    """A claim whose condition is shown violated is not reproduced; one whose condition
+    was not measured is not testable."""
+    if guard_word == REPRODUCED:
+        return NOT_REPRODUCED
+    if guard_word == NOT_TESTABLE:
+        return NOT_TESTABLE
+    return word
 
 
 def study_values(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]],
@@ -208,11 +262,13 @@ def study_values(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]],
                          if (iv := _paired(per_seed[v], per_seed[baseline], m)) is not None}
                 values["differences"][v] = diffs
     values["claims"] = []
-    for claim in CLAIMS:
-        mine = [v for v in per_seed if families[v] == claim.family and "@" not in v]
-        for v in mine or [claim.family]:
-            values["claims"].append(_claim_entry(claim, v, labels.get(v, claim.family), values,
-                                                 per_seed, scale, baseline))
+    for template in CLAIMS:
+        mine = [v for v in per_seed if families[v] == template.family and "@" not in v]
+        keys = {k for v in mine for m in per_seed[v].values() for k in m}
+        for claim in expand(template, keys):
+            for v in mine or [claim.family]:
+                values["claims"].append(_claim_entry(claim, v, labels, per_seed, families,
+                                                     scale, baseline))
     return values
 
 
@@ -238,22 +294,49 @@ def _md(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
             + ["| " + " | ".join(row) + " |" for row in body])
 
 
+def title(metric: str) -> str:
+    """Table title of a metric name: :data:`TITLES`, an OOD AUROC or an NFE-sweep row."""
+    if metric in TITLES:
+        return TITLES[metric]
+    if metric.startswith("ood_auroc_"):
+        score, _, ood_set = metric[len("ood_auroc_"):].rpartition("_")
+        return f"AUROC of {score} vs {ood_set} ↑"
+    if metric.startswith("nfe_sweep."):
+        _, row, key = metric.split(".", 2)
+        key, fixed = (key[len("fixed."):], True) if key.startswith("fixed.") else (key, False)
+        name = {"sample_nfe_mean": "NFE", "num_steps": "steps"}.get(key, TITLES.get(key, key))
+        return f"{name} ({row}{' without the stop' if fixed else ''})"
+    return metric
+
+
+def _difference_label(c: Mapping[str, Any]) -> str:
+    """'<model> − <baseline>' ('− U' in records written before claims had baselines)."""
+    if c.get("baseline_metric", c["metric"]) != c["metric"] and "reference" not in c:
+        return f"{c['label']}: {title(c['metric'])} − {c['baseline_label']}"
+    return f"{c['label']} − {c.get('baseline_label', 'U')}"
+
+
 def claims_table(values: Mapping[str, Any]) -> list[str]:
-    """Claim, model, metric, paired difference with its 95% interval, seeds the paper's
-    effect needs at the measured spread, verdict."""
+    """Claim, difference, metric, paired difference with its 95% interval (and the
+    interval of the claim's condition, if any), seeds the paper's effect needs at the
+    measured spread, verdict."""
     body = []
     for c in values["claims"]:
         diff = _interval_text(c) if "value" in c else "–"
+        guard = c.get("guard")
+        if guard is not None:
+            diff += (f"; {title(guard['metric'])} − {guard['baseline_label']}: "
+                     + (_interval_text(guard) if "value" in guard else "–"))
         rel = "–" if "value" not in c or not c.get("baseline_value") else \
             f"{100 * c['value'] / abs(c['baseline_value']):+.0f}%".replace("-", "−")
         size = "no size given" if c["size"] is None else f"{100 * c['size']:.0f}%"
         need = "–" if c.get("seeds_needed") is None else str(c["seeds_needed"])
-        body.append([f"{c['statement']} ({c['source']})", f"{c['label']} − U",
-                     TITLES[c["metric"]], diff, rel, str(c.get("n", "–")), size, need,
+        body.append([f"{c['statement']} ({c['source']})", _difference_label(c),
+                     title(c["metric"]), diff, rel, str(c.get("n", "–")), size, need,
                      f"**{c['verdict']}**"])
     return _md(["claim (source)", "difference", "metric", "mean [95% interval]",
-                "relative to U", "seeds", "paper's effect", "seeds it needs (80% power)",
-                "verdict"], body)
+                "relative to the baseline", "seeds", "paper's effect",
+                "seeds it needs (80% power)", "verdict"], body)
 
 
 def differences_table(values: Mapping[str, Any]) -> list[str]:
@@ -299,7 +382,8 @@ def power_lines(values: Mapping[str, Any]) -> list[str]:
     """The REPORT.md section: floors, paired differences, claims and verdicts."""
     lines = ["## Power: floors, paired differences and verdicts", "",
              "Cells: mean ± standard error over seeds. Differences are paired by seed "
-             "(variant − U, both trained with the same seed), with the 95% t-interval "
+             "(variant − U, both trained with the same seed; a claim's difference is "
+             "against its own baseline, named in its row), with the 95% t-interval "
              "over seeds (n − 1 degrees of freedom).", ""]
     lines += metrics_table(values) + [""]
     if values.get("floors"):
