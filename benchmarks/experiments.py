@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks import rows, timing
 from benchmarks.suites import RowSpec
-from ebm_vs_score import builders, conservativeness, hostcpu, train
+from ebm_vs_score import builders, conservativeness, hostcpu, settings, train
 from ebm_vs_score.models import layers, unet
 
 CANONICAL = "dim_labels=b01f_01io->b01f"
@@ -129,13 +129,13 @@ def probes_experiment(spec: RowSpec, opts: rows.Options, num_probes: int = 4) ->
 
 
 def _qc_step(spec: RowSpec, opts: rows.Options) -> dict:
-    config = rows.make_config(spec.scale, "QC", spec.batch)
-    model = builders.build_model(config)
+    s = settings.from_config(rows.make_config(spec.scale, "QC", spec.batch))
+    model = builders.build_model(s)
     mesh = train.make_mesh()
-    tx = train.make_optimizer(config.optim)
-    state = train.replicate(train.init_state(model, tx, config.seed), mesh)
+    tx = train.make_optimizer(s.optim)
+    state = train.replicate(train.init_state(model, tx, s.seed), mesh)
     state = state.replace(params=_perturbed(state.params))
-    loss_fn = builders.build_loss_fn(config, model)
+    loss_fn = builders.build_loss_fn(s, model)
     x = np.random.default_rng(0).standard_normal((spec.batch,) + model.example_shape)
     batch = {"x": jnp.asarray(x, jnp.float32)}
     grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))

@@ -70,8 +70,8 @@ def train_row(spec: RowSpec, opts: Options) -> tuple[dict, Any]:
 
     Returns the row and, if ``opts.keep_runners``, ``(compiled, run)`` for profiling.
     """
-    config, state, step, batch = _train_inputs(spec)
-    size = int(config.training.batch_size)
+    s, state, step, batch = _train_inputs(spec)
+    size = int(s.training.batch_size)
     compiled, compile_s = timing.compile_timed(step, state, batch)
     cell = [state]
 
@@ -84,43 +84,43 @@ def train_row(spec: RowSpec, opts: Options) -> tuple[dict, Any]:
     row = _timed(compiled, run, opts, compile_s)
     row.update(batch=size, steps_per_s=1.0 / row["time_s"], examples_per_s=size / row["time_s"],
                num_params=train.num_params(cell[0].params),
-               objective=config.training.objective, qc_weight=config.training.qc_weight,
-               qc_probes=config.training.qc_probes, network=config.model.name)
+               objective=s.loss.objective, qc_weight=s.loss.qc_weight,
+               qc_probes=s.loss.qc_probes, network=s.model.name)
     return row, ((compiled, run) if opts.keep_runners else None)
 
 
 def _train_inputs(spec: RowSpec):
-    """``(config, state, step, batch)``: a fresh replicated state, the jitted train step of
+    """``(settings, state, step, batch)``: a fresh replicated state, the jitted train step of
     the row's config, and a sharded N(0, I) batch."""
-    config = make_config(spec.scale, spec.family, spec.batch, spec.dtype)
-    model = builders.build_model(config)
+    s = settings.from_config(make_config(spec.scale, spec.family, spec.batch, spec.dtype))
+    model = builders.build_model(s)
     mesh = train.make_mesh()
-    state, step = train.fresh_state_and_step(config, model, mesh)
-    size = int(config.training.batch_size)
+    state, step = train.fresh_state_and_step(s, model, mesh)
+    size = int(s.training.batch_size)
     batch = train.global_batch({"x": _normal((size,) + model.example_shape)}, mesh)
-    return config, state, step, batch
+    return s, state, step, batch
 
 
 def train_step_runner(spec: RowSpec) -> tuple[Callable[[], None], Any]:
-    """``(one_step, config)``: ``one_step()`` runs one real train step and blocks on it."""
-    config, state, step, batch = _train_inputs(spec)
+    """``(one_step, settings)``: ``one_step()`` runs one real train step and blocks on it."""
+    s, state, step, batch = _train_inputs(spec)
     cell = [state]
 
     def one_step() -> None:
         cell[0], _ = step(cell[0], batch)
         jax.block_until_ready(cell[0])
 
-    return one_step, config
+    return one_step, s
 
 
 def model_and_params(spec: RowSpec):
-    """``(config, model, params, x, t)`` of a row: initial params, N(0, I) inputs, t = 0.5."""
-    config = make_config(spec.scale, spec.family, spec.batch, spec.dtype)
-    model = builders.build_model(config)
-    params = builders.init_params(model, jax.random.PRNGKey(config.seed))
+    """``(settings, model, params, x, t)`` of a row: initial params, N(0, I) inputs, t = 0.5."""
+    s = settings.from_config(make_config(spec.scale, spec.family, spec.batch, spec.dtype))
+    model = builders.build_model(s)
+    params = builders.init_params(model, jax.random.PRNGKey(s.seed))
     x = jnp.asarray(_normal((spec.batch,) + model.example_shape))
     t = jnp.full((spec.batch,), 0.5, jnp.float32)
-    return config, model, params, x, t
+    return s, model, params, x, t
 
 
 def bare_eval(fn: Callable, params, x, t, opts: Options) -> dict:
@@ -166,11 +166,8 @@ def sampler_row(spec: RowSpec, opts: Options, bare: dict, bare_loop: dict) -> di
     evaluation (its arithmetic, MH energies) beyond the network run in a loop of its own;
     ``bare_eval_s`` is one lone batched call (with its dispatch), for reference.
     """
-    from ebm_vs_score import settings
-
-    config, model, params, _, _ = model_and_params(spec)
-    config.sampling.method = spec.method
-    options = settings.sampler_options(config)
+    s, model, params, _, _ = model_and_params(spec)
+    options = settings.override(s, {"sampling.method": spec.method}).sampling.options
     shape = (spec.batch,) + model.example_shape
     fn = _sampler_fn(spec.method, shape, model, opts.sampler_steps, options)
     key = jax.random.PRNGKey(1)

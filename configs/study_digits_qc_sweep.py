@@ -4,7 +4,7 @@ python -m ebm_vs_score.main --mode=study --config=configs/study_digits_qc_sweep.
     --workdir=DIR [--config.training.n_iters=1000]
 
 The digits study (configs/study_digits.py: same network, objective, optimizer, sampler,
-metrics) restricted to U (lambda = 0) and QC, with ``study.qc_weights`` = 1e-4 ... 1: one
+metrics) restricted to U (lambda = 0) and QC, with ``study.qc_lambda_sweep`` = 1e-4 ... 1: one
 QC run per lambda and seed, resumable like any study (finished runs are reused; adding a
 lambda adds runs). REPORT.md gets a "QC λ sweep" table (NAsym, FD, NLL, train steps/s per
 lambda) and figures/qc_sweep.png.
@@ -26,7 +26,7 @@ from ebm_vs_score import study
 def get_config():
     config = study.get_config("digits")
     config.study.families = ("score", "qc")
-    config.study.qc_weights = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    config.study.qc_lambda_sweep = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     config.study.seeds = (0,)
     config.study.extra_sampler = ""  # no energies in a QC sweep
     config.study.record = "study_digits_qc_sweep"  # results/study_digits_qc_sweep.json

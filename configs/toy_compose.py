@@ -4,12 +4,11 @@ python -m ebm_vs_score.main --mode=compose --config=configs/toy_compose.py --wor
 
 Fields: ebm_vs_score/config_base.py (the component runs take seed, training.n_iters,
 batch_size, log/checkpoint/sample_every and sde.name from here) and the `compose` section
-(ebm_vs_score/compose/run.py, default_compose_config). Every field is overridable, e.g.
+(ebm_vs_score/config_base.py, compose_section). Every field is overridable, e.g.
 --config.training.n_iters=300 --config.compose.num_samples=500.
 """
 
 from ebm_vs_score import config_base
-from ebm_vs_score.compose import run as compose_run
 
 
 def get_config():
@@ -19,5 +18,5 @@ def get_config():
     config.training.batch_size = 256
     config.training.checkpoint_every = 1000
     config.training.sample_every = 2000
-    config.compose = compose_run.default_compose_config()
+    config.compose = config_base.compose_section()
     return config

@@ -1,8 +1,8 @@
 """From typed settings to the objects the math modules need: SDE, network, score/energy, loss.
 
-``settings`` reads and validates the config; this module calls the math with plain
-arguments, so that train, eval, sample and study build exactly the same model. The public
-functions still take the config (they call ``settings`` first) so call sites stay short.
+The functions take the :class:`ebm_vs_score.settings.Settings` of ``settings.from_config``
+and call the math with plain arguments, so that train, eval, sample and study build exactly
+the same model.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from ebm_vs_score import drl, eqm, losses, models, settings
+from ebm_vs_score import drl, eqm, losses, models, samplers, settings
 from ebm_vs_score import energy_matching as em_lib
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
@@ -35,9 +34,6 @@ class Model(NamedTuple):
     ladder: DRLSchedule | None = None
 
 
-example_shape = settings.example_shape
-
-
 def build_sde(s: settings.SDESettings) -> sde_lib.SDE:
     """The SDE of ``sde.*``."""
     return sde_lib.make_sde(s.name, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
@@ -45,32 +41,30 @@ def build_sde(s: settings.SDESettings) -> sde_lib.SDE:
                             num_scales=s.num_scales, eps=s.eps)
 
 
-def build_model(config: ml_collections.ConfigDict) -> Model:
-    """Builds network, SDE (or DRL ladder) and the parameterization named by the config."""
-    parameterization = config.model.parameterization
+def build_model(s: settings.Settings) -> Model:
+    """Builds network, SDE (or DRL ladder) and the parameterization of the settings."""
+    settings.require(s)
+    parameterization = s.model.parameterization
     scalar = param_lib.SCALAR_OUTPUT[parameterization]
-    net = models.get_network(config.model, scalar_output=scalar)
+    net = models.get_network(s.model, scalar_output=scalar)
     if parameterization == "conservative":
         # E = ||F||^2 / 2: a zero-initialized output layer makes F = 0 a stationary point
         # of every objective (score and all parameter gradients vanish there).
         net = net.clone(zero_init_output=False)
-    sigma_data = float(config.model.sigma_data)
-    shape = example_shape(config)
-    ti = settings.time_invariant_settings(config)
-    if ti is not None:
-        fns = time_invariant_fns(net, ti)
-        return Model(net=net, sde=None, fns=fns, example_shape=shape)
-    if is_drl(config):
-        drl_settings = settings.drl_settings(config.drl)
-        ladder = drl_settings.schedule
+    sigma_data = float(s.model.sigma_data)
+    if s.time_invariant is not None:
+        fns = time_invariant_fns(net, s.time_invariant)
+        return Model(net=net, sde=None, fns=fns, example_shape=s.example_shape)
+    if s.drl is not None:
+        ladder = s.drl.schedule
         fns = drl.model_fns(parameterization, net, ladder, sigma_data,
-                            energy_base=config.model.energy_base,
-                            energy_scale=drl_settings.energy_scale, chain=drl_settings.chain)
-        return Model(net=net, sde=None, fns=fns, example_shape=shape, ladder=ladder)
-    sde = build_sde(settings.sde_settings(config))
+                            energy_base=s.model.energy_base,
+                            energy_scale=s.drl.energy_scale, chain=s.drl.chain)
+        return Model(net=net, sde=None, fns=fns, example_shape=s.example_shape, ladder=ladder)
+    sde = build_sde(s.sde)
     fns = param_lib.get_model_fns(parameterization, net, sde, sigma_data,
-                                  energy_base=config.model.energy_base)
-    return Model(net=net, sde=sde, fns=fns, example_shape=shape)
+                                  energy_base=s.model.energy_base)
+    return Model(net=net, sde=sde, fns=fns, example_shape=s.example_shape)
 
 
 def time_invariant_fns(net, ti: settings.TimeInvariantSettings) -> param_lib.ModelFns:
@@ -78,9 +72,6 @@ def time_invariant_fns(net, ti: settings.TimeInvariantSettings) -> param_lib.Mod
     if ti.energy_form is None:
         return eqm.implicit_fns(net)
     return eqm.energy_fns(net, ti.energy_form, ti.c_max)
-
-
-is_time_invariant = settings.is_time_invariant
 
 
 class PhasedLoss(NamedTuple):
@@ -105,15 +96,44 @@ def time_invariant_loss(ti: settings.TimeInvariantSettings, fns: param_lib.Model
     return PhasedLoss((0, int(s.phase1_steps)), (warmup, full))
 
 
-def is_drl(config: ml_collections.ConfigDict) -> bool:
-    """Whether the model is trained by diffusion recovery likelihood (Gao et al. 2021)."""
-    return config.training.objective == "drl"
-
-
 def init_params(model: Model, key: jax.Array) -> Any:
     """Initial network parameters, from a batch of one example."""
     x = jnp.zeros((1,) + model.example_shape, jnp.float32)
     return model.net.init({"params": key}, x, jnp.zeros((1,)), train=False)["params"]
+
+
+def make_sample_fn(s: settings.Settings, model: Model, num_samples: int | None = None):
+    """``sample_fn(params, key) -> (samples, info)`` for the configured sampler, jitted once,
+    drawing ``num_samples`` (default ``sampling.num_samples``) per call."""
+    sampling = settings.require(s).sampling
+    num = sampling.num_samples if num_samples is None else num_samples
+    shape = (int(num),) + model.example_shape
+    options = sampling.options
+
+    if s.drl is not None:
+        chain = s.drl.chain
+
+        def drl_sample_fn(params, key):
+            energy = param_lib.bind(model.fns.energy, params)
+            return drl.drl_sample(energy, key, shape, model.ladder, chain)
+
+        return jax.jit(drl_sample_fn)
+
+    def sample_fn(params, key):
+        return samplers.sample(
+            sampling.method, key, shape, sde=model.sde,
+            score_fn=param_lib.bind(model.fns.score, params),
+            energy_fn=param_lib.bind(model.fns.energy, params),
+            num_steps=int(sampling.num_steps), **options)
+
+    return jax.jit(sample_fn)
+
+
+def param_shapes(s: settings.Settings) -> Any:
+    """``(shape, dtype)`` of every parameter of the settings' network (nothing allocated)."""
+    model = build_model(s)
+    shapes = jax.eval_shape(lambda key: init_params(model, key), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
 
 
 def loss_from_settings(s: settings.LossSettings, fns: param_lib.ModelFns, sde: sde_lib.SDE):
@@ -139,13 +159,12 @@ def loss_from_settings(s: settings.LossSettings, fns: param_lib.ModelFns, sde: s
                      f"{list(losses.OBJECTIVES)}")
 
 
-def build_loss_fn(config: ml_collections.ConfigDict, model: Model):
+def build_loss_fn(s: settings.Settings, model: Model):
     """The objective named by ``training.objective`` as ``loss_fn(params, batch, key)``, or
     a :class:`PhasedLoss` (Energy Matching's warm-up, then contrastive divergence)."""
-    if is_drl(config):
-        s = settings.drl_settings(config.drl)
-        return drl.make_drl_loss(model.fns.energy, model.ladder, s.chain, s.energy_scale)
-    ti = settings.time_invariant_settings(config)
-    if ti is not None:
-        return time_invariant_loss(ti, model.fns)
-    return loss_from_settings(settings.loss_settings(config), model.fns, model.sde)
+    settings.require(s)
+    if s.drl is not None:
+        return drl.make_drl_loss(model.fns.energy, model.ladder, s.drl.chain, s.drl.energy_scale)
+    if s.time_invariant is not None:
+        return time_invariant_loss(s.time_invariant, model.fns)
+    return loss_from_settings(s.loss, model.fns, model.sde)

@@ -21,6 +21,8 @@ from typing import Any
 
 import ml_collections
 
+from ebm_vs_score.compose.operators import OPERATORS
+
 SCALES = ("toy", "digits", "cifar")
 FAMILIES = ("score", "energy", "resnet_energy", "qc", "drl", "eqm", "eqm_energy",
             "energy_matching")
@@ -216,9 +218,40 @@ def _drl() -> ml_collections.ConfigDict:
     return drl
 
 
+def compose_section() -> ml_collections.ConfigDict:
+    """The ``compose`` section of ``configs/toy_compose.py`` (``--mode=compose``,
+    ebm_vs_score/compose/run.py), with its defaults."""
+    c = ml_collections.ConfigDict()
+    c.datasets = ("8gaussians", "gmm")
+    c.families = ("score", "energy", "qc")
+    c.operators = OPERATORS
+    c.samplers = ("euler_maruyama", "ode", "ula", "mala", "hmc")
+    c.product_weights = (1.0, 1.0)
+    c.mixture_weights = (0.5, 0.5)
+    c.alpha = 0.3  # negation p_1 / p_2^alpha
+    c.num_samples = 1000
+    c.sde_steps = 200  # euler_maruyama, ancestral, pc
+    c.ode_steps = 50  # ode (Heun): 2 NFE per step
+    c.mcmc_levels = 50  # ald, ula, mala, hmc: noise levels
+    c.n_steps_each = 4
+    c.grid_size = 300
+    c.grid_lim = 3.5
+    return c
+
+
 # Old field names still accepted (old path -> new path): a config that sets the old one (a
 # config file, a --config flag, a saved config.json) means the new one.
-RENAMED_FIELDS = {"drl.step_size": "drl.b_squared"}
+RENAMED_FIELDS = {
+    "drl.step_size": "drl.b_squared",  # it holds b^2, the squared step factor
+    "study.qc_weight": "study.qc_lambda",  # lambda of L_QC in the study's QC runs
+    "study.qc_weights": "study.qc_lambda_sweep",  # a lambda sweep: one QC run per value
+}
+# Why each old name misled, for its one-line deprecation warning.
+RENAME_REASONS = {
+    "drl.step_size": "it is b^2, the squared step factor",
+    "study.qc_weight": "it is the lambda of the QC runs, easily confused with qc_weights",
+    "study.qc_weights": "it is a lambda sweep, easily confused with qc_weight",
+}
 
 
 def with_current_names(flat: dict[str, Any]) -> dict[str, Any]:

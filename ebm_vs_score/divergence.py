@@ -8,10 +8,9 @@ advice names the float fields far from the scale's defaults instead.
 
 from __future__ import annotations
 
-import ml_collections
+from typing import Any
 
-from ebm_vs_score import config_base
-from ebm_vs_score import data as data_lib
+from ebm_vs_score import settings
 
 # Above this, a divergence is blamed on optim.lr itself, not on a step that is slightly too
 # large: Adam trains these models at 2e-4 .. 1e-3 (config_base), and 0.1 is far outside.
@@ -22,21 +21,20 @@ _SUSPECT_FACTOR = 100.0
 _SUSPECT_SECTIONS = ("sde", "model", "data", "training")
 
 
-def _defaults_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """config_base's defaults for the scale and family of ``config``."""
-    dataset = config.data.dataset
-    scale = "toy" if dataset in data_lib.TOY_NAMES else (
-        "digits" if dataset == "digits" else "cifar")
-    family = config.get("family", "score")
-    return config_base.get_config(scale, family if family in config_base.FAMILIES else "score")
+def _defaults_of(s: settings.Settings) -> dict[str, Any]:
+    """config_base's defaults for the scale and family of ``s``, as a nested dict."""
+    dataset = s.data.dataset
+    scale = "toy" if s.is_toy else ("digits" if dataset == "digits" else "cifar")
+    family = s.family if s.family in settings.families() else "score"
+    return settings.family_defaults(scale, family)
 
 
-def _suspects(config: ml_collections.ConfigDict) -> list[str]:
+def _suspects(s: settings.Settings) -> list[str]:
     """Float fields far (x100) from this scale's defaults, as ``field=value (default d)``."""
-    defaults, out = _defaults_of(config), []
+    defaults, now, out = _defaults_of(s), s.as_dict(), []
     for section in _SUSPECT_SECTIONS:
-        for name, value in config[section].items():
-            default = defaults[section].get(name) if section in defaults else None
+        for name, value in now[section].items():
+            default = defaults.get(section, {}).get(name)
             if not isinstance(value, float) or not isinstance(default, float) or default == 0:
                 continue
             ratio = abs(value / default) if value else 0.0
@@ -45,8 +43,8 @@ def _suspects(config: ml_collections.ConfigDict) -> list[str]:
     return out
 
 
-def advice(config: ml_collections.ConfigDict, last_checkpoint: int | None, *,
-                      before_any_update: bool = False) -> str:
+def advice(s: settings.Settings, last_checkpoint: int | None, *,
+           before_any_update: bool = False) -> str:
     """What to do after a divergence, with a command-line flag that the workdir accepts.
 
     A lower learning rate is offered only when ``optim.lr`` is plausible and the loss was
@@ -55,20 +53,20 @@ def advice(config: ml_collections.ConfigDict, last_checkpoint: int | None, *,
     """
     if last_checkpoint is None:
         where = (f"the run stopped before its first checkpoint (due at step "
-                 f"{config.training.checkpoint_every}), so nothing was saved")
+                 f"{s.training.checkpoint_every}), so nothing was saved")
         rerun = "rerun it to start again"
     else:
         where = f"the run stopped and its last checkpoint (step {last_checkpoint}) is kept"
         rerun = f"rerun it to resume from step {last_checkpoint}"
     if before_any_update:
-        suspects = _suspects(config)
+        suspects = _suspects(s)
         named = ("check " + ", ".join(suspects) if suspects
                  else "check the data and the sde.* and model.* values")
         return (f"{where}; the loss was non-finite before any update, so optim.lr is not the "
                 f"cause: {named}, fix it in the same command and {rerun}")
-    lr = float(config.optim.lr)
+    lr = float(s.optim.lr)
     if not lr <= MAX_PLAUSIBLE_LR:
-        default = float(_defaults_of(config).optim.lr)
+        default = float(_defaults_of(s)["optim"]["lr"])
         return (f"{where}; optim.lr={lr:g} is far above the learning rates Adam trains these "
                 f"models with (at most {MAX_PLAUSIBLE_LR:g}): add --config.optim.lr={default:g} "
                 f"(this scale's default) to the same command and {rerun}")

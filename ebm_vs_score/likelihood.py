@@ -49,6 +49,21 @@ def _check_ode_args(score_fn, x, sde, key, num_probes: int, probe: str) -> None:
     estimators.check_field(lambda u: score_fn(u, t0), x, "score_fn")
 
 
+def _augmented_field(drift: Callable, probes: jax.Array | None) -> Callable:
+    """The vector field of ``(x, delta)`` whose value at t is (f~(x, t), div f~(x, t)): the
+    exact divergence without probes, else v.(J v) per probe, shape (K, B) (Song et al. 2021,
+    eq. 39-40)."""
+
+    def vector_field(y, t):
+        z, _ = y
+        tb = jnp.full((z.shape[0],), t, z.dtype)
+        if probes is None:
+            return estimators.divergence(lambda u: drift(u, tb), z)
+        return estimators.jvp_quadratic(lambda u: drift(u, tb), z, probes)
+
+    return vector_field
+
+
 def ode_log_prob(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array | None = None,
                  num_probes: int = 0, rtol: float = 1e-5, atol: float = 1e-5,
                  probe: str = "rademacher") -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -83,19 +98,10 @@ def ode_log_prob(score_fn: ScoreFn, x: jax.Array, *, sde, key: jax.Array | None 
     _check_ode_args(score_fn, x, sde, key, num_probes, probe)
     probes = (estimators.probes(key, (num_probes,) + x.shape, probe, x.dtype)
               if num_probes else None)
-    drift = ode_drift(score_fn, sde)
-
-    def vector_field(y, t):
-        z, _ = y
-        tb = jnp.full((z.shape[0],), t, z.dtype)
-        if probes is None:
-            return estimators.divergence(lambda u: drift(u, tb), z)
-        return estimators.jvp_quadratic(lambda u: drift(u, tb), z, probes)  # (K, B)
-
     delta0 = jnp.zeros(x.shape[:1] if probes is None else (num_probes,) + x.shape[:1],
                        x.dtype)
-    (z, delta), info = solve_adaptive(vector_field, (x, delta0), sde.eps, sde.T,
-                                      rtol=rtol, atol=atol)
+    (z, delta), info = solve_adaptive(_augmented_field(ode_drift(score_fn, sde), probes),
+                                      (x, delta0), sde.eps, sde.T, rtol=rtol, atol=atol)
     prior = sde.prior_logp(z)
     info = {"nfe": info["nfe"], "num_steps": info["num_steps"], "prior_logp": prior, "z": z}
     if probes is not None:  # one integral per probe: their mean is the estimate

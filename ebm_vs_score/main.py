@@ -66,6 +66,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ebm_vs_score import checkpoints, config_file, errors, hostcpu, runlock  # noqa: E402
+from ebm_vs_score import settings as settings_lib  # noqa: E402
 from ebm_vs_score import workdir as workdir_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -94,7 +95,7 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-# --mode -> (module, function(config, workdir)); imported lazily: each pulls its own modules.
+# --mode -> (module, function(settings, workdir)); imported lazily: each pulls its own modules.
 _MODES = {
     "eval": ("ebm_vs_score.evaluate", "evaluate"),
     "sample": ("ebm_vs_score.evaluate", "sample"),
@@ -127,25 +128,26 @@ def _locked(workdir: str):
 
 
 def _run_mode(mode: str, config, workdir: str):
-    """Checks that the config fits --mode, then dispatches to the mode's function."""
+    """Turns the config into settings (the one crossing), checks that they fit --mode, then
+    dispatches to the mode's function."""
     from ebm_vs_score import preflight
 
-    preflight.check_mode(mode, config)
+    s = settings_lib.from_config(config, num_devices=jax.device_count())
+    preflight.check_mode(mode, s)
     if mode == "train":
         from ebm_vs_score.train import train_and_evaluate
 
-        return train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
-    if mode in ("eval", "sample", "inpaint") or (mode == "energy_vs_ode"
-                                                  and "study" not in config):
+        return train_and_evaluate(s, workdir, allow_config_change=_ALLOW_CHANGE.value)
+    if mode in ("eval", "sample", "inpaint") or (mode == "energy_vs_ode" and s.study is None):
         workdir_lib.require_run(workdir, mode)
     if mode in ("eval", "sample"):
-        preflight.check(config, num_devices=jax.device_count())
+        preflight.check(s, num_devices=jax.device_count())
     module, name = _MODES[mode]
     run = getattr(importlib.import_module(module), name)
     if mode not in _LOCKED_MODES:
-        return run(config, workdir)
+        return run(s, workdir)
     with _locked(workdir):
-        return run(config, workdir)
+        return run(s, workdir)
 
 
 def _coordinator_watchdog(timeout: int) -> threading.Timer:

@@ -22,7 +22,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from ebm_vs_score import builders, samplers, settings
 from ebm_vs_score.errors import ConfigError, DataError, format_bytes
@@ -36,11 +35,11 @@ def _first_line(error: Exception) -> str:
     return text[0].rstrip(".") if text else type(error).__name__
 
 
-def _dry_run_sampler(config, model: builders.Model) -> None:
+def _dry_run_sampler(s: settings.Settings, model: builders.Model) -> None:
     """Traces the configured sampler on a 2-example batch with a stand-in score."""
-    if builders.is_drl(config):  # DRL samples with its own chain (checked by drl_settings)
+    if s.is_drl:  # DRL samples with its own chain (checked by the drl.* reader)
         return
-    options = settings.sampler_options(config)
+    sampling = s.sampling
 
     def score_fn(x, t):
         return -x
@@ -51,12 +50,12 @@ def _dry_run_sampler(config, model: builders.Model) -> None:
     has_energy = model.fns.energy is not None
     try:
         jax.eval_shape(lambda key: samplers.sample(
-            config.sampling.method, key, (2,) + model.example_shape, sde=model.sde,
+            sampling.method, key, (2,) + model.example_shape, sde=model.sde,
             score_fn=score_fn, energy_fn=energy_fn if has_energy else None,
-            num_steps=min(int(config.sampling.num_steps), 4), **options),
+            num_steps=min(int(sampling.num_steps), 4), **sampling.options),
             jax.random.PRNGKey(0))
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"sampling.method={config.sampling.method!r} cannot run with these "
+        raise ConfigError(f"sampling.method={sampling.method!r} cannot run with these "
                           f"sampling.* fields: {_first_line(e)}") from None
 
 
@@ -85,23 +84,23 @@ def memory_available() -> tuple[int, str, int]:
     return int(ram), "host memory", jax.local_device_count()
 
 
-def _widest_layer(config) -> int:
+def _widest_layer(s: settings.Settings) -> int:
     """Floats per example of the widest activation a forward pass must hold (a lower
     bound: the MLP's widest hidden layer, the first convolution's output for images)."""
-    if settings.is_toy(config):
-        return int(max(config.model.hidden))
-    size = int(config.data.image_size)
-    return size * size * int(config.model.ch)
+    if s.is_toy:
+        return int(max(s.model.hidden))
+    size = int(s.data.image_size)
+    return size * size * int(s.model.ch)
 
 
-def _model_fields(config) -> str:
-    if config.model.name == "mlp":
-        return f"model.hidden={tuple(config.model.hidden)}"
-    return (f"model.ch={config.model.ch}, model.ch_mult={tuple(config.model.ch_mult)}, "
-            f"model.num_res_blocks={config.model.num_res_blocks}")
+def _model_fields(model: settings.ModelSettings) -> str:
+    if model.name == "mlp":
+        return f"model.hidden={tuple(model.hidden)}"
+    return (f"model.ch={model.ch}, model.ch_mult={tuple(model.ch_mult)}, "
+            f"model.num_res_blocks={model.num_res_blocks}")
 
 
-def check_memory(config, num_params: int, num_devices: int,
+def check_memory(s: settings.Settings, num_params: int, num_devices: int,
                  available: tuple[int, str, int] | None = None) -> None:
     """Refuses sizes whose lower bound on memory exceeds what the machine has."""
     have, what, sharing = memory_available() if available is None else available
@@ -109,20 +108,18 @@ def check_memory(config, num_params: int, num_devices: int,
     state = _STATE_COPIES * num_params * _FLOAT_BYTES
     if state * sharing > have:
         raise ConfigError(
-            f"the network of {_model_fields(config)} has {num_params:.3g} parameters, whose "
+            f"the network of {_model_fields(s.model)} has {num_params:.3g} parameters, whose "
             f"train state (parameters, EMA, two Adam moments) needs at least {fmt(state)} per "
             f"device, more than the {fmt(have)} of {what}; use a smaller network")
-    example = settings.data_dim(config)
-    widest = _widest_layer(config)
-    batch = int(config.training.batch_size)
-    accum = int(config.training.get("grad_accum_steps", 1) or 1)
+    example = s.data_dim
+    widest = _widest_layer(s)
+    batch, accum = s.training.batch_size, s.training.grad_accum_steps
     sizes = [
         ("training.batch_size", batch,
          (batch // num_devices * example + batch // (accum * num_devices) * widest)),
-        ("sampling.num_samples", int(config.sampling.num_samples),
-         int(config.sampling.num_samples) * (example + widest)),
-        ("eval.batch_size", int(config.eval.batch_size),
-         int(config.eval.batch_size) * (example + widest)),
+        ("sampling.num_samples", s.sampling.num_samples,
+         s.sampling.num_samples * (example + widest)),
+        ("eval.batch_size", s.eval.batch_size, s.eval.batch_size * (example + widest)),
     ]
     for field, value, floats in sizes:
         need = state + floats * _FLOAT_BYTES
@@ -133,41 +130,51 @@ def check_memory(config, num_params: int, num_devices: int,
                 f"the widest layer), more than the {fmt(have)} of {what}; lower {field}")
 
 
-def check(config: ml_collections.ConfigDict, *, num_devices: int,
+def check_batch_split(batch: int, accum: int, num_devices: int) -> None:
+    """The batch splits into ``accum`` equal micro-batches on each of ``num_devices``."""
+    if batch % (accum * num_devices):
+        raise ConfigError(
+            f"training.batch_size={batch} is not divisible by training.grad_accum_steps="
+            f"{accum} x {num_devices} device(s); use a multiple of {accum * num_devices}")
+
+
+def check(s: settings.Settings, *, num_devices: int,
           available: tuple[int, str, int] | None = None) -> settings.Settings:
-    """All start-up checks of an experiment config; returns its typed settings.
+    """The start-up checks beyond the field checks of ``settings.from_config``: the batch
+    split over these devices, memory, and a traced sampler; returns ``s``.
 
     Raises:
       ConfigError: one sentence naming the field, the bad value and the fix.
     """
-    s = settings.from_config(config, num_devices=num_devices)
-    model = builders.build_model(config)
-    check_memory(config, _num_params(model), num_devices, available)
-    _dry_run_sampler(config, model)
+    settings.require(s)
+    check_batch_split(s.training.batch_size, s.training.grad_accum_steps, num_devices)
+    model = builders.build_model(s)
+    check_memory(s, _num_params(model), num_devices, available)
+    _dry_run_sampler(s, model)
     return s
 
 
-def _needs_section(config, section: str, mode: str, example: str) -> None:
-    if section not in config:
-        raise ConfigError(f"--mode={mode} needs a config with a {section!r} section, e.g. "
+def _needs_section(section: object, name: str, mode: str, example: str) -> None:
+    if section is None:
+        raise ConfigError(f"--mode={mode} needs a config with a {name!r} section, e.g. "
                           f"--config={example}; this config has none")
 
 
-def check_mode(mode: str, config: ml_collections.ConfigDict) -> None:
-    """Whether ``config`` fits ``--mode`` (checked before the mode starts any work)."""
+def check_mode(mode: str, s: settings.Settings) -> None:
+    """Whether the settings fit ``--mode`` (checked before the mode starts any work)."""
     if mode == "compose":
         from ebm_vs_score.compose import run as compose_run
 
-        _needs_section(config, "compose", mode, "configs/toy_compose.py")
-        _as_config_error(compose_run.validate_compose, config.compose)
+        _needs_section(s.compose, "compose", mode, "configs/toy_compose.py")
+        _as_config_error(compose_run.validate_compose, s.compose)
     elif mode == "study":
-        _needs_section(config, "study", mode, "configs/study_toy.py")
+        _needs_section(s.study, "study", mode, "configs/study_toy.py")
     elif mode == "inpaint":
         from ebm_vs_score.inpaint import run as inpaint_run
 
-        _as_config_error(inpaint_run.settings, config)
+        _as_config_error(inpaint_run.check_inpaint, s)
     elif mode == "fid_stats":
-        _check_fid_stats(config)
+        _check_fid_stats(s)
 
 
 def _as_config_error(check_fn, *args) -> None:
@@ -177,14 +184,14 @@ def _as_config_error(check_fn, *args) -> None:
         raise ConfigError(_first_line(e)) from None
 
 
-def _check_fid_stats(config) -> None:
+def _check_fid_stats(s: settings.Settings) -> None:
     from ebm_vs_score.metrics import inception
 
-    if settings.is_toy(config):
+    if s.is_toy:
         raise ConfigError(
             f"--mode=fid_stats computes Inception statistics of an image dataset, but "
-            f"data.dataset={config.data.dataset!r} is a toy; use an image config, e.g. "
+            f"data.dataset={s.data.dataset!r} is a toy; use an image config, e.g. "
             "--config=configs/cifar_score.py")
-    path = config.eval.inception_weights
+    path = s.eval.inception_weights
     if path is None or not os.path.isfile(os.path.expanduser(path)):
         raise DataError(inception.missing_weights_message(path))

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -39,7 +38,6 @@ from ebm_vs_score import (
     writers,
 )
 from ebm_vs_score import data as data_lib
-from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.errors import NonFiniteLossError
 
@@ -61,8 +59,9 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(optim: settings.OptimSettings) -> optax.GradientTransformation:
     """Adam/AdamW with linear warmup and global-norm clipping (Ho et al. 2020 setup)."""
+    settings.require_section(optim, settings.OptimSettings, "optim")
     schedule = optax.linear_schedule(0.0, optim.lr, max(int(optim.warmup), 1))
     if optim.optimizer == "adamw":
         opt = optax.adamw(schedule, b1=optim.beta1, b2=optim.beta2, eps=optim.eps,
@@ -198,17 +197,20 @@ def compile_train_step(loss_fn, tx, ema_decay: float, mesh: Mesh, state: TrainSt
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
-def fresh_state_and_step(config: ml_collections.ConfigDict, model: builders.Model,
+def fresh_state_and_step(s: settings.Settings, model: builders.Model,
                          mesh: Mesh) -> tuple[TrainState, Callable]:
     """A freshly initialized state, replicated on ``mesh``, and the compiled train step of
-    ``config`` (what a run without a checkpoint starts from; benchmarks and checks use it)."""
-    tx = make_optimizer(config.optim)
-    state = replicate(init_state(model, tx, config.seed), mesh)
-    step = compile_train_step(builders.build_loss_fn(config, model), tx,
-                              config.training.ema_decay, mesh, state,
-                              grad_accum_steps=config.training.get("grad_accum_steps", 1),
-                              batch_size=config.training.batch_size)
-    return state, step
+    the settings (what a run without a checkpoint starts from; benchmarks and checks use it)."""
+    tx = make_optimizer(s.optim)
+    state = replicate(init_state(model, tx, s.seed), mesh)
+    return state, _compile_step(s, model, tx, mesh, state)
+
+
+def _compile_step(s: settings.Settings, model: builders.Model, tx, mesh: Mesh,
+                  state: TrainState):
+    return compile_train_step(builders.build_loss_fn(s, model), tx, s.training.ema_decay,
+                              mesh, state, grad_accum_steps=s.training.grad_accum_steps,
+                              batch_size=s.training.batch_size)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -259,9 +261,10 @@ EXPLODED_LOSS_FACTOR = 1e6
 divergence_advice = divergence.advice
 
 
-def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> TrainState:
-    """The newest checkpoint of the workdir that loads if there is one, else a fresh state."""
-    state = replicate(init_state(model, tx, config.seed), mesh)
+def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, seed: int, mesh) -> TrainState:
+    """The newest checkpoint of the workdir that loads if there is one, else a fresh state
+    (initialized from ``seed``)."""
+    state = replicate(init_state(model, tx, seed), mesh)
     if ckpt.latest_step() is None:
         return state
     state = ckpt.restore(state)
@@ -269,32 +272,7 @@ def restore_or_init(ckpt: checkpoints.Checkpointer, model, tx, config, mesh) -> 
     return state
 
 
-def make_sample_fn(config: ml_collections.ConfigDict, model: builders.Model):
-    """``sample_fn(params, key) -> (samples, info)`` for the configured sampler, jitted once."""
-    from ebm_vs_score import samplers
-
-    shape = (int(config.sampling.num_samples),) + model.example_shape
-    options = settings.sampler_options(config)
-
-    if builders.is_drl(config):
-        from ebm_vs_score import drl
-
-        chain = settings.drl_settings(config.drl).chain
-
-        def drl_sample_fn(params, key):
-            energy = param_lib.bind(model.fns.energy, params)
-            return drl.drl_sample(energy, key, shape, model.ladder, chain)
-
-        return jax.jit(drl_sample_fn)
-
-    def sample_fn(params, key):
-        return samplers.sample(
-            config.sampling.method, key, shape, sde=model.sde,
-            score_fn=param_lib.bind(model.fns.score, params),
-            energy_fn=param_lib.bind(model.fns.energy, params),
-            num_steps=int(config.sampling.num_steps), **options)
-
-    return jax.jit(sample_fn)
+make_sample_fn = builders.make_sample_fn
 
 
 def first_replica(x: jax.Array) -> np.ndarray:
@@ -302,10 +280,11 @@ def first_replica(x: jax.Array) -> np.ndarray:
     return np.asarray(x.addressable_data(0))
 
 
-def write_samples(config, state: TrainState, step: int, workdir: str, writer, sample_fn) -> None:
+def write_samples(s: settings.Settings, state: TrainState, step: int, workdir: str, writer,
+                  sample_fn) -> None:
     """Draws samples with the (EMA) params and writes a PNG and a TensorBoard image."""
-    params = state.ema_params if config.sampling.use_ema else state.params
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
+    params = state.ema_params if s.sampling.use_ema else state.params
+    key = jax.random.fold_in(jax.random.PRNGKey(s.seed + 1), step)
     samples, info = sample_fn(params, key)
     samples = first_replica(samples)
     if jax.process_index() != 0:
@@ -321,7 +300,7 @@ def write_samples(config, state: TrainState, step: int, workdir: str, writer, sa
 
 
 class _Loop(NamedTuple):
-    config: ml_collections.ConfigDict
+    settings: settings.Settings
     workdir: str
     mesh: Mesh
     step_fn: Callable
@@ -333,7 +312,7 @@ class _Loop(NamedTuple):
 
 def _diverged(loop: _Loop, message: str, bad_step: int | None = None) -> NonFiniteLossError:
     before_update = bad_step is not None and bad_step == loop.stats.get("start", 0) + 1
-    advice = divergence_advice(loop.config, loop.ckpt.latest_step(),
+    advice = divergence_advice(loop.settings, loop.ckpt.latest_step(),
                                before_any_update=before_update)
     return NonFiniteLossError(f"{message}; {advice}")
 
@@ -372,7 +351,7 @@ def _save(loop: _Loop, step: int, state: TrainState) -> None:
     if not _all_finite((state.params, state.ema_params)):
         raise _diverged(loop, f"the parameters became non-finite by step {step}")
     if not loop.stats.get("committed"):
-        workdir_lib.commit(loop.config, loop.workdir, loop.stats.get("start", 0))
+        workdir_lib.commit(loop.settings, loop.workdir, loop.stats.get("start", 0))
         loop.stats["committed"] = True
     loop.ckpt.save(step, state)
 
@@ -384,12 +363,12 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
     donated, and batches reach the device ahead of their step (``prefetch_to_device``).
     A state is checkpointed only after every step since the last log was finite.
     """
-    cfg = loop.config.training
-    hooks = [writers.ReportProgress(cfg.n_iters, loop.writer)]
+    schedule = loop.settings.training
+    hooks = [writers.ReportProgress(schedule.n_iters, loop.writer)]
     history: list = []
     start = int(state.step)
     loop.stats["start"] = start
-    for step in range(start + 1, cfg.n_iters + 1):
+    for step in range(start + 1, schedule.n_iters + 1):
         if watcher.should_stop(step - 1):
             _flush(loop, history, step - 1)
             if step - 1 > start:  # at most once: a step saved just before is not saved again
@@ -399,19 +378,20 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
         history.append(metrics)
         for hook in hooks:
             hook(step)
-        last = step == cfg.n_iters
-        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
+        last = step == schedule.n_iters
+        if step % schedule.log_every == 0 or step % schedule.checkpoint_every == 0 or last:
             _flush(loop, history, step)
-        if step % cfg.checkpoint_every == 0 or last:
+        if step % schedule.checkpoint_every == 0 or last:
             _save(loop, step, state)
-        if step % cfg.sample_every == 0 or last:
-            write_samples(loop.config, state, step, loop.workdir, loop.writer, loop.sample_fn)
+        if step % schedule.sample_every == 0 or last:
+            write_samples(loop.settings, state, step, loop.workdir, loop.writer,
+                          loop.sample_fn)
     return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def train_and_evaluate(s: settings.Settings, workdir: str, *,
                        allow_config_change: bool = False) -> TrainState:
-    """Trains the model of ``config`` in ``workdir``, resuming from its latest checkpoint.
+    """Trains the model of the settings in ``workdir``, resuming from its latest checkpoint.
 
     Leaves in ``workdir``: ``config.json`` (written with the first checkpoint),
     ``checkpoints/``, TensorBoard event files, ``metrics.jsonl`` (one JSON line per log
@@ -421,25 +401,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     ``training.n_iters``.
 
     Args:
-      config: the experiment config.
+      s: the experiment's settings, ``settings.from_config(config)``.
       workdir: the run's directory.
       allow_config_change: resume even if fields that are unsafe to change on resume
         differ from ``workdir/config.json`` (the changes are recorded in the workdir).
 
     Raises:
+      TypeError: ``s`` is not a Settings (e.g. a ConfigDict).
       UserError: a bad config value, workdir or data, another run in the workdir, a full
         disk, or a divergence (one sentence).
     """
+    settings.require(s)
     mesh = make_mesh()
-    preflight.check(config, num_devices=mesh.size)
+    preflight.check(s, num_devices=mesh.size)
     workdir_lib.prepare_for_writing(workdir)
     with runlock.hold(workdir):
         has_checkpoints = checkpoints.newest_on_disk(workdir) is not None
         workdir_lib.check_workdir(
-            config, workdir, allow_changes=allow_config_change, training=True,
-            same_network=functools.partial(_same_network, config) if has_checkpoints else None)
-        state, directory = _build_and_train(config, workdir, mesh)
-    if int(state.step) < config.training.n_iters:
+            s, workdir, allow_changes=allow_config_change, training=True,
+            same_network=functools.partial(_same_network, s) if has_checkpoints else None)
+        state, directory = _build_and_train(s, workdir, mesh)
+    if int(state.step) < s.training.n_iters:
         saved = (f"its checkpoint is saved in {directory}" if int(state.step) > 0
                  else "nothing was trained yet")
         logging.warning("stopped at step %d: %s; rerun the same command to resume",
@@ -450,48 +432,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return state
 
 
-def _param_shapes(config: ml_collections.ConfigDict) -> Any:
-    model = builders.build_model(config)
-    shapes = jax.eval_shape(lambda key: builders.init_params(model, key), jax.random.PRNGKey(0))
-    return jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
-
-
-def _same_network(config: ml_collections.ConfigDict, saved: dict) -> bool:
-    """Whether the saved config's network has the parameter shapes of ``config``'s (True
-    when the saved config cannot be built any more: then the restore decides)."""
+def _same_network(s: settings.Settings, saved: dict) -> bool:
+    """Whether the saved config's network has the parameter shapes of ``s``'s (True when
+    the saved config, completed with today's fields, cannot be built: the restore decides)."""
     try:
-        old = _param_shapes(ml_collections.ConfigDict(saved))
+        old = builders.param_shapes(settings.override(s, workdir_lib.flatten(saved)))
     except Exception:  # noqa: BLE001 - an old or partial config.json: cannot tell
         return True
-    return old == _param_shapes(config)
+    return old == builders.param_shapes(s)
 
 
-def _build_and_train(config, workdir: str, mesh: Mesh) -> tuple[TrainState, Any]:
-    model = builders.build_model(config)
-    tx = make_optimizer(config.optim)
-    ckpt = checkpoints.Checkpointer(workdir, config.training.keep_checkpoints,
+def _build_and_train(s: settings.Settings, workdir: str, mesh: Mesh) -> tuple[TrainState, Any]:
+    model = builders.build_model(s)
+    tx = make_optimizer(s.optim)
+    ckpt = checkpoints.Checkpointer(workdir, s.training.keep_checkpoints,
                                     set_aside_broken=True)
     try:
-        return _train(config, workdir, mesh, model, tx, ckpt), ckpt.directory
+        return _train(s, workdir, mesh, model, tx, ckpt), ckpt.directory
     finally:
         ckpt.close()
 
 
-def _train(config, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
+def _train(s: settings.Settings, workdir: str, mesh: Mesh, model, tx, ckpt) -> TrainState:
     """Restores or initializes the state, builds the step, data and writer, and trains."""
-    state = restore_or_init(ckpt, model, tx, config, mesh)
+    state = restore_or_init(ckpt, model, tx, s.seed, mesh)
     logging.info("model has %d parameters", num_params(state.params))
-    loss_fn = builders.build_loss_fn(config, model)
-    step_fn = compile_train_step(loss_fn, tx, config.training.ema_decay, mesh, state,
-                                 grad_accum_steps=config.training.get("grad_accum_steps", 1),
-                                 batch_size=config.training.batch_size)
+    step_fn = _compile_step(s, model, tx, mesh, state)
     writer = writers.create_writer(workdir, just_logging=jax.process_index() > 0)
     data_iter = prefetch_to_device(data_lib.get_dataset(
-        config.data, batch_size=config.training.batch_size, split="train", seed=config.seed,
+        s.data, batch_size=s.training.batch_size, split="train", seed=s.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_step=int(state.step)), mesh)
-    loop = _Loop(config, workdir, mesh, step_fn, make_sample_fn(config, model), ckpt, writer,
-                 {})
+    loop = _Loop(s, workdir, mesh, step_fn, make_sample_fn(s, model), ckpt, writer, {})
     try:
         with checkpoints.PreemptionWatcher() as watcher:
             return _run_steps(loop, state, data_iter, watcher)

@@ -20,11 +20,9 @@ import time
 from collections.abc import Callable
 
 import jax
-import ml_collections
 from etils import epath
 
-from ebm_vs_score import errors
-from ebm_vs_score.config_base import with_current_names
+from ebm_vs_score import errors, settings
 from ebm_vs_score.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -48,12 +46,13 @@ RESUME_SAFE_FIELDS = MUTABLE_FIELDS + (
 )
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{dotted path: value}`` of the leaves of a nested dict."""
     flat = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
+            flat.update(flatten(value, path + "."))
         else:
             flat[path] = value
     return flat
@@ -61,10 +60,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def _is_mutable(path: str, fields: tuple[str, ...]) -> bool:
     return path.split(".")[0] in MUTABLE_SECTIONS or path in fields
-
-
-def _as_dict(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json_best_effort())
 
 
 # Fields added after workdirs of earlier versions were written: ``path -> (old, applies)``.
@@ -113,19 +108,19 @@ def _with_added_fields(saved_flat: dict, now: dict) -> dict:
     return out
 
 
-def changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, list]:
-    """Every field where ``config`` differs from ``saved``: ``{path: [before, now]}``."""
-    now = with_current_names(_flatten(_as_dict(config)))
-    before = _with_added_fields(with_current_names(_flatten(saved)), now)
+def changes(saved: dict, s: settings.Settings) -> dict[str, list]:
+    """Every field where the config of ``s`` differs from ``saved``: ``{path: [before, now]}``."""
+    now = settings.current_names(flatten(settings.require(s).as_dict()))
+    before = _with_added_fields(settings.current_names(flatten(saved)), now)
     return {p: [before.get(p), now.get(p)] for p in sorted(set(now) | set(before))
             if before.get(p) != now.get(p)}
 
 
-def config_differences(saved: dict, config: ml_collections.ConfigDict, *,
+def config_differences(saved: dict, s: settings.Settings, *,
                        mutable: tuple[str, ...] = MUTABLE_FIELDS) -> list[str]:
-    """Fields, other than ``mutable`` ones and ``sampling.*`` / ``eval.*``, where ``config``
-    differs from ``saved``, as ``"path: old -> new"``."""
-    return [f"{p}: {a!r} -> {b!r}" for p, (a, b) in changes(saved, config).items()
+    """Fields, other than ``mutable`` ones and ``sampling.*`` / ``eval.*``, where the config
+    of ``s`` differs from ``saved``, as ``"path: old -> new"``."""
+    return [f"{p}: {a!r} -> {b!r}" for p, (a, b) in changes(saved, s).items()
             if not _is_mutable(p, mutable)]
 
 
@@ -219,15 +214,16 @@ def load_saved(workdir: str) -> dict | None:
         "trained with (a training run saves it again), or use another --workdir"))
 
 
-def save(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes ``config`` to ``workdir/config.json`` (process 0, atomically); returns the path."""
+def save(s: settings.Settings, workdir: str) -> str:
+    """Writes the config of ``s`` to ``workdir/config.json`` (process 0, atomically);
+    returns the path."""
     path = epath.Path(workdir) / CONFIG_FILE
     if jax.process_index() != 0:
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{CONFIG_FILE}.tmp"
     try:
-        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        tmp.write_text(settings.require(s).config_json)
     except OSError:  # a full disk: no half-written temporary file is left behind
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -236,14 +232,14 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> str:
     return str(path)
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str, *,
+def check_workdir(s: settings.Settings, workdir: str, *,
                   allow_changes: bool = False, training: bool = False,
                   same_network: Callable[[dict], bool] | None = None) -> None:
     """Refuses a workdir whose saved config differs in a field that is not safe to change
     on resume, unless ``allow_changes`` (``--allow_config_change``, read by training only).
 
     Args:
-      config: the config of this command.
+      s: the settings of this command.
       workdir: the run's directory.
       allow_changes: accept any difference (training records it in config_changes.jsonl),
         except a network of another shape, which no checkpoint of the run can load into.
@@ -255,7 +251,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, *,
     saved = load_saved(workdir)
     if saved is None:
         return
-    diff = config_differences(saved, config, mutable=RESUME_SAFE_FIELDS)
+    diff = config_differences(saved, s, mutable=RESUME_SAFE_FIELDS)
     shown = "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "")
     path = epath.Path(workdir) / CONFIG_FILE
     if diff and same_network is not None and not same_network(saved):
@@ -276,8 +272,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, *,
         "another --workdir")
 
 
-def commit(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
-    """Records ``config`` as the one in force from ``step`` on (after that step trained).
+def commit(s: settings.Settings, workdir: str, step: int) -> None:
+    """Records the config of ``s`` as the one in force from ``step`` on (after that step
+    trained).
 
     Appends the changes from the saved config, if any, to ``config_changes.jsonl`` and
     rewrites ``config.json``; a first commit just writes ``config.json``.
@@ -285,7 +282,7 @@ def commit(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
     if jax.process_index() != 0:
         return
     saved = load_saved(workdir)
-    diff = {} if saved is None else changes(saved, config)
+    diff = {} if saved is None else changes(saved, s)
     if saved is not None and not diff:
         return
     if diff:
@@ -293,7 +290,7 @@ def commit(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
                   "changes": diff}
         with (epath.Path(workdir) / CHANGES_FILE).open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-    save(config, workdir)
+    save(s, workdir)
 
 
 def _check_remote(workdir: str) -> None:

@@ -84,9 +84,11 @@ CELLS = [
     ("markdown", """
         ## Train U, C and QC
 
-        `train.train_and_evaluate(config, workdir)` is what `python -m ebm_vs_score.main`
-        runs: it checkpoints into `workdir`, resumes from it when run again, and returns the
-        final train state. The runs here are short, so the EMA decay is lowered to 0.99.
+        `settings.from_config(config)` checks a config once and turns it into typed
+        settings; `train.train_and_evaluate(settings, workdir)` is what
+        `python -m ebm_vs_score.main` runs with them: it checkpoints into `workdir`, resumes
+        from it when run again, and returns the final train state. The runs here are short,
+        so the EMA decay is lowered to 0.99.
         QC's weight λ (`training.qc_weight`) is raised to 1 for the 2-D toy: at the config's
         default (1e-4, sized for images) the penalty is a negligible part of the loss here,
         and QC trains like U.
@@ -96,21 +98,23 @@ CELLS = [
 
 
         def short_run(config, n_iters):
-            \"\"\"n_iters steps, with one checkpoint and one sample grid at the end.\"\"\"
+            \"\"\"The settings of n_iters steps, with one checkpoint and one sample grid at
+            the end.\"\"\"
             config.training.n_iters = n_iters
             config.training.log_every = max(n_iters // 5, 1)
             config.training.checkpoint_every = n_iters
             config.training.sample_every = n_iters
             config.training.ema_decay = 0.99
             config.sampling.num_steps = SAMPLE_STEPS
-            return config
+            return settings.from_config(config)
 
 
         configs, models, params = {}, {}, {}
         for name, family in FAMILIES.items():
-            configs[name] = short_run(config_base.get_config("toy", family), TOY_ITERS)
+            config = config_base.get_config("toy", family)
             if name == "QC":
-                configs[name].training.qc_weight = 1.0
+                config.training.qc_weight = 1.0
+            configs[name] = short_run(config, TOY_ITERS)
             start = time.time()
             state = train.train_and_evaluate(configs[name], os.path.join(WORKROOT, family))
             models[name] = builders.build_model(configs[name])
@@ -121,10 +125,10 @@ CELLS = [
         In a new session, the same params come back from the workdir's latest checkpoint:
         """),
     ("code", """
-        def load_state(config, workdir):
-            \"\"\"The latest checkpointed train state of a run.\"\"\"
-            model = builders.build_model(config)
-            template = train.init_state(model, train.make_optimizer(config.optim), config.seed)
+        def load_state(s, workdir):
+            \"\"\"The latest checkpointed train state of a run of settings ``s``.\"\"\"
+            model = builders.build_model(s)
+            template = train.init_state(model, train.make_optimizer(s.optim), s.seed)
             ckpt = checkpoints.Checkpointer(workdir)
             try:
                 return ckpt.restore(template)
@@ -203,15 +207,15 @@ CELLS = [
 
         def draw(name, method, seed=0):
             \"\"\"Samples of model `name` with `method` (its other options from the config).\"\"\"
-            config = configs[name].copy_and_resolve_references()
-            config.sampling.method = method
-            config.sampling.update(LANGEVIN)
+            s = settings.override(configs[name], {
+                "sampling.method": method,
+                **{f"sampling.{k}": v for k, v in LANGEVIN.items()}})
             model, p = models[name], params[name]
             run = jax.jit(lambda key: samplers.sample(
                 method, key, (NUM_SAMPLES,) + model.example_shape, sde=model.sde,
                 score_fn=parameterization.bind(model.fns.score, p),
                 energy_fn=parameterization.bind(model.fns.energy, p),
-                num_steps=SAMPLE_STEPS, **settings.sampler_options(config)))
+                num_steps=SAMPLE_STEPS, **s.sampling.options))
             samples, info = run(jax.random.PRNGKey(seed))
             return np.asarray(samples), jax.device_get(info)
 
@@ -241,12 +245,13 @@ CELLS = [
 
         The same code on 8×8 images (scikit-learn digits) with the energy U-Net. A hundred
         and fifty steps give rough shapes only; `configs/digits_energy.py` trains for 3000.
-        `train.make_sample_fn(config, model)` is the config's sampler, compiled once.
+        `train.make_sample_fn(settings, model)` is the config's sampler, compiled once.
         """),
     ("code", """
-        digits = short_run(config_base.get_config("digits", "energy"), 10 if FAST else 150)
+        digits = config_base.get_config("digits", "energy")
         digits.training.batch_size = 32 if FAST else 64
         digits.sampling.num_samples = 16 if FAST else 64
+        digits = short_run(digits, 10 if FAST else 150)
         state = train.train_and_evaluate(digits, os.path.join(WORKROOT, "digits_energy"))
         model = builders.build_model(digits)
         sample_fn = train.make_sample_fn(digits, model)  # jitted samplers.sample of the config

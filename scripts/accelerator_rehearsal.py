@@ -77,36 +77,38 @@ def run(config, workdir: str, steps: int) -> None:
     import numpy as np
     import tensorflow_datasets as tfds
 
-    from ebm_vs_score import data, evaluate, train
+    from ebm_vs_score import data, evaluate, settings, train
     from ebm_vs_score.evaluate import fid_stats
     from ebm_vs_score.metrics import fid
 
     os.makedirs(workdir, exist_ok=True)
-    np.savez(config.eval.inception_weights, **fid.random_state_dict(0))
+    s = settings.from_config(config)
+    np.savez(s.eval.inception_weights, **fid.random_state_dict(0))
     mock = _MOCK_EXAMPLES.value or (32 if _TINY.value else 1024)
     with tfds.testing.mock_data(num_examples=mock):
         def first_batch():
-            x = next(data.get_dataset(config.data, batch_size=config.training.batch_size,
-                                      split="train", seed=config.seed))["x"]
+            x = next(data.get_dataset(s.data, batch_size=s.training.batch_size,
+                                      split="train", seed=s.seed))["x"]
             return f"batch {x.shape} in [{x.min():.2f}, {x.max():.2f}]"
 
         def train_to(n):
-            config.training.n_iters = n
-            state = train.train_and_evaluate(config, workdir)
+            state = train.train_and_evaluate(settings.override(s, {"training.n_iters": n}),
+                                             workdir)
             return f"step {int(state.step)}, checksum {train.params_checksum(state.params):.4g}"
 
         stage("input", first_batch)
         stage("train", lambda: train_to(max(steps // 2, 1)))
         stage("resume", lambda: train_to(steps))
-        stage("fid_stats", lambda: fid_stats.write_reference_stats(config, workdir))
+        s = settings.override(s, {"training.n_iters": steps})  # as trained
+        stage("fid_stats", lambda: fid_stats.write_reference_stats(s, workdir))
 
         def run_eval():
-            r = evaluate.evaluate(config, workdir)
+            r = evaluate.evaluate(s, workdir)
             return " ".join(f"{k}={r[k]:.4g}" for k in ("asym", "nasym", "nll_bpd", "fid")
                             if k in r)
 
         stage("eval", run_eval)
-        stage("sample", lambda: f"samples {evaluate.sample(config, workdir).shape}")
+        stage("sample", lambda: f"samples {evaluate.sample(s, workdir).shape}")
 
 
 def main(argv):

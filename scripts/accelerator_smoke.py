@@ -52,11 +52,11 @@ def _peak_memory_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def train_steps(config, model, mesh, steps: int) -> tuple[object, dict]:
+def train_steps(s: settings.Settings, model, mesh, steps: int) -> tuple[object, dict]:
     """Runs the compiled train step ``steps`` times on synthetic images; times it."""
-    state, step_fn = train.fresh_state_and_step(config, model, mesh)
-    rng = np.random.default_rng(config.seed)
-    shape = (int(config.training.batch_size),) + model.example_shape
+    state, step_fn = train.fresh_state_and_step(s, model, mesh)
+    rng = np.random.default_rng(s.seed)
+    shape = (int(s.training.batch_size),) + model.example_shape
     batch = train.global_batch({"x": rng.uniform(-1, 1, shape).astype(np.float32)}, mesh)
     start = time.perf_counter()
     state, metrics = step_fn(state, batch)  # compiles
@@ -87,12 +87,13 @@ def checkpoint_roundtrip(state) -> None:
         raise AssertionError("restored parameters differ from the saved ones")
 
 
-def sample(config, model, state, sampler_steps: int) -> dict:
+def sample(s: settings.Settings, model, state, sampler_steps: int) -> dict:
     """The config's sampler at ``sampler_steps`` steps (DRL: per level), timed."""
-    config.sampling.num_steps = sampler_steps
-    if builders.is_drl(config):
-        config.drl.num_steps = sampler_steps
-    sample_fn = train.make_sample_fn(config, model)
+    changes = {"sampling.num_steps": sampler_steps}
+    if s.is_drl:
+        changes["drl.num_steps"] = sampler_steps
+    s = settings.override(s, changes)
+    sample_fn = train.make_sample_fn(s, model)
     start = time.perf_counter()
     samples, info = sample_fn(state.ema_params, jax.random.PRNGKey(1))
     samples = np.asarray(jax.block_until_ready(samples).addressable_data(0))
@@ -101,7 +102,7 @@ def sample(config, model, state, sampler_steps: int) -> dict:
         raise FloatingPointError(f"bad samples: shape {samples.shape}, "
                                  f"finite {bool(np.isfinite(samples).all())}")
     return {"sample_s_with_compile": seconds, "num_samples": samples.shape[0],
-            "sampler": "drl" if builders.is_drl(config) else config.sampling.method}
+            "sampler": "drl" if s.is_drl else s.sampling.method}
 
 
 def smoke(config, path: str, steps: int, sampler_steps: int) -> dict:
@@ -109,13 +110,13 @@ def smoke(config, path: str, steps: int, sampler_steps: int) -> dict:
     record = {"config": path}
     try:
         mesh = train.make_mesh()
-        settings.validate(config, num_devices=mesh.size)
-        model = builders.build_model(config)
-        state, record["train"] = train_steps(config, model, mesh, steps)
+        s = settings.from_config(config, num_devices=mesh.size)
+        model = builders.build_model(s)
+        state, record["train"] = train_steps(s, model, mesh, steps)
         checkpoint_roundtrip(state)
-        record["sample"] = sample(config, model, state, sampler_steps)
+        record["sample"] = sample(s, model, state, sampler_steps)
         record.update(ok=True, num_params=train.num_params(state.params),
-                      batch=int(config.training.batch_size), dtype=config.model.dtype)
+                      batch=int(s.training.batch_size), dtype=s.model.dtype)
     except Exception as e:  # recorded in the JSON, and the exit status says it failed
         traceback.print_exc()
         record.update(ok=False, error=f"{type(e).__name__}: {e}")

@@ -29,14 +29,15 @@ def measure(config, num_examples: int, steps: int) -> dict:
     """{'build_s', 'images_per_s'} of `steps` batches of the config's input pipeline."""
     import tensorflow_datasets as tfds
 
-    from ebm_vs_score import data
+    from ebm_vs_score import data, settings
 
     with tfds.testing.mock_data(num_examples=num_examples), \
             tempfile.TemporaryDirectory() as tmp:
         if config.data.cache_dir is None:
             config.data.cache_dir = os.path.join(tmp, "pixels")
+        s = settings.from_config(config)
         start = time.perf_counter()
-        batches = data.get_dataset(config.data, batch_size=config.training.batch_size,
+        batches = data.get_dataset(s.data, batch_size=s.training.batch_size,
                                    split="train", seed=0)
         next(batches)
         build = time.perf_counter() - start

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ebm_vs_score import builders, train
+from ebm_vs_score import builders, settings, train
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import results as records
 from ebm_vs_score.evaluate import fields, restore_params
@@ -52,10 +52,10 @@ def steps_per_s(workdir: str) -> float:
     return (recs[-1]["step"] - recs[0]["step"]) / (recs[-1]["wall_time"] - recs[0]["wall_time"])
 
 
-def nasym(config, workdir: str) -> float:
+def nasym(s, workdir: str) -> float:
     """Mean NAsym of the run's EMA score over the test digits and 10 noise levels."""
-    model = builders.build_model(config)
-    _, params = restore_params(config, workdir, model)
+    model = builders.build_model(s)
+    _, params = restore_params(s, workdir, model)
     x, _ = data_lib.load_digits_split("test")
     out = fields.asymmetry_metrics(model.fns.score, params, x, jax.random.PRNGKey(0),
                                    sde=model.sde, num_levels=10, num_probes=4)
@@ -72,9 +72,9 @@ def main(argv):
     rows = []
     for name, config in variants(_CONFIG.value, [float(f) for f in _FRACTION.value]).items():
         workdir = os.path.join(_WORKDIR.value, name.replace(" ", "_"))
-        train.train_and_evaluate(config, workdir)
-        rows.append((name, config.training.qc_weight, nasym(config, workdir),
-                     steps_per_s(workdir)))
+        s = settings.from_config(config)
+        train.train_and_evaluate(s, workdir)
+        rows.append((name, s.loss.qc_weight, nasym(s, workdir), steps_per_s(workdir)))
     print("| run | λ | NAsym | train steps/s |\n|---|---|---|---|")
     for name, lam, value, speed in rows:
         print(f"| {name} | {lam:g} | {value:.5f} | {speed:.2f} |")

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_vs_score import compose, samplers
+from ebm_vs_score import compose, samplers, settings
 from ebm_vs_score import sde as sde_lib
 
 M1, S1 = jnp.array([1.0, -0.5]), 0.7
@@ -182,7 +182,7 @@ def test_compose_mode_writes_report_with_finite_numbers(tmp_path):
     config.compose.sde_steps = config.compose.mcmc_levels = 5
     config.compose.n_steps_each = 1
     config.compose.grid_size = 40
-    path = compose_run.run_compose(config, str(tmp_path))
+    path = compose_run.run_compose(settings.from_config(config), str(tmp_path))
     report = open(path).read()
     assert "refused: a mixture needs energies" in report and "refused: MH needs an energy" in report
     assert (tmp_path / "compose" / "samples.png").stat().st_size > 0
@@ -191,6 +191,6 @@ def test_compose_mode_writes_report_with_finite_numbers(tmp_path):
     assert len(ok) == 5  # U product EM; C product EM, MALA; C mixture EM, MALA
     assert all(math.isfinite(r["mmd"]) and math.isfinite(r["mode_tv"]) for r in ok)
     # a second call reuses the trained runs
-    compose_run.run_compose(config, str(tmp_path))
+    compose_run.run_compose(settings.from_config(config), str(tmp_path))
     runs = json.load(open(tmp_path / "compose" / "results.json"))["runs"]
     assert runs["energy"] == {"8gaussians": "reused", "gmm": "reused"}

@@ -149,12 +149,12 @@ def test_loop_bodies_hold_only_canonical_convolutions(what):
 def test_a_digits_energy_inside_mala_and_the_ode_likelihood_is_canonical(family):
     """The real networks (digits U-Net of C, the C-ResNet), small: MALA and the ODE NLL's
     solver loop compile to canonical convolutions only (XLA:CPU's fast path)."""
-    from ebm_vs_score import builders, config_base, likelihood, samplers
+    from ebm_vs_score import builders, config_base, likelihood, samplers, settings
     from ebm_vs_score import parameterization as param_lib
 
     config = config_base.get_config("digits", family)
     config.model.ch = 8
-    model = builders.build_model(config)
+    model = builders.build_model(settings.from_config(config))
     params = builders.init_params(model, jax.random.PRNGKey(0))
     x = jax.random.normal(KEYS[0], (4,) + model.example_shape)
     key = jax.random.PRNGKey(1)

@@ -7,19 +7,17 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from ebm_vs_score import data
+from ebm_vs_score import data, settings
 
 
 def make_config(dataset, **overrides):
-    config = ml_collections.ConfigDict(dict(
-        dataset=dataset, image_size=32, num_channels=3, data_dir=None, random_flip=False,
-        dequantize=False, toy_dim=2, num_components=8))
-    config.update(overrides)
-    return config
+    """The ``data.*`` settings of ``dataset`` (32x32x3 images unless overridden)."""
+    fields = dict(dataset=dataset, image_size=32, num_channels=3, data_dir=None,
+                  random_flip=False, dequantize=False, toy_dim=2, num_components=8)
+    return settings.DataSettings(**dict(fields, **overrides))
 
 
 def take(iterator, k):

@@ -9,7 +9,7 @@ Processes read disjoint rows that concatenate to the one-process batch.
 import numpy as np
 import pytest
 
-from ebm_vs_score import data
+from ebm_vs_score import data, settings
 from ebm_vs_score.data import source as source_lib
 from ebm_vs_score.data import tfds as tfds_lib
 
@@ -83,8 +83,7 @@ def test_get_dataset_builds_the_pixel_file_once_then_reads_by_index(tmp_path, mo
 
 
 def test_index_pipeline_without_a_file_says_how_to_build_it(tmp_path):
-    config = _cifar_config(tmp_path)
-    config.input_pipeline = "index"
+    config = _cifar_config(tmp_path, input_pipeline="index")
     with pytest.raises(FileNotFoundError, match="input_pipeline='auto'"):
         data.get_dataset(config, batch_size=4, split="train", seed=0)
 
@@ -156,18 +155,15 @@ def test_patch_splits_come_from_disjoint_photographs():
 
 
 def _patches_config():
-    import ml_collections
-
-    return ml_collections.ConfigDict(dict(dataset="patches32", image_size=32, num_channels=3,
-                                          random_flip=True, dequantize=True))
+    return settings.DataSettings(dataset="patches32", image_size=32, num_channels=3,
+                                 random_flip=True, dequantize=True)
 
 
-def _cifar_config(tmp_path):
-    import ml_collections
-
-    return ml_collections.ConfigDict(dict(
-        dataset="cifar10", image_size=32, num_channels=3, data_dir=None, random_flip=True,
-        dequantize=True, input_pipeline="auto", cache_dir=str(tmp_path / "pixels")))
+def _cifar_config(tmp_path, **changes):
+    fields = dict(dataset="cifar10", image_size=32, num_channels=3, data_dir=None,
+                  random_flip=True, dequantize=True, input_pipeline="auto",
+                  cache_dir=str(tmp_path / "pixels"))
+    return settings.DataSettings(**dict(fields, **changes))
 
 
 def _take(iterator, k):

@@ -20,7 +20,7 @@ import optax
 import pytest
 from scipy.stats import spearmanr
 
-from ebm_vs_score import data, drl, settings
+from ebm_vs_score import config_math, config_read, data, drl, settings
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score.config_base import get_config
 from ebm_vs_score.metrics.distances import mmd
@@ -36,7 +36,7 @@ def _drl_config(num_levels=6, num_steps=30, b_squared=2e-4, metropolis=False):
 
 
 def _drl(num_levels=6, num_steps=30, b_squared=2e-4, metropolis=False, step_schedule="authors"):
-    """Typed DRL settings (what settings.drl_settings returns for such a config)."""
+    """Typed DRL settings (what config_math.drl_settings returns for such a config)."""
     return settings.DRLSettings(num_levels, num_steps, b_squared, metropolis, step_schedule)
 
 
@@ -87,21 +87,22 @@ def test_bad_settings_give_one_sentence(field, value):
     cfg = types.SimpleNamespace(**_drl_config().to_dict())  # a ConfigDict would refuse a type
     setattr(cfg, field, value)
     with pytest.raises(ValueError) as err:
-        settings.drl_settings(cfg)
+        config_math.drl_settings(cfg)
     message = str(err.value)
     assert message.startswith(f"drl.{field}=") and "\n" not in message
     assert "--config.drl." in message  # says how to fix it
 
 
 
-def test_the_old_name_of_b_squared_is_accepted_with_a_warning(caplog):
-    cfg = _drl_config(b_squared=2e-4)
-    cfg.step_size = 0.05  # drl.step_size held b^2 before it was named drl.b_squared
+def test_the_old_name_of_b_squared_is_accepted_with_a_warning(caplog, monkeypatch):
+    monkeypatch.setattr(config_read, "_WARNED", set())  # warned once per process
+    config = get_config("toy", "drl")
+    config.drl.step_size = 0.05  # drl.step_size held b^2 before it was named drl.b_squared
     with caplog.at_level("WARNING"):
-        assert settings.drl_settings(cfg).b_squared == 0.05
+        assert settings.from_config(config).drl.b_squared == 0.05
     assert "drl.step_size is deprecated" in caplog.text and "drl.b_squared" in caplog.text
-    cfg.step_size = None  # unset (config_base's placeholder): the new name counts
-    assert settings.drl_settings(cfg).b_squared == 2e-4
+    config.drl.step_size = None  # unset (config_base's placeholder): the new name counts
+    assert settings.from_config(config).drl.b_squared == 2e-4
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from ebm_vs_score import config_base
+from ebm_vs_score import config_base, settings
 from ebm_vs_score.drl import long_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def test_snapshot_steps():
 
 def test_long_run_on_a_tiny_digits_run(tmp_path):
     config, workdir = _tiny_digits_config(), str(tmp_path / "run")
-    result = long_run.run_long_run(config, workdir)
+    result = long_run.run_long_run(settings.from_config(config), workdir)
     assert os.path.exists(os.path.join(workdir, "samples.png"))  # the train loop ran
 
     out = os.path.join(workdir, "long_run")
@@ -76,7 +76,7 @@ def test_long_run_on_a_tiny_digits_run(tmp_path):
     # start='data': chains from real digits diffused to x_1, written next to the above; the
     # finished run is reused (eval.* may change on resume).
     config.eval.long_run_start = "data"
-    from_data = long_run.run_long_run(config, workdir)
+    from_data = long_run.run_long_run(settings.from_config(config), workdir)
     assert os.path.exists(os.path.join(workdir, "long_run_from_data", "long_run.png"))
     fds = [s["distance"] for s in from_data["conditional"]["snapshots"]]
     assert from_data["start"] == "data" and len(fds) == 3 and all(map(math.isfinite, fds))

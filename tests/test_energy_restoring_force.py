@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from ebm_vs_score import builders, config_base, data
+from ebm_vs_score import builders, config_base, data, settings
 from ebm_vs_score import parameterization as param_lib
 
 LAMBDAS = (1.0, 1.5, 3.0, 10.0)
@@ -68,8 +68,9 @@ def restoring_force_violations(model, params, x0, t, sigma_data) -> list[str]:
 
 def _train(config, x_train, steps, seed=0):
     """A short Adam run of the config's objective (DSM) on ``x_train``; returns params."""
-    model = builders.build_model(config)
-    loss_fn = builders.build_loss_fn(config, model)
+    s = settings.from_config(config)
+    model = builders.build_model(s)
+    loss_fn = builders.build_loss_fn(s, model)
     params = builders.init_params(model, jax.random.PRNGKey(seed))
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-3))
     x_train = jnp.asarray(x_train)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from ebm_vs_score import train
+from ebm_vs_score import settings, train
 from ebm_vs_score.evaluate import energy_vs_ode, files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,12 +31,16 @@ def _config():
     return config
 
 
+def _settings():
+    return settings.from_config(_config())
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("energy"))
     config = _config()
     config.eval.nll_probes = 0  # as trained: the override below is resume-safe (eval.*)
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(settings.from_config(config), workdir)
     return workdir
 
 
@@ -58,7 +62,7 @@ def test_config_override_reaches_the_recomputation(run_dir):
 
 
 def test_agreement_goes_into_an_eval_json_of_the_same_nll(run_dir):
-    config = _config()
+    config = _settings()
     first = energy_vs_ode.agreement(config, run_dir)
     path = files.eval_path(run_dir, 2)
     files.write_json_atomic(path, {"nll_nats": first["nll_nats"] + 1.0, "step": 2})

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_vs_score import builders, checkpoints, config_base, evaluate, train
+from ebm_vs_score import builders, checkpoints, config_base, evaluate, settings, train
 from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.evaluate import energy_vs_ode, runner
 from ebm_vs_score.metrics import inception
@@ -43,13 +43,13 @@ def _toy_config(family: str):
     return config
 
 
-def _checkpoint_initial_state(config, workdir: str) -> None:
+def _checkpoint_initial_state(s: settings.Settings, workdir: str) -> None:
     """A workdir as training leaves it, with the initial state saved at step N_ITERS (the
     metrics need a model, not a trained one; training is tested in test_train)."""
-    model = builders.build_model(config)
-    state = train.init_state(model, train.make_optimizer(config.optim), config.seed)
+    model = builders.build_model(s)
+    state = train.init_state(model, train.make_optimizer(s.optim), s.seed)
     state = state.replace(step=jnp.asarray(N_ITERS, jnp.int32))
-    workdir_lib.save(config, workdir)
+    workdir_lib.save(s, workdir)
     ckpt = checkpoints.Checkpointer(workdir)
     ckpt.save(N_ITERS, state)
     ckpt.close()
@@ -59,9 +59,9 @@ def _checkpoint_initial_state(config, workdir: str) -> None:
 def energy_run(tmp_path_factory):
     """A toy energy checkpoint and its full evaluation."""
     workdir = str(tmp_path_factory.mktemp("energy"))
-    config = _toy_config("energy")
-    _checkpoint_initial_state(config, workdir)
-    return config, workdir, evaluate.evaluate(config, workdir)
+    s = settings.from_config(_toy_config("energy"))
+    _checkpoint_initial_state(s, workdir)
+    return s, workdir, evaluate.evaluate(s, workdir)
 
 
 def test_rotation_density_of_linear_fields():
@@ -76,8 +76,7 @@ def test_rotation_density_of_linear_fields():
 
 
 def test_score_field_grid_of_a_conservative_model_is_curl_free():
-    config = config_base.get_config("toy", "energy")
-    model = builders.build_model(config)
+    model = builders.build_model(settings.of_family("toy", "energy"))
     params = builders.init_params(model, jax.random.PRNGKey(0))
     grid = evaluate.score_field_grid(model.fns.score, params, (0.05, 0.5), lim=2.0, n=5)
     assert grid["score"].shape == (2, 5, 5, 2) and grid["curl"].shape == (2, 5, 5)
@@ -132,19 +131,20 @@ def test_groups_follow_the_data():
     """The true NLL needs a closed-form density (none for moons or images)."""
     moons = config_base.get_config("toy", "score")
     moons.data.dataset = "moons"
-    assert evaluate.true_density(moons.data) is None
-    assert evaluate.true_density(config_base.get_config("digits", "score").data) is None
+    assert evaluate.true_density(settings.from_config(moons).data) is None
+    assert evaluate.true_density(settings.of_family("digits", "score").data) is None
     moons.data.dataset = "checkerboard"
-    log_prob = evaluate.true_density(moons.data)
+    log_prob = evaluate.true_density(settings.from_config(moons).data)
     assert float(log_prob(jnp.zeros((1, 2)))[0]) == pytest.approx(-np.log(6.0))
 
 
 def test_sample_metrics_draws_in_chunks():
     config = _toy_config("score")
     config.eval.batch_size = 4
-    model = builders.build_model(config)
+    s = settings.from_config(config)
+    model = builders.build_model(s)
     params = builders.init_params(model, jax.random.PRNGKey(0))
-    samples, info = evaluate.draw_samples(config, model, params, jax.random.PRNGKey(1), 10)
+    samples, info = evaluate.draw_samples(s, model, params, jax.random.PRNGKey(1), 10)
     assert samples.shape == (10, 2) and np.isfinite(samples).all()
     assert info == {"sample_nfe": 5.0}
     assert len({tuple(s) for s in np.round(samples, 5)}) == 10  # chunks use different keys
@@ -158,7 +158,7 @@ def test_non_finite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "draw_samples",
                         lambda *args: (samples, {"sample_nfe": 5.0}))
-    ctx = evaluate.EvalContext(config, str(tmp_path), None, 0, None, x)
+    ctx = evaluate.EvalContext(settings.from_config(config), str(tmp_path), None, 0, None, x)
     results = evaluate.sampler_metrics(ctx, jax.random.PRNGKey(0))
     assert results["sample_nonfinite"] == pytest.approx(3 / 32)
     assert np.isfinite(results["mmd"]) and np.isfinite(results["swd"])
@@ -188,7 +188,8 @@ def test_missing_inception_weights_stop_evaluation_first(tmp_path):
     config = config_base.get_config("digits", "score")
     config.eval.inception_weights = str(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError) as error:
-        evaluate.evaluate(config, str(tmp_path / "run"))  # no checkpoint there either
+        # no checkpoint there either
+        evaluate.evaluate(settings.from_config(config), str(tmp_path / "run"))
     assert str(error.value) == inception.missing_weights_message(config.eval.inception_weights)
 
 
@@ -196,7 +197,7 @@ def test_inception_skipped_with_a_log_line(caplog):
     config = config_base.get_config("digits", "score")
     images = np.zeros((4, 8, 8, 1), np.float32)
     with caplog.at_level(logging.INFO):
-        assert evaluate.inception_metrics(config, images, images) == {}
+        assert evaluate.inception_metrics(settings.from_config(config), images, images) == {}
     assert "eval.inception_weights is not set" in caplog.text
 
 
@@ -223,7 +224,7 @@ def test_image_likelihoods_share_points_offset_and_say_their_divergence():
     levels = np.random.default_rng(0).integers(0, bins, (16, 2, 2, 1))
     x = (2 * levels / (bins - 1) - 1).astype(np.float32)
     model = builders.Model(None, sde, fns, (2, 2, 1))
-    ctx = evaluate.EvalContext(config, "unused", model, 0, gauss, x)
+    ctx = evaluate.EvalContext(settings.from_config(config), "unused", model, 0, gauss, x)
     out = runner.likelihood_metrics(ctx, jax.random.PRNGKey(0))
     assert out["nll_divergence"] == "exact" and out["nll_probes"] == 0
     assert out["ais_nll_bpd"] == pytest.approx(out["nll_bpd"], abs=0.1 / (4 * np.log(2)))

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from _cli import advice_followed, assert_untouched, error_line, own_lines, snapshot, tally
 
-from ebm_vs_score import checkpoints, config_base, errors, runlock, train
+from ebm_vs_score import checkpoints, config_base, errors, runlock, settings, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITERS, EVERY = 120, 20
@@ -67,8 +67,9 @@ def _steps(workdir) -> list[int]:
 
 
 def _state(workdir, step=None):
-    model = train.builders.build_model(_config())
-    template = train.init_state(model, train.make_optimizer(_config().optim), 0)
+    s = settings.from_config(_config())
+    model = train.builders.build_model(s)
+    template = train.init_state(model, train.make_optimizer(s.optim), 0)
     ckpt = checkpoints.Checkpointer(workdir)
     try:
         return ckpt.restore(template, step)
@@ -197,9 +198,9 @@ def test_corrupt_newest_checkpoint_falls_back_in_resume_and_eval(tmp_path, refer
 
 
 def _tiny_state():
-    config = _config()
-    model = train.builders.build_model(config)
-    return train.init_state(model, train.make_optimizer(config.optim), 0)
+    s = settings.from_config(_config())
+    model = train.builders.build_model(s)
+    return train.init_state(model, train.make_optimizer(s.optim), 0)
 
 
 def test_checkpointer_skips_partial_dirs_saves_once_and_reports_broken_steps(tmp_path):

@@ -72,13 +72,13 @@ def test_two_halves_are_close_and_a_shifted_set_is_far(params, tmp_path):
 
 
 def test_reference_stats_mode_needs_weights_and_writes_a_file(weights_path, tmp_path):
-    from ebm_vs_score import config_base
+    from ebm_vs_score import config_base, settings
 
     config = config_base.get_config("digits", "score")
     with pytest.raises(FileNotFoundError, match="inception_weights"):
-        fid_stats.write_reference_stats(config, str(tmp_path))
+        fid_stats.write_reference_stats(settings.from_config(config), str(tmp_path))
     assert not os.path.exists(tmp_path / "fid_stats")
-    batches = list(fid_stats.reference_batches(config, 512))
+    batches = list(fid_stats.reference_batches(settings.from_config(config).data, 512))
     assert [len(b) for b in batches] == [512, 512, 476]  # all 1500, last batch kept
     levels = (batches[0] + 1) / 2 * 16
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-5)  # no dequantization

@@ -15,17 +15,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_vs_score import builders, config_base, train
+from ebm_vs_score import builders, config_base, settings, train
 from ebm_vs_score.sde import batch_mul
 
 BATCH = 8
 
 
-def small_config(family):
+def small_config(family, warmup=None):
+    """The settings of a small digits U-Net of ``family`` (optim.warmup = ``warmup``)."""
     config = config_base.get_config("digits", family)
     config.model.ch, config.model.ch_mult, config.model.num_groups = 8, (1,), 4
     config.model.attn_resolutions, config.model.num_res_blocks = (), 1
-    return config
+    if warmup is not None:
+        config.optim.warmup = warmup
+    return settings.from_config(config)
 
 
 def dsm_with_noise_in_batch(model):
@@ -64,8 +67,7 @@ def one_step(config, loss_fn, model, batch, k):
 @pytest.mark.slow  # two compiled steps per family: ~4 min each on the loaded 2-core CPU
 @pytest.mark.parametrize("family", ["score", "energy"])
 def test_accumulated_step_equals_full_batch_step(family):
-    config = small_config(family)
-    config.optim.warmup = 1  # the full learning rate from step 1 on
+    config = small_config(family, warmup=1)  # the full learning rate from step 1 on
     model = builders.build_model(config)
     loss_fn = dsm_with_noise_in_batch(model)
     batch = make_batch()

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from ebm_vs_score import builders, config_base, data, losses, settings
+from ebm_vs_score import builders, config_base, config_math, data, losses, settings
 from ebm_vs_score import conservativeness as cons
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
@@ -255,7 +255,8 @@ def test_qc_alone_makes_an_untied_autoencoder_conservative():
 
 
 # ----------------------------------------------------------------------------------------
-# Configs: settings.loss_settings and its one-sentence refusals.
+# Configs: the loss section's reader (config_math.loss_settings, part of
+# settings.from_config) and its one-sentence refusals.
 
 
 def _config(conservative=False, dim=2, sde_name="vp", **training):
@@ -272,7 +273,7 @@ def _config(conservative=False, dim=2, sde_name="vp", **training):
 
 def _loss(sde=None, fns=None, **training):
     """The loss of the toy config with ``training`` overrides, built as train builds it."""
-    typed = settings.loss_settings(_config(**training))
+    typed = config_math.loss_settings(_config(**training))
     return builders.loss_from_settings(typed, fns or _fns(), sde or _VP)
 
 
@@ -302,7 +303,7 @@ def _fns(conservative=False):
 )
 def test_invalid_training_configs_are_refused(kw, conservative, dim, sde_name, match):
     with pytest.raises(settings.ConfigError, match=match) as error:
-        settings.loss_settings(_config(conservative, dim, sde_name, **kw))
+        config_math.loss_settings(_config(conservative, dim, sde_name, **kw))
     assert "\n" not in str(error.value)
 
 
@@ -314,7 +315,7 @@ def test_every_objective_name_is_known_to_the_losses_list():
         config = _config(objective=objective)
         if objective in ("drl", "energy_matching"):
             config.model.parameterization = "resnet_energy"
-        assert settings.loss_settings(config).objective == objective
+        assert config_math.loss_settings(config).objective == objective
 
 
 def test_factories_refuse_the_wrong_sde_and_large_ism():
@@ -499,8 +500,7 @@ def test_qc_ends_with_lower_asym_than_u():
 
 def test_conservative_model_trains_from_the_networks_own_init():
     """builders gives C a non-zero output layer: with F = 0 every gradient would vanish."""
-    config = config_base.get_config("toy", "energy")
-    model = builders.build_model(config)
+    model = builders.build_model(settings.of_family("toy", "energy"))
     params = builders.init_params(model, jax.random.key(0))
     sde, fns = model.sde, model.fns
     loss_fn = losses.dsm_loss(fns.score, sde)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_vs_score import builders, config_base, train
+from ebm_vs_score import builders, config_base, settings, train
 
 STEPS = 25
 
@@ -14,7 +14,7 @@ def _config(family: str, dtype: str):
     config = config_base.get_config("digits", family)
     config.model.update(ch=8, ch_mult=(1, 2), num_res_blocks=1, num_groups=4, dtype=dtype)
     config.training.batch_size = 16
-    return config
+    return settings.from_config(config)
 
 
 def _relative_error(a, b) -> float:

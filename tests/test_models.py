@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from ebm_vs_score import settings
 from ebm_vs_score.models import MLP, ResNetEnergy, UNet, get_network
 from ebm_vs_score.models.layers import GaussianFourierEmbedding, group_count
 
@@ -151,7 +151,9 @@ def test_fourier_frequencies_are_not_trained():
 
 
 def _config(**fields):
-    return ml_collections.ConfigDict(fields)
+    """The ``model.*`` settings with ``fields`` (sequences as tuples, as the reader gives)."""
+    return settings.ModelSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in fields.items()})
 
 
 def test_get_network_builds_each_name():
@@ -167,7 +169,7 @@ def test_get_network_builds_each_name():
 def test_get_network_errors():
     with pytest.raises(ValueError, match="valid names: \\['mlp', 'resnet_energy', 'unet'\\]"):
         get_network(_config(name="transformer"))
-    with pytest.raises(ValueError, match="lacks required field"):
+    with pytest.raises(ValueError, match="lack required field"):
         get_network(_config(name="unet", ch=8))
     with pytest.raises(ValueError, match="Unknown model dtype"):
         get_network(_config(name="mlp", hidden=(4,), dtype="float16"))

@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from ebm_vs_score import checkpoints, config_base, train
+from ebm_vs_score import checkpoints, config_base, settings, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config.model.hidden=(32,32)", "--config.training.batch_size=64",
@@ -26,8 +26,9 @@ def _restore(workdir, n_iters):
     config = config_base.get_config("toy", "score")
     config.model.hidden = (32, 32)
     config.training.n_iters = n_iters
-    model = train.builders.build_model(config)
-    template = train.init_state(model, train.make_optimizer(config.optim), config.seed)
+    s = settings.from_config(config)
+    model = train.builders.build_model(s)
+    template = train.init_state(model, train.make_optimizer(s.optim), s.seed)
     ckpt = checkpoints.Checkpointer(workdir)
     state = ckpt.restore(template)
     ckpt.close()

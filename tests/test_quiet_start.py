@@ -70,8 +70,8 @@ def test_a_training_run_on_embedded_data_loads_no_tensorflow(tmp_path, config):
 
 
 def test_reading_patches32_loads_no_tensorflow():
-    code = ("import sys; from ebm_vs_score import config_base, data; "
-            "c = config_base.get_config('cifar', 'score').data; c.dataset = 'patches32'; "
+    code = ("import sys; from ebm_vs_score import data, settings; "
+            "c = settings.of_family('cifar', 'score', {'data.dataset': 'patches32'}).data; "
             "it = data.get_dataset(c, batch_size=4, split='train', seed=0); b = next(it); "
             "print(b['x'].shape, any(m.split('.')[0] == 'tensorflow' for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

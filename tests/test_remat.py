@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from ebm_vs_score import parameterization as param_lib
 from ebm_vs_score import sde as sde_lib
+from ebm_vs_score import settings
 from ebm_vs_score.models import get_network
 
 SDE = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=1000)
@@ -38,8 +38,8 @@ TINY = {
 
 def _fns(parameterization, remat):
     """(net, ModelFns) for the tiny network of ``parameterization``, with or without remat."""
-    cfg = ml_collections.ConfigDict(dict(TINY[parameterization], remat=remat))
-    net = get_network(cfg, scalar_output=parameterization == "resnet_energy")
+    model = settings.ModelSettings(**dict(TINY[parameterization], remat=remat))
+    net = get_network(model, scalar_output=parameterization == "resnet_energy")
     if parameterization == "conservative":
         net = net.clone(zero_init_output=False)
     return net, param_lib.get_model_fns(parameterization, net, SDE, 0.5)

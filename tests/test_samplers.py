@@ -258,7 +258,7 @@ def test_every_option_is_a_sampling_config_field_and_maps_one_to_one():
         missing = set(options) - fields - {"init"}  # init: an array, not a config value
         assert not missing, f"{method} options {missing} have no sampling.* config field"
     config.sampling.update(method="hmc", num_leapfrog=3, adapt=False, snr=0.2)
-    assert settings.sampler_options(config) == {
+    assert settings.from_config(config).sampling.options == {
         "n_steps_each": 1, "num_leapfrog": 3, "step_size": 2e-5, "adapt": False,
         "denoise": True}
 

@@ -19,7 +19,7 @@ import types
 import numpy as np
 import pytest
 
-from ebm_vs_score import config_base, evaluate, settings, study, train
+from ebm_vs_score import evaluate, settings, study, train
 from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.errors import ConfigError
 from ebm_vs_score.metrics import inception
@@ -195,7 +195,7 @@ def test_run_configs_differ_only_in_the_family(scale, tmp_path):
         assert run.seed == 3 and run.eval.classifier_dir == str(tmp_path / "classifier")
     differing = {p for p in flat["score"] if len({str(f[p]) for f in flat.values()}) > 1}
     assert differing <= set(study.FAMILY_FIELDS)
-    assert flat["qc"]["training.qc_weight"] == config.study.qc_weight > 0
+    assert flat["qc"]["training.qc_weight"] == config.study.qc_lambda > 0
     assert flat["score"]["training.qc_weight"] == 0
     resnet = flat["resnet_energy"]["model.name"]
     assert resnet == ("mlp" if scale == "toy" else "resnet_energy")
@@ -216,7 +216,7 @@ def test_study_config_files(scale, tmp_path):
     extra = study.TIME_INVARIANT_FAMILIES if scale == "digits" else ()  # issue #26's rows
     assert tuple(config.study.families) == study.STUDY_FAMILIES + extra
     assert len(config.study.seeds) >= 2
-    study.validate_study(config, str(tmp_path))
+    study.validate_study(settings.from_config(config), str(tmp_path))
 
 
 def test_shared_overrides_reach_every_run(tmp_path):
@@ -232,27 +232,27 @@ def test_invalid_study_configs_are_one_sentence(tmp_path):
     config = study.get_config("toy")
     config.sampling.method = "mala"
     with pytest.raises(ConfigError, match="study.extra_sampler='mala'"):
-        study.validate_study(config, str(tmp_path))
+        study.validate_study(settings.from_config(config), str(tmp_path))
     config = study.get_config("toy")
     config.study.families = ("score", "drl")
     with pytest.raises(ConfigError, match="study.families"):
-        study.validate_study(config, str(tmp_path))
+        study.validate_study(settings.from_config(config), str(tmp_path))
     config = study.get_config("toy")
     config.study.seeds = ()
     with pytest.raises(ConfigError, match="study.seeds"):
-        study.validate_study(config, str(tmp_path))
+        study.validate_study(settings.from_config(config), str(tmp_path))
     config = study.get_config("toy")
     config.training.qc_weight = 0.1
     with pytest.raises(ConfigError, match="training.qc_weight is set by each "
-                       "family in a study and cannot be overridden; .* study.qc_weight"):
-        study.validate_study(config, str(tmp_path))
+                       "family in a study and cannot be overridden; .* study.qc_lambda"):
+        study.validate_study(settings.from_config(config), str(tmp_path))
 
 
 def test_missing_inception_weights_stop_the_study_before_any_run(tmp_path, fakes):
     config = _toy_study_config()
     config.eval.inception_weights = str(tmp_path / "inception_fid.npz")
     with pytest.raises(FileNotFoundError) as error:
-        study.run_study(config, str(tmp_path / "study"))
+        study.run_study(settings.from_config(config), str(tmp_path / "study"))
     assert str(error.value) == inception.missing_weights_message(config.eval.inception_weights)
     assert not fakes.calls and not os.path.exists(tmp_path / "study")
 
@@ -264,7 +264,7 @@ def test_missing_inception_weights_stop_the_study_before_any_run(tmp_path, fakes
 
 def test_fake_toy_study_report_and_no_recomputation(tmp_path, fakes):
     config, workdir = _toy_study_config(), str(tmp_path / "study")
-    path = study.run_study(config, workdir)
+    path = study.run_study(settings.from_config(config), workdir)
     report = _read(path)
     assert_tables_filled(report)
     table1 = section(report, "Table 1")
@@ -289,7 +289,7 @@ def test_fake_toy_study_report_and_no_recomputation(tmp_path, fakes):
 
     before = mtimes(os.path.join(workdir, "runs"))
     fakes.calls.clear()
-    study.run_study(config, workdir)
+    study.run_study(settings.from_config(config), workdir)
     assert not fakes.calls  # finished runs are never recomputed ...
     assert mtimes(os.path.join(workdir, "runs")) == before  # ... nor rewritten
     assert len(_read(os.path.join(workdir, "commands.jsonl")).splitlines()) == 2
@@ -299,7 +299,7 @@ def test_crashed_run_is_reported_and_retried_alone(tmp_path, fakes, caplog):
     config, workdir = _toy_study_config(), str(tmp_path / "study")
     fakes.fail.add("qc_seed1")
     with pytest.raises(study.StudyError, match=r"1 of 8 study runs failed \(qc_seed1"):
-        study.run_study(config, workdir)
+        study.run_study(settings.from_config(config), workdir)
     run_dir = os.path.join(workdir, "runs", "qc_seed1")
     sentence = (f"study run qc_seed1 failed (RuntimeError: loss exploded in qc_seed1); its "
                 f"directory is {run_dir} and the traceback is in {run_dir}/error.log")
@@ -313,7 +313,7 @@ def test_crashed_run_is_reported_and_retried_alone(tmp_path, fakes, caplog):
     before = mtimes(os.path.join(workdir, "runs"))
     fakes.fail.clear()
     fakes.calls.clear()
-    study.run_study(config, workdir)
+    study.run_study(settings.from_config(config), workdir)
     assert fakes.calls == collections.Counter({("train", "qc_seed1"): 1,
                                                ("evaluate", "qc_seed1"): 1})
     after = mtimes(os.path.join(workdir, "runs"))
@@ -324,32 +324,33 @@ def test_crashed_run_is_reported_and_retried_alone(tmp_path, fakes, caplog):
 
 def test_different_config_in_the_study_dir_is_refused(tmp_path, fakes):
     config, workdir = _toy_study_config(seeds=(0,)), str(tmp_path / "study")
-    study.run_study(config, workdir)
+    study.run_study(settings.from_config(config), workdir)
     for path, value in [("model.hidden", (64, 64)), ("sampling.num_steps", 9),
                         ("training.n_iters", 10), ("study.extra_sampler", "")]:
         other = _toy_study_config(seeds=(0,))
         plan._set(other, path, value)
         with pytest.raises(ConfigError) as error:
-            study.run_study(other, workdir)
+            study.run_study(settings.from_config(other), workdir)
         message = str(error.value)
         assert message.startswith(f"study directory {workdir} was created from a different "
                                   f"study config ({path}: ") and "\n" not in message
         assert message.endswith("use a new --workdir, or the same config to resume it")
     fakes.calls.clear()
-    study.run_study(_toy_study_config(seeds=(0, 1)), workdir)  # more seeds: runs are added
+    more_seeds = settings.from_config(_toy_study_config(seeds=(0, 1)))  # runs are added
+    study.run_study(more_seeds, workdir)
     assert {k[1] for k in fakes.calls} == {study.run_name(f, 1) for f in study.STUDY_FAMILIES}
 
 
 def test_single_run_workdir_is_not_a_study_dir(tmp_path, fakes):
-    workdir_lib.save(config_base.get_config("toy", "score"), str(tmp_path))
+    workdir_lib.save(settings.of_family("toy", "score"), str(tmp_path))
     with pytest.raises(ConfigError, match="workdir of a single run"):
-        study.run_study(_toy_study_config(), str(tmp_path))
+        study.run_study(settings.from_config(_toy_study_config()), str(tmp_path))
 
 
 def test_interrupted_run_stops_the_study(tmp_path, fakes):
     fakes.stop_at = 7
     with pytest.raises(study.StudyError, match="score_seed0 stopped at step 7 of 4000"):
-        study.run_study(_toy_study_config(), str(tmp_path / "study"))
+        study.run_study(settings.from_config(_toy_study_config()), str(tmp_path / "study"))
     assert not any(k[0] == "evaluate" for k in fakes.calls)
 
 
@@ -357,7 +358,7 @@ def test_final_checkpoint_without_eval_is_evaluated_not_retrained(tmp_path, fake
     config, workdir = _toy_study_config(seeds=(0,)), str(tmp_path / "study")
     run_dir = os.path.join(workdir, "runs", "energy_seed0")
     os.makedirs(os.path.join(run_dir, "checkpoints", str(config.training.n_iters)))
-    study.run_study(config, workdir)
+    study.run_study(settings.from_config(config), workdir)
     assert ("train", "energy_seed0") not in fakes.calls
     assert fakes.calls["evaluate", "energy_seed0"] == 1
 
@@ -374,7 +375,7 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
     config = study.get_config("digits")
     config.study.seeds, config.study.compilation_cache = (0, 1), False
     config.study.floor_draws = 5
-    report = _read(study.run_study(config, str(tmp_path)))
+    report = _read(study.run_study(settings.from_config(config), str(tmp_path)))
     assert_tables_filled(report)
     header = table_cells(section(report, "Table 1"))[0]
     assert header == ["model", "conservative?", "short-cuts to inputs?", "FD ↓", "IS ↑",
@@ -468,29 +469,29 @@ def test_qc_sweep_config_file_and_variants(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    assert list(config.study.qc_weights) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
-    assert study.variants(config) == ["score", "qc_lam1e-04", "qc_lam1e-03", "qc_lam1e-02",
-                                      "qc_lam1e-01", "qc_lam1e+00"]
-    study.validate_study(config, str(tmp_path))
+    assert list(config.study.qc_lambda_sweep) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert study.variants(settings.from_config(config)) == [
+        "score", "qc_lam1e-04", "qc_lam1e-03", "qc_lam1e-02", "qc_lam1e-01", "qc_lam1e+00"]
+    study.validate_study(settings.from_config(config), str(tmp_path))
     for variant, weight in [("qc_lam1e-02", 1e-2), ("score", 0.0)]:
         assert study.run_config(config, variant, 0, str(tmp_path)).training.qc_weight == weight
-    config.study.qc_weights = (1e-3, 0.0)
-    with pytest.raises(ConfigError, match="study.qc_weights"):
-        study.validate_study(config, str(tmp_path))
+    config.study.qc_lambda_sweep = (1e-3, 0.0)
+    with pytest.raises(ConfigError, match="study.qc_lambda_sweep"):
+        study.validate_study(settings.from_config(config), str(tmp_path))
 
 
 def test_fake_qc_sweep_report_and_added_lambda(tmp_path, fakes, monkeypatch):
     weights = []
 
     def train_recording(config, workdir):
-        weights.append(config.training.qc_weight)
+        weights.append(config.loss.qc_weight)
         return fakes.train(config, workdir)
 
     monkeypatch.setattr(train, "train_and_evaluate", train_recording)
     config = _toy_study_config(seeds=(0,))
-    config.study.families, config.study.qc_weights = ("score", "qc"), (1e-3, 1e-1)
+    config.study.families, config.study.qc_lambda_sweep = ("score", "qc"), (1e-3, 1e-1)
     workdir = str(tmp_path / "study")
-    report = _read(study.run_study(config, workdir))
+    report = _read(study.run_study(settings.from_config(config), workdir))
     assert weights == [0.0, 1e-3, 1e-1]
     sweep = table_cells(section(report, "QC λ sweep"))
     assert sweep[0] == ["model", "NAsym ↓", "MMD² ↓", "NLL nats ↓", "train steps/s ↑"]
@@ -498,9 +499,9 @@ def test_fake_qc_sweep_report_and_added_lambda(tmp_path, fakes, monkeypatch):
     assert os.path.exists(os.path.join(workdir, "figures", "qc_sweep.png"))
     assert_tables_filled(report)
 
-    config.study.qc_weights = (1e-3, 1e-1, 1.0)  # a lambda more: one run more, none redone
+    config.study.qc_lambda_sweep = (1e-3, 1e-1, 1.0)  # a lambda more: one run more, none redone
     weights.clear()
-    report = _read(study.run_study(config, workdir))
+    report = _read(study.run_study(settings.from_config(config), workdir))
     assert weights == [1.0]
     assert [row[0] for row in table_cells(section(report, "QC λ sweep"))[1:]] == [
         "U", "QC λ=0.001", "QC λ=0.1", "QC λ=1"]
@@ -511,11 +512,11 @@ def test_toy_qc_sweep_end_to_end(tmp_path):
     """A real (tiny) sweep: each lambda reaches its run, every cell is filled, and the
     steps/s come from the train loop's timed records in metrics.jsonl."""
     config = _tiny_toy(_toy_study_config(seeds=(0,)))
-    config.study.families, config.study.qc_weights = ("qc",), (1e-3, 1.0)
+    config.study.families, config.study.qc_lambda_sweep = ("qc",), (1e-3, 1.0)
     config.training.log_every = 2
     config.study.extra_sampler = ""
     workdir = str(tmp_path / "study")
-    report = _read(study.run_study(config, workdir))
+    report = _read(study.run_study(settings.from_config(config), workdir))
     assert_tables_filled(report)
     rows = table_cells(section(report, "QC λ sweep"))[1:]
     assert [row[0] for row in rows] == ["QC λ=0.001", "QC λ=1"]
@@ -556,7 +557,7 @@ def test_toy_study_end_to_end_and_resume(tmp_path, monkeypatch):
     config.study.families = ("energy",)
     config.eval.ais = False  # AIS is covered by test_evaluate
     workdir = str(tmp_path / "study")
-    report = _read(study.run_study(config, workdir))
+    report = _read(study.run_study(settings.from_config(config), workdir))
     assert_tables_filled(report)
     assert "| C + mala" in section(report, "Table 1")
     for name in ("samples_energy_euler_maruyama.png", "samples_energy_mala.png",
@@ -573,7 +574,7 @@ def test_toy_study_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_and_evaluate", never)
     monkeypatch.setattr(evaluate, "evaluate", never)
     monkeypatch.setattr(evaluate, "evaluate_sampler", never)
-    again = _read(study.run_study(config, workdir))
+    again = _read(study.run_study(settings.from_config(config), workdir))
     assert mtimes(os.path.join(workdir, "runs")) == before
     assert section(again, "Table 1") == section(report, "Table 1")
 
@@ -582,7 +583,7 @@ def test_toy_study_end_to_end_and_resume(tmp_path, monkeypatch):
 def test_toy_study_all_families_two_seeds(tmp_path):
     config = _tiny_toy(_toy_study_config(seeds=(0, 1)))
     config.study.compilation_cache = True
-    report = _read(study.run_study(config, str(tmp_path)))
+    report = _read(study.run_study(settings.from_config(config), str(tmp_path)))
     assert_tables_filled(report)
     rows = {row[0] for row in table_cells(section(report, "Table 1"))[1:]}
     assert {"U", "C", "C-MLP", "QC"} <= rows
@@ -601,7 +602,7 @@ DIGITS_REDUCED = [
     "--config.eval.nll_examples=16", "--config.eval.nll_rtol=1e-2",
     "--config.eval.nll_atol=1e-2", "--config.eval.ais=False",
     "--config.eval.classifier_steps=50", "--config.study.seeds=(0,1)",
-    "--config.study.qc_weights=()",  # one QC row ('qc'), not the digits default's two
+    "--config.study.qc_lambda_sweep=()",  # one QC row ('qc'), not the digits default's two
 ]
 
 
@@ -656,23 +657,24 @@ def test_samples_panel_labels_every_grid(tmp_path):
         rel = os.path.join("figures", f"samples_{variant}_{method}.png")
         plotting.save_png(np.full((64, 64, 3), 40 * i, np.uint8), str(tmp_path / rel))
         grids.append((variant, method, rel))
-    rel = report_lib._samples_panel(config, str(tmp_path), grids)
+    rel = report_lib._samples_panel(settings.from_config(config), str(tmp_path), grids)
     from PIL import Image
 
     panel = np.asarray(Image.open(tmp_path / rel))
     assert panel.ndim == 3 and panel.shape[1] > 2 * panel.shape[0] // 2
-    lines = report_lib._figure_lines({"samples": grids, "samples_panel": rel}, config)
+    lines = report_lib._figure_lines({"samples": grids, "samples_panel": rel},
+                                     settings.from_config(config))
     assert lines[2] == f"![samples, every model, labelled]({rel})"
 
 
 def test_report_only_trains_nothing_and_counts_unfinished_seeds(tmp_path, fakes):
     """study.report_only: REPORT.md from the finished runs; others are 'pending'."""
     config, workdir = _toy_study_config(seeds=(0,)), str(tmp_path / "study")
-    study.run_study(config, workdir)
+    study.run_study(settings.from_config(config), workdir)
     fakes.calls.clear()
     config.study.seeds = (0, 1)
     config.study.report_only = True
-    study.run_study(config, workdir)
+    study.run_study(settings.from_config(config), workdir)
     assert not fakes.calls
     assert not os.path.exists(os.path.join(workdir, "runs", "score_seed1"))
     report = _read(os.path.join(workdir, "REPORT.md"))
@@ -686,15 +688,61 @@ def test_parameter_matched_c_resnet_has_about_u_s_parameters(tmp_path):
     from ebm_vs_score.study import run as run_lib
 
     config = study.get_config("digits")
-    assert plan.variants(config)[:6] == ["score", "energy", "resnet_energy",
+    assert plan.variants(settings.from_config(config))[:6] == ["score", "energy", "resnet_energy",
                                          "resnet_energy_ch40", "qc_lam1e-01", "qc_lam1e+00"]
     wide = study.run_config(config, "resnet_energy_ch40", 0, str(tmp_path))
     narrow = study.run_config(config, "resnet_energy", 0, str(tmp_path))
     assert plan.overrides(wide, narrow) == ["--config.model.ch=40"]
-    u = run_lib.num_params(study.run_config(config, "score", 0, str(tmp_path)))
-    assert abs(run_lib.num_params(wide) / u - 1) < 0.1
-    assert run_lib.num_params(narrow) < u / 4
+    u = run_lib.num_params(settings.from_config(study.run_config(config, "score", 0,
+                                                                 str(tmp_path))))
+    assert abs(run_lib.num_params(settings.from_config(wide)) / u - 1) < 0.1
+    assert run_lib.num_params(settings.from_config(narrow)) < u / 4
     assert report_lib.variant_label("resnet_energy_ch40", False) == "C-ResNet ch=40"
     config.study.resnet_energy_widths = (36,)  # not divisible by model.num_groups = 8
     with pytest.raises(ConfigError, match="study.resnet_energy_widths"):
-        study.validate_study(config, str(tmp_path))
+        study.validate_study(settings.from_config(config), str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------
+# Old field names: study.qc_weight -> study.qc_lambda, study.qc_weights -> qc_lambda_sweep
+# ----------------------------------------------------------------------------------------
+
+
+def test_old_qc_field_names_mean_the_new_ones(caplog):
+    config = _toy_study_config(seeds=(0,))
+    config.study.qc_weight, config.study.qc_weights = 0.5, (1e-3, 1e-1)
+    with caplog.at_level("WARNING"):
+        s = settings.from_config(config)
+    assert (s.study.qc_lambda, s.study.qc_lambda_sweep) == (0.5, (1e-3, 1e-1))
+    assert "qc_lam1e-03" in study.variants(s) and "qc" not in study.variants(s)
+    assert s.as_dict()["study"]["qc_weights"] is None  # the settings hold the new names only
+    config.study.qc_weights = ()  # an old sweep of none: the QC run takes the old lambda
+    s = settings.from_config(config)
+    run = study.run_settings(s, "qc", 0, "/tmp/study")
+    assert run.loss.qc_weight == 0.5
+
+
+def _as_written_before_the_rename(s) -> dict:
+    """The study_config.json the code before the rename wrote for the same study: the study
+    section under the old names, without the new ones."""
+    saved = s.as_dict()
+    section = saved["study"]
+    section["qc_weight"] = section.pop("qc_lambda")
+    section["qc_weights"] = section.pop("qc_lambda_sweep")
+    return saved
+
+
+@pytest.mark.parametrize("scale", ["toy", "digits"])
+def test_a_study_directory_saved_with_the_old_names_resumes(scale, tmp_path):
+    """A study started before the rename (its study_config.json holds study.qc_weight and
+    study.qc_weights) is the same study to the new code; a changed lambda is still refused."""
+    s = settings.from_config(study.get_config(scale))
+    old = _as_written_before_the_rename(s)
+    assert "qc_lambda" not in json.dumps(old)
+    (tmp_path / "study_config.json").write_text(json.dumps(old))
+    assert study.study_differences(old, s) == []
+    study.check_study_dir(s, str(tmp_path))  # not refused as a different study
+    old["study"]["qc_weight"] = 2 * old["study"]["qc_weight"]
+    (tmp_path / "study_config.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="study.qc_lambda"):
+        study.check_study_dir(s, str(tmp_path))

@@ -33,8 +33,8 @@ def test_config_files_validate_and_build(scale, family):
     if scale == "cifar":
         config.data.dataset = "patches32"  # offline
     typed = settings.from_config(config)
-    assert typed.time_invariant is not None and typed.sampler.method in ("nag", "langevin")
-    model = builders.build_model(config)
+    assert typed.time_invariant is not None and typed.sampling.method in ("nag", "langevin")
+    model = builders.build_model(typed)
     assert model.sde is None and (model.fns.energy is None) == (family == "eqm")
 
 
@@ -94,9 +94,10 @@ def test_energy_matching_switches_loss_at_the_phase_boundary(tmp_path):
     config = config_base.get_config("toy", "energy_matching")
     config.energy_matching.phase1_steps, config.energy_matching.num_gibbs = 2, 3
     config.training.batch_size = 16
-    model = builders.build_model(config)
+    s = settings.from_config(config)
+    model = builders.build_model(s)
     mesh = train.make_mesh()
-    state, step = train.fresh_state_and_step(config, model, mesh)
+    state, step = train.fresh_state_and_step(s, model, mesh)
     assert isinstance(step, train.PhasedStep)
     batch = train.global_batch({"x": np.zeros((16, 2), np.float32)}, mesh)
     seen = []
@@ -104,8 +105,8 @@ def test_energy_matching_switches_loss_at_the_phase_boundary(tmp_path):
         state, metrics = step(state, batch)
         seen.append("v_neg" in metrics)
     assert seen == [False, False, True, True]
-    resumed = train.compile_train_step(builders.build_loss_fn(config, model),
-                                       train.make_optimizer(config.optim), 0.999, mesh, state)
+    resumed = train.compile_train_step(builders.build_loss_fn(s, model),
+                                       train.make_optimizer(s.optim), 0.999, mesh, state)
     assert resumed.next == 4 and "v_neg" in resumed(state, batch)[1]
 
 
@@ -121,8 +122,8 @@ def test_ood_auroc_and_patch_shrinking():
 
 def test_study_variants_and_run_configs_keep_their_own_sampler(tmp_path):
     config = study.get_config("digits")
-    assert plan.variants(config)[-4:] == ["eqm", "eqm_energy_dot", "eqm_energy_l2",
-                                          "energy_matching"]
+    assert plan.variants(settings.from_config(config))[-4:] == [
+        "eqm", "eqm_energy_dot", "eqm_energy_l2", "energy_matching"]
     for variant, method, form in [("eqm", "nag", None), ("eqm_energy_l2", "nag", "l2"),
                                   ("energy_matching", "langevin", "dot")]:
         run = plan.run_config(config, variant, 1, str(tmp_path))
@@ -145,15 +146,16 @@ def test_toy_eqm_trains_evaluates_and_samples(tmp_path):
     config.sampling.num_samples, config.eval.num_examples = 256, 256
     config.eval.nfe_sweep_steps, config.eval.nfe_sweep_tols = (10,), (1.0,)
     workdir = str(tmp_path / "run")
-    state = train.train_and_evaluate(config, workdir)
+    s = settings.from_config(config)
+    state = train.train_and_evaluate(s, workdir)
     assert int(state.step) == 60
-    results = evaluate.evaluate(config, workdir)
+    results = evaluate.evaluate(s, workdir)
     assert len(results["nasym_per_gamma"]) == 5 and 0 <= results["nasym"] <= 1
     assert 0 < results["eqm_field_rel_error"] < 2
     assert [r["sampler"] for r in results["nfe_sweep"]] == ["gd_10", "nag_10", "nag_eqm_10",
                                                             "nag_tol1"]
     assert results["sample_nfe"] == config.sampling.num_steps and np.isfinite(results["mmd"])
-    drawn = evaluate.sample(config, workdir)
+    drawn = evaluate.sample(s, workdir)
     assert drawn.shape == (256, 2) and bool(jnp.all(jnp.isfinite(drawn)))
     assert jax.device_count() >= 1
 
@@ -174,7 +176,7 @@ def test_workdirs_written_before_these_families_still_resume(tmp_path):
     from ebm_vs_score import workdir as workdir_lib
 
     config = config_base.get_config("digits", "energy")
-    workdir_lib.save(config, str(tmp_path))
+    workdir_lib.save(settings.from_config(config), str(tmp_path))
     path = tmp_path / "config.json"
     import json
 
@@ -183,4 +185,4 @@ def test_workdirs_written_before_these_families_still_resume(tmp_path):
         del saved[section]
     del saved["model"]["energy_form"]
     path.write_text(json.dumps(saved))
-    workdir_lib.check_workdir(config, str(tmp_path))
+    workdir_lib.check_workdir(settings.from_config(config), str(tmp_path))

@@ -44,9 +44,10 @@ def _run(cmd, **kw):
 
 
 def _final_params(workdir, config):
-    model = train.builders.build_model(config)
-    tx = train.make_optimizer(config.optim)
-    template = train.init_state(model, tx, config.seed)
+    s = settings.from_config(config)
+    model = train.builders.build_model(s)
+    tx = train.make_optimizer(s.optim)
+    template = train.init_state(model, tx, s.seed)
     ckpt = checkpoints.Checkpointer(workdir)
     state = ckpt.restore(template)
     ckpt.close()
@@ -120,13 +121,14 @@ def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
 
 EIGHT_DEVICES = textwrap.dedent("""
     import jax, numpy as np
-    from ebm_vs_score import builders, config_base, train
+    from ebm_vs_score import builders, config_base, settings, train
     assert jax.device_count() == 8
     config = config_base.get_config("toy", "score")
     config.model.hidden = (32, 32)
-    model = builders.build_model(config)
-    tx = train.make_optimizer(config.optim)
-    loss_fn = builders.build_loss_fn(config, model)
+    s = settings.from_config(config)
+    model = builders.build_model(s)
+    tx = train.make_optimizer(s.optim)
+    loss_fn = builders.build_loss_fn(s, model)
     rng = np.random.default_rng(0)
     batches = [{"x": rng.normal(size=(64, 2)).astype(np.float32)} for _ in range(3)]
     results = []
@@ -210,14 +212,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(errors.NonFiniteLossError,
                        match=r"non-finite at step 14.*last checkpoint \(step 10\) is kept; add "
                        r"--config.optim.lr=0.0001 .* resume from step 10"):
-        train.train_and_evaluate(config, workdir)
+        train.train_and_evaluate(settings.from_config(config), workdir)
     assert _steps(workdir) == [10]
     state = _final_params(workdir, config)
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
     # The advice works: the same call with the lower learning rate resumes from step 10.
     monkeypatch.setattr(train.data_lib, "get_dataset", real)
     config.optim.lr = 1e-4
-    state = train.train_and_evaluate(config, workdir)
+    state = train.train_and_evaluate(settings.from_config(config), workdir)
     assert int(state.step) == 40 and _steps(workdir)[-1] == 40
     (change,) = [json.loads(line) for line in open(os.path.join(workdir, "config_changes.jsonl"))]
     assert change["step"] == 10 and change["changes"] == {"optim.lr": [1e-3, 1e-4]}
@@ -229,7 +231,7 @@ def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(tmp_path)
     config.optim.lr, config.optim.warmup, config.optim.grad_clip = 1e6, 0, 0.0
     config.training.log_every, config.training.checkpoint_every = 1, 20
     with pytest.raises(errors.NonFiniteLossError) as error:
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train_and_evaluate(settings.from_config(config), str(tmp_path))
     message = str(error.value)
     assert "before its first checkpoint" in message and "is kept" not in message
     assert "optim.lr=1e+06 is far above" in message and _steps(str(tmp_path)) == []
@@ -239,31 +241,33 @@ def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(tmp_path)
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):
     config = _toy_config(2)
-    workdir_lib.save(config, str(tmp_path))
+    workdir_lib.save(settings.from_config(config), str(tmp_path))
     other = _toy_config(2)
     other.model.hidden = (64, 64)
     with pytest.raises(errors.WorkdirError,
                        match="different config.*model.hidden.*--allow_config_change"):
-        workdir_lib.check_workdir(other, str(tmp_path), training=True)
+        workdir_lib.check_workdir(settings.from_config(other), str(tmp_path), training=True)
     with pytest.raises(errors.WorkdirError, match="different config.*model.hidden") as refused:
-        workdir_lib.check_workdir(other, str(tmp_path))  # eval / sample: no training flag
+        # eval / sample: no training flag
+        workdir_lib.check_workdir(settings.from_config(other), str(tmp_path))
     assert "--allow_config_change" not in str(refused.value)
-    workdir_lib.check_workdir(other, str(tmp_path), allow_changes=True)
+    workdir_lib.check_workdir(settings.from_config(other), str(tmp_path), allow_changes=True)
     safe = _toy_config(10)  # the fields the program's own advice names
     safe.optim.lr, safe.optim.warmup, safe.data.data_dir = 1e-5, 500, "/elsewhere"
     safe.sampling.num_steps = 7
-    workdir_lib.check_workdir(safe, str(tmp_path))
+    workdir_lib.check_workdir(settings.from_config(safe), str(tmp_path))
 
 
 def test_accepted_changes_are_recorded_and_config_json_is_current(tmp_path):
     workdir = str(tmp_path)
-    workdir_lib.commit(_toy_config(2), workdir, 0)
+    workdir_lib.commit(settings.from_config(_toy_config(2)), workdir, 0)
     assert not os.path.exists(os.path.join(workdir, "config_changes.jsonl"))
-    workdir_lib.commit(_toy_config(2), workdir, 2)  # same config: nothing to record
+    # the same config: nothing to record
+    workdir_lib.commit(settings.from_config(_toy_config(2)), workdir, 2)
     assert not os.path.exists(os.path.join(workdir, "config_changes.jsonl"))
     changed = _toy_config(9)
     changed.optim.lr = 3e-4
-    workdir_lib.commit(changed, workdir, 2)
+    workdir_lib.commit(settings.from_config(changed), workdir, 2)
     (record,) = [json.loads(line) for line in open(os.path.join(workdir, "config_changes.jsonl"))]
     assert record["step"] == 2 and "time" in record
     assert record["changes"] == {"optim.lr": [1e-3, 3e-4], "training.n_iters": [2, 9]}

@@ -40,10 +40,10 @@ def test_every_value_of_a_choice_table_passes_and_others_are_refused(name):
         config.sampling[name] = value
         if name == "predictor" and value == "none":
             config.sampling.corrector = "langevin"
-        settings.sampler_settings(config)
+        settings.from_config(config)
     config.sampling[name] = "bogus"
     with pytest.raises(errors.ConfigError, match=f"sampling.{name}='bogus'"):
-        settings.sampler_settings(config)
+        settings.from_config(config)
 
 
 def test_the_dry_run_refuses_what_the_sampler_would_refuse_after_training():
@@ -51,7 +51,7 @@ def test_the_dry_run_refuses_what_the_sampler_would_refuse_after_training():
     config.sampling.method, config.sampling.predictor = "pc", "none"
     config.sampling.corrector = "none"
     with pytest.raises(errors.ConfigError, match="would not move the samples"):
-        preflight.check(config, num_devices=1)
+        preflight.check(settings.from_config(config), num_devices=1)
 
 
 @pytest.mark.parametrize("path, value", [("sde.sigma_max", float("inf")),
@@ -70,14 +70,16 @@ def test_every_shipped_config_passes_the_memory_lower_bound_with_a_small_machine
     """A lower bound never refuses a run that fits: every config of configs/ passes on a
     machine of 4 GiB shared by 2 devices."""
     for _, config in _config_files():
-        preflight.check(config, num_devices=1, available=(4 << 30, "test memory", 2))
+        preflight.check(settings.from_config(config), num_devices=1,
+                        available=(4 << 30, "test memory", 2))
 
 
 def test_the_memory_bound_names_the_field_and_both_amounts():
     config = config_base.get_config("toy", "score")
     config.training.batch_size = 10**7
     with pytest.raises(errors.ConfigError) as refused:
-        preflight.check(config, num_devices=1, available=(1 << 30, "test memory", 1))
+        preflight.check(settings.from_config(config), num_devices=1,
+                        available=(1 << 30, "test memory", 1))
     message = str(refused.value)
     assert "training.batch_size=10000000 needs at least 4.8 GiB" in message
     assert "more than the 1.0 GiB of test memory" in message
@@ -85,12 +87,12 @@ def test_the_memory_bound_names_the_field_and_both_amounts():
 
 def test_divergence_advice_offers_lower_lr_only_when_it_can_help():
     config = config_base.get_config("digits", "score")
-    assert "--config.optim.lr=0.0001" in divergence.advice(config, 10)
+    assert "--config.optim.lr=0.0001" in divergence.advice(settings.from_config(config), 10)
     config.optim.lr = 5.0
-    implausible = divergence.advice(config, 10)
+    implausible = divergence.advice(settings.from_config(config), 10)
     assert "optim.lr=5 is far above" in implausible
     assert "--config.optim.lr=0.001 (this scale's default)" in implausible
     config.optim.lr, config.model.sigma_data = 1e-3, 1e9
-    before = divergence.advice(config, None, before_any_update=True)
+    before = divergence.advice(settings.from_config(config), None, before_any_update=True)
     assert "optim.lr is not the cause" in before and "--config.optim.lr" not in before
     assert "model.sigma_data=1e+09 (default 0.5)" in before and "start again" in before

@@ -10,10 +10,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 
-from ebm_vs_score import markdown, plotting
+from ebm_vs_score import markdown, plotting, settings
 
 FAMILY_LABELS = {"score": "U", "energy": "C", "qc": "QC", "resnet_energy": "C-ResNet"}
 MAX_POINTS = 600  # points per scatter panel
@@ -46,7 +45,7 @@ def results_tables(results: dict, operators: Sequence[str]) -> list[str]:
     return lines
 
 
-def _describe(c: ml_collections.ConfigDict) -> list[str]:
+def _describe(c: settings.ComposeSettings) -> list[str]:
     a, b = c.datasets
     return [
         f"Components: one model per family on `{a}` (A) and one on `{b}` (B). Compositions: "
@@ -65,14 +64,14 @@ def _describe(c: ml_collections.ConfigDict) -> list[str]:
     ]
 
 
-def write_report(out_dir: str, config: ml_collections.ConfigDict, results: dict) -> str:
+def write_report(out_dir: str, s: settings.Settings, results: dict) -> str:
     """Writes ``REPORT.md`` (tables, setup, command, figure) and returns its path."""
-    c = config.compose
+    c = s.compose
     runs = "; ".join(f"{FAMILY_LABELS.get(f, f)}: " + ", ".join(f"{d} {s}" for d, s in v.items())
                      for f, v in results["runs"].items())
     lines = ["# What only an energy can do: composing trained models", "",
              f"Command: `{markdown.command()}`", "",
-             f"Training steps per component: {config.training.n_iters}. Runs: {runs}.", ""]
+             f"Training steps per component: {s.training.n_iters}. Runs: {runs}.", ""]
     lines += [p + "\n" for p in _describe(c)]
     lines += results_tables(results, list(c.operators))
     lines += ["![samples against the exact composed density](samples.png)", ""]
@@ -91,7 +90,7 @@ def _panel(ax, mass: np.ndarray, lim: float, x: np.ndarray | None, title: str) -
     ax.set_title(title, fontsize=7)
 
 
-def write_figure(path: str, c: ml_collections.ConfigDict, refs: dict, shown: dict) -> None:
+def write_figure(path: str, c: settings.ComposeSettings, refs: dict, shown: dict) -> None:
     """Rows: compositions; columns: exact samples, then each family x sampler."""
     combos = [(f, m) for f in c.families for m in c.samplers]
     ops = list(c.operators)

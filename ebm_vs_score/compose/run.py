@@ -20,18 +20,16 @@ the wrong distribution; Metropolis-corrected annealed MCMC (needs energies) repa
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
-from ebm_vs_score import builders, compose, config_base, data, evaluate, samplers, train
+from ebm_vs_score import builders, compose, data, evaluate, samplers, settings, train
 from ebm_vs_score import metrics as metrics_lib
 from ebm_vs_score import results as records
 
@@ -42,32 +40,12 @@ SHARED_FIELDS = ("seed", "training.n_iters", "training.batch_size", "training.lo
 EXACT_TOYS = ("checkerboard", "8gaussians", "gmm")
 
 
-def default_compose_config() -> ml_collections.ConfigDict:
-    """The ``compose`` section of ``configs/toy_compose.py``, with its defaults."""
-    c = ml_collections.ConfigDict()
-    c.datasets = ("8gaussians", "gmm")
-    c.families = ("score", "energy", "qc")
-    c.operators = compose.OPERATORS
-    c.samplers = ("euler_maruyama", "ode", "ula", "mala", "hmc")
-    c.product_weights = (1.0, 1.0)
-    c.mixture_weights = (0.5, 0.5)
-    c.alpha = 0.3  # negation p_1 / p_2^alpha
-    c.num_samples = 1000
-    c.sde_steps = 200  # euler_maruyama, ancestral, pc
-    c.ode_steps = 50  # ode (Heun): 2 NFE per step
-    c.mcmc_levels = 50  # ald, ula, mala, hmc: noise levels
-    c.n_steps_each = 4
-    c.grid_size = 300
-    c.grid_lim = 3.5
-    return c
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
 
-def validate_compose(c: ml_collections.ConfigDict) -> None:
+def validate_compose(c: settings.ComposeSettings) -> None:
     """One-sentence ValueError for each bad ``compose.*`` field."""
     _require(len(c.datasets) == 2 and all(d in EXACT_TOYS for d in c.datasets),
              f"compose.datasets={tuple(c.datasets)} must be two toys with exact densities, "
@@ -91,18 +69,11 @@ def validate_compose(c: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def component_config(config: ml_collections.ConfigDict, family: str,
-                     dataset: str) -> ml_collections.ConfigDict:
-    """The toy config of one component: ``family`` on ``dataset``, shared fields copied."""
-    cfg = config_base.get_config("toy", family)
-    cfg.data.dataset = dataset
-    for path in SHARED_FIELDS:
-        parts = path.split(".")
-        src, dst = config, cfg
-        for p in parts[:-1]:
-            src, dst = src[p], dst[p]
-        dst[parts[-1]] = src[parts[-1]]
-    return cfg
+def component_settings(s: settings.Settings, family: str,
+                       dataset: str) -> settings.Settings:
+    """The toy settings of one component: ``family`` on ``dataset``, shared fields copied."""
+    shared = {path: s.get(path) for path in SHARED_FIELDS}
+    return settings.of_family("toy", family, {"data.dataset": dataset, **shared})
 
 
 def _checkpoint_steps(run_dir: str) -> list[int]:
@@ -112,25 +83,25 @@ def _checkpoint_steps(run_dir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-def train_component(cfg: ml_collections.ConfigDict, run_dir: str) -> str:
+def train_component(s: settings.Settings, run_dir: str) -> str:
     """Trains (or resumes) the run in ``run_dir``; a finished run is reused. Returns a status."""
     steps = _checkpoint_steps(run_dir)
-    if steps and steps[-1] >= int(cfg.training.n_iters):
+    if steps and steps[-1] >= s.training.n_iters:
         logging.info("compose: reusing finished run %s", run_dir)
         return "reused"
     logging.info("compose: training %s", run_dir)
-    state = train.train_and_evaluate(cfg, run_dir)
-    if int(state.step) < int(cfg.training.n_iters):
+    state = train.train_and_evaluate(s, run_dir)
+    if int(state.step) < s.training.n_iters:
         raise ValueError(f"compose: run {run_dir} stopped at step {int(state.step)} (SIGTERM "
                          "or Ctrl-C); its checkpoint is saved; rerun the same command to "
                          "resume it.")
     return "trained"
 
 
-def load_component(cfg: ml_collections.ConfigDict, run_dir: str):
+def load_component(s: settings.Settings, run_dir: str):
     """(compose.Component with params bound, sde) of the trained run (EMA params)."""
-    model = builders.build_model(cfg)
-    _, params = evaluate.restore_params(cfg, run_dir, model)
+    model = builders.build_model(s)
+    _, params = evaluate.restore_params(s, run_dir, model)
     score = functools.partial(model.fns.score, params)
     energy = None if model.fns.energy is None else functools.partial(model.fns.energy, params)
     return compose.Component(score, energy), model.sde
@@ -149,7 +120,7 @@ def grid_points(lim: float, n: int) -> tuple[np.ndarray, float]:
     return np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32), side
 
 
-def exact_grid_density(operator: str, c: ml_collections.ConfigDict) -> np.ndarray:
+def exact_grid_density(operator: str, c: settings.ComposeSettings) -> np.ndarray:
     """The normalized composed density's cell masses (grid_size, grid_size), row = y."""
     log_probs = [data.toy_log_prob(d) for d in c.datasets]
     weights = {"product": c.product_weights, "mixture": c.mixture_weights}.get(operator)
@@ -194,7 +165,7 @@ MMD_BANDWIDTHS = (0.1, 0.3, 1.0)  # fixed, so that every cell is on one scale
 ANNEALED = ("ald", "ula", "mala", "hmc", "uhmc")
 
 
-def sampler_steps(method: str, c: ml_collections.ConfigDict) -> tuple[int, dict[str, Any]]:
+def sampler_steps(method: str, c: settings.ComposeSettings) -> tuple[int, dict[str, Any]]:
     """(num_steps, options) of ``method`` from the compose config."""
     if method in ANNEALED:
         return int(c.mcmc_levels), {"n_steps_each": int(c.n_steps_each)}
@@ -204,7 +175,7 @@ def sampler_steps(method: str, c: ml_collections.ConfigDict) -> tuple[int, dict[
 
 
 def draw(comp: compose.Component, sde, method: str, key: jax.Array,
-         c: ml_collections.ConfigDict) -> tuple[np.ndarray, dict[str, float]]:
+         c: settings.ComposeSettings) -> tuple[np.ndarray, dict[str, float]]:
     """Samples of the composition with ``method``; info with nfe (and acceptance)."""
     num_steps, options = sampler_steps(method, c)
 
@@ -259,19 +230,19 @@ def run_cell(components, sde, operator: str, method: str, key, c, exact_x, centr
 # ----------------------------------------------------------------------------------------
 
 
-def family_components(config, family: str, workdir: str):
+def family_components(s: settings.Settings, family: str, workdir: str):
     """Trains or reuses the family's two runs; returns ([Component, Component], sde, status)."""
     comps, status, sde = [], {}, None
-    for dataset in config.compose.datasets:
-        cfg = component_config(config, family, dataset)
+    for dataset in s.compose.datasets:
+        component = component_settings(s, family, dataset)
         run_dir = os.path.join(workdir, "runs", f"{family}_{dataset}")
-        status[dataset] = train_component(cfg, run_dir)
-        comp, sde = load_component(cfg, run_dir)
+        status[dataset] = train_component(component, run_dir)
+        comp, sde = load_component(component, run_dir)
         comps.append(comp)
     return comps, sde, status
 
 
-def exact_references(c: ml_collections.ConfigDict, seed: int):
+def exact_references(c: settings.ComposeSettings, seed: int):
     """Per operator: grid masses, exact samples, and the MMD² of two exact sample sets."""
     refs = {}
     for op in c.operators:
@@ -283,26 +254,26 @@ def exact_references(c: ml_collections.ConfigDict, seed: int):
     return refs
 
 
-def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run_compose(s: settings.Settings, workdir: str) -> str:
     """Runs the experiment end to end; returns the path of ``W/compose/REPORT.md``."""
-    if "compose" not in config:
+    if settings.require(s).compose is None:
         from ebm_vs_score.errors import ConfigError
 
         raise ConfigError("--mode=compose runs the composition experiment of "
                           "configs/toy_compose.py (its compose section names the families it "
                           "trains); this config has no compose section, so pass "
                           "--config=configs/toy_compose.py")
-    c = config.compose
+    c = s.compose
     validate_compose(c)
     load = records.load_average()
     out_dir = os.path.join(workdir, "compose")
     os.makedirs(out_dir, exist_ok=True)
-    refs = exact_references(c, int(config.seed))
+    refs = exact_references(c, s.seed)
     centres = mode_centres(c.datasets)
     rows, shown, runs = [], {}, {}
-    key = jax.random.PRNGKey(int(config.seed))
+    key = jax.random.PRNGKey(s.seed)
     for family in c.families:
-        components, sde, runs[family] = family_components(config, family, workdir)
+        components, sde, runs[family] = family_components(s, family, workdir)
         for op in c.operators:
             for method in c.samplers:
                 key, sub = jax.random.split(key)
@@ -314,8 +285,8 @@ def run_compose(config: ml_collections.ConfigDict, workdir: str) -> str:
 
     results = {"rows": rows, "runs": runs,
                "floor": {op: refs[op]["floor"] for op in c.operators},
-               "config": json.loads(config.to_json_best_effort())}
+               "config": s.as_dict()}
     evaluate.write_json_atomic(os.path.join(out_dir, "results.json"), results)
     records.write_record("compose", results, load_start=load)  # results/compose.json
     compose_report.write_figure(os.path.join(out_dir, "samples.png"), c, refs, shown)
-    return compose_report.write_report(out_dir, config, results)
+    return compose_report.write_report(out_dir, s, results)

@@ -70,14 +70,15 @@ class Judge(NamedTuple):
     info: dict
 
 
-def long_run_settings(config) -> LongRun:
-    """``eval.long_run_*`` of a DRL config, checked (one-sentence ConfigError otherwise)."""
-    ev = config.eval
+def long_run_settings(s: settings.Settings) -> LongRun:
+    """``eval.long_run_*`` of a DRL run's settings, checked (one-sentence ConfigError
+    otherwise)."""
+    ev = s.eval
     out = LongRun(ev.long_run_steps, ev.long_run_chains, ev.long_run_start,
                   ev.long_run_marginal)
     checks = [
-        (builders.is_drl(config), "--mode=drl_long_run needs a DRL config "
-         f"(training.objective='drl'), got {config.training.objective!r}; use configs/*_drl.py"),
+        (s.is_drl, "--mode=drl_long_run needs a DRL config "
+         f"(training.objective='drl'), got {s.loss.objective!r}; use configs/*_drl.py"),
         (isinstance(out.steps, int) and out.steps >= 1,
          f"eval.long_run_steps={out.steps!r} must be an integer >= 1"),
         (isinstance(out.chains, int) and out.chains >= 2,
@@ -108,30 +109,30 @@ def _mode_occupancy(means: np.ndarray, x: np.ndarray) -> dict:
     return {"mode_weights": np.round(weights, 3).tolist(), "mode_spread": float(spread)}
 
 
-def _toy_judge(config, n: int) -> Judge:
+def _toy_judge(data_s: settings.DataSettings, n: int) -> Judge:
     """MMD² to ``n`` held-out toy points (test split); ``real`` from the train split."""
-    held_out = data.eval_data(config.data, "test", n)
+    held_out = data.eval_data(data_s, "test", n)
     means = None
-    if config.data.dataset in MIXTURE_TOYS:
-        means = np.asarray(data.toy_mixture(config.data.dataset, dim=int(config.data.toy_dim),
-                                            num_components=int(config.data.num_components)).means)
+    if data_s.dataset in MIXTURE_TOYS:
+        means = np.asarray(data.toy_mixture(data_s.dataset, dim=int(data_s.toy_dim),
+                                            num_components=int(data_s.num_components)).means)
 
     def describe(x):
         out = {"std": float(x.std())}
         return out if means is None else dict(out, **_mode_occupancy(means, x))
 
     return Judge("mmd2", lambda x: distances.mmd(x, held_out, MMD_BANDWIDTHS),
-                 data.eval_data(config.data, "train", n), held_out, describe, {})
+                 data.eval_data(data_s, "train", n), held_out, describe, {})
 
 
-def _image_judge(config, workdir: str, n: int, seed: int) -> Judge:
+def _image_judge(s: settings.Settings, workdir: str, n: int, seed: int) -> Judge:
     """FD in the offline classifier's features to the test split; ``real``: n train images."""
-    clf = evaluate.offline_classifier(config, workdir)
+    clf = evaluate.offline_classifier(s, workdir)
     if clf is None:
         raise DataError(f"--mode=drl_long_run measures images with the offline classifier, "
-                        f"which needs class labels; {config.data.dataset!r} has none")
-    test_x, _ = data.labelled_split(config.data, "test")
-    train_x, _ = data.labelled_split(config.data, "train")
+                        f"which needs class labels; {s.data.dataset!r} has none")
+    test_x, _ = data.labelled_split(s.data, "test")
+    train_x, _ = data.labelled_split(s.data, "train")
     features = lambda images: clf.apply(np.clip(images, -1, 1))[0]  # noqa: E731
     reference = distances.feature_statistics(features(test_x))
 
@@ -213,28 +214,27 @@ def _chains(energy, model, chain, lr: LongRun, judge: Judge, key) -> tuple[dict,
     return dict(out, seconds=seconds, snapshot_steps=steps), rows
 
 
-def run_long_run(config, workdir: str) -> dict[str, Any]:
+def run_long_run(s: settings.Settings, workdir: str) -> dict[str, Any]:
     """Trains (or reuses) the run, then runs the long chains; returns what it writes to
     ``long_run.json``."""
-    lr = long_run_settings(config)
-    toy = settings.is_toy(config)
+    lr = long_run_settings(settings.require(s))
     load = records.load_average()
-    state = train.train_and_evaluate(config, workdir)
-    model = builders.build_model(config)
-    step, params = evaluate.restore_params(config, workdir, model)
+    state = train.train_and_evaluate(s, workdir)
+    model = builders.build_model(s)
+    step, params = evaluate.restore_params(s, workdir, model)
     logging.info("drl_long_run: checkpoint step %d (trained to %d)", step, int(state.step))
-    judge = (_toy_judge(config, lr.chains) if toy
-             else _image_judge(config, workdir, lr.chains, int(config.seed)))
-    chain = settings.drl_settings(config.drl).chain
+    judge = (_toy_judge(s.data, lr.chains) if s.is_toy
+             else _image_judge(s, workdir, lr.chains, int(s.seed)))
+    chain = s.drl.chain
     energy = param_lib.bind(model.fns.energy, params)
     results, rows = _chains(energy, model, chain, lr, judge,
-                            jax.random.PRNGKey(int(config.seed) + 4))
+                            jax.random.PRNGKey(int(s.seed) + 4))
     result = {"checkpoint_step": step, "start": lr.start, "num_chains": lr.chains,
               "chain_steps": lr.steps, "metric": judge.metric,
               "distance_real_same_n": judge.distance(judge.real),
               "data": judge.describe(judge.held_out), **judge.info, **results,
-              "drl": config.drl.to_dict(), "command": markdown.command()}
+              "drl": s.as_dict()["drl"], "command": markdown.command()}
     report.write(report.output_dir(workdir, lr.start), result, judge.held_out, rows)
-    records.write_record(f"drl_long_run_{config.data.dataset}_{lr.start}", result,
+    records.write_record(f"drl_long_run_{s.data.dataset}_{lr.start}", result,
                          command=result["command"], load_start=load)
     return result

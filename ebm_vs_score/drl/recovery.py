@@ -233,7 +233,6 @@ def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
       The Langevin chains run in eval mode (no dropout) with stop-gradient params; the two
       energies of the loss get ``key`` (dropout, if any).
     """
-    cfg = chain
 
     def loss_fn(params, batch, key):
         x = batch["x"]
@@ -243,15 +242,15 @@ def make_drl_loss(energy_fn: Callable[..., jax.Array], schedule: DRLSchedule,
         frozen = jax.lax.stop_gradient(params)
         y_neg, info = conditional_langevin(
             lambda y, t: energy_fn(frozen, y, t), k_chain, x_next, level, schedule,
-            num_steps=cfg.num_steps, b_squared=cfg.b_squared, metropolis=cfg.metropolis,
-            step_schedule=cfg.step_schedule)
+            num_steps=chain.num_steps, b_squared=chain.b_squared, metropolis=chain.metropolis,
+            step_schedule=chain.step_schedule)
         y_neg = jax.lax.stop_gradient(y_neg)
         energy = energy_fn(params, jnp.concatenate([y_pos, y_neg]),
                            jnp.concatenate([level, level]), k_dropout)
         e_pos, e_neg = jnp.split(energy, 2)
         weight = schedule.loss_weight(level)
         if energy_scale == "step":
-            weight = weight * schedule.step_size_sq(level, cfg.b_squared, cfg.step_schedule)
+            weight = weight * schedule.step_size_sq(level, chain.b_squared, chain.step_schedule)
         loss = jnp.mean(weight * (e_pos - e_neg))
         dim = math.prod(x.shape[1:])
         disp = jnp.sqrt(sum_sq(y_neg - x_next) / dim) / schedule.recovery_sigma(level)
@@ -294,7 +293,6 @@ def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int],
       ``info['acceptance']`` (mean), ``info['acceptance_per_level']`` and
       ``info['accept_prob_per_level']`` ((T,), index t).
     """
-    cfg = chain
     k_init, k_chain = jax.random.split(key)
     x_top = jax.random.normal(k_init, tuple(shape))
 
@@ -302,14 +300,14 @@ def drl_sample(energy_fn: BoundEnergy, key: jax.Array, shape: Sequence[int],
         level = jnp.full((x.shape[0],), t, jnp.int32)
         y, info = conditional_langevin(
             energy_fn, jax.random.fold_in(k_chain, t), x, level, schedule,
-            num_steps=cfg.num_steps, b_squared=cfg.b_squared, metropolis=cfg.metropolis,
-            step_schedule=cfg.step_schedule)
+            num_steps=chain.num_steps, b_squared=chain.b_squared, metropolis=chain.metropolis,
+            step_schedule=chain.step_schedule)
         x = batch_mul(1.0 / schedule.y_scale(level), y)
         return x, (x, jnp.mean(info["acceptance"]), jnp.mean(info["accept_prob"]))
 
     levels = jnp.arange(schedule.num_levels - 1, -1, -1)
     x0, (xs, acc, prob) = jax.lax.scan(one_level, x_top, levels)
-    info = {"nfe": schedule.num_levels * (cfg.num_steps + 1), "acceptance": jnp.mean(acc),
+    info = {"nfe": schedule.num_levels * (chain.num_steps + 1), "acceptance": jnp.mean(acc),
             "acceptance_per_level": acc[::-1], "accept_prob_per_level": prob[::-1]}
     if keep_levels:
         info["levels"] = jnp.concatenate([xs[::-1], x_top[None]])

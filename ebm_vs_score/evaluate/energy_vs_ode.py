@@ -24,7 +24,6 @@ as it is and a warning says so.
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import os
@@ -32,6 +31,7 @@ import os
 import jax
 from absl import logging
 
+from ebm_vs_score import settings
 from ebm_vs_score.errors import CheckpointError
 from ebm_vs_score.evaluate import files, runner
 
@@ -77,16 +77,15 @@ def add_to_eval_json(workdir: str, row: dict) -> bool:
     return True
 
 
-def agreement(config, workdir: str) -> dict:
+def agreement(s: settings.Settings, workdir: str) -> dict:
     """ODE NLL (the eval's keys) and the energy/ODE agreement of one trained energy run."""
-    config = copy.deepcopy(config)
-    config.eval.ais = False  # the AIS numbers come from the eval JSON
-    ctx = runner.prepare(config, workdir)
+    s = settings.override(s, {"eval.ais": False})  # the AIS numbers come from the eval JSON
+    ctx = runner.prepare(s, workdir)
     if ctx.model.fns.energy is None:
         raise CheckpointError(f"{workdir} holds a score model (model.parameterization="
-                              f"{config.model.parameterization!r}); energy_vs_ode needs an "
+                              f"{s.model.parameterization!r}); energy_vs_ode needs an "
                               "energy")
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), 0)  # as runner.evaluate
+    key = jax.random.fold_in(jax.random.PRNGKey(s.seed + 2), 0)  # as runner.evaluate
     results = runner.likelihood_metrics(ctx, jax.random.split(key, 3)[1])
     saved = _read_json(eval_json_path(workdir))
     keep = ("nll_bpd", "nll_nats", "nll_probe_std") + AGREEMENT_KEYS
@@ -98,32 +97,33 @@ def agreement(config, workdir: str) -> dict:
     return row
 
 
-def _study_runs(config, workdir: str) -> list[tuple[object, str]]:
-    """(run config, run dir) of each energy run of the study with a checkpoint."""
-    from ebm_vs_score.study import plan  # the planner builds the runs' configs
+def _study_runs(s: settings.Settings, workdir: str) -> list[tuple[settings.Settings, str]]:
+    """(run settings, run dir) of each energy run of the study with a checkpoint."""
+    from ebm_vs_score.study import plan  # the planner builds the runs' settings
 
-    plan.validate_study(config, workdir)
-    plan.check_study_dir(config, workdir)
+    runs_settings = plan.validate_study(s, workdir)
+    plan.check_study_dir(s, workdir)
     runs = []
-    for variant in plan.variants(config):
+    for variant in plan.variants(s):
         if plan.parse_variant(variant)[0] not in plan.ENERGY_FAMILIES:
             continue
-        for seed in config.study.seeds:
+        for seed in s.study.seeds:
             run_dir = os.path.join(workdir, "runs", plan.run_name(variant, seed))
             if os.path.isdir(os.path.join(run_dir, "checkpoints")):
-                runs.append((plan.run_config(config, variant, seed, workdir), run_dir))
+                runs.append((runs_settings[variant, seed], run_dir))
     return runs
 
 
-def run_energy_vs_ode(config, workdir: str) -> list[dict]:
+def run_energy_vs_ode(s: settings.Settings, workdir: str) -> list[dict]:
     """The agreement of every energy run (a study) or of the run in ``workdir``."""
-    runs = _study_runs(config, workdir) if "study" in config else [(config, workdir)]
+    settings.require(s)
+    runs = _study_runs(s, workdir) if s.study is not None else [(s, workdir)]
     if not runs:
         raise CheckpointError(f"the study in {workdir} has no trained energy run; run "
                               "--mode=study first")
     rows = []
-    for run_config, run_dir in runs:
-        rows.append(agreement(run_config, run_dir))
+    for run_settings, run_dir in runs:
+        rows.append(agreement(run_settings, run_dir))
         logging.info("energy_vs_ode: %s", json.dumps(rows[-1]))
         if jax.process_index() == 0:
             files.write_json_atomic(os.path.join(workdir, OUTPUT_FILE), rows)

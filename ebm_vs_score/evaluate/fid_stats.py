@@ -15,26 +15,28 @@ import jax
 import numpy as np
 
 from ebm_vs_score import data as data_lib
+from ebm_vs_score import settings
 from ebm_vs_score.metrics import fid, inception
 
 
-def reference_batches(config, batch_size: int) -> Iterator[np.ndarray]:
-    """All train images of ``config.data`` in a fixed order (the protocol of metrics.fid)."""
-    return data_lib.ordered_batches(config.data, "train", batch_size)
+def reference_batches(data: settings.DataSettings, batch_size: int) -> Iterator[np.ndarray]:
+    """All train images of the dataset in a fixed order (the protocol of metrics.fid)."""
+    return data_lib.ordered_batches(data, "train", batch_size)
 
 
-def write_reference_stats(config, workdir: str) -> str:
+def write_reference_stats(s: settings.Settings, workdir: str) -> str:
     """The reference statistics of the train split, to a file.
 
     Writes ``eval.fid_stats`` (default ``WORKDIR/fid_stats/<dataset>_train.npz``) and returns
     its path. Raises FileNotFoundError without ``eval.inception_weights``.
     """
-    net = inception.load_inception(config.eval.inception_weights)
-    path = config.eval.get("fid_stats") or os.path.join(
-        workdir, "fid_stats", f"{config.data.dataset.replace('/', '_')}_train.npz")
-    batch_size = int(config.eval.get("fid_batch_size", 200))
-    moments = fid.feature_moments(net.params, reference_batches(config, batch_size),
+    settings.require(s)
+    net = inception.load_inception(s.eval.inception_weights)
+    path = s.eval.fid_stats or os.path.join(
+        workdir, "fid_stats", f"{s.data.dataset.replace('/', '_')}_train.npz")
+    batch_size = int(s.eval.fid_batch_size)
+    moments = fid.feature_moments(net.params, reference_batches(s.data, batch_size),
                                   batch_size=batch_size)
     if jax.process_index() == 0:
-        fid.save_moments(path, moments, dataset=config.data.dataset, split="train")
+        fid.save_moments(path, moments, dataset=s.data.dataset, split="train")
     return path

@@ -21,7 +21,6 @@ They have no noise levels, so the time-conditional metrics change shape:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_vs_score import conservativeness, eqm, likelihood
+from ebm_vs_score import conservativeness, eqm, likelihood, settings
 from ebm_vs_score.evaluate import nll
 
 Results = dict[str, Any]
@@ -132,15 +131,14 @@ def sweep_settings(steps, tols) -> list[tuple[str, dict[str, Any]]]:
     return specs
 
 
-def nfe_sweep(config, measure: Callable[[Any, Any], Results], key, steps, tols
+def nfe_sweep(s: settings.Settings, measure: Callable[[Any, Any], Results], key, steps, tols
               ) -> list[Results]:
-    """One row per :func:`sweep_settings` entry: ``measure(config, key)`` (the sample info
-    and quality metrics of the config's sampler) with the entry's ``sampling.*`` fields."""
+    """One row per :func:`sweep_settings` entry: ``measure(settings, key)`` (the sample info
+    and quality metrics of the settings' sampler) with the entry's ``sampling.*`` fields."""
     rows = []
     for i, (label, fields) in enumerate(sweep_settings(steps, tols)):
-        cfg = copy.deepcopy(config)
-        cfg.sampling.update(fields)
+        entry = settings.override(s, {f"sampling.{k}": v for k, v in fields.items()})
         row = {"sampler": label, **fields}
-        row.update(measure(cfg, jax.random.fold_in(key, i)))
+        row.update(measure(entry, jax.random.fold_in(key, i)))
         rows.append(row)
     return rows

@@ -14,48 +14,44 @@ the known half is held (the ``replacement`` row; ula / mala are refused). The cl
 true digit's, against its accuracy on the same real digits and on the half digits alone
 (hidden pixels set to background). Writes ``W/inpaint/REPORT.md``, ``results.json`` and
 ``completions.png`` (``W/inpaint/step_N/`` with ``--config.eval.checkpoint=N``). Optional
-fields: an ``inpaint`` section in the config (see :data:`DEFAULTS`). The report and the
-figure are :mod:`ebm_vs_score.inpaint.report`'s.
+fields: an ``inpaint`` section in the config (``settings.InpaintSettings`` holds its
+defaults). The report and the figure are :mod:`ebm_vs_score.inpaint.report`'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
-from ebm_vs_score import builders, compose, data, evaluate, inpaint, samplers
+from ebm_vs_score import builders, compose, data, evaluate, inpaint, samplers, settings
 from ebm_vs_score import metrics as metrics_lib
 from ebm_vs_score import results as records
-from ebm_vs_score import settings as settings_lib
 from ebm_vs_score.inpaint import report
 
 METHODS = ("replacement", "ula", "mala")
 MASKS = ("bottom", "right")
-DEFAULTS = {"mask": "bottom", "num_images": 100, "methods": METHODS, "mcmc_levels": 50,
-            "n_steps_each": 4, "num_shown": 16}
 
 
-def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The ``inpaint`` fields of the config over :data:`DEFAULTS`, validated."""
-    section = config.get("inpaint", None)
-    s = dict(DEFAULTS, **(section.to_dict() if section is not None else {}))
-    if config.data.dataset != "digits":
+def check_inpaint(s: settings.Settings) -> settings.InpaintSettings:
+    """The ``inpaint.*`` settings (defaults where the config has no section), checked with
+    the data: a ValueError (one sentence) otherwise."""
+    if s.data.dataset != "digits":
         raise ValueError(f"--mode=inpaint needs data.dataset='digits' (labelled, with the "
-                         f"offline classifier), got {config.data.dataset!r}.")
-    if s["mask"] not in MASKS:
-        raise ValueError(f"inpaint.mask={s['mask']!r} is unknown; valid names: {list(MASKS)}.")
-    bad = [m for m in s["methods"] if m not in METHODS]
+                         f"offline classifier), got {s.data.dataset!r}.")
+    p = s.inpaint
+    if p.mask not in MASKS:
+        raise ValueError(f"inpaint.mask={p.mask!r} is unknown; valid names: {list(MASKS)}.")
+    bad = [m for m in p.methods if m not in METHODS]
     if bad:
         raise ValueError(f"inpaint.methods has {bad}; valid names: {list(METHODS)}.")
-    return s
+    return p
 
 
 def make_mask(shape: tuple[int, ...], which: str) -> np.ndarray:
@@ -69,31 +65,33 @@ def make_mask(shape: tuple[int, ...], which: str) -> np.ndarray:
     return mask
 
 
-def complete_time_invariant(model: compose.Component, key, known, mask, config):
+def complete_time_invariant(model: compose.Component, key, known, mask,
+                            sampling: settings.SamplingSettings):
     """Completions by the configured time-invariant sampler (gd, nag, langevin) on the
     hidden pixels only, started from N(0, I) there (``inpaint.held``)."""
     k_noise, k_run = jax.random.split(key)
     cond = inpaint.held(model, known, mask)
     init = inpaint.merge(jax.random.normal(k_noise, known.shape), known, mask)
-    options = settings_lib.sampler_options(config)
 
     @jax.jit
     def run(k, init):
-        return samplers.sample(config.sampling.method, k, known.shape, sde=None,
+        return samplers.sample(sampling.method, k, known.shape, sde=None,
                                score_fn=cond.score, energy_fn=cond.energy,
-                               num_steps=int(config.sampling.num_steps), init=init, **options)
+                               num_steps=int(sampling.num_steps), init=init,
+                               **sampling.options)
 
     x, info = run(k_run, init)
     return inpaint.merge(x, known, mask), info
 
 
-def complete(method: str, model: compose.Component, sde, key, known, mask, config, s):
+def complete(method: str, model: compose.Component, sde, key, known, mask,
+             s: settings.Settings):
     """Completions (N, H, W, C) of ``known`` and the sampler's info."""
     if sde is None:  # time-invariant: 'replacement' holds the known pixels during descent
-        return complete_time_invariant(model, key, known, mask, config)
+        return complete_time_invariant(model, key, known, mask, s.sampling)
     if method == "replacement":
         fn = jax.jit(lambda k: inpaint.replacement_sample(
-            k, model.score, sde, known, mask, int(config.sampling.num_steps)))
+            k, model.score, sde, known, mask, int(s.sampling.num_steps)))
         return fn(key)
     k_noise, k_run = jax.random.split(key)
     cond = inpaint.conditional(model, sde, known, mask, jax.random.normal(k_noise, known.shape))
@@ -101,9 +99,9 @@ def complete(method: str, model: compose.Component, sde, key, known, mask, confi
     @jax.jit
     def run(k):
         return samplers.sample(method, k, known.shape, sde=sde, score_fn=cond.score,
-                               energy_fn=cond.energy, num_steps=int(s["mcmc_levels"]),
-                               n_steps_each=int(s["n_steps_each"]),
-                               step_size=float(config.sampling.step_size))
+                               energy_fn=cond.energy, num_steps=int(s.inpaint.mcmc_levels),
+                               n_steps_each=int(s.inpaint.n_steps_each),
+                               step_size=float(s.sampling.step_size))
 
     x, info = run(k_run)
     return inpaint.merge(x, known, mask), info
@@ -115,7 +113,7 @@ def agreement(clf, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, -1) == labels))
 
 
-def method_row(method, model, sde, key, known, mask, truth, labels, clf, config, s):
+def method_row(method, model, sde, key, known, mask, truth, labels, clf, s):
     """One table row (dict) and the completions (None when refused)."""
     if method == "mala" and model.energy is None:
         return {"method": method, "status": "refused: MH needs an energy"}, None
@@ -123,8 +121,7 @@ def method_row(method, model, sde, key, known, mask, truth, labels, clf, config,
         return {"method": method, "status": "refused: annealed over noise levels; the model "
                 "is time-invariant (its completion is the 'replacement' row)"}, None
     start = time.time()
-    x, info = complete(method, model, sde, key, jnp.asarray(known), jnp.asarray(mask),
-                       config, s)
+    x, info = complete(method, model, sde, key, jnp.asarray(known), jnp.asarray(mask), s)
     x = np.asarray(x)
     hidden = (1 - mask).astype(bool)
     row = {"method": method, "status": "ok", "seconds": time.time() - start,
@@ -135,38 +132,38 @@ def method_row(method, model, sde, key, known, mask, truth, labels, clf, config,
     return row, x
 
 
-def run_inpaint(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run_inpaint(s: settings.Settings, workdir: str) -> str:
     """Completes masked test digits with each method; returns the REPORT.md path."""
-    s = settings(config)
+    p = check_inpaint(settings.require(s))
     load = records.load_average()
-    model_def = builders.build_model(config)
-    step, params = evaluate.restore_params(config, workdir, model_def,
-                                           int(config.eval.checkpoint))
+    model_def = builders.build_model(s)
+    step, params = evaluate.restore_params(s, workdir, model_def, int(s.eval.checkpoint))
     energy = model_def.fns.energy
     model = compose.Component(functools.partial(model_def.fns.score, params),
                               None if energy is None else functools.partial(energy, params))
     images, labels = data.load_digits_split("test")
-    truth, labels = images[:int(s["num_images"])], labels[:int(s["num_images"])]
-    mask = make_mask(truth.shape[1:], s["mask"])
+    truth, labels = images[:int(p.num_images)], labels[:int(p.num_images)]
+    mask = make_mask(truth.shape[1:], p.mask)
     known = truth * mask + (1 - mask) * -1.0  # hidden pixels as background
     clf = metrics_lib.get_digits_classifier(os.path.join(workdir, "classifier"))
     base = {"real": agreement(clf, truth, labels), "half": agreement(clf, known, labels),
             "classifier_test_accuracy": clf.accuracy}
     rows, shown = [], {}
-    key = jax.random.PRNGKey(int(config.seed))
-    for method in s["methods"]:
+    key = jax.random.PRNGKey(s.seed)
+    for method in p.methods:
         key, sub = jax.random.split(key)
         logging.info("inpaint: %s", method)
         row, x = method_row(method, model, model_def.sde, sub, known, mask, truth, labels,
-                            clf, config, s)
+                            clf, s)
         rows.append(row)
         shown[method] = x
     out_dir = os.path.join(workdir, "inpaint")
-    if int(config.eval.checkpoint) != -1:  # a chosen step keeps the latest one's report
+    if int(s.eval.checkpoint) != -1:  # a chosen step keeps the latest one's report
         out_dir = os.path.join(out_dir, f"step_{step}")
-    results = {"step": step, "family": config.family, "settings": s, "baselines": base,
+    fields = dataclasses.asdict(p)
+    results = {"step": step, "family": s.family, "settings": fields, "baselines": base,
                "rows": rows}
     evaluate.write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    records.write_record(f"inpaint_{config.family}_step{step}", results, load_start=load)
-    report.write_figure(os.path.join(out_dir, "completions.png"), truth, known, shown, s)
+    records.write_record(f"inpaint_{s.family}_step{step}", results, load_start=load)
+    report.write_figure(os.path.join(out_dir, "completions.png"), truth, known, shown, fields)
     return report.write_report(out_dir, results)

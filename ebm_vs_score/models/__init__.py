@@ -7,21 +7,20 @@ Every network is called as ``net.apply({'params': p}, x, noise_cond, train=False
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ebm_vs_score.models.mlp import MLP
 from ebm_vs_score.models.resnet import ENERGY_HEADS, ResNetEnergy
 from ebm_vs_score.models.unet import UNet
+from ebm_vs_score.settings import ModelSettings, require_section
 
 __all__ = ["ENERGY_HEADS", "MLP", "NETWORKS", "ResNetEnergy", "UNet", "get_network"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _EMBED = ("num_groups", "embedding", "embedding_scale", "fourier_scale", "dtype")
 _CONV = ("dropout", "remat") + _EMBED  # the MLP has no blocks worth rematerializing
-# name -> (class, required config fields, optional config fields)
+# name -> (class, required fields, optional fields) of ModelSettings
 NETWORKS = {
     "unet": (
         UNet,
@@ -35,16 +34,17 @@ NETWORKS = {
 _TUPLES = ("ch_mult", "attn_resolutions", "hidden")
 
 
-def _read_fields(cfg: Any, name: str, required: tuple, optional: tuple) -> dict:
-    """Reads required fields (error if missing) and the optional fields that are present."""
-    missing = [f for f in required if not hasattr(cfg, f)]
+def _read_fields(model: ModelSettings, name: str, required: tuple, optional: tuple) -> dict:
+    """The network's keyword arguments: required fields (error if None) and the optional
+    fields that are set (None: the network's default)."""
+    missing = [f for f in required if getattr(model, f) is None]
     if missing:
         raise ValueError(
-            f"Model config for network {name!r} lacks required field(s) {missing}; "
+            f"Model settings for network {name!r} lack required field(s) {missing}; "
             f"set e.g. config.model.{missing[0]}."
         )
-    kwargs = {f: getattr(cfg, f) for f in required}
-    kwargs.update({f: getattr(cfg, f) for f in optional if hasattr(cfg, f)})
+    kwargs = {f: getattr(model, f) for f in required}
+    kwargs.update({f: getattr(model, f) for f in optional if getattr(model, f) is not None})
     for f in _TUPLES:
         if f in kwargs:
             kwargs[f] = tuple(kwargs[f])
@@ -55,10 +55,11 @@ def _read_fields(cfg: Any, name: str, required: tuple, optional: tuple) -> dict:
     return kwargs
 
 
-def get_network(model_config: Any, *, scalar_output: bool = False) -> nn.Module:
-    """Builds the network named by ``model_config.name``.
+def get_network(model: ModelSettings, *, scalar_output: bool = False) -> nn.Module:
+    """Builds the network named by ``model.name``.
 
-    Config fields read (an ``ml_collections.ConfigDict`` or any object with attributes):
+    Fields read (of ``ebm_vs_score.settings.ModelSettings``; None takes the network's own
+    default):
       name: ``'unet'``, ``'resnet_energy'`` or ``'mlp'`` (required).
       ch, ch_mult, num_res_blocks: widths and depth (required for unet / resnet_energy).
       attn_resolutions: spatial sizes with self-attention (unet only).
@@ -69,13 +70,13 @@ def get_network(model_config: Any, *, scalar_output: bool = False) -> nn.Module:
         frequencies; embedding_dim (mlp).
       hidden: hidden widths (required for mlp); activation: ``'swish'`` or ``'softplus'``.
       resamp_with_conv: conv in Down/Upsample (unet).
+      energy_head: the ResNet energy's scalar head.
       dtype: compute dtype, ``'float32'`` or ``'bfloat16'``; parameters stay float32.
       remat: rematerialize the ResNet/attention blocks (unet / resnet_energy; ignored by
         the mlp), trading compute for activation memory (issue #17); values unchanged.
-    Optional fields that are absent take the network's defaults.
 
     Args:
-      model_config: the ``config.model`` section.
+      model: the ``model.*`` settings (``settings.from_config(config).model``).
       scalar_output: for ``'mlp'``, output an energy of shape (B,) instead of a field shaped
         like x. ``'resnet_energy'`` is always scalar and ``'unet'`` always a field.
 
@@ -83,9 +84,11 @@ def get_network(model_config: Any, *, scalar_output: bool = False) -> nn.Module:
       An unbound Flax module.
 
     Raises:
+      TypeError: ``model`` is not a ModelSettings.
       ValueError: unknown name, missing required field, bad dtype, or a scalar U-Net.
     """
-    name = getattr(model_config, "name", None)
+    require_section(model, ModelSettings, "model")
+    name = model.name
     if name not in NETWORKS:
         raise ValueError(f"Unknown network {name!r}; valid names: {sorted(NETWORKS)}.")
     if name == "unet" and scalar_output:
@@ -94,7 +97,7 @@ def get_network(model_config: Any, *, scalar_output: bool = False) -> nn.Module:
             "'resnet_energy' or 'mlp' for a scalar energy network."
         )
     cls, required, optional = NETWORKS[name]
-    kwargs = _read_fields(model_config, name, required, optional)
+    kwargs = _read_fields(model, name, required, optional)
     if name == "mlp":
         kwargs["out"] = "scalar" if scalar_output else "vector"
     return cls(**kwargs)

@@ -7,13 +7,14 @@ reported as "C-MLP") and QC (``qc``: U trained with DSM + lambda L_QC) with the 
 backbone, objective, optimizer, steps and seeds; samples every model with the same sampler
 and number of steps (and, for energies only, ``study.extra_sampler``, e.g. MALA, reported
 in extra rows); evaluates all metrics with :func:`ebm_vs_score.evaluate.evaluate`; and
-writes ``DIR/REPORT.md``. ``study.qc_weights=(1e-4, 1e-3, ...)`` adds a QC lambda sweep
+writes ``DIR/REPORT.md``. ``study.qc_lambda_sweep=(1e-4, 1e-3, ...)`` adds a QC lambda sweep
 (``configs/study_digits_qc_sweep.py``): one QC run per lambda, a table and a figure. The
 digits study also trains the time-invariant families EqM, EqM-E (dot, l2) and Energy
 Matching (issue #26), each with its own sampler, and reports their NAsym, AIS, sample
 quality against NFE and OOD AUROC (:mod:`.report_time_invariant`).
 
-* :mod:`.plan`: the study config, its variants and run configs, validation, commands;
+* :mod:`.plan`: the study config, its variants and the runs' configs and settings
+  (the study's side of the one crossing), validation, commands;
 * :mod:`.run`: each run trained (resuming), evaluated and marked done; ``run_study``;
 * :mod:`.report`: figures and REPORT.md;
 * :mod:`.claims` and :mod:`.verdicts`: the papers' claims (the seed papers' and Equilibrium
@@ -28,6 +29,7 @@ from ebm_vs_score.study.plan import (
     TIME_INVARIANT_FAMILIES,
     Family,
     StudyError,
+    check_section,
     check_study_dir,
     command_line,
     family_info,
@@ -36,6 +38,7 @@ from ebm_vs_score.study.plan import (
     parse_variant,
     run_config,
     run_name,
+    run_settings,
     study_differences,
     validate_study,
     variant_form,
@@ -61,6 +64,7 @@ __all__ = [
     "Family",
     "RunRecord",
     "StudyError",
+    "check_section",
     "check_study_dir",
     "checkpoint_steps",
     "command_line",
@@ -72,6 +76,7 @@ __all__ = [
     "read_done",
     "run_config",
     "run_name",
+    "run_settings",
     "run_one",
     "run_study",
     "steady_steps_per_sec",

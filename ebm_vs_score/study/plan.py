@@ -2,13 +2,17 @@
 
 The study config (:func:`get_config`) is a full config whose fields are shared by every
 run, plus a ``study`` section: ``scale`` (toy/digits/cifar), ``families``, ``seeds``,
-``qc_weight`` (lambda of QC), ``qc_weights`` (a lambda sweep: one QC run per value and
-seed, '()' = none), ``extra_sampler`` ('' = none) and the score-field figure of 2-D data
-(``field_times``, ``field_lim``, ``field_grid``). A run is a *variant* (a family, or
-``qc_lam<lambda>`` in a sweep) and a seed; its config is
+``qc_lambda`` (lambda of L_QC in the QC runs), ``qc_lambda_sweep`` (a lambda sweep: one
+QC run per value and seed instead, '()' = none), ``extra_sampler`` ('' = none) and the
+score-field figure of 2-D data (``field_times``, ``field_lim``, ``field_grid``). A run is a
+*variant* (a family, or ``qc_lam<lambda>`` in a sweep) and a seed; its config is
 ``config_base.get_config(scale, family)`` with every shared field copied over except the
 family-defining ones (:data:`FAMILY_FIELDS`), ``seed=seed``, QC's lambda, and
 ``eval.classifier_dir`` pointing at the study's one shared offline classifier.
+
+This module is part of the one crossing (DESIGN.md rule 5): it builds each run's config
+and turns it into typed :class:`~ebm_vs_score.settings.Settings`; the study's runner and
+report take the study's settings and the runs' settings from here, never a ConfigDict.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ FAMILY_FIELDS = ("family", "model.parameterization", "model.name", "training.qc_
 # May differ between invocations on the same DIR: the run set and the cadences.
 STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.checkpoint_every", "training.sample_every",
-                 "training.keep_checkpoints", "study.compilation_cache", "study.qc_weights",
+                 "training.keep_checkpoints", "study.compilation_cache",
+                 "study.qc_lambda_sweep",
                  "study.report_only", "study.resnet_energy_widths", "study.record",
                  "study.floor_draws", "study.eqm_energy_forms")
 # Left out by workdir.config_differences but they change every run's numbers.
@@ -107,28 +112,42 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     """
     config = config_base.get_config(scale, "score")
     config.family = "study"
-    config.eval.num_samples = int(config.eval.num_examples)
-    config.eval.classifier_steps = 1000
-    config.eval.nll_examples = ml_collections.config_dict.placeholder(int)  # None: all
-    config.eval.nll_rtol = 1e-5
-    config.eval.nll_atol = 1e-5
+    _set_study_eval(config.eval, scale)
+    config.study = _study_section(scale)
+    return config
+
+
+def _set_study_eval(ev: ml_collections.ConfigDict, scale: str) -> None:
+    """The study's ``eval.*``: a fixed sample count, the shared classifier, the NLL budget."""
+    ev.num_samples = int(ev.num_examples)
+    ev.classifier_steps = 1000
+    ev.nll_examples = ml_collections.config_dict.placeholder(int)  # None: all
+    ev.nll_rtol = 1e-5
+    ev.nll_atol = 1e-5
     if scale == "digits":
-        config.eval.nll_examples = 64
-        config.eval.nll_rtol = config.eval.nll_atol = 1e-4
-        config.eval.nll_probes = 4  # 16x cheaper than the exact divergence (64 JVPs)
+        ev.nll_examples = 64
+        ev.nll_rtol = ev.nll_atol = 1e-4
+        ev.nll_probes = 4  # 16x cheaper than the exact divergence (64 JVPs)
+        ev.nfe_sweep_steps = (25, 50, 100, 200)
+        ev.nfe_sweep_tols = (2.0, 1.0)
+
+
+def _study_section(scale: str) -> ml_collections.ConfigDict:
+    """The ``study`` section of a scale's study config."""
     study = ml_collections.ConfigDict()
     study.scale = scale
     study.families = STUDY_FAMILIES
     study.eqm_energy_forms = EQM_ENERGY_FORMS
     if scale == "digits":  # issue #26: the time-invariant rows, same backbone and budget
         study.families = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
-        config.eval.nfe_sweep_steps = (25, 50, 100, 200)
-        config.eval.nfe_sweep_tols = (2.0, 1.0)
     study.seeds = (0, 1, 2)
-    study.qc_weight = float(config_base.get_config(scale, "qc").training.qc_weight)
-    study.qc_weights = ()  # a lambda sweep: one QC run per value (replaces qc_weight)
+    study.qc_lambda = float(config_base.get_config(scale, "qc").training.qc_weight)
+    study.qc_lambda_sweep = ()  # a lambda sweep: one QC run per value (replaces qc_lambda)
     if scale == "digits":  # from the lambda sweep (README): 0.1 halves NAsym at no NLL
-        study.qc_weights = (0.1, 1.0)  # cost; 1 cuts it 87% but doubles FD. Both reported.
+        study.qc_lambda_sweep = (0.1, 1.0)  # cost; 1 cuts it 87% but doubles FD.
+    # Old names (config_base.RENAMED_FIELDS): a value set here means the new field.
+    study.qc_weight = ml_collections.config_dict.placeholder(float)
+    study.qc_weights = ml_collections.config_dict.placeholder(tuple)
     # One more C-ResNet run per width (model.ch) next to the shared-width one, so that
     # capacity and parameterization are not confounded: on digits ch=40 has 186k parameters
     # against U's 177k (ch=16, the shared width: 30k). Widths must divide by model.num_groups.
@@ -143,8 +162,7 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     # Write REPORT.md from the finished runs only, training nothing (e.g. while other
     # processes still run seeds); unfinished runs show as "(k of n seeds)".
     study.report_only = False
-    config.study = study
-    return config
+    return study
 
 
 def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -178,22 +196,33 @@ _WIDTH_PREFIX = "resnet_energy_ch"
 _FORM_PREFIX = "eqm_energy_"
 
 
-def variants(config: ml_collections.ConfigDict) -> list[str]:
+def variants(s: settings.Settings) -> list[str]:
     """The study's variants in report order: its families, with 'qc' replaced by one
-    ``qc_lam<lambda>`` per value of ``study.qc_weights`` when a sweep is set, one
+    ``qc_lam<lambda>`` per value of ``study.qc_lambda_sweep`` when a sweep is set, one
     ``resnet_energy_ch<width>`` after 'resnet_energy' per ``study.resnet_energy_widths``, and
     'eqm_energy' by one ``eqm_energy_<form>`` per ``study.eqm_energy_forms``."""
+    return _variants(_study_of(s))
+
+
+def _study_of(s: settings.Settings) -> settings.StudySettings:
+    study = settings.require(s).study
+    if study is None:
+        raise TypeError("these settings have no study section; pass the settings of a study "
+                        "config (configs/study_*.py)")
+    return study
+
+
+def _variants(study: Any) -> list[str]:
     out = []
-    for family in config.study.families:
-        if family == "qc" and config.study.qc_weights:
-            out += [f"{_QC_PREFIX}{float(w):.0e}" for w in config.study.qc_weights]
-        elif family == "eqm_energy" and config.study.get("eqm_energy_forms", ()):
-            out += [f"{_FORM_PREFIX}{form}" for form in config.study.eqm_energy_forms]
+    for family in study.families:
+        if family == "qc" and study.qc_lambda_sweep:
+            out += [f"{_QC_PREFIX}{float(w):.0e}" for w in study.qc_lambda_sweep]
+        elif family == "eqm_energy" and study.eqm_energy_forms:
+            out += [f"{_FORM_PREFIX}{form}" for form in study.eqm_energy_forms]
         else:
             out.append(family)
         if family == "resnet_energy":
-            widths = config.study.get("resnet_energy_widths", ())
-            out += [f"{_WIDTH_PREFIX}{int(w)}" for w in widths]
+            out += [f"{_WIDTH_PREFIX}{int(w)}" for w in study.resnet_energy_widths]
     return out
 
 
@@ -219,6 +248,19 @@ def variant_form(variant: str) -> str | None:
     return variant[len(_FORM_PREFIX):] if variant.startswith(_FORM_PREFIX) else None
 
 
+def _config_of(s: settings.Settings) -> ml_collections.ConfigDict:
+    """The study config that ``s`` was read from (its JSON), as a ConfigDict."""
+    return ml_collections.ConfigDict(settings.require(s).as_dict())
+
+
+def run_settings(s: settings.Settings, variant: str, seed: int,
+                 study_dir: str) -> settings.Settings:
+    """The typed settings of run (variant, seed) of the study of ``s`` (:func:`run_config`)."""
+    _study_of(s)
+    return settings.from_config(run_config(_config_of(s), variant, seed, study_dir),
+                                num_devices=jax.device_count())
+
+
 def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
                study_dir: str) -> ml_collections.ConfigDict:
     """The config of run (variant, seed): the family's defaults + every shared study field."""
@@ -232,7 +274,7 @@ def run_config(config: ml_collections.ConfigDict, variant: str, seed: int,
     if variant_form(variant) is not None:
         run.model.energy_form, run.family = variant_form(variant), variant
     if family == "qc":
-        run.training.qc_weight = float(config.study.qc_weight if weight is None else weight)
+        run.training.qc_weight = float(config.study.qc_lambda if weight is None else weight)
     if variant_width(variant) is not None:
         run.model.ch = variant_width(variant)
     run.eval.classifier_dir = os.path.join(os.path.abspath(study_dir), "classifier")
@@ -244,8 +286,30 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
-    """Checks the study section and every run config; one sentence on failure."""
+def check_section(config: ml_collections.ConfigDict) -> None:
+    """Checks the study section of a study config (old field names already read as their
+    new ones) and the config of every variant; one sentence on failure."""
+    _check_names(config)
+    _check_sweeps(config)
+    for variant in _variants(config.study):
+        try:
+            settings.from_config(run_config(config, variant, config.study.seeds[0], "STUDY"),
+                                 num_devices=jax.device_count())
+        except ConfigError as e:
+            raise ConfigError(f"study run {variant!r}: {e}") from None
+
+
+def validate_study(s: settings.Settings,
+                   study_dir: str) -> dict[tuple[str, int], settings.Settings]:
+    """The settings of every run ``(variant, seed)`` of the study, after checking that the
+    inception weights (if any) exist."""
+    evaluate.check_inception_weights(s)
+    return {(variant, seed): run_settings(s, variant, seed, study_dir)
+            for variant in variants(s) for seed in _study_of(s).seeds}
+
+
+def _check_names(config: ml_collections.ConfigDict) -> None:
+    """study.scale, families, energy forms and seeds; no family-defining field set."""
     study = config.study
     _require(study.scale in config_base.SCALES,
              f"study.scale={study.scale!r} is not valid; choose one of {config_base.SCALES}")
@@ -269,12 +333,17 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
     fixed = [p for p, v in _leaves(config) if p in FAMILY_FIELDS and v != default[p]]
     _require(not fixed, f"{fixed[0] if fixed else ''} is set by each family in a study and "
              "cannot be overridden; choose the families with study.families and QC's lambda "
-             "with study.qc_weight")
-    weights = list(study.qc_weights)
+             "with study.qc_lambda")
+
+
+def _check_sweeps(config: ml_collections.ConfigDict) -> None:
+    """The QC lambda sweep, the extra C-ResNet widths and the extra sampler."""
+    study, families = config.study, list(config.study.families)
+    weights = list(study.qc_lambda_sweep)
     _require(all(isinstance(w, int | float) and w > 0 for w in weights)
              and len({f"{float(w):.0e}" for w in weights}) == len(weights)
              and (not weights or "qc" in families),
-             f"study.qc_weights={tuple(weights)} must be distinct positive numbers (e.g. "
+             f"study.qc_lambda_sweep={tuple(weights)} must be distinct positive numbers (e.g. "
              "(1e-4, 1e-3, 1e-2)) with 'qc' in study.families, or () for no sweep")
     widths = list(study.get("resnet_energy_widths", ()))
     groups = int(config.model.num_groups) or 1
@@ -286,13 +355,6 @@ def validate_study(config: ml_collections.ConfigDict, study_dir: str) -> None:
     _require(extra == "" or extra in samplers.METHODS,
              f"study.extra_sampler={extra!r} is not valid; choose '' (none) or one of "
              f"{list(samplers.METHODS)}")
-    for variant in variants(config):
-        try:
-            settings.validate(run_config(config, variant, seeds[0], study_dir),
-                                   num_devices=jax.device_count())
-        except ConfigError as e:
-            raise ConfigError(f"study run {variant!r}: {e}") from None
-    evaluate.check_inception_weights(config)
 
 
 def _flat_json(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -309,21 +371,23 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def study_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+def study_differences(saved: dict, s: settings.Settings) -> list[str]:
     """Fields where ``config`` differs from the saved study config, except the run set.
 
     ``workdir.config_differences`` plus the sampling / eval / ``training.n_iters``
     fields it tolerates for single runs: in a study they would mix numbers of two configs.
     """
-    diff = workdir_lib.config_differences(saved, config)
-    before, now = _flat_json(saved), _flat_json(_as_json(config))
+    diff = workdir_lib.config_differences(saved, s)
+    before, now = _flat_json(saved), _flat_json(s.as_dict())
     diff += [f"{p}: {before.get(p)!r} -> {now.get(p)!r}" for p in sorted(set(before) | set(now))
              if p.startswith(_STRICT_PREFIXES) and before.get(p) != now.get(p)]
     return [d for d in diff if d.split(":")[0] not in STUDY_MUTABLE]
 
 
-def check_study_dir(config: ml_collections.ConfigDict, study_dir: str) -> None:
-    """Refuses a directory made by a different study config, or a single run's workdir."""
+def check_study_dir(s: settings.Settings, study_dir: str) -> None:
+    """Refuses a directory made by a different study config, or a single run's workdir.
+    A study_config.json written with old field names (``config_base.RENAMED_FIELDS``)
+    compares by the new names."""
     path = os.path.join(study_dir, "study_config.json")
     if not os.path.exists(path):
         _require(not os.path.exists(os.path.join(study_dir, "config.json")),
@@ -332,7 +396,7 @@ def check_study_dir(config: ml_collections.ConfigDict, study_dir: str) -> None:
         return
     from ebm_vs_score import workdir
 
-    diff = study_differences(workdir.read_json(path), config)
+    diff = study_differences(workdir.read_json(path), s)
     _require(not diff, f"study directory {study_dir} was created from a different study config "
              f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); use a new --workdir, "
              "or the same config to resume it")
@@ -350,23 +414,42 @@ def _cli_value(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def overrides(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
+def overrides(config: ml_collections.ConfigDict | dict, base: ml_collections.ConfigDict,
               skip: Sequence[str] = ()) -> list[str]:
     """``--config.path=value`` for every field where ``config`` differs from ``base``."""
-    now, before = _flat_json(_as_json(config)), _flat_json(_as_json(base))
+    now = _flat_json(config if isinstance(config, dict) else _as_json(config))
+    before = _flat_json(_as_json(base))
     return [f"--config.{p}={_cli_value(now[p])}" for p in sorted(now)
             if p not in skip and (p not in before or before[p] != now[p])]
 
 
-def command_line(config: ml_collections.ConfigDict, study_dir: str) -> str:
+def study_overrides(s: settings.Settings) -> list[str]:
+    """``--config.path=value`` for every field where the study of ``s`` differs from
+    ``configs/study_<scale>.py``."""
+    return overrides(settings.require(s).as_dict(), get_config(_study_of(s).scale))
+
+
+def family_overrides(s: settings.Settings, family: str, study_dir: str) -> list[str]:
+    """``--config.path=value`` for every field where the run of ``family`` (first seed)
+    differs from ``config_base.get_config(scale, family)``; fields the family config lacks
+    are marked `` *``."""
+    study = _study_of(s)
+    base = config_base.get_config(study.scale, family)
+    run = run_config(_config_of(s), family, study.seeds[0], study_dir)
+    keys = {p for p, _ in _leaves(base)}
+    return [o if o.split("=")[0][len("--config."):] in keys else o + " *"
+            for o in overrides(run, base, skip=("seed",))]
+
+
+def command_line(s: settings.Settings, study_dir: str) -> str:
     """The command of this invocation: ``sys.argv`` under ``ebm_vs_score.main``, else the
     equivalent ``main`` command rebuilt from the config (notebooks, tests)."""
     argv = sys.argv
     if argv and argv[0].endswith(os.path.join("ebm_vs_score", "main.py")):
         return "python -m ebm_vs_score.main " + " ".join(shlex.quote(a) for a in argv[1:])
-    scale = config.study.scale
+    scale = _study_of(s).scale
     args = ["--mode=study", f"--config=configs/study_{scale}.py", f"--workdir={study_dir}"]
-    args += overrides(config, get_config(scale))
+    args += study_overrides(s)
     return "python -m ebm_vs_score.main " + " ".join(shlex.quote(a) for a in args)
 
 

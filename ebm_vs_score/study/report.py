@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ebm_vs_score import builders, config_base, evaluate, plotting, settings
+from ebm_vs_score import builders, evaluate, plotting
 from ebm_vs_score.evaluate import fields as fields_lib
+from ebm_vs_score.settings import Settings
 from ebm_vs_score.study import plan
 from ebm_vs_score.study import report_time_invariant as report_ti
 from ebm_vs_score.study.plan import family_info
@@ -45,17 +46,17 @@ def _first_done(records: Sequence[RunRecord], variant: str) -> RunRecord | None:
     return next((r for r in records if r.variant == variant and r.done is not None), None)
 
 
-def _copy_sample_grids(config, study_dir: str, records) -> list[tuple[str, str, str]]:
+def _copy_sample_grids(s: Settings, study_dir: str, records) -> list[tuple[str, str, str]]:
     """figures/samples_<variant>_<sampler>.png from the first finished seed of each variant;
     returns (variant, sampler, path relative to the study directory) of each."""
     out = []
     os.makedirs(os.path.join(study_dir, "figures"), exist_ok=True)
-    for family in plan.variants(config):
+    for family in plan.variants(s):
         record = _first_done(records, family)
         if record is None:
             continue
         step = int(record.done["step"])
-        own = plan.run_config(config, family, record.seed, study_dir).sampling.method
+        own = plan.run_settings(s, family, record.seed, study_dir).sampling.method
         methods = [own] + [m for m in [record.done.get("extra_sampler")] if m]
         for method in methods:
             src = evaluate.samples_path(record.run_dir, step, method)
@@ -67,12 +68,12 @@ def _copy_sample_grids(config, study_dir: str, records) -> list[tuple[str, str, 
     return out
 
 
-def _samples_panel(config, study_dir: str, grids: Sequence[tuple[str, str, str]]) -> str:
+def _samples_panel(s: Settings, study_dir: str, grids: Sequence[tuple[str, str, str]]) -> str:
     """figures/samples_panel.png: every copied sample grid in one row, each panel labelled
     with its model and sampler (the figure the README shows)."""
     from PIL import Image
 
-    toy = settings.is_toy(config)
+    toy = s.is_toy
     panels = [(f"{variant_label(variant, toy)} ({method})",
                np.asarray(Image.open(os.path.join(study_dir, rel)).convert("RGB")))
               for variant, method, rel in grids]
@@ -83,35 +84,35 @@ def _samples_panel(config, study_dir: str, grids: Sequence[tuple[str, str, str]]
     return rel
 
 
-def score_fields(config, study_dir: str, records) -> dict[str, dict[str, np.ndarray]]:
+def score_fields(s: Settings, study_dir: str, records) -> dict[str, dict[str, np.ndarray]]:
     """Score and curl grids (evaluate.score_field_grid) of seed 0 of each variant (2-D)."""
     fields = {}
-    toy = settings.is_toy(config)
-    for variant in plan.variants(config):
+    toy = s.is_toy
+    for variant in plan.variants(s):
         record = _first_done(records, variant)
         if record is None:
             continue
-        cfg = plan.run_config(config, variant, record.seed, study_dir)
-        model = builders.build_model(cfg)
-        _, params = evaluate.restore_params(cfg, record.run_dir, model)
+        run = plan.run_settings(s, variant, record.seed, study_dir)
+        model = builders.build_model(run)
+        _, params = evaluate.restore_params(run, record.run_dir, model)
         fields[variant_label(variant, toy)] = fields_lib.score_field_grid(
-            model.fns.score, params, config.study.field_times, float(config.study.field_lim),
-            int(config.study.field_grid))
+            model.fns.score, params, s.study.field_times, float(s.study.field_lim),
+            int(s.study.field_grid))
     return fields
 
 
-def make_figures(config, study_dir: str, records) -> dict[str, Any]:
+def make_figures(s: Settings, study_dir: str, records) -> dict[str, Any]:
     """Sample grids, the QC sweep, and for 2-D data the score fields and mean |curl|."""
-    figures: dict[str, Any] = {"samples": _copy_sample_grids(config, study_dir, records)}
+    figures: dict[str, Any] = {"samples": _copy_sample_grids(s, study_dir, records)}
     if figures["samples"]:
-        figures["samples_panel"] = _samples_panel(config, study_dir, figures["samples"])
-    if config.study.qc_weights:
-        figures.update(_sweep_figure(config, study_dir, records))
-    if not settings.is_toy(config) or int(config.data.toy_dim) != 2:
+        figures["samples_panel"] = _samples_panel(s, study_dir, figures["samples"])
+    if s.study.qc_lambda_sweep:
+        figures.update(_sweep_figure(s, study_dir, records))
+    if not s.is_toy or int(s.data.toy_dim) != 2:
         return figures
-    fields = score_fields(config, study_dir, records)
+    fields = score_fields(s, study_dir, records)
     if fields:
-        image = plotting.score_field_figure(fields, config.study.field_times,
+        image = plotting.score_field_figure(fields, s.study.field_times,
                                             title="score direction and curl ds_y/dx - ds_x/dy")
         rel = os.path.join("figures", "score_fields.png")
         if plan.is_writer():
@@ -167,10 +168,10 @@ def _run_metrics(done: dict, extra: bool) -> dict[str, float]:
     return values
 
 
-def build_rows(config, records: Sequence[RunRecord]) -> list[Row]:
+def build_rows(s: Settings, records: Sequence[RunRecord]) -> list[Row]:
     """One row per variant (and per energy with an extra sampler), seeds aggregated."""
-    toy, rows = settings.is_toy(config), []
-    for variant in plan.variants(config):
+    toy, rows = s.is_toy, []
+    for variant in plan.variants(s):
         family = plan.parse_variant(variant)[0]
         mine = [r for r in records if r.variant == variant]
         done = [r.done for r in mine if r.done is not None]
@@ -225,31 +226,32 @@ def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
     return markdown_table(header + [c.title for c in columns], body)
 
 
-def _header(config, records: Sequence[RunRecord], classifier_accuracy: float | None) -> list[str]:
-    toy, n = settings.is_toy(config), len(config.study.seeds)
+def _header(s: Settings, records: Sequence[RunRecord],
+            classifier_accuracy: float | None) -> list[str]:
+    toy, n = s.is_toy, len(s.study.seeds)
     finished = sum(r.done is not None for r in records)
-    lines = [f"# Energy or score? Study on `{config.data.dataset}`", "",
+    lines = [f"# Energy or score? Study on `{s.data.dataset}`", "",
              f"Written {datetime.datetime.now().isoformat(timespec='seconds')} by "
              "`ebm_vs_score.study`. Families "
              + ", ".join(f"**{family_info(f, toy).label}** ({family_info(f, toy).description})"
-                         for f in config.study.families)
+                         for f in s.study.families)
              + f"; U, C and QC share one network, {family_info('resnet_energy', toy).label} "
              f"is the scalar-output network of the same config; same objective "
-             f"(`{config.training.objective}`), "
-             f"optimizer, {config.training.n_iters} steps at batch {config.training.batch_size}, "
-             f"SDE `{config.sde.name}`; sampler `{config.sampling.method}` with "
-             f"{config.sampling.num_steps} steps for every model"
+             f"(`{s.loss.objective}`), "
+             f"optimizer, {s.training.n_iters} steps at batch {s.training.batch_size}, "
+             f"SDE `{s.sde.name}`; sampler `{s.sampling.method}` with "
+             f"{s.sampling.num_steps} steps for every model"
              + (" (the time-invariant families: their own objective and sampler, see their "
-                "section)" if set(config.study.families) & set(report_ti.TI) else "")
+                "section)" if set(s.study.families) & set(report_ti.TI) else "")
              + ". Seeds "
-             f"{tuple(config.study.seeds)}: cells are mean ± sample std over seeds. "
+             f"{tuple(s.study.seeds)}: cells are mean ± sample std over seeds. "
              f"{finished} of {len(records)} runs finished.", ""]
     if toy:
         lines += ["Toy metrics: MMD² (median-heuristic RBF) and sliced 2-Wasserstein (SWD) "
                   "between samples and test data; NLL by the probability-flow ODE (exact "
                   "divergence) against the true NLL of the test points (gap = KL(p‖q) "
                   "estimate); exact Fisher divergence E‖s − ∇log p_t‖², σ(t)²-weighted, "
-                  f"averaged over {config.eval.asym_levels} noise levels (mixture toys).", ""]
+                  f"averaged over {s.eval.asym_levels} noise levels (mixture toys).", ""]
     else:
         acc = "n/a" if classifier_accuracy is None else f"{classifier_accuracy:.3f}"
         lines += ["Image metrics: FD, IS, precision, recall (k=3) in the feature space of a "
@@ -257,13 +259,13 @@ def _header(config, records: Sequence[RunRecord], classifier_accuracy: float | N
                   f"test accuracy {acc}): comparable within this study only, not with "
                   "published FID/IS. NLL: test bits/dim of uniformly dequantized data, "
                   "offset log2(L) − 1 (Song et al. 2021, Table 2), "
-                  f"{_divergence(config)}; AIS scores the same dequantized points.", ""]
-        if config.eval.inception_weights is None:
+                  f"{_divergence(s)}; AIS scores the same dequantized points.", ""]
+        if s.eval.inception_weights is None:
             lines += ["FID/IS with the standard Inception network: skipped "
                       "(`eval.inception_weights` is not set).", ""]
-    probes = int(config.eval.asym_probes)
+    probes = int(s.eval.asym_probes)
     jacobian = "exact Jacobian" if probes == 0 else f"Hutchinson, {probes} probe(s)"
-    lines += [f"Asym/NAsym (Chao et al. 2023): averaged over {config.eval.asym_levels} noise "
+    lines += [f"Asym/NAsym (Chao et al. 2023): averaged over {s.eval.asym_levels} noise "
               f"levels and the test data ({jacobian}). "
               "Train steps/s: the steady-state speed between the train loop's first and last "
               "records in the run's metrics.jsonl (start-up and the compiling step excluded); "
@@ -310,8 +312,8 @@ def _first_t(records, variant: str) -> list[float]:
                 if r.variant == variant and r.done is not None)
 
 
-def _divergence(config) -> str:
-    probes = int(config.eval.nll_probes)
+def _divergence(s: Settings) -> str:
+    probes = int(s.eval.nll_probes)
     return "exact divergence" if probes == 0 else f"Hutchinson divergence, {probes} probe(s)"
 
 
@@ -345,8 +347,8 @@ def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
             + metric_table(energy_rows, columns, toy) + ["", _ENERGY_TABLE_NOTE, ""])
 
 
-def _figure_lines(figures: dict[str, Any], config) -> list[str]:
-    toy = settings.is_toy(config)
+def _figure_lines(figures: dict[str, Any], s: Settings) -> list[str]:
+    toy = s.is_toy
     lines = ["## Samples (first finished seed)", ""]
     if "samples_panel" in figures:
         lines += [f"![samples, every model, labelled]({figures['samples_panel']})", ""]
@@ -354,11 +356,11 @@ def _figure_lines(figures: dict[str, Any], config) -> list[str]:
         lines.append(f"![{variant_label(variant, toy)}, {method}]({rel})")
     lines.append("")
     if "score_fields" in figures:
-        times = list(config.study.field_times)
+        times = list(s.study.field_times)
         lines += ["## Score fields and curl (first finished seed)", "",
                   f"![score fields]({figures['score_fields']})", "",
                   "Mean |curl| = |∂s_y/∂x − ∂s_x/∂y| over the grid "
-                  f"[-{config.study.field_lim}, {config.study.field_lim}]² "
+                  f"[-{s.study.field_lim}, {s.study.field_lim}]² "
                   "(0 up to float error for a conservative field):", ""]
         body = [[label] + [f"{v:.3g}" for v in values]
                 for label, values in figures["curl"].items()]
@@ -386,23 +388,19 @@ def _runs_lines(records: Sequence[RunRecord]) -> list[str]:
     return lines
 
 
-def _command_lines(config, study_dir: str) -> list[str]:
+def _command_lines(s: Settings, study_dir: str) -> list[str]:
     lines = ["## Commands", "", "Every invocation of this study directory:", ""]
     for entry in read_jsonl(os.path.join(study_dir, "commands.jsonl")):
         lines += [f"- {entry['time']}:", "", "  ```", f"  {entry['command']}", "  ```", ""]
-    scale = config.study.scale
-    shared = plan.overrides(config, plan.get_config(scale))
+    scale = s.study.scale
+    shared = plan.study_overrides(s)
     lines += [f"Overrides of `configs/study_{scale}.py`: "
               + (" ".join(f"`{o}`" for o in shared) or "none"), "",
               f"Each run `runs/<family>_seed<k>` is `config_base.get_config('{scale}', family)` "
               "with these overrides and `--config.seed=<k>` (fields marked * are added by the "
               "study and do not exist in the family config files):", ""]
-    for family in config.study.families:
-        base = config_base.get_config(scale, family)
-        run = plan.run_config(config, family, config.study.seeds[0], study_dir)
-        keys = {p for p, _ in plan._leaves(base)}
-        items = [o if o.split("=")[0][len("--config."):] in keys else o + " *"
-                 for o in plan.overrides(run, base, skip=("seed",))]
+    for family in s.study.families:
+        items = plan.family_overrides(s, family, study_dir)
         lines += [f"- `configs/{scale}_{family}.py`: " + (" ".join(f"`{o}`" for o in items)
                                                         or "no overrides")]
     return lines + [""]
@@ -420,14 +418,14 @@ def _sweep_rows(rows: Sequence[Row]) -> list[Row]:
     return sorted(mine, key=lambda r: plan.parse_variant(r.variant)[1] or 0.0)
 
 
-def _sweep_lines(config, rows: Sequence[Row], figures: dict[str, Any]) -> list[str]:
+def _sweep_lines(s: Settings, rows: Sequence[Row], figures: dict[str, Any]) -> list[str]:
     """The QC lambda sweep (Chao et al. 2023, Table 2 claim): one row per lambda."""
-    if not config.study.qc_weights:
+    if not s.study.qc_lambda_sweep:
         return []
-    toy = settings.is_toy(config)
+    toy = s.is_toy
     sweep = _sweep_rows(rows)
     lines = ["## QC λ sweep (L = DSM + λ L_QC; U is λ = 0)", "",
-             f"L_QC is the Hutchinson estimate of Asym with {config.training.qc_probes} "
+             f"L_QC is the Hutchinson estimate of Asym with {s.loss.qc_probes} "
              "probe(s), as `losses.qc_regularizer` computes it; λ multiplies it as given.", ""]
     lines += metric_table(sweep, _columns(_sweep_columns(toy), sweep), toy)
     if "qc_sweep" in figures:
@@ -457,36 +455,36 @@ def sweep_image(rows: Sequence[Row], toy: bool) -> np.ndarray:
     return plotting.figure_to_array(fig)
 
 
-def _sweep_figure(config, study_dir: str, records) -> dict[str, Any]:
-    rows = _sweep_rows(build_rows(config, records))
+def _sweep_figure(s: Settings, study_dir: str, records) -> dict[str, Any]:
+    rows = _sweep_rows(build_rows(s, records))
     if not any(r.family == "qc" for r in rows):
         return {}
     rel = os.path.join("figures", "qc_sweep.png")
     if plan.is_writer():
-        image = sweep_image(rows, settings.is_toy(config))
+        image = sweep_image(rows, s.is_toy)
         plotting.save_png(image, os.path.join(study_dir, rel))
     return {"qc_sweep": rel}
 
 
-def write_report(config, study_dir: str, records: Sequence[RunRecord], figures: dict[str, Any],
+def write_report(s: Settings, study_dir: str, records: Sequence[RunRecord], figures: dict[str, Any],
                  classifier_accuracy: float | None = None,
                  power_lines: Sequence[str] = ()) -> str:
     """Writes ``study_dir/REPORT.md`` (atomically) and returns its path; ``power_lines``
     (``verdicts.power_lines``) follow the tables."""
-    toy = settings.is_toy(config)
-    rows = build_rows(config, records)
-    lines = _header(config, records, classifier_accuracy)
+    toy = s.is_toy
+    rows = build_rows(s, records)
+    lines = _header(s, records, classifier_accuracy)
     lines += _table_sections(rows, toy) + list(power_lines)
     lines += _per_level_table(rows, records, "nasym_per_level", "NAsym per noise level")
     if toy:
         lines += _per_level_table(rows, records, "fisher_per_level",
                                   "Exact Fisher divergence per noise level (unweighted)")
     lines += _energy_table(rows, toy)
-    lines += report_ti.time_invariant_lines(config, rows, records, study_dir)
-    lines += _sweep_lines(config, rows, figures)
-    lines += _figure_lines(figures, config)
+    lines += report_ti.time_invariant_lines(s, rows, records, study_dir)
+    lines += _sweep_lines(s, rows, figures)
+    lines += _figure_lines(figures, s)
     lines += _runs_lines(records)
-    lines += _command_lines(config, study_dir)
+    lines += _command_lines(s, study_dir)
     path = os.path.join(study_dir, "REPORT.md")
     if not plan.is_writer():
         return path

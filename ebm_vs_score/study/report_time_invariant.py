@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ebm_vs_score import settings
 from ebm_vs_score.evaluate.ood import OOD_SETS
 from ebm_vs_score.evaluate.time_invariant import AIS_TARGET
+from ebm_vs_score.settings import Settings
 from ebm_vs_score.study import plan
 
 Row = Any  # report.Row
@@ -38,8 +38,8 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{values.mean():.4g}" if std == 0.0 else f"{values.mean():.4g} ± {std:.2g}"
 
 
-def _quality_key(config) -> tuple[str, str]:
-    return ("mmd", "MMD² ↓") if settings.is_toy(config) else ("fd", "FD ↓")
+def _quality_key(s: Settings) -> tuple[str, str]:
+    return ("mmd", "MMD² ↓") if s.is_toy else ("fd", "FD ↓")
 
 
 def _results(records, variant: str) -> list[dict]:
@@ -56,12 +56,12 @@ def _sweep_values(records, variant: str, label: str, key: str) -> list[float]:
     return out
 
 
-def _summary_lines(config, ti_rows: Sequence[Row], study_dir: str) -> list[str]:
-    key, title = _quality_key(config)
-    unit = "nats" if settings.is_toy(config) else "bpd"
+def _summary_lines(s: Settings, ti_rows: Sequence[Row], study_dir: str) -> list[str]:
+    key, title = _quality_key(s)
+    unit = "nats" if s.is_toy else "bpd"
     body = []
     for row in ti_rows:
-        run = plan.run_config(config, row.variant, config.study.seeds[0], study_dir)
+        run = plan.run_settings(s, row.variant, s.study.seeds[0], study_dir)
         sampler = f"{run.sampling.method}, {run.sampling.num_steps} steps"
         keys = (key, "nasym", f"ais_nll_{unit}", "sample_nfe", "steps_per_sec")
         body.append([row.label, sampler] + [_fmt([m.get(k) for m in row.runs]) for k in keys])
@@ -91,11 +91,11 @@ def _sweep_labels(records, ti_rows) -> list[str]:
     return []
 
 
-def _nfe_lines(config, ti_rows: Sequence[Row], records) -> list[str]:
+def _nfe_lines(s: Settings, ti_rows: Sequence[Row], records) -> list[str]:
     labels = _sweep_labels(records, ti_rows)
     if not labels:
         return []
-    key, title = _quality_key(config)
+    key, title = _quality_key(s)
     body = []
     for row in ti_rows:
         for label in labels:
@@ -130,7 +130,7 @@ def ood_lines(rows: Sequence[Row]) -> list[str]:
             + _table(["model"] + [f"{sc} vs {s}" for sc, s in columns], body) + [""])
 
 
-def time_invariant_lines(config, rows: Sequence[Row], records, study_dir: str) -> list[str]:
+def time_invariant_lines(s: Settings, rows: Sequence[Row], records, study_dir: str) -> list[str]:
     """The time-invariant families' section (empty without them) and the OOD table."""
     ti_rows = [r for r in rows if r.family in TI and not r.extra and r.runs]
     lines = []
@@ -143,7 +143,7 @@ def time_invariant_lines(config, rows: Sequence[Row], records, study_dir: str) -
                   f"{AIS_TARGET} (not the samplers' law); there is no ODE likelihood. "
                   "The Equilibrium Matching claims these rows test, with paired intervals "
                   "and verdicts, are in the claims table of the power section.", ""]
-        lines += _summary_lines(config, ti_rows, study_dir)
-        lines += _gamma_lines(ti_rows, records) + _nfe_lines(config, ti_rows, records)
+        lines += _summary_lines(s, ti_rows, study_dir)
+        lines += _gamma_lines(ti_rows, records) + _nfe_lines(s, ti_rows, records)
     lines += ood_lines(rows)
     return lines

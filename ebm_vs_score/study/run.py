@@ -19,7 +19,7 @@ finished runs are reused, never recomputed; unfinished ones resume from their
 checkpoints. A run that raises is logged in one sentence (run, directory, error.log), the
 other runs go on, REPORT.md lists the failure, and the study then stops with a
 :class:`StudyError`; rerunning the same command retries only that run. Changing
-``study.families``, ``study.seeds`` or ``study.qc_weights`` (and logging/checkpoint
+``study.families``, ``study.seeds`` or ``study.qc_lambda_sweep`` (and logging/checkpoint
 cadences) in an existing DIR is allowed: runs are added, none is lost.
 ``study.compilation_cache`` points JAX's persistent compilation cache at ``DIR/jax_cache``
 while the study runs, so the seeds of a family compile once. With several processes all
@@ -38,7 +38,6 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
@@ -52,14 +51,14 @@ from ebm_vs_score.study import plan, power, report, verdicts
 from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
 
 
-def _record_invocation(config: ml_collections.ConfigDict, study_dir: str) -> None:
+def _record_invocation(s: settings.Settings, study_dir: str) -> None:
     """Saves the study config (atomically) and appends this command to commands.jsonl."""
     if not plan.is_writer():
         return
-    evaluate.write_json_atomic(os.path.join(study_dir, "study_config.json"), plan._as_json(config))
+    evaluate.write_json_atomic(os.path.join(study_dir, "study_config.json"), s.as_dict())
     entry = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
-             "command": plan.command_line(config, study_dir),
-             "overrides": plan.overrides(config, plan.get_config(config.study.scale))}
+             "command": plan.command_line(s, study_dir),
+             "overrides": plan.study_overrides(s)}
     with open(os.path.join(study_dir, "commands.jsonl"), "a") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -118,7 +117,7 @@ def steady_steps_per_sec(records: list[dict], from_step: int) -> float | None:
                                                       - timed[0]["wall_time"])
 
 
-def timed_training(config: ml_collections.ConfigDict, run_dir: str) -> int:
+def timed_training(run: settings.Settings, run_dir: str) -> int:
     """Trains (resuming) and appends a 'timing' record to metrics.jsonl; the final step.
 
     The record holds the wall time of the training call over the steps it made
@@ -127,12 +126,12 @@ def timed_training(config: ml_collections.ConfigDict, run_dir: str) -> int:
     (:func:`steady_steps_per_sec`; the wall rate if it wrote fewer than two).
     """
     start = max(checkpoint_steps(run_dir), default=0)
-    if start >= config.training.n_iters:
+    if start >= run.training.n_iters:
         return start
     metrics_file = os.path.join(run_dir, "metrics.jsonl")
     before = len(report.read_jsonl(metrics_file))
     t0 = time.perf_counter()
-    state = train.train_and_evaluate(config, run_dir)
+    state = train.train_and_evaluate(run, run_dir)
     wall, step = time.perf_counter() - t0, int(state.step)
     if step > start:
         steady = steady_steps_per_sec(report.read_jsonl(metrics_file)[before:], start)
@@ -154,23 +153,23 @@ def training_speed(run_dir: str) -> dict[str, float]:
     return {"steps_per_sec": float(rate), "train_wall_s": sum(r["train_wall_s"] for r in records)}
 
 
-def _evaluate_run(config, run_dir: str, family: str, extra: str) -> dict:
+def _evaluate_run(run: settings.Settings, run_dir: str, family: str, extra: str) -> dict:
     """All metrics, plus the extra sampler for energies; the DONE record."""
     t0 = time.perf_counter()
-    results = evaluate.evaluate(config, run_dir)
+    results = evaluate.evaluate(run, run_dir)
     extra_results = None
     if extra and family in ENERGY_FAMILIES:
-        extra_results = evaluate.evaluate_sampler(config, run_dir, extra)
-    return {"step": int(config.training.n_iters), "results": results,
-            "num_params": num_params(config),
+        extra_results = evaluate.evaluate_sampler(run, run_dir, extra)
+    return {"step": int(run.training.n_iters), "results": results,
+            "num_params": num_params(run),
             "extra_sampler": extra if extra_results is not None else None,
             "extra_results": extra_results, "timing": training_speed(run_dir),
             "eval_wall_s": time.perf_counter() - t0}
 
 
-def num_params(config: ml_collections.ConfigDict) -> int:
-    """Number of network parameters of a run config (shapes only, nothing allocated)."""
-    model = builders.build_model(config)
+def num_params(run: settings.Settings) -> int:
+    """Number of network parameters of a run (shapes only, nothing allocated)."""
+    model = builders.build_model(run)
     shapes = jax.eval_shape(lambda: builders.init_params(model, jax.random.PRNGKey(0)))
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(shapes)))
 
@@ -187,7 +186,7 @@ def _failure(name: str, run_dir: str, error: Exception) -> str:
             f"{run_dir} and the traceback is in {log}; the other runs continue")
 
 
-def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
+def run_one(s: settings.Settings, variant: str, seed: int,
             study_dir: str, *, train: bool = True) -> RunRecord:
     """Reuses, resumes or trains and evaluates one run; a failure is recorded, not raised.
 
@@ -196,8 +195,8 @@ def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
     name = plan.run_name(variant, seed)
     run_dir = os.path.join(study_dir, "runs", name)
     family = plan.parse_variant(variant)[0]
-    cfg = plan.run_config(config, variant, seed, study_dir)
-    n_iters = int(cfg.training.n_iters)
+    run = plan.run_settings(s, variant, seed, study_dir)
+    n_iters = int(run.training.n_iters)
     done = read_done(run_dir, n_iters)
     if done is not None:
         logging.info("study: reusing finished run %s", name)
@@ -207,13 +206,13 @@ def run_one(config: ml_collections.ConfigDict, variant: str, seed: int,
         return RunRecord(name, family, seed, run_dir, "pending", variant=variant)
     try:
         logging.info("study: training %s in %s", name, run_dir)
-        step = timed_training(cfg, run_dir)
+        step = timed_training(run, run_dir)
         if step < n_iters:
             raise StudyError(f"study run {name} stopped at step {step} of {n_iters} (SIGTERM "
                              "or Ctrl-C); its checkpoint is saved; rerun the same command to "
                              "resume")
         logging.info("study: evaluating %s", name)
-        done = _evaluate_run(cfg, run_dir, family, str(config.study.extra_sampler))
+        done = _evaluate_run(run, run_dir, family, str(s.study.extra_sampler))
         if plan.is_writer():
             evaluate.write_json_atomic(os.path.join(run_dir, DONE_FILE), done)
     except (StudyError, WorkdirError):  # the study stops: a file of it needs the user
@@ -245,34 +244,34 @@ def compilation_cache(path: str | None) -> Iterator[None]:
         jax_cache.reset_cache()
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Runs (or resumes) the study of ``config`` in ``workdir``; returns REPORT.md's path.
+def run_study(s: settings.Settings, workdir: str) -> str:
+    """Runs (or resumes) the study of ``s`` in ``workdir``; returns REPORT.md's path.
 
     Raises:
       ConfigError: invalid study config, or ``workdir`` holds a different study.
       FileNotFoundError: ``eval.inception_weights`` is set but missing.
       StudyError: some runs failed (after the report is written), or a run was interrupted.
     """
-    plan.validate_study(config, workdir)
-    plan.check_study_dir(config, workdir)
+    settings.require(s)
+    plan.validate_study(s, workdir)
+    plan.check_study_dir(s, workdir)
     load_start = results.load_average()
     os.makedirs(workdir, exist_ok=True)
-    _record_invocation(config, workdir)
-    cache = os.path.join(workdir, "jax_cache") if config.study.compilation_cache else None
+    _record_invocation(s, workdir)
+    cache = os.path.join(workdir, "jax_cache") if s.study.compilation_cache else None
     with compilation_cache(cache):
-        accuracy = shared_classifier_accuracy(config, workdir)
-        runs = [(v, s) for v in plan.variants(config) for s in config.study.seeds]
+        accuracy = shared_classifier_accuracy(s, workdir)
+        runs = [(v, seed) for v in plan.variants(s) for seed in s.study.seeds]
         records = []
         for i, (variant, seed) in enumerate(runs):
             logging.info("study: run %d/%d (%s)", i + 1, len(runs), plan.run_name(variant, seed))
-            records.append(run_one(config, variant, seed, workdir,
-                                   train=not config.study.get("report_only", False)))
-        figures = report.make_figures(config, workdir, records)
-        floors = image_floors(config, workdir)
-    values = study_values(config, records, floors)
-    path = report.write_report(config, workdir, records, figures, accuracy,
+            records.append(run_one(s, variant, seed, workdir, train=not s.study.report_only))
+        figures = report.make_figures(s, workdir, records)
+        floors = image_floors(s, workdir)
+    values = study_values(s, records, floors)
+    path = report.write_report(s, workdir, records, figures, accuracy,
                                verdicts.power_lines(values))
-    write_study_record(config, workdir, values, load_start)
+    write_study_record(s, workdir, values, load_start)
     failed = [r for r in records if r.status == "failed"]
     if failed:
         raise StudyError(f"{len(failed)} of {len(records)} study runs failed "
@@ -283,39 +282,43 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str:
     return path
 
 
-def shared_classifier_accuracy(config, study_dir: str) -> float | None:
+def _first_run(s: settings.Settings, study_dir: str) -> settings.Settings:
+    """The settings of the study's first run (its data and evaluation settings)."""
+    return plan.run_settings(s, s.study.families[0], s.study.seeds[0], study_dir)
+
+
+def shared_classifier_accuracy(s: settings.Settings, study_dir: str) -> float | None:
     """Trains (or loads) the one offline classifier of the study (images); its accuracy."""
-    if settings.is_toy(config):
+    if s.is_toy:
         return None
-    cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
-    clf = evaluate.offline_classifier(cfg, study_dir)
+    clf = evaluate.offline_classifier(_first_run(s, study_dir), study_dir)
     return None if clf is None else clf.accuracy
 
 
 
-def image_floors(config, study_dir: str) -> dict[str, power.Floor] | None:
+def image_floors(s: settings.Settings, study_dir: str) -> dict[str, power.Floor] | None:
     """Real-vs-real floors of the offline-classifier metrics (FD, IS, precision, recall):
     ``study.floor_draws`` draws of ``eval.num_samples`` train images, each scored against
     the test images the samples are scored against. None for toys or without labels."""
-    draws = int(config.study.get("floor_draws", 0))
-    if settings.is_toy(config) or draws <= 0:
+    draws = int(s.study.floor_draws)
+    if s.is_toy or draws <= 0:
         return None
-    cfg = plan.run_config(config, config.study.families[0], config.study.seeds[0], study_dir)
-    clf = evaluate.offline_classifier(cfg, study_dir)
+    run = _first_run(s, study_dir)
+    clf = evaluate.offline_classifier(run, study_dir)
     if clf is None:
         return None
-    pool, _ = data_lib.labelled_split(cfg.data, "train")
+    pool, _ = data_lib.labelled_split(run.data, "train")
     feats, logits = clf.apply(pool)
-    feat_x, _ = clf.apply(data_lib.eval_data(cfg.data, "test", int(cfg.eval.num_examples)))
-    n = min(int(cfg.eval.get("num_samples", None) or cfg.eval.num_examples), len(pool))
+    feat_x, _ = clf.apply(data_lib.eval_data(run.data, "test", int(run.eval.num_examples)))
+    n = min(int(run.eval.num_samples or run.eval.num_examples), len(pool))
     score = lambda idx: {k: v for k, v in samples_lib.feature_metrics(
         feats[idx], logits[idx], feat_x).items() if k in verdicts.FLOOR_METRICS}
-    return power.real_floor(score, len(pool), n, draws, seed=int(config.seed))
+    return power.real_floor(score, len(pool), n, draws, seed=int(s.seed))
 
 
-def study_values(config, records, floors) -> dict:
+def study_values(s: settings.Settings, records, floors) -> dict:
     """The study record's values (``verdicts.study_values``) from the finished runs."""
-    toy = settings.is_toy(config)
+    toy = s.is_toy
     per_seed = verdicts.per_seed_metrics(records)
     families, labels = {}, {}
     for key in per_seed:
@@ -323,17 +326,18 @@ def study_values(config, records, floors) -> dict:
         families[key] = plan.parse_variant(variant)[0]
         labels[key] = report.variant_label(variant, toy) + (f" + {method}" if method else "")
     return verdicts.study_values(per_seed, families, labels, floors,
-                                 scale=str(config.study.scale),
+                                 scale=str(s.study.scale),
                                  runs=verdicts.run_times(records))
 
 
-def write_study_record(config, study_dir: str, values: dict, load_start) -> None:
+def write_study_record(s: settings.Settings, study_dir: str, values: dict,
+                       load_start) -> None:
     """The study's record: ``results/<study.record>.json`` (:func:`results.write_record`)
     and a copy in the study directory."""
     if not plan.is_writer():
         return
-    name = str(config.study.get("record", f"study_{config.study.scale}"))
-    command = plan.command_line(config, study_dir)
+    name = str(s.study.record or f"study_{s.study.scale}")
+    command = plan.command_line(s, study_dir)
     for directory in (study_dir, None):
         path = results.write_record(name, values, command=command, load_start=load_start,
                                     directory=directory)
