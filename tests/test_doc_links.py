@@ -46,7 +46,7 @@ def broken_links(doc: str) -> list[str]:
 
 
 def test_the_documents_are_found():
-    assert {"README.md", "docs/study_digits_report.md"} <= set(documents())
+    assert {"README.md", "BENCHMARKS.md", "docs/DESIGN.md"} <= set(documents())
 
 
 @pytest.mark.parametrize("doc", documents())
