@@ -1,7 +1,10 @@
 """The ODE NLL's divergence chosen by measurement: exact against K Hutchinson probes.
 
     python -m benchmarks.divergence --config=CONFIG.py --workdir=DIR [--examples=64]
-        [--probes=1,4,16] [--exact] [--rtol=1e-4] [--out=FILE.json]
+        [--probes=1,4,16] [--exact] [--rtol=1e-4] [--out=FILE.json] [--config.x=y ...]
+
+The config is loaded as ``main`` loads it (config_flags, every ``--config.*`` override)
+and crosses into typed settings once.
 
 On the trained checkpoint of ``DIR`` (restored as ``--mode=eval`` does) and the same
 dequantized test points (the evaluation's protocol), it runs ``likelihood.ode_log_prob``
@@ -16,40 +19,31 @@ the wall seconds of each call (the first compiles).
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 import os
 import sys
 import time
 
+from absl import app, flags
+from ml_collections import config_flags
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.divergence", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--examples", type=int, default=64)
-    p.add_argument("--probes", default="1,4,16")
-    p.add_argument("--exact", action="store_true", help="also the exact divergence")
-    p.add_argument("--rtol", type=float, default=1e-4, help="rtol = atol of the solver")
-    p.add_argument("--out")
-    return p.parse_args(argv)
-
-
-def _load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+_EXAMPLES = flags.DEFINE_integer("examples", 64, "Test points.")
+_PROBES = flags.DEFINE_string("probes", "1,4,16", "Hutchinson probe counts K.")
+_EXACT = flags.DEFINE_bool("exact", False, "Also the exact divergence.")
+_RTOL = flags.DEFINE_float("rtol", 1e-4, "rtol = atol of the solver.")
+_OUT = flags.DEFINE_string("out", None, "Where to write the JSON record.")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _draw(run, params, points, key, batch: int) -> tuple[list[float], float, float]:
-    from ebm_vs_score.evaluate import likelihoods
+    from ebm_vs_score.evaluate import nll
 
     start = time.perf_counter()
-    log_p, nfe, _ = likelihoods.ode_log_probs(run, params, points, key, batch)
+    log_p, nfe, _ = nll.ode_log_probs(run, params, points, key, batch)
     return log_p, nfe, time.perf_counter() - start
 
 
@@ -58,15 +52,15 @@ def estimator(ctx, points, key, num_probes: int, rtol: float, num_bins: int) -> 
     import jax
     import numpy as np
 
-    from ebm_vs_score.evaluate import likelihoods
+    from ebm_vs_score.evaluate import nll
 
-    protocol = likelihoods.Protocol(num_bins=num_bins, num_probes=num_probes, rtol=rtol,
+    protocol = nll.Protocol(num_bins=num_bins, num_probes=num_probes, rtol=rtol,
                                     atol=rtol, batch_size=len(points))
-    run = likelihoods.ode_runner(ctx.model.fns.score, sde=ctx.model.sde, protocol=protocol)
+    run = nll.ode_runner(ctx.model.fns.score, sde=ctx.model.sde, protocol=protocol)
     dim = int(np.prod(points.shape[1:]))
     draws = [_draw(run, ctx.params, points, jax.random.fold_in(key, i), len(points))
              for i in range(1 if num_probes == 0 else 2)]
-    bpd = [likelihoods.bits_per_dim(d[0], dim, num_bins) for d in draws]
+    bpd = [nll.bits_per_dim(d[0], dim, num_bins) for d in draws]
     n = len(points)
     out = {"num_probes": num_probes, "n": n, "bpd": float(bpd[0].mean()),
            "bpd_se": float(bpd[0].std(ddof=1) / math.sqrt(n)), "nfe": draws[0][1],
@@ -78,8 +72,9 @@ def estimator(ctx, points, key, num_probes: int, rtol: float, num_bins: int) -> 
     return out
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from ebm_vs_score import hostcpu
 
     hostcpu.use_fast_cpu_kernels()
@@ -87,19 +82,23 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from benchmarks import timing
-    from ebm_vs_score.evaluate import likelihoods, runner
+    from ebm_vs_score import settings
+    from ebm_vs_score.evaluate import nll, runner
 
-    config = _load_config(args.config)
-    ctx = runner.prepare(config, args.workdir)
-    num_bins = int(runner.likelihood_protocol(config).num_bins)
-    key = jax.random.PRNGKey(config.seed + 2)
-    points = likelihoods.protocol_points(key, ctx.data[:args.examples], num_bins)
-    counts = ([0] if args.exact else []) + [int(k) for k in args.probes.split(",")]
-    result = {"schema_version": 1, "kind": "divergence", "options": vars(args),
-              "machine": timing.machine_info(argv, module="benchmarks.divergence"),
+    s = settings.from_config(_CONFIG.value)
+    ctx = runner.prepare(s, _WORKDIR.value)
+    num_bins = int(runner.likelihood_protocol(s).num_bins)
+    key = jax.random.PRNGKey(s.seed + 2)
+    points = nll.protocol_points(key, ctx.data[:_EXAMPLES.value], num_bins)
+    options = {"config": config_flags.get_config_filename(flags.FLAGS["config"]),
+               "workdir": _WORKDIR.value, "examples": _EXAMPLES.value,
+               "probes": _PROBES.value, "exact": _EXACT.value, "rtol": _RTOL.value}
+    counts = ([0] if _EXACT.value else []) + [int(k) for k in _PROBES.value.split(",")]
+    result = {"schema_version": 1, "kind": "divergence", "options": options,
+              "machine": timing.machine_info(sys.argv[1:], module="benchmarks.divergence"),
               "step": ctx.step, "estimators": []}
     for k in counts:
-        row = estimator(ctx, points, jax.random.fold_in(key, 1), k, args.rtol, num_bins)
+        row = estimator(ctx, points, jax.random.fold_in(key, 1), k, _RTOL.value, num_bins)
         result["estimators"].append(row)
         print(f"K={k}: {row['bpd']:.4f} ± {row['bpd_se']:.4f} bpd, probe std "
               f"{row.get('probe_std', 0):.4f}, NFE {row['nfe']:.0f}, calls "
@@ -111,11 +110,10 @@ def main(argv: list[str]) -> int:
             row.update(diff_vs_exact=float(diff.mean()),
                        diff_vs_exact_se=float(diff.std(ddof=1) / math.sqrt(diff.size)))
     result["machine"]["load_average_end"] = list(os.getloadavg())
-    if args.out:
-        with open(args.out, "w") as f:
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
             json.dump(result, f, indent=1)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    app.run(main)

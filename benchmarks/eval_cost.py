@@ -194,14 +194,19 @@ def prepare(args: argparse.Namespace, tree: str, label: str = "after") -> dict:
     if label != "after":
         return records
     first = args.families.split(",")[0]
-    code = ("import importlib.util, sys\n"
+    # the config loaded as main loads it (config_flags), crossing into settings once
+    code = ("from absl import app, flags\n"
+            "from ml_collections import config_flags\n"
+            "from ebm_vs_score import settings\n"
             "from ebm_vs_score.evaluate import runner\n"
-            "spec = importlib.util.spec_from_file_location('c', sys.argv[1])\n"
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-            "runner.offline_classifier(m.get_config(), sys.argv[2])\n")
+            "C = config_flags.DEFINE_config_file('config')\n"
+            "W = flags.DEFINE_string('workdir', None, 'workdir')\n"
+            "app.run(lambda argv: runner.offline_classifier(settings.from_config(C.value), "
+            "W.value))\n")
     records["classifier"] = _run(
-        [sys.executable, "-c", code, write_config(args.workroot, first, args.protocol),
-         os.path.join(args.workroot, first)], tree,
+        [sys.executable, "-c", code,
+         f"--config={write_config(args.workroot, first, args.protocol)}",
+         f"--workdir={os.path.join(args.workroot, first)}"], tree,
         os.path.join(args.workroot, "logs", "classifier.log"), args.timeout)
     return records
 
