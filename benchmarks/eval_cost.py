@@ -151,7 +151,9 @@ def evaluate(tree: str, family: str, args: argparse.Namespace, label: str, i: in
     os.makedirs(os.path.dirname(log), exist_ok=True)
     shutil.rmtree(os.path.join(workdir, "eval"), ignore_errors=True)
     out = _run(_main_cmd(config, workdir, "eval", args.train_iters), tree, log, args.timeout)
-    out.update(family=family, code=label, pair=i, log=log, commit=_commit(tree),
+    from benchmarks import report
+
+    out.update(family=family, code=label, pair=i, log=log, commit=report.checkout_commit(tree),
                log_phases=log_phases(log, out["start"]))
     path = os.path.join(workdir, "eval", f"step_{args.train_iters:08d}.json")
     if os.path.isfile(path):
@@ -164,15 +166,6 @@ def evaluate(tree: str, family: str, args: argparse.Namespace, label: str, i: in
           f"{out['returncode']}); " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()),
           file=sys.stderr, flush=True)
     return out
-
-
-def _commit(tree: str) -> dict:
-    def git(*cmd):
-        r = subprocess.run(["git", "-C", tree, *cmd], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    return {"tree": tree, "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def prepare(args: argparse.Namespace, tree: str, label: str = "after") -> dict:

@@ -170,15 +170,6 @@ def side(args: argparse.Namespace) -> dict:
     return out
 
 
-def _commit(tree: str) -> dict:
-    def git(*cmd):
-        r = subprocess.run(["git", "-C", tree, *cmd], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    return {"tree": tree, "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def _run_side(tree: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, os.path.join(HERE, "loops.py"), "--side",
            f"--families={args.families}", f"--batch={args.batch}", f"--steps={args.steps}",
@@ -190,7 +181,9 @@ def _run_side(tree: str, args: argparse.Namespace) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"side {tree} failed with status {out.returncode}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result.update(_commit(tree), wall_s=time.time() - start)
+    from benchmarks import report
+
+    result.update(report.checkout_commit(tree), wall_s=time.time() - start)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 
@@ -123,3 +124,13 @@ def render(result: dict) -> str:
                 for s, r in result[key].items()))
     parts += [f"ERROR {r['name']}: {r['error']}" for r in rows if "error" in r]
     return "\n\n".join(parts)
+
+
+def checkout_commit(tree: str) -> dict:
+    """The commit of a git checkout ``tree`` and whether tracked files differ from it."""
+    def git(*cmd):
+        r = subprocess.run(["git", "-C", tree, *cmd], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    return {"tree": tree, "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}

@@ -1,8 +1,9 @@
-"""cifar data, family 'eqm': Equilibrium Matching's implicit field (Wang & Du 2025).
+"""cifar data, family 'eqm'.
+Equilibrium Matching (Wang & Du 2025): a time-invariant field f(x) on the CIFAR U-Net,
+sampled by descent.
 
-The CIFAR U-Net (35.7M parameters) with its time input zeroed; NAG-GD with the paper's
-eta = 0.0017, mu = 0.3 and 250 steps. Runs offline on photograph patches with
-``--config.data.dataset=patches32``.
+The method, its training and sampling: ebm_vs_score/eqm.py and samplers/descent.py.
+Runs offline with ``--config.data.dataset=patches32``.
 Fields: ``eqm.*`` (c(gamma) and the path), ``sampling.*`` (gd / nag, adaptive ``tol``).
 """
 

@@ -1,8 +1,8 @@
-"""digits data, family 'eqm': Equilibrium Matching's implicit field (Wang & Du 2025).
+"""digits data, family 'eqm'.
+Equilibrium Matching (Wang & Du 2025): a time-invariant field f(x) on the digits U-Net,
+sampled by descent.
 
-The digits U-Net with its time input zeroed is the field f(x) ~ (eps - x) c(gamma) on the
-flow-matching path (ebm_vs_score/eqm.py); samples are 100 Nesterov steps (eta = 0.005,
-mu = 0.3) from N(0, I). MALA is refused: the implicit field has no energy.
+The method, its training and sampling: ebm_vs_score/eqm.py and samplers/descent.py.
 Fields: ``eqm.*`` (c(gamma) and the path), ``sampling.*`` (gd / nag, adaptive ``tol``).
 """
 

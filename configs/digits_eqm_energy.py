@@ -1,11 +1,7 @@
-"""digits data, family 'eqm_energy': Equilibrium Matching's explicit energy EqM-E.
+"""digits data, family 'eqm_energy'.
+EqM-E (Wang & Du 2025): an explicit energy on the digits U-Net, f = grad E.
 
-The digits U-Net F(x) (time input zeroed) defines E = -<F(x), x> (``model.energy_form='dot'``)
-or E = ||F(x)||^2 / 2 ('l2'); the field grad E, by autodiff, is trained to
-(eps - x) c(gamma) as in configs/digits_eqm.py (ebm_vs_score/eqm.py). With an energy, the
-MH sampler 'langevin_mh' and AIS apply. On the scalar ResNet energy (with the restoring
-base c_max ||x||^2 / 2): ``--config.model.parameterization=resnet_energy
---config.model.name=resnet_energy --config.model.energy_form=scalar``.
+The method, its training and sampling: ebm_vs_score/eqm.py and parameterization.py.
 Fields: ``model.energy_form`` ('dot', the default, or 'l2'), ``eqm.*``, ``sampling.*``.
 """
 

@@ -1,8 +1,8 @@
-"""toy data, family 'eqm': Equilibrium Matching's implicit field (Wang & Du 2025).
+"""toy data, family 'eqm'.
+Equilibrium Matching (Wang & Du 2025): a time-invariant field f(x) on the 3x128 MLP,
+sampled by descent.
 
-A 3x128 MLP f(x) with its time input zeroed, trained on x_gamma = gamma x + (1 - gamma) eps
-to (eps - x) c(gamma), c = 4 min(1, (1 - gamma) / 0.2) (ebm_vs_score/eqm.py), and sampled
-by Nesterov descent from N(0, I) noise (samplers/descent.py). Every other field: config_base.
+The method, its training and sampling: ebm_vs_score/eqm.py and samplers/descent.py.
 Fields: ``eqm.*`` (c(gamma) and the path), ``sampling.*`` (gd / nag, adaptive ``tol``).
 """
 
