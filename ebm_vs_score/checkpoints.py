@@ -72,6 +72,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=False, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        _silence_late_library_reports()  # a failed save or restore reports once, in a sentence
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -100,7 +101,6 @@ class Checkpointer:
             if not errors.is_disk_full(e):
                 raise
             self._remove_partial(step)
-            _silence_unretrieved_save_errors()
             raise self.disk_full(tree) from e
         sys.stderr.write("".join(reports))  # a save that worked: nothing is hidden
         return True
@@ -246,20 +246,42 @@ class _Collect(pylogging.Filter):
         return True
 
 
-class _UnretrievedSaveError(pylogging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" reports of a failed save's
-    write tasks: they are garbage-collected after the save has raised its one error
-    (often at exit), each with a traceback of the same ENOSPC."""
+class _LateLibraryReport(pylogging.Filter):
+    """Drops what Orbax's asynchronous I/O reports after a save or restore has already
+    failed (and been reported in one sentence): asyncio's "Task exception was never
+    retrieved" for Orbax's tasks, garbage-collected later (often at exit), and
+    concurrent.futures' "exception calling callback" once the event loop is closed."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
         text = record.getMessage()
-        return not ("never retrieved" in text and "orbax" in text)
+        if "never retrieved" in text and "orbax" in text:
+            return False
+        return not ("exception calling callback" in text and _loop_closed(record.exc_info))
 
 
-def _silence_unretrieved_save_errors() -> None:
-    logger = pylogging.getLogger("asyncio")
-    if not any(isinstance(f, _UnretrievedSaveError) for f in logger.filters):
-        logger.addFilter(_UnretrievedSaveError())
+def _loop_closed(exc_info) -> bool:
+    error = exc_info[1] if isinstance(exc_info, tuple) else None
+    return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+
+def _silence_late_library_reports() -> None:
+    """After a failed save or restore: Orbax's late reports of the same failure stay off the
+    console (loggers ``asyncio`` and ``concurrent.futures``, and its I/O threads' "Event
+    loop is closed" at exit)."""
+    for name in ("asyncio", "concurrent.futures"):
+        logger = pylogging.getLogger(name)
+        if not any(isinstance(f, _LateLibraryReport) for f in logger.filters):
+            logger.addFilter(_LateLibraryReport())
+    if getattr(threading.excepthook, "_ebm_quiet", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not _loop_closed((args.exc_type, args.exc_value, args.exc_traceback)):
+            previous(args)
+
+    hook._ebm_quiet = True
+    threading.excepthook = hook
 
 
 @contextlib.contextmanager

@@ -183,12 +183,12 @@ def test_loops_give_the_values_of_flax_convolutions(family, monkeypatch):
     energy's score, agree to float tolerance. (The adaptive solver is left out: at initial
     parameters the ODE is stiff, at tolerance 1e-5 it reaches its step limit, and at loose
     tolerances its step choices amplify rounding differences.)"""
-    from ebm_vs_score import builders, config_base, estimators, samplers
+    from ebm_vs_score import builders, config_base, estimators, samplers, settings
     from ebm_vs_score import parameterization as param_lib
 
     config = config_base.get_config("digits", family)
     config.model.ch = 8
-    model = builders.build_model(config)
+    model = builders.build_model(settings.from_config(config))
     params = builders.init_params(model, jax.random.PRNGKey(0))
     x = jax.random.normal(KEYS[0], (4,) + model.example_shape)
     key = jax.random.PRNGKey(1)
