@@ -145,19 +145,26 @@ def test_loop_bodies_hold_only_canonical_convolutions(what):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["energy", "resnet_energy"])
-def test_a_digits_energy_inside_mala_and_the_ode_likelihood_is_canonical(family):
-    """The real networks (digits U-Net of C, the C-ResNet), small: MALA and the ODE NLL's
-    solver loop compile to canonical convolutions only (XLA:CPU's fast path)."""
-    from ebm_vs_score import builders, config_base, likelihood, samplers, settings
-    from ebm_vs_score import parameterization as param_lib
+def _small_digits_model(family: str):
+    """The digits network of ``family`` at width 8: model, initial params, 4 inputs, a key."""
+    from ebm_vs_score import builders, config_base, settings
 
     config = config_base.get_config("digits", family)
     config.model.ch = 8
     model = builders.build_model(settings.from_config(config))
     params = builders.init_params(model, jax.random.PRNGKey(0))
     x = jax.random.normal(KEYS[0], (4,) + model.example_shape)
-    key = jax.random.PRNGKey(1)
+    return model, params, x, jax.random.PRNGKey(1)
+
+
+@pytest.mark.parametrize("family", ["energy", "resnet_energy"])
+def test_a_digits_energy_inside_mala_and_the_ode_likelihood_is_canonical(family):
+    """The real networks (digits U-Net of C, the C-ResNet), small: MALA and the ODE NLL's
+    solver loop compile to canonical convolutions only (XLA:CPU's fast path)."""
+    from ebm_vs_score import likelihood, samplers
+    from ebm_vs_score import parameterization as param_lib
+
+    model, params, x, key = _small_digits_model(family)
 
     def mala(params, key):
         return samplers.sample("mala", key, x.shape, sde=model.sde, num_steps=2,
@@ -183,15 +190,10 @@ def test_loops_give_the_values_of_flax_convolutions(family, monkeypatch):
     energy's score, agree to float tolerance. (The adaptive solver is left out: at initial
     parameters the ODE is stiff, at tolerance 1e-5 it reaches its step limit, and at loose
     tolerances its step choices amplify rounding differences.)"""
-    from ebm_vs_score import builders, config_base, estimators, samplers, settings
+    from ebm_vs_score import estimators, samplers
     from ebm_vs_score import parameterization as param_lib
 
-    config = config_base.get_config("digits", family)
-    config.model.ch = 8
-    model = builders.build_model(settings.from_config(config))
-    params = builders.init_params(model, jax.random.PRNGKey(0))
-    x = jax.random.normal(KEYS[0], (4,) + model.example_shape)
-    key = jax.random.PRNGKey(1)
+    model, params, x, key = _small_digits_model(family)
 
     def loops(params, x, key, canonical):  # canonical: a static argument, so a fresh trace
         score = param_lib.bind(model.fns.score, params)
