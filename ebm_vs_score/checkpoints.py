@@ -264,14 +264,35 @@ def _loop_closed(exc_info) -> bool:
     return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
 
 
+def _from_orbax(unraisable) -> bool:
+    """Whether an unraisable exception comes from Orbax's code (e.g. a read coroutine of a
+    corrupt checkpoint closed after the restore failed: "Exception ignored in: ...")."""
+    code = getattr(unraisable.object, "cr_code", None) or getattr(unraisable.object, "gi_code",
+                                                                  None)
+    files = [code.co_filename] if code is not None else []
+    files += [f.filename for f in traceback.extract_tb(unraisable.exc_traceback)]
+    return any(f"{os.sep}orbax{os.sep}" in name for name in files)
+
+
+def _quiet_orbax_unraisable(previous):
+    def hook(unraisable) -> None:
+        if not _from_orbax(unraisable):
+            previous(unraisable)
+
+    hook._ebm_quiet = True
+    return hook
+
+
 def _silence_late_library_reports() -> None:
     """After a failed save or restore: Orbax's late reports of the same failure stay off the
-    console (loggers ``asyncio`` and ``concurrent.futures``, and its I/O threads' "Event
-    loop is closed" at exit)."""
+    console (loggers ``asyncio`` and ``concurrent.futures``, unraisable exceptions of its
+    coroutines, and its I/O threads' "Event loop is closed" at exit)."""
     for name in ("asyncio", "concurrent.futures"):
         logger = pylogging.getLogger(name)
         if not any(isinstance(f, _LateLibraryReport) for f in logger.filters):
             logger.addFilter(_LateLibraryReport())
+    if not getattr(sys.unraisablehook, "_ebm_quiet", False):
+        sys.unraisablehook = _quiet_orbax_unraisable(sys.unraisablehook)
     if getattr(threading.excepthook, "_ebm_quiet", False):
         return
     previous = threading.excepthook

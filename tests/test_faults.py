@@ -456,3 +456,25 @@ def test_own_lines_leave_out_only_library_start_up_chatter():
            "STDERR\nI0000 00:00:1796174458.253076   20607 port.cc:153] oneDNN\n"
            "I1202 01:22:21.737042 139 train.py:478] ours\nerror: x\n")
     assert own_lines(err) == ["I1202 01:22:21.737042 139 train.py:478] ours", "error: x"]
+
+
+def test_orbax_unraisable_reports_are_dropped_and_others_kept():
+    """After a failed restore Orbax's read coroutines are closed with their exception, which
+    Python prints as "Exception ignored in: ..." with a traceback; the hook installed by the
+    Checkpointer drops those (the failure is already reported in one sentence) and hands
+    every other unraisable exception on."""
+    import types
+
+    from ebm_vs_score import checkpoints
+
+    seen = []
+    hook = checkpoints._quiet_orbax_unraisable(seen.append)
+    source = "async def read():\n    raise ValueError('corrupt')\n"
+    orbax_ns, other_ns = {}, {}
+    exec(compile(source, os.path.join(os.sep, "site", "orbax", "s.py"), "exec"), orbax_ns)
+    exec(compile(source, os.path.join(os.sep, "site", "mine", "s.py"), "exec"), other_ns)
+    orbax_coro, other_coro = orbax_ns["read"](), other_ns["read"]()
+    for coro in (orbax_coro, other_coro):
+        hook(types.SimpleNamespace(object=coro, exc_traceback=None))
+        coro.close()
+    assert [u.object for u in seen] == [other_coro]
