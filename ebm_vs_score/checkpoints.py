@@ -98,6 +98,7 @@ class Checkpointer:
                 self._manager.wait_until_finished()
         except Exception as e:
             self._log_reports(reports)
+            _mute_late_orbax_errors()  # its other I/O threads fail the same way, later
             if not errors.is_disk_full(e):
                 raise
             self._remove_partial(step)
@@ -246,6 +247,17 @@ class _Collect(pylogging.Filter):
         return True
 
 
+def _mute_late_orbax_errors() -> None:
+    """After a save failed (and was reported once): Orbax's other I/O threads, still
+    writing, log the same failure later, often after the one-sentence error (e.g.
+    "_SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED"); those records are
+    dropped from the console from now on."""
+    handlers = set(pylogging.getLogger().handlers) | {logging.get_absl_handler()}
+    for handler in handlers:
+        if not any(isinstance(f, _Collect) for f in handler.filters):
+            handler.addFilter(_Collect([]))
+
+
 class _LateLibraryReport(pylogging.Filter):
     """Drops what Orbax's asynchronous I/O reports after a save or restore has already
     failed (and been reported in one sentence): asyncio's "Task exception was never
@@ -274,9 +286,21 @@ def _from_orbax(unraisable) -> bool:
     return any(f"{os.sep}orbax{os.sep}" in name for name in files)
 
 
+def _from_native_callback_on_closed_loop(unraisable) -> bool:
+    """TensorStore's writes of a failed save completing after Orbax closed its event loop:
+    each completion calls loop.call_soon_threadsafe from C++, which raises "Event loop is
+    closed", reported with PyErr_WriteUnraisable(NULL) (no object, no message: a bare
+    traceback of asyncio frames only, one per write)."""
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return (unraisable.object is None and bool(frames)
+            and frames[0].name == "call_soon_threadsafe"
+            and all(f"{os.sep}asyncio{os.sep}" in frame.filename for frame in frames)
+            and _loop_closed((None, unraisable.exc_value, None)))
+
+
 def _quiet_orbax_unraisable(previous):
     def hook(unraisable) -> None:
-        if not _from_orbax(unraisable):
+        if not (_from_orbax(unraisable) or _from_native_callback_on_closed_loop(unraisable)):
             previous(unraisable)
 
     hook._ebm_quiet = True
@@ -286,7 +310,8 @@ def _quiet_orbax_unraisable(previous):
 def _silence_late_library_reports() -> None:
     """After a failed save or restore: Orbax's late reports of the same failure stay off the
     console (loggers ``asyncio`` and ``concurrent.futures``, unraisable exceptions of its
-    coroutines, and its I/O threads' "Event loop is closed" at exit)."""
+    coroutines and of TensorStore's completion callbacks, and the "Event loop is closed" of
+    its I/O threads at exit)."""
     for name in ("asyncio", "concurrent.futures"):
         logger = pylogging.getLogger(name)
         if not any(isinstance(f, _LateLibraryReport) for f in logger.filters):
