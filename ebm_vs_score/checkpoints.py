@@ -27,9 +27,6 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
-import io
-import logging as pylogging
 import os
 import shutil
 import signal
@@ -46,7 +43,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ebm_vs_score import errors
+from ebm_vs_score import errors, library_reports
 from ebm_vs_score.errors import INTERRUPTED_EXIT_STATUS, CheckpointError
 
 BROKEN_DIR = "checkpoints_broken"
@@ -72,7 +69,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=False, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        _silence_late_library_reports()  # a failed save or restore reports once, in a sentence
+        # a failed save or restore reports once, in a sentence
+        library_reports.silence_late_library_reports()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -93,12 +91,12 @@ class Checkpointer:
         tree = flax.serialization.to_state_dict(state)
         reports: list[str] = []
         try:
-            with _library_reports(reports):
+            with library_reports.library_reports(reports):
                 self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
                 self._manager.wait_until_finished()
         except Exception as e:
             self._log_reports(reports)
-            _mute_late_orbax_errors()  # its other I/O threads fail the same way, later
+            library_reports.mute_late_orbax_errors()  # other I/O threads fail likewise, later
             if not errors.is_disk_full(e):
                 raise
             self._remove_partial(step)
@@ -231,123 +229,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-class _Collect(pylogging.Filter):
-    """Keeps Orbax's ERROR records (with their tracebacks) out of the console."""
-
-    def __init__(self, reports: list[str]):
-        super().__init__()
-        self.reports = reports
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        if record.levelno >= pylogging.ERROR and "/orbax/" in record.pathname:
-            self.reports.append(pylogging.Formatter().format(record) + "\n")
-            return False
-        return True
-
-
-def _mute_late_orbax_errors() -> None:
-    """After a save failed (and was reported once): Orbax's other I/O threads, still
-    writing, log the same failure later, often after the one-sentence error (e.g.
-    "_SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED"); those records are
-    dropped from the console from now on."""
-    handlers = set(pylogging.getLogger().handlers) | {logging.get_absl_handler()}
-    for handler in handlers:
-        if not any(isinstance(f, _Collect) for f in handler.filters):
-            handler.addFilter(_Collect([]))
-
-
-class _LateLibraryReport(pylogging.Filter):
-    """Drops what Orbax's asynchronous I/O reports after a save or restore has already
-    failed (and been reported in one sentence): asyncio's "Task exception was never
-    retrieved" for Orbax's tasks, garbage-collected later (often at exit), and
-    concurrent.futures' "exception calling callback" once the event loop is closed."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        text = record.getMessage()
-        if "never retrieved" in text and "orbax" in text:
-            return False
-        return not ("exception calling callback" in text and _loop_closed(record.exc_info))
-
-
-def _loop_closed(exc_info) -> bool:
-    error = exc_info[1] if isinstance(exc_info, tuple) else None
-    return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
-
-
-def _from_orbax(unraisable) -> bool:
-    """Whether an unraisable exception comes from Orbax's code (e.g. a read coroutine of a
-    corrupt checkpoint closed after the restore failed: "Exception ignored in: ...")."""
-    code = getattr(unraisable.object, "cr_code", None) or getattr(unraisable.object, "gi_code",
-                                                                  None)
-    files = [code.co_filename] if code is not None else []
-    files += [f.filename for f in traceback.extract_tb(unraisable.exc_traceback)]
-    return any(f"{os.sep}orbax{os.sep}" in name for name in files)
-
-
-def _from_native_callback_on_closed_loop(unraisable) -> bool:
-    """TensorStore's writes of a failed save completing after Orbax closed its event loop:
-    each completion calls loop.call_soon_threadsafe from C++, which raises "Event loop is
-    closed", reported with PyErr_WriteUnraisable(NULL) (no object, no message: a bare
-    traceback of asyncio frames only, one per write)."""
-    frames = traceback.extract_tb(unraisable.exc_traceback)
-    return (unraisable.object is None and bool(frames)
-            and frames[0].name == "call_soon_threadsafe"
-            and all(f"{os.sep}asyncio{os.sep}" in frame.filename for frame in frames)
-            and _loop_closed((None, unraisable.exc_value, None)))
-
-
-def _quiet_orbax_unraisable(previous):
-    def hook(unraisable) -> None:
-        if not (_from_orbax(unraisable) or _from_native_callback_on_closed_loop(unraisable)):
-            previous(unraisable)
-
-    hook._ebm_quiet = True
-    return hook
-
-
-def _silence_late_library_reports() -> None:
-    """After a failed save or restore: Orbax's late reports of the same failure stay off the
-    console (loggers ``asyncio`` and ``concurrent.futures``, unraisable exceptions of its
-    coroutines and of TensorStore's completion callbacks, and the "Event loop is closed" of
-    its I/O threads at exit)."""
-    for name in ("asyncio", "concurrent.futures"):
-        logger = pylogging.getLogger(name)
-        if not any(isinstance(f, _LateLibraryReport) for f in logger.filters):
-            logger.addFilter(_LateLibraryReport())
-    if not getattr(sys.unraisablehook, "_ebm_quiet", False):
-        sys.unraisablehook = _quiet_orbax_unraisable(sys.unraisablehook)
-    if getattr(threading.excepthook, "_ebm_quiet", False):
-        return
-    previous = threading.excepthook
-
-    def hook(args) -> None:
-        if not _loop_closed((args.exc_type, args.exc_value, args.exc_traceback)):
-            previous(args)
-
-    hook._ebm_quiet = True
-    threading.excepthook = hook
-
-
-@contextlib.contextmanager
-def _library_reports(reports: list[str]):
-    """Collects what Orbax and TensorStore print while a save fails (each of their worker
-    threads logs the same error with a traceback, and TensorStore's callbacks print to
-    sys.stderr); the caller raises one exception for all of them and logs the reports."""
-    collect = _Collect(reports)
-    handlers = set(pylogging.getLogger().handlers) | {logging.get_absl_handler()}
-    for handler in handlers:
-        handler.addFilter(collect)
-    stderr, sys.stderr = sys.stderr, io.StringIO()
-    try:
-        yield
-    finally:
-        captured, sys.stderr = sys.stderr.getvalue(), stderr
-        if captured:
-            reports.append(captured)
-        for handler in handlers:
-            handler.removeFilter(collect)
 
 
 def newest_on_disk(workdir: str) -> tuple[int, int] | None:

@@ -509,10 +509,10 @@ def test_orbax_unraisable_reports_are_dropped_and_others_kept():
     every other unraisable exception on."""
     import types
 
-    from ebm_vs_score import checkpoints
+    from ebm_vs_score import library_reports
 
     seen = []
-    hook = checkpoints._quiet_orbax_unraisable(seen.append)
+    hook = library_reports.quiet_orbax_unraisable(seen.append)
     source = "async def read():\n    raise ValueError('corrupt')\n"
     orbax_ns, other_ns = {}, {}
     exec(compile(source, os.path.join(os.sep, "site", "orbax", "s.py"), "exec"), orbax_ns)
@@ -535,10 +535,10 @@ def test_loop_closed_reports_of_native_callbacks_are_dropped_and_others_kept():
     import asyncio
     import types
 
-    from ebm_vs_score import checkpoints
+    from ebm_vs_score import library_reports
 
     seen = []
-    hook = checkpoints._quiet_orbax_unraisable(seen.append)
+    hook = library_reports.quiet_orbax_unraisable(seen.append)
     loop = asyncio.new_event_loop()
     loop.close()
     try:
