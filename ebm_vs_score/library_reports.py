@@ -37,12 +37,17 @@ class _Collect(pylogging.Filter):
         return True
 
 
+def _console_handlers() -> set[pylogging.Handler]:
+    """The handlers that print log records: the root logger's and absl's."""
+    return set(pylogging.getLogger().handlers) | {logging.get_absl_handler()}
+
+
 def mute_late_orbax_errors() -> None:
     """After a save failed (and was reported once): Orbax's other I/O threads, still
     writing, log the same failure later, often after the one-sentence error (e.g.
     "_SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED"); those records are
     dropped from the console from now on."""
-    handlers = set(pylogging.getLogger().handlers) | {logging.get_absl_handler()}
+    handlers = _console_handlers()
     for handler in handlers:
         if not any(isinstance(f, _Collect) for f in handler.filters):
             handler.addFilter(_Collect([]))
@@ -126,7 +131,7 @@ def library_reports(reports: list[str]):
     threads logs the same error with a traceback, and TensorStore's callbacks print to
     sys.stderr); the caller raises one exception for all of them and logs the reports."""
     collect = _Collect(reports)
-    handlers = set(pylogging.getLogger().handlers) | {logging.get_absl_handler()}
+    handlers = _console_handlers()
     for handler in handlers:
         handler.addFilter(collect)
     stderr, sys.stderr = sys.stderr, io.StringIO()
