@@ -11,7 +11,8 @@ import re
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ["README.md", "BENCHMARKS.md", "docs/*.md", "benchmarks/README.md", "launch/README.md"]
+DOCS = ["README.md", "BENCHMARKS.md", "docs/*.md", "benchmarks/README.md", "launch/README.md",
+        "results/*.md"]
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
 

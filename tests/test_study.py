@@ -416,9 +416,20 @@ def _check_power_section_and_record(report: str, workdir: str, name: str) -> Non
         assert values["runs"]["seeds"] == [0, 1]
         assert values["variants"]["score"]["metrics"]["fd"]["n"] == 2
     _check_time_invariant_claims(values)
+    _check_report_copy(report, results.results_dir(), name)
     assert verdicts.claims_table(values)[2:] == [
         row for row in section(report, "Power").splitlines()
         if row.startswith("| ") and any(f"**{v}**" in row for v in verdicts.VERDICTS)]
+
+
+def _check_report_copy(report: str, directory: str, name: str) -> None:
+    """The record holds the whole report, results/<name>_report.md: REPORT.md with its
+    figure links pointing at the copied figures in results/<name>/, every one present."""
+    copy = _read(os.path.join(directory, f"{name}_report.md"))
+    assert copy == report.replace("](figures/", f"]({name}/")
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", copy)
+    assert images and all(p.startswith(f"{name}/") for p in images)
+    assert all(os.path.isfile(os.path.join(directory, p)) for p in images)
 
 
 def _check_time_invariant_claims(values: dict) -> None:

@@ -13,6 +13,8 @@ Layout of the study directory DIR::
   figures/                 sample grids per family, score fields with curl (2-D data),
                            the QC lambda sweep
   REPORT.md
+  <name>.json              the study's record; it and REPORT.md (as <name>_report.md,
+                           figures in <name>/) are also written to results/
 
 Resume: a run is finished when DONE.json, its final checkpoint and its eval JSON exist;
 finished runs are reused, never recomputed; unfinished ones resume from their
@@ -32,6 +34,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
@@ -341,4 +344,26 @@ def write_study_record(s: settings.Settings, study_dir: str, values: dict,
     for directory in (study_dir, None):
         path = results.write_record(name, values, command=command, load_start=load_start,
                                     directory=directory)
-    logging.info("study: wrote the record %s", path)
+    report_path = copy_report(study_dir, name, results.results_dir())
+    logging.info("study: wrote the record %s and %s", path, report_path)
+
+
+def copy_report(study_dir: str, name: str, directory: str) -> str:
+    """Copies REPORT.md to ``<directory>/<name>_report.md`` and its figures to
+    ``<directory>/<name>/``, links rewritten to the copies; returns the report's path.
+
+    The report is part of the study's record: published numbers that no rendered table
+    holds (per-level NAsym, AIS, the NFE sweeps, OOD, the runs) are quoted from this copy,
+    which only the study command writes (docs/DESIGN.md, Rule 10).
+    """
+    figures = os.path.join(study_dir, "figures")
+    if os.path.isdir(figures):
+        shutil.copytree(figures, os.path.join(directory, name), dirs_exist_ok=True)
+    with open(os.path.join(study_dir, "REPORT.md")) as f:
+        text = f.read().replace("](figures/", f"]({name}/")
+    path = os.path.join(directory, f"{name}_report.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
