@@ -375,7 +375,9 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
     config = study.get_config("digits")
     config.study.seeds, config.study.compilation_cache = (0, 1), False
     config.study.floor_draws = 5
+    began = time.monotonic()
     report = _read(study.run_study(settings.from_config(config), str(tmp_path)))
+    took = time.monotonic() - began
     assert_tables_filled(report)
     header = table_cells(section(report, "Table 1"))[0]
     assert header == ["model", "conservative?", "short-cuts to inputs?", "FD ↓", "IS ↑",
@@ -390,10 +392,11 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
     assert table_cells(section(report, "Sample quality"))[0][1:] == [
         "FD ↓", "IS ↑", "precision ↑", "recall ↑", "NFE"]
     assert "C-ResNet ch=40" in kinds  # the parameter-matched C-ResNet (study default)
-    _check_power_section_and_record(report, str(tmp_path), "study_digits")
+    _check_power_section_and_record(report, str(tmp_path), "study_digits", took)
 
 
-def _check_power_section_and_record(report: str, workdir: str, name: str) -> None:
+def _check_power_section_and_record(report: str, workdir: str, name: str,
+                                     max_wall_s: float) -> None:
     """REPORT.md prints floors, paired intervals and verdicts; the same values are in the
     record results/<name>.json (EBM_RESULTS_DIR in tests) and its copy in the study dir."""
     from ebm_vs_score import results
@@ -414,6 +417,7 @@ def _check_power_section_and_record(report: str, workdir: str, name: str) -> Non
         assert set(values["floors"]) == {"fd", "is", "precision", "recall"}
         assert values["floors"]["fd"]["n"] == 297 and values["floors"]["fd"]["draws"] == 5
         assert values["runs"]["seeds"] == [0, 1]
+        assert 0 < values["runs"]["invocation_wall_s"] <= max_wall_s
         assert values["variants"]["score"]["metrics"]["fd"]["n"] == 2
     _check_time_invariant_claims(values)
     _check_report_copy(report, results.results_dir(), name)

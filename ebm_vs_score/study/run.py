@@ -258,7 +258,7 @@ def run_study(s: settings.Settings, workdir: str) -> str:
     settings.require(s)
     plan.validate_study(s, workdir)
     plan.check_study_dir(s, workdir)
-    load_start = results.load_average()
+    load_start, start = results.load_average(), time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     _record_invocation(s, workdir)
     cache = os.path.join(workdir, "jax_cache") if s.study.compilation_cache else None
@@ -272,6 +272,9 @@ def run_study(s: settings.Settings, workdir: str) -> str:
         figures = report.make_figures(s, workdir, records)
         floors = image_floors(s, workdir)
     values = study_values(s, records, floors)
+    # This invocation, start to record: runs trained or resumed, the classifier, floors and
+    # figures included (a resumed study counts only what it did now).
+    values["runs"]["invocation_wall_s"] = time.monotonic() - start
     path = report.write_report(s, workdir, records, figures, accuracy,
                                verdicts.power_lines(values))
     write_study_record(s, workdir, values, load_start)
