@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import statistics
 from typing import Any
 
 from benchmarks import report
@@ -273,23 +274,36 @@ _EVAL_GROUPS = (("restore", ("restore",)), ("Asym", ("asym",)), ("ODE NLL", ("od
 def bench_eval_cost(spec: Spec, records: list) -> list[str]:
     """``benchmarks.eval_cost``: per family, seconds of each metric group (the eval JSON's
     ``wall_s`` where the code writes it, else its log timestamps; ``restore`` is then the
-    process start to the first metric), and the process's wall time, before / after."""
+    process start to the first metric), and the process's wall time, before / after; with
+    ``--pairs`` > 1 each cell is the mean over the pairs and the load runs from the first
+    run's start to the last run's end."""
     _need(records, 1, "bench_eval_cost")
     raw = _raw(records[0][1])
     runs = raw["runs"]
     codes = [c for c in ("before", "after") if any(r["code"] == c for r in runs)]
     families = list(dict.fromkeys(r["family"] for r in runs))
-    cell = {(r["code"], r["family"]): r for r in runs}
+    cell: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        cell.setdefault((r["code"], r["family"]), []).append(r)
 
     def seconds(code, family, keys):
-        r = cell.get((code, family))
-        metrics = (r or {}).get("metric_wall_s") or (r or {}).get("log_phases") or {}
-        found = [metrics[k] for k in keys if k in metrics]
-        return f"{sum(found):,.0f}" if found else "–"
+        per_run = []
+        for r in cell.get((code, family), []):
+            metrics = r.get("metric_wall_s") or r.get("log_phases") or {}
+            found = [metrics[k] for k in keys if k in metrics]
+            if found:
+                per_run.append(sum(found))
+        return f"{statistics.fmean(per_run):,.0f}" if per_run else "–"
 
     def wall(code, family):
-        r = cell.get((code, family))
-        return "–" if r is None else f"{r['process_wall_s']:,.0f}"
+        rs = cell.get((code, family))
+        return "–" if not rs else f"{statistics.fmean(r['process_wall_s'] for r in rs):,.0f}"
+
+    def load(code, family):
+        rs = cell.get((code, family))
+        return "–" if not rs else _side_load({
+            "load_average_start": rs[0].get("load_average_start"),
+            "load_average_end": rs[-1].get("load_average_end")})
 
     label = " / ".join(codes)
     groups = [(name, keys) for name, keys in _EVAL_GROUPS  # those some run measured
@@ -297,8 +311,7 @@ def bench_eval_cost(spec: Spec, records: list) -> list[str]:
     body = [[family] + [" / ".join(seconds(c, family, keys) for c in codes)
                         for _, keys in groups]
             + [" / ".join(wall(c, family) for c in codes),
-               " / ".join(_side_load(cell[(c, family)]) if (c, family) in cell else "–"
-                          for c in codes)]
+               " / ".join(load(c, family) for c in codes)]
             for family in families]
     return _table(["family"] + [f"{name} s ({label})" for name, _ in groups]
                   + [f"process wall s ({label})", "1-minute load (start → end)"], body)
