@@ -268,7 +268,8 @@ def bench_loops(spec: Spec, records: list) -> list[str]:
 
 
 _EVAL_GROUPS = (("restore", ("restore",)), ("Asym", ("asym",)), ("ODE NLL", ("ode_nll",)),
-                ("AIS", ("ais",)), ("samples + FD/IS/PR", ("samples", "sample_quality")))
+                ("AIS", ("ais",)), ("samples + FD/IS/PR", ("samples", "sample_quality")),
+                ("OOD", ("ood",)))
 
 
 def bench_eval_cost(spec: Spec, records: list) -> list[str]:

@@ -242,7 +242,7 @@ def test_loops_and_eval_cost_tables_render_their_records(tmp_path):
          "load_average_start": [8.0], "load_average_end": [9.0]},
         {"code": "after", "family": "C", "process_wall_s": 300.0,
          "metric_wall_s": {"restore": 5.0, "asym": 50.0, "ode_nll": 100.0, "samples": 60.0,
-                           "sample_quality": 15.0},
+                           "sample_quality": 15.0, "ood": 7.0},
          "load_average_start": [8.0], "load_average_end": [9.0]},
         *({"code": "after", "family": "U", "process_wall_s": wall,
            "metric_wall_s": {"restore": 4.0, "asym": asym, "ode_nll": 10.0, "samples": 3.0},
@@ -258,7 +258,7 @@ def test_loops_and_eval_cost_tables_render_their_records(tmp_path):
     assert "| C | em | 10.0 / 10.0 | 60.0 / 25.0 | 6.00 / 2.50 | 1.50 / 1.50 | 20 / 0 |" in text
     assert f"| C | em | {60 / 10:.2f} / {25 / 10:.2f} | – / – |" in text  # C over U per NFE
     assert "before 0: 7.2 → 9.5" in text
-    assert "| C | 40 / 5 | 100 / 50 | 300 / 100 | 200 / 75 | 700 / 300 |" in text  # no AIS
+    assert "| C | 40 / 5 | 100 / 50 | 300 / 100 | 200 / 75 | – / 7 | 700 / 300 |" in text
     # Two pairs of U: each cell their mean, the load from the first start to the last end.
-    assert "| U | – / 4 | – / 14 | – / 10 | – / 3 | – / 45 | – / 1.0 → 2.5 |" in text
+    assert "| U | – / 4 | – / 14 | – / 10 | – / 3 | – / – | – / 45 | – / 1.0 → 2.5 |" in text
     assert results.run("check", root, ["B.md"]) == 0
