@@ -68,7 +68,10 @@ def ours(batch: int, steps: int, threads: int) -> dict:
 
     spec = RowSpec(name="peer/ours", kind="train", scale="cifar", family="U", batch=batch)
     step, _ = rows.train_step_runner(spec)
-    return {"times_s": _time_steps(step, steps), "devices": jax.device_count()}
+    return {"times_s": _time_steps(step, steps), "devices": jax.device_count(),
+            "jax_version": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),  # the kernels use_fast_cpu_kernels chose
+            hostcpu.KEEP_DEFAULTS_ENV: os.environ.get(hostcpu.KEEP_DEFAULTS_ENV, "")}
 
 
 def theirs(peer_dir: str, batch: int, steps: int, threads: int) -> dict:
@@ -97,7 +100,8 @@ def theirs(peer_dir: str, batch: int, steps: int, threads: int) -> dict:
     x = torch.randn(batch, 3, 32, 32)
     params = sum(p.numel() for p in model.parameters())
     times = _time_steps(lambda: step_fn(state, x).item(), steps)
-    return {"times_s": times, "threads": torch.get_num_threads(), "num_params": params}
+    return {"times_s": times, "threads": torch.get_num_threads(), "num_params": params,
+            "torch_version": torch.__version__}
 
 
 def _run_side(side: str, args: argparse.Namespace) -> dict:

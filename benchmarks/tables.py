@@ -163,7 +163,18 @@ def bench_peer(spec: Spec, records: list) -> list[str]:
              f"{p['ours_ms'] / p['theirs_ms']:.3f}"] for i, p in enumerate(raw["pairs"])]
     return _table(["pair", "ours ms/step", "theirs ms/step", "ours/theirs"], body) + [
         "", f"Median of ours/theirs over {len(body)} pairs: {raw['ratio_median']:.3f} "
-            f"(batch {raw.get('batch')}; 1-minute load {_load(raw)})."]
+            f"(batch {raw.get('batch')}; 1-minute load {_load(raw)}{_peer_versions(raw)})."]
+
+
+def _peer_versions(raw: dict) -> str:
+    """'; torch V, jax V, CPU' where the record names them (records before 2026-12-02
+    name jax and the CPU only)."""
+    machine, first = raw.get("machine", {}), (raw.get("pairs") or [{}])[0]
+    names = [f"torch {first['theirs']['torch_version']}"
+             if "torch_version" in first.get("theirs", {}) else None,
+             f"jax {machine['jax_version']}" if machine.get("jax_version") else None,
+             machine.get("cpu_model")]
+    return "".join(f"; {n}" for n in names if n)
 
 
 def _conv_label(key: str) -> str:

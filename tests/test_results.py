@@ -262,3 +262,20 @@ def test_loops_and_eval_cost_tables_render_their_records(tmp_path):
     # Two pairs of U: each cell their mean, the load from the first start to the last end.
     assert "| U | – / 4 | – / 14 | – / 10 | – / 3 | – / – | – / 45 | – / 1.0 → 2.5 |" in text
     assert results.run("check", root, ["B.md"]) == 0
+
+
+def test_peer_table_names_torch_jax_and_the_cpu(tmp_path):
+    """bench_peer: each pair's ms and ratio, the median, and the versions the record names."""
+    root = str(tmp_path)
+    pairs = [{"ours_ms": o, "theirs_ms": t, "theirs": {"torch_version": "2.13.0+cpu"}}
+             for o, t in ((1200.0, 1000.0), (900.0, 1000.0))]
+    raw = {"batch": 32, "ratio_median": 1.05, "pairs": pairs,
+           "machine": {"jax_version": "0.10.2", "cpu_model": "Some CPU",
+                       "load_average_start": [1.5]}}
+    _write(root, "results/peer.json", json.dumps(raw))
+    _write(root, "B.md", "<!-- results:table bench_peer results/peer.json -->\n<!-- /results -->\n")
+    assert results.run("render", root, ["B.md"]) == 0
+    text = _read(root, "B.md")
+    assert "| 0 | 1,200 | 1,000 | 1.200 |" in text and "| 1 | 900 | 1,000 | 0.900 |" in text
+    assert ("Median of ours/theirs over 2 pairs: 1.050 (batch 32; 1-minute load 1.5; "
+            "torch 2.13.0+cpu; jax 0.10.2; Some CPU).") in text
