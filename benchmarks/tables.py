@@ -329,6 +329,32 @@ def bench_eval_cost(spec: Spec, records: list) -> list[str]:
                   + [f"process wall s ({label})", "1-minute load (start → end)"], body)
 
 
+def bench_ais_budget(spec: Spec, records: list) -> list[str]:
+    """``benchmarks.ais_budget``: per budget (pilot chains M, 0 = the fixed step size 0.1;
+    targets K; chains N) the mean log Z over the repeats ± their standard deviation (the
+    error of one run), the within-run delta-method standard error, ESS, acceptance, the
+    last target's step size and the seconds per run; then the energy along rays."""
+    _need(records, 1, "bench_ais_budget")
+    raw = _raw(records[0][1])
+    body = [[str(b["tune_chains"]), str(b["num_steps"]), str(b["num_chains"]),
+             f"{b['log_z_mean']:.1f} ± {b['log_z_sd']:.1f} ({len(b['repeats'])})",
+             f"{b['stderr_mean']:.2f}", f"{b['ess_mean']:.1f}", f"{b['acceptance_mean']:.2f}",
+             f"{statistics.fmean(r['last_step_size'] for r in b['repeats']):.2g}",
+             f"{b['run_s']:.1f}"] for b in raw["budgets"]]
+    lines = _table(["pilot chains M", "targets K", "chains N", "log Z (sd over runs, n)",
+                    "stderr (chains)", "ESS", "acceptance", "last step size", "s / run"],
+                   body)
+    rays = raw["rays"]
+    medians = ", ".join(f"{r}: {rays['summary'][str(r)]:.0f}" for r in rays["radii"])
+    tail = rays["tail"]
+    return lines + ["", f"Median E(r u) over {len(rays['energy_along_rays']['0'])} random "
+                    f"unit directions u, by radius r: {medians}. Rays through the test "
+                    f"points where exp(-E) does not fall off between {tail['scales'][0]:g} "
+                    f"and {tail['scales'][1]:g} times their median radius: "
+                    f"{tail['rising_fraction']:.0%} (median growth "
+                    f"{tail['growth_nats']:.3g} nats, needed > {tail['needed_nats']:.3g})."]
+
+
 TABLE_KINDS = {
     "bench_text": bench_text,
     "bench_train": bench_train,
@@ -341,4 +367,5 @@ TABLE_KINDS = {
     "bench_runtime": bench_runtime,
     "bench_loops": bench_loops,
     "bench_eval_cost": bench_eval_cost,
+    "bench_ais_budget": bench_ais_budget,
 }

@@ -227,55 +227,130 @@ def _log_mean_exp_and_stderr(log_w: jax.Array) -> tuple[jax.Array, jax.Array, ja
     return log_mean, stderr, jnp.sum(w) ** 2 / jnp.sum(w**2)
 
 
-def ais_log_normalizer(energy_fn: Callable[[jax.Array], jax.Array], key: jax.Array,
-                       shape: tuple[int, ...], *, base: str = "gaussian",
-                       base_std: float = 1.0, num_steps: int = 200, num_leapfrog: int = 5,
-                       step_size: float = 0.1, num_chains: int = 256,
-                       schedule: str = "sigmoid") -> tuple[jax.Array, dict[str, jax.Array]]:
-    """log Z = log ∫ exp(-E(x)) dx by annealed importance sampling (Neal 2001).
+TAIL_SCALES = (8.0, 16.0)  # multiples of a data point: far outside the data shell
 
-    Geometric path f_beta = f_0^(1-beta) exp(-beta E) from the base f_0 = exp(-|x|^2 /
-    (2 base_std^2)) (log Z_0 = D/2 log(2 pi base_std^2)) to exp(-E), ``num_steps``
-    intermediate targets, one MH-corrected HMC step (``num_leapfrog`` leapfrog steps of
-    size ``step_size``) per target, ``num_chains`` independent chains, all in one
-    ``lax.scan``. Weights log w = sum_k (beta_k - beta_{k-1}) (-E(x_{k-1}) - log f_0(x_{k-1})).
+
+def energy_tail(energy_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                scales: tuple[float, float] = TAIL_SCALES) -> dict[str, Any]:
+    """Whether exp(-E) can be normalizable, read along the rays through the points ``x``.
+
+    In polar coordinates Z = ∫ exp(-E(x)) dx = ∫_{S^{D-1}} ∫_0^∞ exp(-E(r u)) r^{D-1} dr du,
+    so Z < ∞ needs the radial integrand exp(-E(r u) + (D - 1) log r) to fall far out along
+    almost every ray u. On the ray through a point x it falls between the scales a < b iff
+    E(b x) - E(a x) > (D - 1) log(b / a). The perturbed-data energy grows like
+    ||x||^2 / (2 var_t) and passes by orders of magnitude; an energy that is bounded along
+    rays (a normalized network without a base term) fails, and then AIS's log Ẑ only rises
+    with its budget (Z = ∞). A rising ray is strong evidence, not proof (the energy could
+    turn upward farther out); falling rays are necessary, not sufficient, for Z < ∞.
 
     Args:
-      energy_fn: ``E(x) -> (B,)`` at a fixed noise level (bind t: ``lambda x:
-        energy(x, jnp.full(x.shape[:1], t))``); examples must not interact.
-      key: PRNG key.
-      shape: the shape of ONE example (no chain axis), e.g. (2,) or (32, 32, 3).
+      energy_fn: ``E(x) -> (B,)`` with everything but x bound.
+      x: (B, ...) points off the origin (the evaluation's points).
+      scales: (a, b), in units of R.
 
     Returns:
-      (log_z, info): info ``stderr`` (delta method over the weights), ``ess``,
-      ``acceptance`` (mean HMC acceptance probability), ``log_weights`` (num_chains,),
-      ``nfe``. log Ẑ is biased low by about stderr^2 / 2 (Jensen).
+      ``rising_fraction`` (of the B rays), ``growth_nats`` (median E(b R u) - E(a R u)),
+      ``needed_nats`` ((D - 1) log(b / a)) and ``scales``.
     """
-    if base != "gaussian":
-        raise ValueError(f"unknown AIS base {base!r}; valid names: ['gaussian']")
-    betas = ais_schedule(num_steps, schedule)
+    a, b = scales
+    dim = math.prod(x.shape[1:])
+    norms = jnp.sqrt(sum_sq(x)).reshape((-1,) + (1,) * (x.ndim - 1))
+    u = x / jnp.maximum(norms, 1e-12)
+    radius = jnp.median(norms)
+    e_a, e_b = energy_fn(a * radius * u), energy_fn(b * radius * u)
+    growth = np.asarray(e_b - e_a, np.float64)
+    needed = (dim - 1) * math.log(b / a)
+    rising = ~(growth > needed)  # NaN counts as rising: no evidence of a fall
+    return {"rising_fraction": float(np.mean(rising)), "growth_nats": float(np.median(growth)),
+            "needed_nats": needed, "scales": [a, b]}
+
+
+HMC_TARGET_ACCEPTANCE = 0.65  # Beskos et al. 2013 (Bernoulli 19(5A)): optimal ~0.651
+
+
+def _ais_pass(energy_fn, key, shape, betas, steps, *, base_std: float, num_leapfrog: int,
+              num_chains: int, adapt_rate: float = 0.0):
+    """One annealing pass of ``num_chains`` chains over ``betas``: one MH-corrected HMC
+    move per target, of size ``steps[k]`` at target k. With ``adapt_rate`` > 0 the size
+    of move k is ``steps[0]`` scaled by exp(rate * sum_{j<k} (acc_j - 0.65)) (a
+    Robbins-Monro walk toward :data:`HMC_TARGET_ACCEPTANCE`) and ``steps[1:]`` is unused.
+
+    Returns the log weights (num_chains,), the mean acceptance of every move (K,) and the
+    step size of every move (K,).
+    """
     k_init, k_run = jax.random.split(key)
     x = base_std * jax.random.normal(k_init, (num_chains,) + tuple(shape))
     e, g = mcmc.energy_and_grad(energy_fn, x)
 
-    def step(carry, inp):
-        x, e, g, log_w = carry
-        k, beta_prev, beta = inp
+    def move(carry, inp):
+        x, e, g, log_w, log_step = carry
+        k, beta_prev, beta, fixed_step = inp
+        step = jnp.exp(log_step) if adapt_rate > 0 else fixed_step
         base = 0.5 * sum_sq(x) / base_std**2
         log_w = log_w + (beta - beta_prev) * (base - e)
         state = MCMCState(x, *_mix(x, beta, base_std, e, g))
         state, prob, _ = mcmc.hmc_step(
             jax.random.fold_in(k_run, k), state, _ais_potential(energy_fn, beta, base_std),
-            step_size, num_leapfrog=num_leapfrog)
-        return (state.x, *state.aux, log_w), jnp.mean(prob)
+            step, num_leapfrog=num_leapfrog)
+        acc = jnp.mean(prob)
+        log_step = log_step + adapt_rate * (acc - HMC_TARGET_ACCEPTANCE)
+        return (state.x, *state.aux, log_w, log_step), (acc, step)
 
-    carry = (x, e, g, jnp.zeros((num_chains,), x.dtype))
-    (_, _, _, log_w), acc = jax.lax.scan(
-        step, carry, (jnp.arange(num_steps), betas[:-1], betas[1:]))
+    num_steps = betas.shape[0] - 1
+    carry = (x, e, g, jnp.zeros((num_chains,), x.dtype), jnp.log(steps[0]))
+    (_, _, _, log_w, _), (acc, used) = jax.lax.scan(
+        move, carry, (jnp.arange(num_steps), betas[:-1], betas[1:], steps))
+    return log_w, acc, used
+
+
+def ais_log_normalizer(energy_fn: Callable[[jax.Array], jax.Array], key: jax.Array,
+                       shape: tuple[int, ...], *, base: str = "gaussian",
+                       base_std: float = 1.0, num_steps: int = 200, num_leapfrog: int = 5,
+                       step_size: float = 0.1, num_chains: int = 256,
+                       schedule: str = "sigmoid", tune_chains: int = 16
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """log Z = log ∫ exp(-E(x)) dx by annealed importance sampling (Neal 2001).
+
+    Geometric path f_beta = f_0^(1-beta) exp(-beta E) from f_0 = exp(-|x|^2 / (2 base_std^2))
+    (log Z_0 = D/2 log(2 pi base_std^2)) to exp(-E): ``num_steps`` targets, one MH-corrected
+    HMC move (``num_leapfrog`` leapfrog steps) per target, ``num_chains`` chains, one
+    ``lax.scan``; log w = sum_k (beta_k - beta_{k-1}) (-E(x_{k-1}) - log f_0(x_{k-1})).
+    With ``tune_chains`` > 0 a pilot pass of that many chains (own key) first walks the
+    step size of each target from ``step_size`` toward acceptance 0.65 (Beskos et al. 2013;
+    Neal 2011, Sec. 4.2), and the estimate uses those sizes fixed: its kernels do not depend
+    on its chains, so Ẑ stays unbiased. One size cannot fit a path from width ``base_std``
+    to a learned energy (benchmarks/ais_budget.py); ``tune_chains=0`` keeps ``step_size``.
+
+    Args:
+      energy_fn: ``E(x) -> (B,)`` with t bound; examples must not interact.
+      key: PRNG key.
+      shape: the shape of ONE example (no chain axis), e.g. (2,) or (32, 32, 3).
+
+    Returns:
+      (log_z, info): ``stderr`` (delta method), ``ess``, ``acceptance`` (mean), ``log_weights``,
+      ``step_sizes`` (num_steps,), ``nfe`` per chain and ``tune_nfe`` (the pilot's, per
+      estimating chain). log Ẑ is biased low (Jensen); at an ``ess`` of a few chains
+      ``stderr`` says nothing and log Ẑ is only a stochastic lower bound.
+    """
+    if base != "gaussian":
+        raise ValueError(f"unknown AIS base {base!r}; valid names: ['gaussian']")
+    if tune_chains < 0:
+        raise ValueError(f"tune_chains={tune_chains} must be >= 0 (0: a fixed step size)")
+    betas = ais_schedule(num_steps, schedule)
+    steps = jnp.full((num_steps,), step_size)
+    options = dict(base_std=base_std, num_leapfrog=num_leapfrog)
+    if tune_chains:  # without the pilot the estimate draws from ``key`` itself, as before
+        _, _, steps = _ais_pass(energy_fn, jax.random.fold_in(key, 0), shape, betas, steps,
+                                num_chains=tune_chains, adapt_rate=1.0, **options)
+        key = jax.random.fold_in(key, 1)
+    log_w, acc, steps = _ais_pass(energy_fn, key, shape, betas, jax.lax.stop_gradient(steps),
+                                  num_chains=num_chains, **options)
     log_mean, stderr, ess = _log_mean_exp_and_stderr(log_w)
     log_z = 0.5 * math.prod(shape) * math.log(2 * math.pi * base_std**2) + log_mean
+    nfe = 1 + num_steps * num_leapfrog
     info = {"stderr": stderr, "ess": ess, "acceptance": jnp.mean(acc), "log_weights": log_w,
-            "nfe": jnp.asarray(1 + num_steps * num_leapfrog)}
+            "step_sizes": steps, "nfe": jnp.asarray(nfe),
+            "tune_nfe": jnp.asarray(nfe * tune_chains / num_chains)}
     return log_z, info
 
 

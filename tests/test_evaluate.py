@@ -236,6 +236,27 @@ def test_image_likelihoods_share_points_offset_and_say_their_divergence():
         assert out[f"{prefix}_bpd_stderr"] > 0
 
 
+def test_ais_is_skipped_for_an_energy_bounded_along_rays():
+    """exp(-E) with E bounded far out has Z = inf: the evaluation says so (the tail numbers,
+    ais_normalizable False) instead of an AIS estimate that only grows with its budget;
+    the exact Gaussian energy passes the same test and gets its AIS keys."""
+    from ebm_vs_score import sde as sde_lib
+    from ebm_vs_score.evaluate import nll
+
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 2, 2, 1)).astype(np.float32)
+    protocol = nll.Protocol(num_bins=None, num_probes=0, rtol=1e-3, atol=1e-3, batch_size=8)
+    bounded = lambda p, y, t: 3.0 * jnp.tanh(jnp.sum(y.reshape(len(y), -1) ** 2, -1))  # noqa: E731
+    out = nll.ais_nll_metrics(bounded, None, x, jax.random.PRNGKey(0), sde=sde_lib.VPSDE(),
+                              protocol=protocol, num_steps=4, num_chains=4)
+    assert out["ais_normalizable"] is False and out["energy_tail_rising_fraction"] == 1.0
+    assert not any(k.startswith("ais_nll") or k == "ais_log_z" for k in out)
+    gauss = lambda p, y, t: 0.5 * jnp.sum(y.reshape(len(y), -1) ** 2, -1)  # noqa: E731
+    out = nll.ais_nll_metrics(gauss, None, x, jax.random.PRNGKey(0), sde=sde_lib.VPSDE(),
+                              protocol=protocol, num_steps=4, num_chains=4)
+    assert out["ais_normalizable"] is True and np.isfinite(out["ais_log_z"])
+    assert out["ais_chains"] == 4 and out["ais_nfe"] == pytest.approx(21 * (1 + 16 / 4))
+
+
 def test_energy_vs_ode_mode_reruns_the_eval_likelihood_and_refuses_a_mismatch(
         energy_run, tmp_path):
     """--mode=energy_vs_ode recomputes the eval's ODE NLL number for number (same points and

@@ -99,7 +99,12 @@ def _toy_metrics(family: str, seed: int) -> dict:
            "nll_gap_nats": 2.0 * base - 1.4, "fisher": base, "fisher_per_level": [3.0, 1.0],
            "sample_nfe": 11.0, "mmd": 0.01 * base, "swd": 0.1 * base}
     if family in study.ENERGY_FAMILIES:
-        out.update(ais_log_z=1.0, ais_nll_nats=2.1, ode_log_z=0.5, energy_ode_spread_nats=0.2)
+        out.update(ode_log_z=0.5, energy_ode_spread_nats=0.2)
+    if family == "energy":
+        out.update(ais_normalizable=True, energy_tail_rising_fraction=0.0, ais_log_z=1.0,
+                   ais_ess=100.0, ais_nll_nats=2.1)
+    elif family in study.ENERGY_FAMILIES:  # an energy bounded along rays: AIS skipped
+        out.update(ais_normalizable=False, energy_tail_rising_fraction=1.0)
     return out
 
 
@@ -276,6 +281,10 @@ def test_fake_toy_study_report_and_no_recomputation(tmp_path, fakes):
     energies = section(report, "Energies only")
     assert "ODE-implied log Z" in energies and "| C-MLP |" in energies
     assert "| U |" not in energies and "not that AIS is unconverged" in energies
+    assert "ESS (chains)" in energies and "rays not falling" in energies
+    c_mlp = next(line for line in energies.splitlines() if line.startswith("| C-MLP |"))
+    c_row = next(line for line in energies.splitlines() if line.startswith("| C |"))
+    assert c_mlp.count("skipped") == 3 and "skipped" not in c_row  # log Z, ESS, NLL
     assert "score_fields.png" in report and os.path.exists(os.path.join(workdir, "figures",
                                                                         "score_fields.png"))
     assert "--config.study.seeds=(0,1)" in section(report, "Commands")

@@ -223,9 +223,62 @@ def probe_std(run, params, x, key, log_p, protocol: Protocol) -> float:
     return float(np.sqrt(np.mean(diff**2) / 2.0))
 
 
+def energy_tail_metrics(energy, params, x: np.ndarray) -> Results:
+    """``likelihood.energy_tail`` of ``energy(params, y) -> (B,)`` along the rays through
+    ``x``: ``ais_normalizable`` (no ray where exp(-E)'s radial integrand still rises) and
+    the ``energy_tail_*`` numbers behind it."""
+    run = jax.jit(energy)
+    tail = likelihood.energy_tail(lambda y: run(params, y), jnp.asarray(x))
+    out = {"ais_normalizable": tail["rising_fraction"] == 0.0,
+           "energy_tail_rising_fraction": tail["rising_fraction"],
+           "energy_tail_growth_nats": tail["growth_nats"],
+           "energy_tail_needed_nats": tail["needed_nats"], "energy_tail_scales": tail["scales"]}
+    if not out["ais_normalizable"]:
+        logging.warning(
+            "eval: AIS skipped: exp(-E) is not normalizable along %.0f%% of the rays through "
+            "the test points (median E(%gx) - E(%gx) = %.3g nats, needs > %.3g), so log Z = "
+            "inf and any AIS estimate only grows with its budget (benchmarks/ais_budget.py)",
+            100 * tail["rising_fraction"], *tail["scales"][::-1], tail["growth_nats"],
+            tail["needed_nats"])
+    return out
+
+
+def ais_results(energy, params, x: np.ndarray, key, num_bins: int | None,
+                true_log_prob=None, **ais_options: Any) -> Results:
+    """The tail test, then (when it passes) AIS log Z of ``energy(params, y) -> (B,)`` and
+    the AIS NLL of ``x`` (keys of :func:`ais_nll_metrics`)."""
+    out = energy_tail_metrics(energy, params, x)
+    if not out["ais_normalizable"]:
+        return out
+    shape = tuple(x.shape[1:])
+
+    @jax.jit
+    def run(params, x, key):
+        def bound(y):
+            return energy(params, y)
+
+        log_z, info = likelihood.ais_log_normalizer(bound, key, shape, **ais_options)
+        return log_z, info, likelihood.ais_log_prob(bound, x, log_z)
+
+    log_z, info, log_p = run(params, jnp.asarray(x), key)
+    out.update({"ais_log_z": float(log_z), "ais_log_z_stderr": float(info["stderr"]),
+                "ais_ess": float(info["ess"]), "ais_acceptance": float(info["acceptance"]),
+                "ais_chains": int(info["log_weights"].shape[0]),
+                "ais_nfe": float(info["nfe"] + info["tune_nfe"])})
+    out.update(nll_summary("ais_nll", log_p, int(np.prod(shape)), num_bins))
+    if true_log_prob is not None:
+        true_nll = -np.asarray(true_log_prob(jnp.asarray(x)), np.float64)
+        out["ais_nll_gap_nats"] = float(np.mean(-np.asarray(log_p, np.float64) - true_nll))
+    return out
+
+
 def ais_nll_metrics(energy_fn, params, x: np.ndarray, key, *, sde, protocol: Protocol,
                     true_log_prob=None, **ais_options: Any) -> Results:
     """AIS NLL of the protocol points ``x`` under exp(-E(x, eps)) / Z (Gao et al. 2021).
+
+    First :func:`energy_tail_metrics`: when exp(-E) is not normalizable (Z = inf: an
+    energy bounded along rays) AIS is skipped and only ``ais_normalizable`` = False and
+    the ``energy_tail_*`` numbers are returned.
 
     Args:
       energy_fn: ``E(params, x, t) -> (B,)``; params: its parameters.
@@ -237,28 +290,17 @@ def ais_nll_metrics(energy_fn, params, x: np.ndarray, key, *, sde, protocol: Pro
       **ais_options: passed to ``likelihood.ais_log_normalizer`` (``num_steps``, ...).
 
     Returns:
-      ``ais_log_z`` with ``ais_log_z_stderr`` (over chains), ``ais_ess``,
-      ``ais_acceptance``, and ``ais_nll_nats`` (``ais_nll_bpd``) with ``_stderr`` over
-      examples (log Z's own error is ``ais_log_z_stderr``, common to every example).
+      ``ais_normalizable`` and ``energy_tail_*``; ``ais_log_z`` with ``ais_log_z_stderr``
+      (over chains; meaningless when ``ais_ess`` is a few chains), ``ais_ess``,
+      ``ais_acceptance``, ``ais_chains``, ``ais_nfe`` (per chain, the step-size pilot's
+      included), and ``ais_nll_nats`` (``ais_nll_bpd``) with ``_stderr`` over examples (log
+      Z's own error is ``ais_log_z_stderr``, common to every example).
     """
     t0 = sde.eps
     base_std = max(float(sde.marginal_std(jnp.asarray(1.0))), 1.0)
-    shape = tuple(x.shape[1:])
 
-    @jax.jit
-    def run(params, x, key):
-        def energy(y):
-            return energy_fn(params, y, jnp.full((y.shape[0],), t0))
+    def energy(params, y):
+        return energy_fn(params, y, jnp.full((y.shape[0],), t0))
 
-        log_z, info = likelihood.ais_log_normalizer(energy, key, shape, base_std=base_std,
-                                                    **ais_options)
-        return log_z, info, likelihood.ais_log_prob(energy, x, log_z)
-
-    log_z, info, log_p = run(params, jnp.asarray(x), key)
-    out = {"ais_log_z": float(log_z), "ais_log_z_stderr": float(info["stderr"]),
-           "ais_ess": float(info["ess"]), "ais_acceptance": float(info["acceptance"])}
-    out.update(nll_summary("ais_nll", log_p, int(np.prod(shape)), protocol.num_bins))
-    if true_log_prob is not None:
-        true_nll = -np.asarray(true_log_prob(jnp.asarray(x)), np.float64)
-        out["ais_nll_gap_nats"] = float(np.mean(-np.asarray(log_p, np.float64) - true_nll))
-    return out
+    return ais_results(energy, params, x, key, protocol.num_bins, true_log_prob,
+                       base_std=base_std, **ais_options)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_vs_score import conservativeness, eqm, likelihood, settings
+from ebm_vs_score import conservativeness, eqm, settings
 from ebm_vs_score.evaluate import nll
 
 Results = dict[str, Any]
@@ -72,32 +72,18 @@ def ais_nll_metrics(energy_fn, params, x: np.ndarray, key, *, protocol: nll.Prot
                     true_log_prob=None, **ais_options: Any) -> Results:
     """AIS NLL of the protocol points under exp(-E(x)) / Z (module docstring).
 
-    Keys as ``nll.ais_nll_metrics`` (``ais_log_z`` with its standard error,
-    ``ais_ess``, ``ais_acceptance``, ``ais_nll_nats`` / ``ais_nll_bpd`` with standard
-    errors over examples, ``ais_nll_gap_nats`` on toys) and ``ais_target`` saying which
-    density was scored. The AIS base is N(0, I).
+    Keys as ``nll.ais_nll_metrics`` (the tail test ``ais_normalizable`` first; then
+    ``ais_log_z`` with its standard error, ``ais_ess``, ``ais_acceptance``, ``ais_nll_nats``
+    / ``ais_nll_bpd`` with standard errors over examples, ``ais_nll_gap_nats`` on toys) and
+    ``ais_target`` saying which density was scored. The AIS base is N(0, I).
     """
-    shape = tuple(x.shape[1:])
 
-    @jax.jit
-    def run(params, x, key):
-        def energy(y):
-            return energy_fn(params, y, _zeros(y))
+    def energy(params, y):
+        return energy_fn(params, y, _zeros(y))
 
-        log_z, info = likelihood.ais_log_normalizer(energy, key, shape, base_std=1.0,
-                                                    **ais_options)
-        return log_z, info, likelihood.ais_log_prob(energy, x, log_z)
-
-    log_z, info, log_p = run(params, jnp.asarray(x), key)
-    out = {"ais_log_z": float(log_z), "ais_log_z_stderr": float(info["stderr"]),
-           "ais_ess": float(info["ess"]), "ais_acceptance": float(info["acceptance"]),
-           "ais_target": AIS_TARGET}
-    out.update(nll.nll_summary("ais_nll", log_p, int(np.prod(shape)),
-                                       protocol.num_bins))
-    if true_log_prob is not None:
-        true_nll = -np.asarray(true_log_prob(jnp.asarray(x)), np.float64)
-        out["ais_nll_gap_nats"] = float(np.mean(-np.asarray(log_p, np.float64) - true_nll))
-    return out
+    out = nll.ais_results(energy, params, x, key, protocol.num_bins, true_log_prob, base_std=1.0,
+                          **ais_options)
+    return dict(out, ais_target=AIS_TARGET)
 
 
 def exact_field_error(score_fn, params, mixture, key, *, c_max: float, interp: float,

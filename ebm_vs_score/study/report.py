@@ -16,7 +16,7 @@ import numpy as np
 from ebm_vs_score import builders, evaluate, plotting
 from ebm_vs_score.evaluate import fields as fields_lib
 from ebm_vs_score.settings import Settings
-from ebm_vs_score.study import plan
+from ebm_vs_score.study import plan, report_energy
 from ebm_vs_score.study import report_time_invariant as report_ti
 from ebm_vs_score.study.plan import family_info
 
@@ -210,8 +210,9 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list
 
 
 def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
-                 with_kind: bool = False) -> list[str]:
-    """Markdown table: model [, conservative?, short-cuts?], one column per metric."""
+                 with_kind: bool = False, missing: str = "n/a") -> list[str]:
+    """Markdown table: model [, conservative?, short-cuts?], one column per metric;
+    ``missing`` fills a cell that some seed of the row lacks."""
     header = ["model"] + (["conservative?", "short-cuts to inputs?"] if with_kind else [])
     body = []
     for row in rows:
@@ -219,7 +220,7 @@ def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
                                                  f"{len(row.runs) + row.failed} seeds)"
         info = family_info(row.family, toy)
         cells = [label] + ([info.conservative, info.shortcuts] if with_kind else [])
-        cells += [("n/a" if any(c.key not in m for m in row.runs)  # e.g. no ODE without an SDE
+        cells += [(missing if any(c.key not in m for m in row.runs)  # e.g. no ODE without an SDE
                    else _fmt([m[c.key] for m in row.runs])) if row.runs else "failed"
                   for c in columns]
         body.append(cells)
@@ -317,34 +318,18 @@ def _divergence(s: Settings) -> str:
     return "exact divergence" if probes == 0 else f"Hutchinson divergence, {probes} probe(s)"
 
 
-_ENERGY_TABLE_NOTE = (
-    "AIS scores the points under the energy's own density exp(-E(x, eps)) / Z; the ODE "
-    "under the probability-flow density of s = -grad E. ODE-implied log Z = -mean(log p_ODE "
-    "+ E(x, eps)): if the two were one density it would be log Z, and the spread of log "
-    "p_ODE + E over the points would be ~0 (probe noise aside). AIS's Z-hat is unbiased, so "
-    "P(log Z-hat > log Z + a) <= exp(-a): an AIS log Z far above the ODE-implied one means "
-    "the two densities differ (AIS NLL is then a lower bound on the energy's own NLL), "
-    "not that AIS is unconverged.")
-
-
 def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
     """AIS log Z and NLL next to the ODE NLL on the same points (Gao et al. 2021, Table 4)."""
-    energy_rows = [r for r in rows if not r.extra and r.runs and "ais_log_z" in r.runs[0]
-                   and r.family not in report_ti.TI]  # no ODE: their AIS is in their section
-    unit, name = ("nats", "nats") if toy else ("bpd", "bits/dim")
-    columns = _columns((Column("AIS log Z", "ais_log_z"),
-                        Column("± (chains)", "ais_log_z_stderr"),
-                        Column(f"AIS NLL {name}", f"ais_nll_{unit}"),
-                        Column("± (examples)", f"ais_nll_{unit}_stderr"),
-                        Column(f"ODE NLL {name}", f"nll_{unit}"),
-                        Column("± (examples)", f"nll_{unit}_stderr"),
-                        Column("ODE-implied log Z", "ode_log_z"),
-                        Column("spread of log p_ODE + E (nats)", "energy_ode_spread_nats")),
-                       energy_rows)
+    energy_rows = [r for r in rows if not r.extra and r.runs and r.family not in report_ti.TI
+                   and any(k in r.runs[0] for k in report_energy.ROW_KEYS)]
     if not energy_rows:
         return []
+    runs = [m for row in energy_rows for m in row.runs]
+    columns = [Column(title, key) for title, key in report_energy.columns(toy)
+               if any(key in m for m in runs)]
     return (["## Energies only: AIS (t = eps) against the ODE, same points and offset", ""]
-            + metric_table(energy_rows, columns, toy) + ["", _ENERGY_TABLE_NOTE, ""])
+            + metric_table(energy_rows, columns, toy, missing="skipped")
+            + ["", report_energy.NOTE, ""])
 
 
 def _figure_lines(figures: dict[str, Any], s: Settings) -> list[str]:
