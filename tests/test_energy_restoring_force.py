@@ -146,3 +146,22 @@ def test_gaussian_base_is_the_exact_energy_of_gaussian_data():
     np.testing.assert_array_equal(none.energy(params, x, t), jnp.zeros(4))
     with pytest.raises(ValueError, match="valid names: \\['gaussian', 'none'\\]"):
         param_lib.get_model_fns("resnet_energy", net, sde, sigma_data, energy_base="quadratic")
+
+
+@pytest.mark.parametrize("family, rising", [("energy", 1.0), ("resnet_energy", 0.0)])
+def test_exp_minus_energy_at_eps_is_normalizable_only_with_a_base_term(family, rising):
+    """The digits C U-Net's ||F||^2 / 2 (Salimans & Ho's eq. 5, no base term) is bounded
+    along rays at t = eps (GroupNorm bounds F), so exp(-E) has Z = inf and the evaluation's
+    tail test flags every ray, as on the 2000-step checkpoint of
+    results/ais_budget_digits_C.json; the C-ResNet's Gaussian base term passes it. Rule 2's
+    exception for C, stated here: a change that gives C a restoring force must update it."""
+    from ebm_vs_score import likelihood
+
+    s = settings.from_config(config_base.get_config("digits", family))
+    model = builders.build_model(s)
+    params = builders.init_params(model, jax.random.PRNGKey(0))
+    x, _ = data.load_digits_split("test")
+    eps = jnp.full((16,), model.sde.eps)
+    energy = jax.jit(lambda y: model.fns.energy(params, y, eps))
+    tail = likelihood.energy_tail(energy, jnp.asarray(x[:16]))
+    assert tail["rising_fraction"] == rising, tail

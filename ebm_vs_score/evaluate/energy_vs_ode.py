@@ -36,7 +36,8 @@ from ebm_vs_score.errors import CheckpointError
 from ebm_vs_score.evaluate import files, runner
 
 AGREEMENT_KEYS = ("ode_log_z", "ode_log_z_stderr", "energy_ode_spread_nats")
-AIS_KEYS = ("ais_log_z", "ais_log_z_stderr", "ais_ess", "ais_nll_bpd")
+AIS_KEYS = ("ais_normalizable", "energy_tail_rising_fraction", "ais_log_z",
+            "ais_log_z_stderr", "ais_ess", "ais_nll_bpd")
 DONE_FILE = "DONE.json"  # a study run's record (ebm_vs_score.study.plan.DONE_FILE)
 OUTPUT_FILE = "energy_vs_ode.json"
 
