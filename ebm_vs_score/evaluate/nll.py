@@ -235,9 +235,10 @@ def energy_tail_metrics(energy, params, x: np.ndarray) -> Results:
            "energy_tail_needed_nats": tail["needed_nats"], "energy_tail_scales": tail["scales"]}
     if not out["ais_normalizable"]:
         logging.warning(
-            "eval: AIS skipped: exp(-E) is not normalizable along %.0f%% of the rays through "
-            "the test points (median E(%gx) - E(%gx) = %.3g nats, needs > %.3g), so log Z = "
-            "inf and any AIS estimate only grows with its budget (benchmarks/ais_budget.py)",
+            "eval: AIS skipped: exp(-E) does not fall off along %.0f%% of the rays through "
+            "the test points (median E(%g R u) - E(%g R u) = %.3g nats, needs > %.3g; R: their "
+            "median norm), so log Z = inf and any AIS estimate only grows with its budget "
+            "(benchmarks/ais_budget.py)",
             100 * tail["rising_fraction"], *tail["scales"][::-1], tail["growth_nats"],
             tail["needed_nats"])
     return out
