@@ -355,6 +355,23 @@ def bench_ais_budget(spec: Spec, records: list) -> list[str]:
                     f"{tail['growth_nats']:.3g} nats, needed > {tail['needed_nats']:.3g})."]
 
 
+def bench_energy_tails(spec: Spec, records: list) -> list[str]:
+    """``benchmarks.ais_budget`` records of several energies, one row each: the median energy
+    along random rays by radius, and the evaluation's tail test at the test points."""
+    _need(records, None, "bench_energy_tails")
+    raws = [(label, _raw(record)) for label, record in records]
+    radii = raws[0][1]["rays"]["radii"]
+    body = []
+    for label, raw in raws:
+        rays, tail = raw["rays"], raw["rays"]["tail"]
+        body.append([label or raw.get("family", "?"), str(raw.get("step", "?"))]
+                    + [f"{rays['summary'][str(r)]:.0f}" for r in radii]
+                    + [f"{tail['rising_fraction']:.0%}",
+                       f"{tail['growth_nats']:.3g} (> {tail['needed_nats']:.3g})"])
+    return _table(["energy", "train steps"] + [f"E at r={r}" for r in radii]
+                  + ["rays not falling", "E(16R u) − E(8R u) nats (needed)"], body)
+
+
 TABLE_KINDS = {
     "bench_text": bench_text,
     "bench_train": bench_train,
@@ -368,4 +385,5 @@ TABLE_KINDS = {
     "bench_loops": bench_loops,
     "bench_eval_cost": bench_eval_cost,
     "bench_ais_budget": bench_ais_budget,
+    "bench_energy_tails": bench_energy_tails,
 }

@@ -141,3 +141,41 @@ def test_the_sums_experiment_compares_two_ways_of_the_same_sum():
     np.testing.assert_allclose(fns["reduce"](g), fns["ones_product"](g), rtol=1e-5, atol=1e-5)
     times = experiments.sums_experiment(1, experiments.rows.Options(1, 0.0, 0, ()))
     assert set(times) == {"reduce", "ones_product"} and min(times.values()) > 0
+
+
+def _budget(tune, steps, log_zs, seconds=(2.0, 1.0)):
+    from benchmarks import ais_budget
+
+    rows = [{"log_z": z, "stderr": 0.5, "ess": 3.0, "acceptance": 0.7, "last_step_size": 0.4,
+             "call_s": s} for z, s in zip(log_zs, seconds, strict=True)]
+    return ais_budget.summarize(rows, steps, 64, 5, tune, nats_per_bit_dim=64 * math.log(2))
+
+
+def test_ais_budget_summaries_and_their_tables():
+    """The spread over runs is the error of one run, the first call (compilation) is left out
+    of s/run, shifts are against the most expensive tuned budget; both table kinds render."""
+    from benchmarks import ais_budget, tables
+    from ebm_vs_score import results
+
+    budgets = [_budget(0, 100, [1.0, 3.0]), _budget(16, 100, [10.0, 12.0]),
+               _budget(16, 400, [20.0, 20.0])]
+    assert budgets[0]["log_z_sd"] == pytest.approx(math.sqrt(2.0))
+    assert budgets[0]["run_s"] == 1.0 and budgets[0]["nfe_per_chain"] == 501
+    ais_budget.compare_with_reference(budgets, 64 * math.log(2))
+    assert budgets[1]["reference"] == [400, 64]
+    assert budgets[1]["shift_vs_reference"] == pytest.approx(-9.0)
+    assert budgets[2]["shift_vs_reference_se"] == 0.0
+    assert ais_budget._ints("") == [] and ais_budget._ints("50,100") == [50, 100]
+    rays = {"radii": [0, 8], "energy_along_rays": {"0": [1.0, 1.0], "8": [5.0, 3.0]},
+            "summary": {"0": 1.0, "8": 4.0},
+            "tail": {"rising_fraction": 1.0, "growth_nats": -2.0, "needed_nats": 43.7,
+                     "scales": [8.0, 16.0]}}
+    record = {"schema_version": 1, "kind": "ais_budget", "family": "energy", "step": 2000,
+              "budgets": budgets, "rays": rays}
+    spec = results.Spec("bench_ais_budget", [(None, "x.json")], {})
+    text = "\n".join(tables.bench_ais_budget(spec, [(None, results.normalize(record, "x"))]))
+    assert "| 16 | 400 | 64 | 20.0 ± 0.0 (2) |" in text and "100% (median growth -2" in text
+    spec = results.Spec("bench_energy_tails", [("C", "x.json")], {})
+    rays_only = results.normalize(dict(record, budgets=[]), "x")
+    text = "\n".join(tables.bench_energy_tails(spec, [("C", rays_only)]))
+    assert "| C | 2000 | 1 | 4 | 100% | -2 (> 43.7) |" in text
