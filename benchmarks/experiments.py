@@ -17,6 +17,10 @@ by the library; each compares what the library does with one alternative).
   with a vector of ones (what ``models/channelwise.py`` makes autodiff emit).
 * ``ablate``: the CIFAR U train step at ``--batch`` with GroupNorm, the attention blocks
   or dropout replaced by the identity: what each costs.
+* ``optimizer``: the parameter update of the CIFAR U train step (``train.make_optimizer``'s
+  clip + Adam, ``optax.apply_updates``, the EMA and the gradient norm, as ``train_step``
+  writes them) against the same arithmetic in one ``jax.tree.map`` that reads gradient,
+  moments, parameters and EMA once and writes the four results together.
 """
 
 from __future__ import annotations
@@ -231,6 +235,73 @@ def ablate_experiment(batch: int, opts: rows.Options) -> dict:
     return out
 
 
+def library_update(tx, ema_decay):
+    """The update half of ``train.train_step``: clip + Adam, apply, EMA, gradient norm."""
+    import optax
+
+    def update(grads, opt_state, params, ema, step):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        return params, opt_state, ema, optax.tree_utils.tree_norm(grads)
+
+    return update
+
+
+def fused_update(optim, ema_decay):
+    """The same arithmetic as :func:`library_update` for ``optim.optimizer='adam'`` with
+    clipping (optax's clip_by_global_norm, scale_by_adam, linear warmup), one tree.map."""
+    import optax
+
+    schedule = optax.linear_schedule(0.0, optim.lr, max(int(optim.warmup), 1))
+
+    def update(grads, opt_state, params, ema, step):
+        (_, (adam, sched)) = opt_state
+        g_norm = optax.tree_utils.tree_norm(grads)
+        keep = g_norm < optim.grad_clip
+        count = optax.safe_increment(adam.count)
+        c1, c2 = 1 - optim.beta1**count, 1 - optim.beta2**count
+        lr = schedule(sched.count)
+        decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+
+        def leaf(g, m, v, p, e):
+            g = jnp.where(keep, g, (g / g_norm) * optim.grad_clip)
+            m = (1 - optim.beta1) * g + optim.beta1 * m
+            v = (1 - optim.beta2) * g**2 + optim.beta2 * v
+            p = p + (-lr) * ((m / c1) / (jnp.sqrt(v / c2) + optim.eps))
+            return m, v, p, decay * e + (1.0 - decay) * p
+
+        out = jax.tree.map(leaf, grads, adam.mu, adam.nu, params, ema)
+        pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)  # noqa: E731
+        state = (opt_state[0], (adam._replace(count=count, mu=pick(0), nu=pick(1)),
+                                sched._replace(count=optax.safe_increment(sched.count))))
+        return pick(2), state, pick(3), g_norm
+
+    return update
+
+
+def optimizer_experiment(batch: int, opts: rows.Options) -> dict:
+    """ms of the CIFAR U parameter update: library vs fused; the largest difference."""
+    s, _, params, _, _ = rows.model_and_params(RowSpec("experiment", "train", "cifar", "U",
+                                                       batch))
+    tx = train.make_optimizer(s.optim)
+    grads = _perturbed(jax.tree.map(jnp.zeros_like, params))
+    state = tx.init(params)
+    state = tx.update(grads, state, params)[1]  # a step in, so that the moments are not 0
+    args = (grads, state, params, _perturbed(params), jnp.asarray(3.0))
+    lib = library_update(tx, s.training.ema_decay)
+    fused = fused_update(s.optim, s.training.ema_decay)
+    diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), lib(*args), fused(*args))
+    out = {"library": _measure(lib, args, 1, opts), "fused": _measure(fused, args, 1, opts),
+           "max_abs_difference": max(jax.tree.leaves(diff)),
+           "num_params": sum(p.size for p in jax.tree.leaves(params))}
+    print(f"optimizer: library {out['library']['wall_ms']:.0f} ms, fused "
+          f"{out['fused']['wall_ms']:.0f} ms, max |diff| {out['max_abs_difference']:.2g}",
+          flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.experiments")
     p.add_argument("--scale", default="digits")
@@ -257,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["qc"] = qc_experiment(spec("QC"), opts)
         print("qc", json.dumps(result["qc"]), flush=True)
     for name, run in (("convs", convs_experiment), ("sums", sums_experiment),
-                      ("ablate", ablate_experiment)):
+                      ("ablate", ablate_experiment), ("optimizer", optimizer_experiment)):
         if name in todo:
             result[name] = run(args.batch, opts)
             print(name, json.dumps(result[name]), flush=True)

@@ -372,6 +372,27 @@ def bench_energy_tails(spec: Spec, records: list) -> list[str]:
                   + ["rays not falling", "E(16R u) − E(8R u) nats (needed)"], body)
 
 
+def bench_divergence(spec: Spec, records: list) -> list[str]:
+    """``benchmarks.divergence``: per estimator (0 = exact, K Hutchinson probes) the NLL in
+    bits/dim ± its standard error over examples, the probe noise of one example and of the
+    mean, the paired difference from the exact divergence, NFE and seconds per call (the
+    last call: the first compiles)."""
+    _need(records, 1, "bench_divergence")
+    body = []
+    for e in _raw(records[0][1])["estimators"]:
+        exact = e["num_probes"] == 0
+        diff = "–" if exact or "diff_vs_exact" not in e else \
+            f"{e['diff_vs_exact']:+.3f} ± {e['diff_vs_exact_se']:.3f}"
+        body.append(["exact" if exact else str(e["num_probes"]),
+                     f"{e['bpd']:.3f} ± {e['bpd_se']:.3f}",
+                     "0" if exact else f"{e['probe_std']:.3f}",
+                     "0" if exact else f"{e['probe_se']:.3f}", diff, f"{e['nfe']:.0f}",
+                     f"{e['call_s'][-1]:.0f}"])
+    return _table(["divergence (probes)", "NLL bits/dim ± SE (examples)", "probe std (one "
+                   "example)", "probe SE (mean)", "minus exact (paired)", "NFE",
+                   "s per call"], body)
+
+
 TABLE_KINDS = {
     "bench_text": bench_text,
     "bench_train": bench_train,
@@ -386,4 +407,5 @@ TABLE_KINDS = {
     "bench_eval_cost": bench_eval_cost,
     "bench_ais_budget": bench_ais_budget,
     "bench_energy_tails": bench_energy_tails,
+    "bench_divergence": bench_divergence,
 }

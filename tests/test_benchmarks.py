@@ -179,3 +179,20 @@ def test_ais_budget_summaries_and_their_tables():
     rays_only = results.normalize(dict(record, budgets=[]), "x")
     text = "\n".join(tables.bench_energy_tails(spec, [("C", rays_only)]))
     assert "| C | 2000 | 1 | 4 | 100% | -2 (> 43.7) |" in text
+
+
+def test_divergence_table_puts_each_estimator_against_the_exact_one():
+    from benchmarks import tables
+    from ebm_vs_score import results
+
+    exact = {"num_probes": 0, "n": 8, "bpd": 2.35, "bpd_se": 0.03, "nfe": 463.0,
+             "call_s": [440.0]}
+    probes = {"num_probes": 4, "n": 8, "bpd": 2.34, "bpd_se": 0.04, "nfe": 493.0,
+              "call_s": [52.0, 38.0], "probe_std": 0.118, "probe_se": 0.021,
+              "diff_vs_exact": -0.0094, "diff_vs_exact_se": 0.016}
+    record = results.normalize({"schema_version": 1, "kind": "divergence",
+                                "estimators": [exact, probes]}, "x")
+    spec = results.Spec("bench_divergence", [(None, "x.json")], {})
+    text = "\n".join(tables.bench_divergence(spec, [(None, record)]))
+    assert "| exact | 2.350 ± 0.030 | 0 | 0 | – | 463 | 440 |" in text
+    assert "| 4 | 2.340 ± 0.040 | 0.118 | 0.021 | -0.009 ± 0.016 | 493 | 38 |" in text
