@@ -30,9 +30,7 @@ record's ``rays`` (the energy along rays r u from the origin, u uniform on the s
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -148,19 +146,13 @@ def ray_energies(energy, params, data, shape, radii=(0, 1, 2, 4, 8, 16, 32, 64, 
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from ebm_vs_score import hostcpu
+    from benchmarks import trained
 
-    hostcpu.use_fast_cpu_kernels()
+    s, ctx = trained.restore(argv, _CONFIG.value, _WORKDIR.value)
     import jax
 
     from benchmarks import timing
-    from ebm_vs_score import settings
-    from ebm_vs_score.evaluate import runner
 
-    s = settings.from_config(_CONFIG.value)
-    ctx = runner.prepare(s, _WORKDIR.value)
     energy, base_std = energy_at_eval_time(ctx)
     shape = tuple(ctx.data.shape[1:])
     nats_per_bit_dim = math.prod(shape) * math.log(2)
@@ -189,10 +181,7 @@ def main(argv: list[str]) -> None:
               f"{b['run_s']:.1f} s/run", file=sys.stderr, flush=True)
     if result["budgets"]:
         compare_with_reference(result["budgets"], nats_per_bit_dim)
-    result["machine"]["load_average_end"] = list(os.getloadavg())
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            json.dump(result, f, indent=1)
+    trained.finish(result, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ the wall seconds of each call (the first compiles).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 
@@ -73,20 +71,15 @@ def estimator(ctx, points, key, num_probes: int, rtol: float, num_bins: int) -> 
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from ebm_vs_score import hostcpu
+    from benchmarks import trained
 
-    hostcpu.use_fast_cpu_kernels()
+    s, ctx = trained.restore(argv, _CONFIG.value, _WORKDIR.value)
     import jax
     import numpy as np
 
     from benchmarks import timing
-    from ebm_vs_score import settings
     from ebm_vs_score.evaluate import nll, runner
 
-    s = settings.from_config(_CONFIG.value)
-    ctx = runner.prepare(s, _WORKDIR.value)
     num_bins = int(runner.likelihood_protocol(s).num_bins)
     key = jax.random.PRNGKey(s.seed + 2)
     points = nll.protocol_points(key, ctx.data[:_EXAMPLES.value], num_bins)
@@ -109,10 +102,7 @@ def main(argv: list[str]) -> None:
             diff = np.asarray(row["per_example_bpd"]) - np.asarray(exact["per_example_bpd"])
             row.update(diff_vs_exact=float(diff.mean()),
                        diff_vs_exact_se=float(diff.std(ddof=1) / math.sqrt(diff.size)))
-    result["machine"]["load_average_end"] = list(os.getloadavg())
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            json.dump(result, f, indent=1)
+    trained.finish(result, _OUT.value)
 
 
 if __name__ == "__main__":
