@@ -157,7 +157,9 @@ def _small_digits_model(family: str):
     return model, params, x, jax.random.PRNGKey(1)
 
 
-@pytest.mark.parametrize("family", ["energy", "resnet_energy"])
+# The C U-Net cases take minutes on 2 cores (-m slow); the C-ResNet cases run by default.
+@pytest.mark.parametrize("family", [pytest.param("energy", marks=pytest.mark.slow),
+                                    "resnet_energy"])
 def test_a_digits_energy_inside_mala_and_the_ode_likelihood_is_canonical(family):
     """The real networks (digits U-Net of C, the C-ResNet), small: MALA and the ODE NLL's
     solver loop compile to canonical convolutions only (XLA:CPU's fast path)."""
@@ -181,7 +183,8 @@ def test_a_digits_energy_inside_mala_and_the_ode_likelihood_is_canonical(family)
         assert labels and all(label == CANONICAL for label in labels), set(labels)
 
 
-@pytest.mark.parametrize("family", ["energy", "resnet_energy"])
+@pytest.mark.parametrize("family", [pytest.param("energy", marks=pytest.mark.slow),
+                                    "resnet_energy"])
 def test_loops_give_the_values_of_flax_convolutions(family, monkeypatch):
     """Same parameters and keys, the canonical layer against Flax's convolution (the path
     used off the CPU): Euler-Maruyama, MALA (its acceptance decisions included), the

@@ -57,7 +57,8 @@ def test_verbosity_shows_the_library_lines_again(tmp_path):
     assert any("xla_bridge" in line for line in lines)  # JAX's lines about its backends
 
 
-@pytest.mark.parametrize("config", ["toy_score", "digits_energy"])
+@pytest.mark.parametrize("config", ["toy_score",  # digits: over a minute (-m slow)
+                                    pytest.param("digits_energy", marks=pytest.mark.slow)])
 def test_a_training_run_on_embedded_data_loads_no_tensorflow(tmp_path, config):
     proc, tf_modules = _run_main(
         tmp_path, f"--config=configs/{config}.py", f"--workdir={tmp_path / 'w'}",
