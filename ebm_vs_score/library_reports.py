@@ -143,3 +143,18 @@ def library_reports(reports: list[str]):
             reports.append(captured)
         for handler in handlers:
             handler.removeFilter(collect)
+
+
+def _is_ours_or_loud(record: pylogging.LogRecord) -> bool:
+    """This program's own log lines, and every library's warnings and errors."""
+    return (record.levelno >= pylogging.WARNING
+            or f"{os.sep}ebm_vs_score{os.sep}" in record.pathname)
+
+
+def quiet_library_info() -> None:
+    """Keeps libraries' INFO lines (JAX's backend probing, Orbax's per-save lines,
+    matplotlib's font cache) out of the log and off stderr; ``--verbosity=1`` shows them.
+    ``main`` calls it first thing; so does each study worker (``study.workers``)."""
+    if logging.get_verbosity() >= logging.DEBUG:
+        return
+    logging.get_absl_handler().addFilter(_is_ours_or_loud)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging as pylogging
 import os
 import signal
 import sys
@@ -65,7 +64,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ebm_vs_score import checkpoints, config_file, errors, hostcpu, runlock  # noqa: E402
+from ebm_vs_score import checkpoints, config_file, errors, hostcpu, library_reports, runlock  # noqa: E402
 from ebm_vs_score import settings as settings_lib  # noqa: E402
 from ebm_vs_score import workdir as workdir_lib  # noqa: E402
 
@@ -258,20 +257,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []  # not reached
 
 
-def _is_ours_or_loud(record: pylogging.LogRecord) -> bool:
-    """This program's own log lines, and every library's warnings and errors."""
-    return (record.levelno >= pylogging.WARNING
-            or f"{os.sep}ebm_vs_score{os.sep}" in record.pathname)
-
-
-def _quiet_library_logs() -> None:
-    """Keeps libraries' INFO lines (JAX's backend probing, Orbax's per-save lines,
-    matplotlib's font cache) out of the log and off stderr; ``--verbosity=1`` shows them."""
-    if logging.get_verbosity() >= logging.DEBUG:
-        return
-    logging.get_absl_handler().addFilter(_is_ours_or_loud)
-
-
 def _take_over_signals() -> None:
     """SIGTERM and Ctrl-C from now on (``checkpoints.catch_stop_signals``).
 
@@ -330,7 +315,7 @@ def main(argv):
         _fail(f"unexpected argument(s) {' '.join(argv[1:])}: every option is a flag, e.g. "
               "--config=configs/toy_score.py --workdir=DIR (quote values with spaces)", None)
     _take_over_signals()
-    _quiet_library_logs()
+    library_reports.quiet_library_info()
     hostcpu.use_fast_cpu_kernels()  # before JAX starts: XLA:CPU's Eigen convolutions
     config, workdir, mode = _load_config(), _WORKDIR.value, _MODE.value
     _use_every_cpu_core(config)

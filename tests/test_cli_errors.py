@@ -82,6 +82,7 @@ def test_eval_on_a_missing_workdir_creates_nothing(tmp_path, mode):
     assert not workdir.exists()
 
 
+@pytest.mark.slow  # two CIFAR start-ups (70 s); the sentence itself: test_train's missing dataset
 def test_missing_data_and_the_retry_with_data_dir(tmp_path):
     """The message's advice (pass --config.data.data_dir=DIR) is accepted by the workdir:
     the failed run committed no config, so the retry is refused only for the data."""

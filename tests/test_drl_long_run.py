@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ebm_vs_score import config_base, settings
@@ -47,6 +48,7 @@ def test_snapshot_steps():
     assert long_run.snapshot_steps(CHAIN_STEPS, K) == [0, K, CHAIN_STEPS]
 
 
+@pytest.mark.slow  # 35 s; the mode's overrides and chains stay in the default run
 def test_long_run_on_a_tiny_digits_run(tmp_path):
     config, workdir = _tiny_digits_config(), str(tmp_path / "run")
     result = long_run.run_long_run(settings.from_config(config), workdir)

@@ -384,6 +384,7 @@ def test_fake_digits_study_image_columns(tmp_path, monkeypatch):
     config = study.get_config("digits")
     config.study.seeds, config.study.compilation_cache = (0, 1), False
     config.study.floor_draws = 5
+    config.study.workers = 1  # the fakes live in this process
     began = time.monotonic()
     report = _read(study.run_study(settings.from_config(config), str(tmp_path)))
     took = time.monotonic() - began

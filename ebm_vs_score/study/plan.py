@@ -48,7 +48,7 @@ STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.keep_checkpoints", "study.compilation_cache",
                  "study.qc_lambda_sweep",
                  "study.report_only", "study.resnet_energy_widths", "study.record",
-                 "study.floor_draws", "study.eqm_energy_forms")
+                 "study.floor_draws", "study.eqm_energy_forms", "study.workers")
 # Left out by workdir.config_differences but they change every run's numbers.
 _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
@@ -162,6 +162,10 @@ def _study_section(scale: str) -> ml_collections.ConfigDict:
     # Write REPORT.md from the finished runs only, training nothing (e.g. while other
     # processes still run seeds); unfinished runs show as "(k of n seeds)".
     study.report_only = False
+    # Runs at once on the CPU, each in its own process pinned to its share of the cores
+    # (study/workers.py): 0 = one per core (1 on GPU/TPU), 1 = one after another here.
+    # Toy runs take seconds, less than a worker's start.
+    study.workers = 1 if scale == "toy" else 0
     return study
 
 
@@ -323,6 +327,10 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
              and (forms or "eqm_energy" not in families),
              f"study.eqm_energy_forms={tuple(forms)} must be distinct forms from "
              f"{EQM_ENERGY_FORMS} (the U-Net's energies), at least one with 'eqm_energy'")
+    workers = study.get("workers", 1)
+    _require(isinstance(workers, int) and workers >= 0,
+             f"study.workers={workers!r} must be 0 (one worker process per CPU core), 1 (the "
+             "runs one after another in this process) or a number of worker processes")
     _require(seeds and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
              f"study.seeds={tuple(seeds)} must be distinct integers, e.g. (0, 1, 2)")
     _require(config.sampling.method not in samplers.MH_METHODS,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -45,12 +46,12 @@ import numpy as np
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from ebm_vs_score import builders, evaluate, results, settings, train
+from ebm_vs_score import builders, checkpoints, evaluate, results, settings, train
 from ebm_vs_score import data as data_lib
 from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.errors import WorkdirError
 from ebm_vs_score.evaluate import samples as samples_lib
-from ebm_vs_score.study import plan, power, report, verdicts
+from ebm_vs_score.study import plan, power, report, verdicts, workers
 from ebm_vs_score.study.plan import DONE_FILE, ENERGY_FAMILIES, StudyError
 
 
@@ -247,6 +248,63 @@ def compilation_cache(path: str | None) -> Iterator[None]:
         jax_cache.reset_cache()
 
 
+def _run_job(s: settings.Settings, study_dir: str, cache: str | None,
+             job: tuple[str, int]) -> RunRecord:
+    """One run in a study worker (``workers.run_all``), with the study's compilation cache."""
+    variant, seed = job
+    with compilation_cache(cache):
+        return run_one(s, variant, seed, study_dir)
+
+
+def _worker_died(study_dir: str, job: tuple[str, int], why: str) -> RunRecord:
+    """The failed record of a run whose worker process exited before answering."""
+    variant, seed = job
+    name = plan.run_name(variant, seed)
+    run_dir = os.path.join(study_dir, "runs", name)
+    message = (f"study run {name} failed ({why}); its directory is {run_dir}; the other "
+               "runs continue")
+    logging.error("%s", message)
+    return RunRecord(name, plan.parse_variant(variant)[0], seed, run_dir, "failed",
+                     error=message, variant=variant)
+
+
+def run_all(s: settings.Settings, runs: list[tuple[str, int]], study_dir: str,
+            cache: str | None) -> list[RunRecord]:
+    """Every run's record, in the order of ``runs``: the unfinished ones trained and
+    evaluated one after another here, or by ``study.workers`` processes (:mod:`.workers`).
+
+    Raises:
+      StudyError: a run was interrupted (its step is saved), or a stop signal came before
+        every run was done.
+    """
+    todo = [] if s.study.report_only else [
+        (v, seed) for v, seed in runs
+        if read_done(os.path.join(study_dir, "runs", plan.run_name(v, seed)),
+                     int(plan.run_settings(s, v, seed, study_dir).training.n_iters)) is None]
+    count = workers.count(int(s.study.workers), len(todo))
+    done = {}
+    if count > 1:
+        logging.info("study: %d runs to do in %d worker processes", len(todo), count)
+        answers = workers.run_all(functools.partial(_run_job, s, study_dir, cache), todo,
+                                  count, functools.partial(_worker_died, study_dir))
+        done = {job: a for job, a in zip(todo, answers, strict=True) if a is not None}
+        if checkpoints.sigterm_received():
+            raise StudyError("the study was stopped (SIGTERM or Ctrl-C) before every run was "
+                             "done; finished runs and saved steps are kept; rerun the same "
+                             "command to resume")
+        if len(done) < len(todo):
+            raise StudyError(f"the study's worker processes exited before {len(todo) - len(done)}"
+                             f" of its {len(todo)} runs started (see the lines above); rerun "
+                             "with --config.study.workers=1 to run them in this process")
+    records = []
+    for i, (variant, seed) in enumerate(runs):
+        if (variant, seed) not in done:
+            logging.info("study: run %d/%d (%s)", i + 1, len(runs), plan.run_name(variant, seed))
+        records.append(done.get((variant, seed)) or run_one(
+            s, variant, seed, study_dir, train=not s.study.report_only))
+    return records
+
+
 def run_study(s: settings.Settings, workdir: str) -> str:
     """Runs (or resumes) the study of ``s`` in ``workdir``; returns REPORT.md's path.
 
@@ -265,10 +323,7 @@ def run_study(s: settings.Settings, workdir: str) -> str:
     with compilation_cache(cache):
         accuracy = shared_classifier_accuracy(s, workdir)
         runs = [(v, seed) for v in plan.variants(s) for seed in s.study.seeds]
-        records = []
-        for i, (variant, seed) in enumerate(runs):
-            logging.info("study: run %d/%d (%s)", i + 1, len(runs), plan.run_name(variant, seed))
-            records.append(run_one(s, variant, seed, workdir, train=not s.study.report_only))
+        records = run_all(s, runs, workdir, cache)
         figures = report.make_figures(s, workdir, records)
         floors = image_floors(s, workdir)
     values = study_values(s, records, floors)

@@ -1,0 +1,149 @@
+"""The study's worker processes (study/workers.py): shares of the cores, the job queue,
+failures, stop signals, and the same records as runs one after another in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from ebm_vs_score import settings, study
+from ebm_vs_score.errors import ConfigError
+from ebm_vs_score.study import workers
+
+TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPU cores")
+
+
+def _square_on(x: int) -> tuple[int, int, tuple[int, ...]]:
+    """A job: its answer, its worker's pid and the cores that worker may use."""
+    time.sleep(0.2)
+    return x * x, os.getpid(), tuple(sorted(os.sched_getaffinity(0)))
+
+
+def _exit_on_three(x: int) -> int:
+    if x == 3:
+        os._exit(3)  # the worker dies without answering
+    return x
+
+
+def _raise_on_two(x: int) -> int:
+    if x == 2:
+        raise ValueError("job two failed")
+    time.sleep(0.5)
+    return x
+
+
+def _wait_for_stop(job: tuple[str, int]) -> str:
+    """Marks its start in a file, then runs until the worker's stop flag is set (as the
+    train loop does); 'saved'."""
+    from ebm_vs_score import checkpoints
+
+    directory, x = job
+    open(os.path.join(directory, f"started_{x}"), "w").close()
+    deadline = time.monotonic() + 60
+    while not checkpoints.sigterm_received() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return f"saved {x}" if checkpoints.sigterm_received() else "never stopped"
+
+
+def _sigterm_once_two_started(directory: str) -> None:
+    deadline = time.monotonic() + 120
+    while len(os.listdir(directory)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _died(x: int, why: str) -> str:
+    return f"{x}: {why}"
+
+
+def test_core_shares_are_disjoint_near_equal_and_cover_the_cores():
+    assert workers.core_shares([0, 1, 2, 3, 4], 2) == [{0, 1, 2}, {3, 4}]
+    assert workers.core_shares([4, 6], 2) == [{4}, {6}]
+    assert workers.core_shares(list(range(7)), 3) == [{0, 1, 2}, {3, 4}, {5, 6}]
+
+
+def test_worker_count_auto_explicit_and_refused():
+    cpus = len(os.sched_getaffinity(0))
+    assert workers.count(0, 100) == cpus  # this test runs on the CPU backend
+    assert workers.count(0, 1) == 1 and workers.count(0, 0) == 1
+    assert workers.count(1, 100) == 1
+    for bad, words in ((-1, "must be 0"), (cpus + 1, f"choose at most {cpus}")):
+        with pytest.raises(ConfigError, match=words):
+            workers.count(bad, 10)
+
+
+@TWO_CORES
+def test_jobs_run_pinned_to_one_core_each_in_order():
+    answers = workers.run_all(_square_on, [1, 2, 3, 4, 5], 2, _died)
+    assert [a[0] for a in answers] == [1, 4, 9, 16, 25]
+    cores = {pid: set(c) for _, pid, c in answers}  # two workers on two cores: one each
+    assert all(len(c) == 1 for c in cores.values()) and os.getpid() not in cores
+    assert len(set().union(*cores.values())) == len(cores)  # no core shared
+
+
+@TWO_CORES
+def test_a_dead_worker_fails_its_job_and_the_others_go_on():
+    answers = workers.run_all(_exit_on_three, [1, 2, 3, 4, 5, 6], 2, _died)
+    assert answers[2] == "3: its worker process exited with status 3"
+    assert [a for i, a in enumerate(answers) if i != 2] == [1, 2, 4, 5, 6]
+
+
+@TWO_CORES
+def test_a_raising_job_stops_the_study_after_the_running_jobs():
+    with pytest.raises(ValueError, match="job two failed"):
+        workers.run_all(_raise_on_two, [1, 2, 3, 4, 5, 6, 7, 8], 2, _died)
+
+
+@TWO_CORES
+def test_sigterm_reaches_the_workers_which_save_and_start_nothing_more(tmp_path):
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    threading.Thread(target=_sigterm_once_two_started, args=(str(tmp_path),),
+                     daemon=True).start()
+    try:
+        answers = workers.run_all(_wait_for_stop, [(str(tmp_path), x) for x in range(4)], 2,
+                                  _died)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert answers == ["saved 0", "saved 1", None, None]
+
+
+def test_negative_workers_in_a_study_config_is_one_sentence():
+    config = study.get_config("toy")
+    config.study.workers = -2
+    with pytest.raises(ConfigError, match=r"study.workers=-2 must be 0"):
+        study.check_section(config)
+
+
+def _done_results(study_dir: str) -> dict[str, dict]:
+    runs = os.path.join(study_dir, "runs")
+    out = {}
+    for name in sorted(os.listdir(runs)):
+        with open(os.path.join(runs, name, "DONE.json")) as f:
+            results = json.load(f)["results"]
+        out[name] = {k: v for k, v in results.items()
+                     if isinstance(v, float) and not k.endswith("wall_s")}
+    return out
+
+
+@TWO_CORES
+def test_two_workers_give_the_records_of_runs_one_after_another(tmp_path):
+    """The same runs (U, two seeds) with study.workers=1 and 2: the same metrics."""
+    from test_study import _tiny_toy, _toy_study_config
+
+    records = {}
+    for count in (1, 2):
+        config = _tiny_toy(_toy_study_config(seeds=(0, 1)))
+        config.study.families = ("score",)
+        config.study.workers = count
+        study.run_study(settings.from_config(config), str(tmp_path / str(count)))
+        records[count] = _done_results(str(tmp_path / str(count)))
+    assert records[1].keys() == records[2].keys() == {"score_seed0", "score_seed1"}
+    for name, metrics in records[1].items():
+        assert metrics.keys() == records[2][name].keys()
+        for key, value in metrics.items():
+            assert records[2][name][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
