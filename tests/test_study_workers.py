@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -55,6 +56,17 @@ def _sigterm_once_two_started(directory: str) -> None:
     while len(os.listdir(directory)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _log_lines(x: int) -> int:
+    """A job that logs as a library (INFO, and a warning) and as absl does."""
+    import logging as pylogging
+
+    from absl import logging
+
+    pylogging.getLogger("orbax").info("library info line %d", x)
+    logging.warning("library warning line %d", x)
+    return x
 
 
 def _died(x: int, why: str) -> str:
@@ -110,6 +122,14 @@ def test_sigterm_reaches_the_workers_which_save_and_start_nothing_more(tmp_path)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert answers == ["saved 0", "saved 1", None, None]
+
+
+def test_workers_log_in_absl_format_without_library_info(capfd):
+    assert workers.run_all(_log_lines, [7], 1, _died) == [7]
+    err = capfd.readouterr().err
+    assert re.search(r"^W\d{4} .*library warning line 7$", err, re.MULTILINE), err
+    assert "library info line" not in err and "INFO:absl" not in err
+    assert "Logging before flag parsing" not in err
 
 
 def test_negative_workers_in_a_study_config_is_one_sentence():

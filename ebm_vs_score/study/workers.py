@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-from absl import logging
+from absl import flags, logging
 
 from ebm_vs_score import checkpoints, library_reports
 from ebm_vs_score.errors import ConfigError
@@ -83,8 +83,7 @@ def _worker(job: Callable[[Any], Any], cores: set[int], verbosity: int, tasks, r
     """A worker's life: pin to ``cores``, log as the parent does, then run queued jobs
     until a None arrives, the parent halts the study or a stop signal came."""
     os.sched_setaffinity(0, cores)
-    logging.set_verbosity(verbosity)
-    library_reports.quiet_library_info()
+    _log_as_main(verbosity)
     checkpoints.catch_stop_signals(save=True)
     while not halt.is_set() and (item := tasks.get()) is not None:
         index, payload = item
@@ -97,6 +96,16 @@ def _worker(job: Callable[[Any], Any], cores: set[int], verbosity: int, tasks, r
             return
         if checkpoints.sigterm_received():
             return
+
+
+def _log_as_main(verbosity: int) -> None:
+    """The parent's log format and filter in a spawned worker: absl's handler (``app.run``
+    installs it in ``main``; here no flags are parsed, so they are marked parsed with their
+    defaults), the parent's verbosity, and libraries' INFO lines kept off stderr."""
+    flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
+    logging.set_verbosity(verbosity)
+    library_reports.quiet_library_info()
 
 
 def run_all(job: Callable[[Any], Any], payloads: Sequence[Any], workers: int,
