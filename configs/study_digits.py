@@ -9,6 +9,8 @@ ODE NLL of the first 64 test digits at tolerance 1e-4 with 4 Hutchinson probes,
 and for the energies AIS on the same dequantized digits with the same bits/dim offset
 (--config.eval.ais=False drops it). C is the costliest run (its evaluation with AIS
 dominates; docs/notes/study_cost.md). Three seeds; fewer with --config.study.seeds=(0,).
+On the CPU the runs go in one worker process per core, each pinned to its core
+(study.workers=0; =1 runs them one after another in this process).
 Every field: ebm_vs_score/config_base.py (shared by all runs) and
 ebm_vs_score/study/plan.py (the `study` section, the digits budget). The QC lambda sweep:
 configs/study_digits_qc_sweep.py.

@@ -16,6 +16,8 @@ quality against NFE and OOD AUROC (:mod:`.report_time_invariant`).
 * :mod:`.plan`: the study config, its variants and the runs' configs and settings
   (the study's side of the one crossing), validation, commands;
 * :mod:`.run`: each run trained (resuming), evaluated and marked done; ``run_study``;
+* :mod:`.workers`: the runs in worker processes pinned to their own CPU cores
+  (``study.workers``);
 * :mod:`.report`: figures and REPORT.md;
 * :mod:`.claims` and :mod:`.verdicts`: the papers' claims (the seed papers' and Equilibrium
   Matching's), their paired per-seed intervals and verdicts in the study record

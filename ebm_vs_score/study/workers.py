@@ -15,16 +15,18 @@ It pins itself to its cores before JAX starts its backend, so XLA:CPU sizes its 
 pools to them. Its own signal handling is this process's: a Ctrl-C or SIGTERM reaches the
 workers (SIGTERM is forwarded), each saves its run's current step, and the study stops
 with the one sentence of an interrupted run. A worker that dies (killed, out of memory)
-fails its run in one sentence; the other runs go on.
+fails its run in one sentence, a new worker on its cores takes its place, and the other
+runs go on. Each worker answers on its own pipe, whose messages are written before
+``send`` returns: the parent knows a dead worker's run even when it died at once.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import signal
 from collections.abc import Callable, Sequence
+from multiprocessing import connection
 from typing import Any
 
 import jax
@@ -34,7 +36,6 @@ from ebm_vs_score import checkpoints, library_reports
 from ebm_vs_score.errors import ConfigError
 
 AUTO = 0  # study.workers=0: one worker per CPU core this process may use
-_POLL_S = 1.0  # how often the parent looks for workers that died
 
 
 def available_cpus() -> list[int]:
@@ -78,21 +79,26 @@ def core_shares(cpus: Sequence[int], workers: int) -> list[set[int]]:
     return shares
 
 
-def _worker(job: Callable[[Any], Any], cores: set[int], verbosity: int, tasks, results,
+def _worker(job: Callable[[Any], Any], cores: set[int], verbosity: int, tasks, answers,
             halt) -> None:
     """A worker's life: pin to ``cores``, log as the parent does, then run queued jobs
-    until a None arrives, the parent halts the study or a stop signal came."""
+    until a None arrives, the parent halts the study or a stop signal came.
+
+    ``answers`` is this worker's own pipe to the parent: a message on it is written before
+    ``send`` returns, so the parent knows which job a worker was on even when the worker
+    dies right after taking it (a ``multiprocessing.Queue`` sends from a feeder thread,
+    which a dying process may never run)."""
     os.sched_setaffinity(0, cores)
     _log_as_main(verbosity)
     checkpoints.catch_stop_signals(save=True)
     while not halt.is_set() and (item := tasks.get()) is not None:
         index, payload = item
-        results.put(("start", index, os.getpid()))
+        answers.send(("start", index, None))
         try:
-            results.put(("done", index, job(payload)))
+            answers.send(("done", index, job(payload)))
         except BaseException as e:  # noqa: BLE001 - the parent raises it; this worker stops
-            results.put(("stop", index, e if isinstance(e, Exception) else
-                         RuntimeError(f"{type(e).__name__} in a study worker")))
+            answers.send(("stop", index, e if isinstance(e, Exception) else
+                          RuntimeError(f"{type(e).__name__} in a study worker")))
             return
         if checkpoints.sigterm_received():
             return
@@ -116,24 +122,20 @@ def run_all(job: Callable[[Any], Any], payloads: Sequence[Any], workers: int,
     ``job`` must be picklable (a module-level function or a partial of one). A job that
     raises stops its worker and, once the running jobs have ended, is raised here (the
     first one, in payload order). ``died(payload, why)`` gives the result of a job whose
-    worker exited before answering.
+    worker exited before answering; a new worker on the same cores takes its place.
     """
     context = multiprocessing.get_context("spawn")
-    tasks, results, halt = context.Queue(), context.Queue(), context.Event()
+    tasks = context.Queue()
     for index, payload in enumerate(payloads):
         tasks.put((index, payload))
-    processes = [context.Process(target=_worker, args=(job, share, logging.get_verbosity(), tasks,
-                                                         results, halt),
-                                 name=f"study worker {i}", daemon=True)
-                 for i, share in enumerate(core_shares(available_cpus(), workers))]
-    for _ in processes:
+    shares = core_shares(available_cpus(), workers)
+    for _ in shares:
         tasks.put(None)
-    with _forwarding_sigterm(processes):
-        for process in processes:
-            process.start()
-        outcome = _collect(processes, results, payloads, died, halt)
-    for process in processes:
-        process.join()
+    pool = _Pool(context, job, tasks)
+    with _forwarding_sigterm(pool):
+        for cores in shares:
+            pool.start(cores)
+        outcome = _collect(pool, payloads, died)
     tasks.cancel_join_thread()  # jobs a stop left in the queue
     stops = [outcome[i] for i in sorted(outcome) if isinstance(outcome[i], BaseException)]
     if stops:
@@ -141,35 +143,61 @@ def run_all(job: Callable[[Any], Any], payloads: Sequence[Any], workers: int,
     return [outcome.get(i) for i in range(len(payloads))]
 
 
-def _collect(processes, results, payloads, died, halt) -> dict[int, Any]:
-    """Answers from the workers until every one has exited; a dead worker's job fails."""
-    running: dict[int, int] = {}  # pid -> index of its job
+class _Pool:
+    """The live worker processes, each with its cores and its own pipe of answers."""
+
+    def __init__(self, context, job: Callable[[Any], Any], tasks):
+        self.context, self.job, self.tasks = context, job, tasks
+        self.halt = context.Event()  # set: no worker takes another job
+        self.stopping = False  # a stop signal came: a dead worker is not replaced
+        self.by_pipe: dict[Any, tuple[Any, set[int]]] = {}
+
+    @property
+    def processes(self) -> list[Any]:
+        return [process for process, _ in self.by_pipe.values()]
+
+    def start(self, cores: set[int]) -> None:
+        reader, writer = self.context.Pipe(duplex=False)
+        process = self.context.Process(
+            target=_worker, args=(self.job, cores, logging.get_verbosity(), self.tasks, writer,
+                                  self.halt),
+            name=f"study worker on cores {sorted(cores)}", daemon=True)
+        process.start()
+        writer.close()  # the worker holds the only writer: its exit ends the pipe
+        self.by_pipe[reader] = (process, cores)
+
+
+def _collect(pool: _Pool, payloads, died) -> dict[int, Any]:
+    """Answers from the workers until every one has exited."""
     outcome: dict[int, Any] = {}
-    while True:
-        try:
-            kind, index, value = results.get(timeout=_POLL_S)
-        except queue.Empty:
-            if all(not p.is_alive() for p in processes) and results.empty():
-                break
-            _fail_dead(processes, running, outcome, payloads, died)
-            continue
-        if kind == "start":
-            running[value] = index
-        else:
-            if kind == "stop":  # the study stops: no worker takes another job
-                halt.set()
-            running = {pid: i for pid, i in running.items() if i != index}
+    current: dict[Any, int] = {}  # pipe -> the job its worker last took
+    while pool.by_pipe:
+        for pipe in connection.wait(list(pool.by_pipe)):
+            try:
+                kind, index, value = pipe.recv()
+            except (EOFError, OSError):  # the worker has exited
+                _worker_ended(pool, pipe, current.get(pipe), outcome, payloads, died)
+                continue
+            if kind == "start":
+                current[pipe] = index
+                continue
+            if kind == "stop":
+                pool.halt.set()
             outcome[index] = value
-    _fail_dead(processes, running, outcome, payloads, died)
     return outcome
 
 
-def _fail_dead(processes, running, outcome, payloads, died) -> None:
-    for process in processes:
-        index = running.get(process.pid)
-        if process.exitcode is not None and index is not None and index not in outcome:
-            outcome[index] = died(payloads[index], _exit_words(process.exitcode))
-            del running[process.pid]
+def _worker_ended(pool: _Pool, pipe, index: int | None, outcome: dict[int, Any], payloads,
+                  died) -> None:
+    """A worker that exited on a job it never answered fails that job (``died``), and a
+    new worker on the same cores takes its place in the queue, unless the study stops."""
+    process, cores = pool.by_pipe.pop(pipe)
+    process.join()
+    if index is None or index in outcome:
+        return
+    outcome[index] = died(payloads[index], _exit_words(process.exitcode))
+    if not pool.halt.is_set() and not pool.stopping:
+        pool.start(cores)
 
 
 def _exit_words(exitcode: int) -> str:
@@ -183,14 +211,15 @@ class _forwarding_sigterm:
     flag) and on to the workers (Ctrl-C reaches them from the terminal), and this process
     keeps waiting for their answers: each saves its run's current step."""
 
-    def __init__(self, processes):
-        self.processes = processes
+    def __init__(self, pool: _Pool):
+        self.pool = pool
         self.previous = None
 
     def _forward(self, signum, frame) -> None:
+        self.pool.stopping = True
         if callable(self.previous):
             self.previous(signum, frame)
-        for process in self.processes:
+        for process in self.pool.processes:
             if process.pid is not None and process.exitcode is None:
                 os.kill(process.pid, signal.SIGTERM)
 
