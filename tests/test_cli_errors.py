@@ -119,6 +119,7 @@ def test_divergence_stops_in_one_sentence_and_its_advice_resumes(tmp_path):
     advice_followed("divergence: implausible optim.lr", retry.returncode == 0)
 
 
+@pytest.mark.slow  # 29 s; the divergence sentence and its advice stay in the default run
 def test_divergence_before_any_update_names_the_field_not_the_learning_rate(tmp_path):
     """sigma_max=1e38 overflows sigma^2 in float32: the loss is NaN at step 1, before any
     update, so lowering lr cannot help; the sentence names sde.sigma_max and its default,

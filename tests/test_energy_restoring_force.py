@@ -113,6 +113,7 @@ def test_trained_toy_energy_restores(family):
         assert restoring_force_violations(model, params, x0, t, sigma_data) == []
 
 
+@pytest.mark.slow  # 37 s of training; the untrained and toy cases run by default
 def test_short_trained_digits_resnet_energy_restores():
     """The digits C-ResNet with the default Gaussian base term, 100 DSM steps."""
     (model, params), x0, sigma_data = _digits("gaussian")

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from ebm_vs_score import checkpoints, config_base, settings, train
 
@@ -43,6 +44,7 @@ def _checksums(log_dir):
     return found
 
 
+@pytest.mark.slow  # 56 s; one process with eight CPU devices (test_train) runs by default
 def test_two_processes_match_one_and_resume_in_one(tmp_path):
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
     out = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "configs/toy_score.py",

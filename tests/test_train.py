@@ -99,6 +99,7 @@ def test_sigkill_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # 30 s; test_faults' SIGTERM cases (preempted, resumed) run by default
 def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
     workdir = str(tmp_path / "run")
     args = ["--config.training.n_iters=1000000", "--config.training.checkpoint_every=100000"]
