@@ -171,3 +171,21 @@ def test_two_workers_give_the_records_of_runs_one_after_another(tmp_path):
         assert metrics.keys() == records[2][name].keys()
         for key, value in metrics.items():
             assert records[2][name][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_workers_take_the_longest_expected_runs_first(tmp_path):
+    """Energy Matching and EqM-E first, the C-ResNet last but its width-40 variant early;
+    seeds of one variant together, in the study's order."""
+    from ebm_vs_score.study import plan
+    from ebm_vs_score.study import run as study_run
+
+    s = settings.from_config(study.get_config("digits"))
+    runs = [(v, seed) for v in plan.variants(s) for seed in (0, 1)]
+    order = [plan.run_name(*job) for job in study_run._longest_first(s, runs, str(tmp_path))]
+    assert order[:2] == ["energy_matching_seed0", "energy_matching_seed1"]
+    assert order[-2:] == ["resnet_energy_seed0", "resnet_energy_seed1"]
+    assert order.index("resnet_energy_ch40_seed0") < order.index("eqm_seed0")
+    assert order.index("energy_seed0") < order.index("resnet_energy_ch40_seed0")
+    assert sorted(order) == sorted(plan.run_name(*job) for job in runs)
+    assert plan.expected_cost("a_family_not_measured_yet") == max(
+        plan.expected_cost(v) for v in plan.variants(s))

@@ -252,6 +252,23 @@ def variant_form(variant: str) -> str | None:
     return variant[len(_FORM_PREFIX):] if variant.startswith(_FORM_PREFIX) else None
 
 
+# Seconds of a digits run (training and evaluation) per family: the per-run walls of one
+# seed on one AMD EPYC core each (results/study_digits_seed0_workers_report.md, Runs; the
+# EqM-E value is the mean of its two forms). Only their order is used: which run a study
+# worker takes first.
+_RUN_SECONDS = {"energy_matching": 1100, "eqm_energy": 810, "energy": 677, "eqm": 359,
+                "qc": 320, "score": 273, "resnet_energy": 163}
+
+
+def expected_cost(variant: str, width_ratio: float = 1.0) -> float:
+    """A run's expected wall time relative to the others' (a C-ResNet width variant scales
+    with its width over the base width, as measured: ch40 387 s, ch16 163 s). A family
+    without a measurement counts as the costliest, so it starts first."""
+    family, _ = parse_variant(variant)
+    seconds = _RUN_SECONDS.get(family, max(_RUN_SECONDS.values()))
+    return seconds * (width_ratio if variant_width(variant) else 1.0)
+
+
 def _config_of(s: settings.Settings) -> ml_collections.ConfigDict:
     """The study config that ``s`` was read from (its JSON), as a ConfigDict."""
     return ml_collections.ConfigDict(settings.require(s).as_dict())

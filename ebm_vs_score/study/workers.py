@@ -4,7 +4,8 @@ A digits run is too small to keep two cores busy: its training step reaches 30 s
 two cores and 22-23 on one (BENCHMARKS.md, "The study's cost"), and start-up, compilation
 and the sample grids run mostly on one core. So on the CPU the study trains and evaluates
 ``study.workers`` runs at once, one process per share of the cores (``0``: one per core,
-at most one per run), each taking the next unfinished run from a shared queue. ``1`` runs
+at most one per run), each taking the next unfinished run from a shared queue (the study
+queues the longest expected first: ``study.run._longest_first``). ``1`` runs
 them one after another in this process, as on GPU and TPU, where the runs share one
 accelerator and a second process would only wait for it, and with several JAX processes,
 which run each run together.
