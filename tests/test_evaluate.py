@@ -286,3 +286,22 @@ def test_energy_vs_ode_mode_reruns_the_eval_likelihood_and_refuses_a_mismatch(
             values = json.load(f)
         values = values.get("results", values)
         assert values["energy_ode_spread_nats"] == row["energy_ode_spread_nats"]
+
+
+def test_ais_of_a_few_chains_ess_is_marked_unconverged():
+    """The same 4-D Gaussian evaluation: a standard normal energy is converged with 64
+    chains; a sharp one (std 0.01 at distance 3) annealed in 2 steps has an ESS of a few
+    chains and is marked unconverged (its values stay in the JSON)."""
+    from ebm_vs_score import sde as sde_lib
+    from ebm_vs_score.evaluate import nll
+
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 2, 2, 1)).astype(np.float32)
+    protocol = nll.Protocol(num_bins=None, num_probes=0, rtol=1e-3, atol=1e-3, batch_size=8)
+    easy = lambda p, y, t: 0.5 * jnp.sum(y.reshape(len(y), -1) ** 2, -1)  # noqa: E731
+    sharp = lambda p, y, t: 0.5e4 * jnp.sum((y.reshape(len(y), -1) - 3.0) ** 2, -1)  # noqa: E731
+    runs = {name: nll.ais_nll_metrics(e, None, x, jax.random.PRNGKey(0), sde=sde_lib.VPSDE(),
+                                      protocol=protocol, num_steps=steps, num_chains=64)
+            for name, e, steps in (("easy", easy, 50), ("sharp", sharp, 2))}
+    assert runs["easy"]["ais_converged"] is True and runs["easy"]["ais_ess"] >= nll.AIS_MIN_ESS
+    assert runs["sharp"]["ais_converged"] is False
+    assert runs["sharp"]["ais_ess"] < nll.AIS_MIN_ESS and "ais_log_z" in runs["sharp"]

@@ -771,3 +771,31 @@ def test_a_study_directory_saved_with_the_old_names_resumes(scale, tmp_path):
     (tmp_path / "study_config.json").write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="study.qc_lambda"):
         study.check_study_dir(s, str(tmp_path))
+
+
+def test_unconverged_ais_values_are_not_shown_in_either_table():
+    """An AIS of a few chains' ESS, or one whose NLL is below 0 bits/dim (the digits
+    C-ResNet ch40's -4.6 at ESS 1 of 256), shows 'unconverged' with the ESS in place of its
+    log Z and NLL; its ESS column and a converged run's values stay."""
+    from ebm_vs_score.evaluate import nll
+    from ebm_vs_score.study import report, report_energy, report_time_invariant
+
+    good = {"ais_ess": 86.0, "ais_chains": 256, "ais_log_z": 84.2, "ais_nll_bpd": 3.97,
+            "nll_bpd": 2.4}
+    few, impossible = dict(good, ais_ess=1.06), dict(good, ais_nll_bpd=-4.61)
+    assert nll.ais_converged(good) and nll.ais_converged({"nll_bpd": 2.3})  # no AIS ran
+    assert not nll.ais_converged(few) and not nll.ais_converged(impossible)
+    columns = [report.Column(t, k) for t, k in report_energy.columns(toy=False)
+               if k in good]
+    rows = [report.Row("C-ResNet", "resnet_energy", [good, few], 0),
+            report.Row("C-ResNet (ch40)", "resnet_energy", [impossible, good], 0),
+            report.Row("EM", "energy_matching", [good, good], 0)]
+    table = report.metric_table(rows, columns, toy=False,
+                                override=report_energy.unconverged_cell)
+    cells = {row[0]: row[1:] for row in table_cells("\n".join(table))}
+    assert cells["C-ResNet"][:3] == ["unconverged (ESS 1.1 of 256)", "43.53 ± 60",
+                                     "unconverged (ESS 1.1 of 256)"]  # log Z, ESS, NLL
+    assert cells["C-ResNet (ch40)"][0] == "unconverged (ESS 86 of 256)"
+    assert cells["EM"][:3] == ["84.2", "86", "3.97"]
+    assert report_time_invariant._cell([good, few], "ais_nll_bpd").startswith("unconverged")
+    assert report_time_invariant._cell([good, good], "ais_nll_bpd") == "3.97"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -210,9 +210,12 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list
 
 
 def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
-                 with_kind: bool = False, missing: str = "n/a") -> list[str]:
+                 with_kind: bool = False, missing: str = "n/a",
+                 override: Callable[[Sequence[dict], str], str | None] | None = None
+                 ) -> list[str]:
     """Markdown table: model [, conservative?, short-cuts?], one column per metric;
-    ``missing`` fills a cell that some seed of the row lacks."""
+    ``missing`` fills a cell that some seed of the row lacks; ``override(runs, key)``,
+    when not None, replaces a cell."""
     header = ["model"] + (["conservative?", "short-cuts to inputs?"] if with_kind else [])
     body = []
     for row in rows:
@@ -220,11 +223,19 @@ def metric_table(rows: Sequence[Row], columns: Sequence[Column], toy: bool,
                                                  f"{len(row.runs) + row.failed} seeds)"
         info = family_info(row.family, toy)
         cells = [label] + ([info.conservative, info.shortcuts] if with_kind else [])
-        cells += [(missing if any(c.key not in m for m in row.runs)  # e.g. no ODE without an SDE
-                   else _fmt([m[c.key] for m in row.runs])) if row.runs else "failed"
-                  for c in columns]
+        cells += [_cell(row.runs, c.key, missing, override) for c in columns]
         body.append(cells)
     return markdown_table(header + [c.title for c in columns], body)
+
+
+def _cell(runs: Sequence[dict], key: str, missing: str, override) -> str:
+    if not runs:
+        return "failed"
+    if override is not None and (text := override(runs, key)) is not None:
+        return text
+    if any(key not in m for m in runs):  # e.g. no ODE without an SDE
+        return missing
+    return _fmt([m[key] for m in runs])
 
 
 def _header(s: Settings, records: Sequence[RunRecord],
@@ -328,7 +339,8 @@ def _energy_table(rows: Sequence[Row], toy: bool) -> list[str]:
     columns = [Column(title, key) for title, key in report_energy.columns(toy)
                if any(key in m for m in runs)]
     return (["## Energies only: AIS (t = eps) against the ODE, same points and offset", ""]
-            + metric_table(energy_rows, columns, toy, missing="skipped")
+            + metric_table(energy_rows, columns, toy, missing="skipped",
+                           override=report_energy.unconverged_cell)
             + ["", report_energy.NOTE, ""])
 
 

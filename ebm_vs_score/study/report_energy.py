@@ -8,6 +8,11 @@ set AIS next to other likelihoods).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from ebm_vs_score.evaluate.nll import AIS_MIN_ESS, ais_converged
+
 # A run is an energy row when its eval has either of these (the tail test runs first; AIS
 # only when it passes).
 ROW_KEYS = ("ais_log_z", "energy_tail_rising_fraction")
@@ -22,7 +27,24 @@ NOTE = (
     "nothing and log Z-hat is only a stochastic lower bound that a longer anneal raises. "
     "Rays not falling: the share of rays through the test points along which exp(-E(r u)) "
     "r^(D-1) still rises at 8-16x their median radius (likelihood.energy_tail); above 0, Z "
-    "is infinite (or its mass lies that far out): AIS is skipped.")
+    "is infinite (or its mass lies that far out): AIS is skipped. Unconverged: some seed's "
+    f"ESS is below {AIS_MIN_ESS:g} chains or its AIS NLL below 0 bits/dim (impossible for a "
+    "normalized density on dequantized data): its AIS values are not shown "
+    "(evaluate.nll.ais_converged).")
+
+# The AIS numbers an unconverged run does not show (its ESS and acceptance are shown).
+AIS_VALUE_KEYS = ("ais_log_z", "ais_log_z_stderr", "ais_nll_bpd", "ais_nll_bpd_stderr",
+                  "ais_nll_nats", "ais_nll_nats_stderr")
+
+
+def unconverged_cell(runs: Sequence[dict[str, Any]], key: str) -> str | None:
+    """The cell of AIS value ``key`` over seeds ``runs`` when some seed's AIS did not
+    converge (``evaluate.nll.ais_converged``), naming their ESS; else None."""
+    failed = [m for m in runs if not ais_converged(m)]
+    if key not in AIS_VALUE_KEYS or not failed:
+        return None
+    ess = ", ".join(f"{float(m['ais_ess']):.2g}" for m in failed)
+    return f"unconverged (ESS {ess} of {int(failed[0].get('ais_chains', 0))})"
 
 
 def columns(toy: bool) -> list[tuple[str, str]]:

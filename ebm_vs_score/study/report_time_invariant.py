@@ -19,7 +19,7 @@ import numpy as np
 from ebm_vs_score.evaluate.ood import OOD_SETS
 from ebm_vs_score.evaluate.time_invariant import AIS_TARGET
 from ebm_vs_score.settings import Settings
-from ebm_vs_score.study import plan
+from ebm_vs_score.study import plan, report_energy
 
 Row = Any  # report.Row
 TI = plan.TIME_INVARIANT_FAMILIES
@@ -43,6 +43,8 @@ def _cell(runs: Sequence[dict], key: str) -> str:
     if key.startswith("ais_nll") and any(m.get("energy_tail_rising_fraction", 0) > 0
                                           for m in runs):
         return "skipped: exp(−E) not normalizable"
+    if (text := report_energy.unconverged_cell(runs, key)) is not None:
+        return text
     return _fmt([m.get(key) for m in runs])
 
 

@@ -193,6 +193,7 @@ def _worker_ended(pool: _Pool, pipe, index: int | None, outcome: dict[int, Any],
     """A worker that exited on a job it never answered fails that job (``died``), and a
     new worker on the same cores takes its place in the queue, unless the study stops."""
     process, cores = pool.by_pipe.pop(pipe)
+    pipe.close()
     process.join()
     if index is None or index in outcome:
         return
