@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("mode", ["train", "sample"])
+@pytest.mark.parametrize("mode", ["train", pytest.param("sample", marks=pytest.mark.slow)])
 def test_a_damaged_config_json_moved_aside_lets_the_run_go_on(trained, tmp_path, mode):
     workdir = copy_run(trained, tmp_path)
     path = os.path.join(workdir, "config.json")

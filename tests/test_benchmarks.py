@@ -114,6 +114,7 @@ def test_every_finished_row_is_handed_on(monkeypatch):
     assert seen == [["train/toy/U"], ["train/toy/U", "train/toy/C"]]
 
 
+@pytest.mark.slow  # 17 s
 def test_memory_rows_show_that_accumulation_shrinks_the_temporaries():
     """benchmarks.memory: one compiled step per (family, remat, accum), XLA's memory of it;
     four micro-batches keep a quarter of the activations alive at once."""

@@ -48,7 +48,7 @@ def test_snapshot_steps():
     assert long_run.snapshot_steps(CHAIN_STEPS, K) == [0, K, CHAIN_STEPS]
 
 
-@pytest.mark.slow  # 35 s; the mode's overrides and chains stay in the default run
+@pytest.mark.slow  # 35 s (-m slow, with the overrides case below)
 def test_long_run_on_a_tiny_digits_run(tmp_path):
     config, workdir = _tiny_digits_config(), str(tmp_path / "run")
     result = long_run.run_long_run(settings.from_config(config), workdir)
@@ -85,6 +85,7 @@ def test_long_run_on_a_tiny_digits_run(tmp_path):
     assert np.isclose(from_data["conditional"]["drift"], fds[2] - fds[1])  # from step K
 
 
+@pytest.mark.slow  # 31 s
 def test_config_overrides_reach_training_and_the_chains(tmp_path):
     workdir = tmp_path / "toy"
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")

@@ -141,6 +141,7 @@ def _resume_to_end(workdir):
     assert _steps(workdir)[-1] == N_ITERS
 
 
+@pytest.mark.slow  # 50 s; the analytic SIGTERM trial and Ctrl-C's save stay in the default run
 def test_sigterm_right_after_a_periodic_save_exits_preempted_and_resumes(tmp_path, reference):
     workdir = str(tmp_path / "run")
     status = _sigterm_trial(workdir, np.random.default_rng(), after_save=True,
@@ -151,8 +152,8 @@ def test_sigterm_right_after_a_periodic_save_exits_preempted_and_resumes(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trial", [  # CI (-m analytic) runs 2: a timed kill, one after a save
-    pytest.param(t, marks=[pytest.mark.analytic] if t < 2 else []) for t in range(10)])
+@pytest.mark.parametrize("trial", [  # CI (-m analytic) runs 1, a timed kill; -m slow all 10
+    pytest.param(t, marks=[pytest.mark.analytic] if t < 1 else []) for t in range(10)])
 def test_sigterm_at_random_moments_resumes_bit_identically(tmp_path, reference, trial):
     rng = np.random.default_rng(1000 + trial)
     workdir = str(tmp_path / "run")
@@ -323,7 +324,7 @@ def test_ctrl_c_at_random_moments_resumes_bit_identically(tmp_path, reference, t
 
 
 @pytest.mark.faults
-@pytest.mark.fast
+@pytest.mark.slow  # 33 s; one Ctrl-C's save and resume stays in the default run
 def test_a_second_ctrl_c_exits_at_once_without_a_traceback(tmp_path, reference):
     workdir = str(tmp_path / "run")
     proc = subprocess.Popen(_cmd(workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
@@ -397,7 +398,7 @@ def _fill(directory: str, leave: int) -> str:
 
 
 @pytest.mark.faults
-@pytest.mark.fast
+@pytest.mark.slow  # 37 s; ENOSPC in a save (below) stays in the default run
 def test_a_full_disk_stops_in_one_sentence_keeping_every_checkpoint(tmp_path, reference):
     """A real full filesystem (an 8 MiB tmpfs, filled up to 64 KiB), not an injected
     error: the run stops at its next save in one sentence naming the workdir and the space

@@ -63,7 +63,8 @@ def _dsm_loss(score_fn, params, x0, eps, t):
 
 # The U-Net's double backward compiles for ~1.5 CPU-min (slow); the ResNet energy's is fast.
 @pytest.mark.parametrize(
-    "parameterization", [pytest.param("conservative", marks=pytest.mark.slow), "resnet_energy"]
+    "parameterization", [pytest.param("conservative", marks=pytest.mark.slow),
+                         pytest.param("resnet_energy", marks=pytest.mark.slow)]  # 43 s
 )
 def test_remat_changes_no_value(parameterization):
     x0, eps, t = _data()

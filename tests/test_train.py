@@ -77,6 +77,7 @@ def _steps(workdir):
     return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
+@pytest.mark.slow  # 41 s; Ctrl-C and SIGTERM resumes (test_faults) stay in the default run
 def test_sigkill_resume_is_bit_identical(tmp_path):
     n = 60
     args = [f"--config.training.n_iters={n}", "--config.training.checkpoint_every=10"]
