@@ -272,8 +272,9 @@ def _longest_first(s: settings.Settings, todo: list[tuple[str, int]],
                    study_dir: str) -> list[tuple[str, int]]:
     """The order in which workers take the runs: the longest expected first, so the last to
     finish are short ones and no core idles long (longest-processing-time-first, Graham
-    1969). With one seed in run order the last run alone had one of two cores idle for
-    1,058 s of 3,153 (results/study_digits_seed0_workers.json)."""
+    1969). With one seed in the study's order the costliest run, Energy Matching, came
+    last and ran alone on one of two cores (results/study_digits_seed0_workers_report.md,
+    Runs)."""
     base = float(s.model.ch or 1)
 
     def cost(job: tuple[str, int]) -> float:
