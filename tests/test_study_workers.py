@@ -1,5 +1,5 @@
-"""The study's worker processes (study/workers.py): shares of the cores, the job queue,
-failures, stop signals, and the same records as runs one after another in this process."""
+"""The study's worker processes (study/workers.py): shares of the cores, the jobs handed
+out in order, failures, stop signals, and the same records as runs one after another in this process."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _square_on(x: int) -> tuple[int, int, tuple[int, ...]]:
 
 
 def _die_on_three_and_five(x: int) -> int:
-    """Jobs 3 and 5 end their worker at once, before its queue's feeder thread runs."""
+    """Jobs 3 and 5 end their worker at once, before it can answer."""
     if x == 3:
         os._exit(3)
     if x == 5:
