@@ -47,6 +47,9 @@ _TUNE = flags.DEFINE_string("tune_chains", "0,16", "Pilot chains M (0: fixed ste
 _LEAPFROG = flags.DEFINE_integer("leapfrog", 5, "Leapfrog steps per HMC move.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Independent runs per budget.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON record.")
+_BASE = flags.DEFINE_enum("base", "eval", ["eval", "isotropic"],
+                          "AIS base: the evaluation's (nll.ais_base: on images N(mean, diag "
+                          "std^2) of the scored points) or N(0, base_std^2 I).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -66,9 +69,28 @@ def energy_at_eval_time(ctx):
             base_std)
 
 
-def budget_runs(energy, params, shape, base_std, keys, num_steps, num_chains, leapfrog,
+def eval_base(s, ctx, base_std: float) -> tuple[dict, str]:
+    """(the AIS base's options, its label): with ``--base=eval`` the evaluation's, fitted
+    to the examples it scores (the first ``eval.nll_examples``, dequantized here with a key
+    of their own: another draw of the same points' law; AIS is unbiased for any base fixed
+    before its chains), else N(0, base_std^2 I)."""
+    import jax
+
+    from ebm_vs_score.evaluate import nll, runner
+
+    if _BASE.value == "isotropic":
+        return {"base_std": base_std}, "isotropic"
+    protocol = runner.likelihood_protocol(s)
+    k_deq = jax.random.split(jax.random.PRNGKey(s.seed + 2), 3)[0]
+    points = nll.protocol_points(k_deq, runner._nll_examples(ctx), protocol.num_bins)
+    base = nll.ais_base(points, protocol.num_bins, base_std)
+    return base, "fitted diagonal" if "base_mean" in base else "isotropic"
+
+
+def budget_runs(energy, params, shape, base: dict, keys, num_steps, num_chains, leapfrog,
                 tune_chains):
-    """One jitted AIS per key at this budget: a list of per-run dicts."""
+    """One jitted AIS per key at this budget (``base``: the base's options of
+    ``likelihood.ais_log_normalizer``): a list of per-run dicts."""
     import jax
 
     from ebm_vs_score import likelihood
@@ -76,7 +98,7 @@ def budget_runs(energy, params, shape, base_std, keys, num_steps, num_chains, le
     @jax.jit
     def run(params, key):
         log_z, info = likelihood.ais_log_normalizer(
-            lambda y: energy(params, y), key, shape, base_std=base_std, num_steps=num_steps,
+            lambda y: energy(params, y), key, shape, **base, num_steps=num_steps,
             num_leapfrog=leapfrog, num_chains=num_chains, tune_chains=tune_chains)
         return (log_z, info["stderr"], info["ess"], info["acceptance"],
                 info["step_sizes"][-1])
@@ -155,6 +177,7 @@ def main(argv: list[str]) -> None:
 
     energy, base_std = energy_at_eval_time(ctx)
     shape = tuple(ctx.data.shape[1:])
+    base, base_label = eval_base(s, ctx, base_std)
     nats_per_bit_dim = math.prod(shape) * math.log(2)
     keys = [jax.random.fold_in(jax.random.PRNGKey(s.seed + 2), i)
             for i in range(_REPEATS.value)]
@@ -164,13 +187,13 @@ def main(argv: list[str]) -> None:
     result = {"schema_version": 1, "kind": "ais_budget", "options": options,
               "machine": timing.machine_info(sys.argv[1:], module="benchmarks.ais_budget"),
               "step": ctx.step, "family": s.family, "dim": math.prod(shape),
-              "base_std": base_std, "budgets": []}
+              "base_std": base_std, "base": base_label, "budgets": []}
     result["rays"] = ray_energies(energy, ctx.params, ctx.data, shape)
     print(f"rays: {result['rays']['summary']}", file=sys.stderr, flush=True)
     grid = [(m, n, k) for m in _ints(_TUNE.value) for n in _ints(_CHAINS.value)
             for k in _ints(_STEPS.value)]
     for tune_chains, num_chains, num_steps in grid:
-        rows = budget_runs(energy, ctx.params, shape, base_std, keys, num_steps, num_chains,
+        rows = budget_runs(energy, ctx.params, shape, base, keys, num_steps, num_chains,
                            _LEAPFROG.value, tune_chains)
         b = summarize(rows, num_steps, num_chains, _LEAPFROG.value, tune_chains,
                       nats_per_bit_dim)
