@@ -2,7 +2,7 @@
 
     python -m benchmarks.ais_budget --config=CONFIG.py --workdir=DIR [--steps=50,100,200,400]
         [--chains=64,256] [--tune_chains=0,16] [--leapfrog=5] [--repeats=3]
-        [--out=FILE.json] [--config.x=y ...]
+        [--base=eval|isotropic] [--out=FILE.json] [--config.x=y ...]
 
 The config is loaded as ``main`` loads it (config_flags, every ``--config.*`` override)
 and crosses into typed settings once.
@@ -25,7 +25,10 @@ shrinks as K grows, so a cheaper budget must not sit below the reference by more
 noise. If log Z keeps rising with K and with the step size, no budget converges: the
 record's ``rays`` (the energy along rays r u from the origin, u uniform on the sphere, and
 ``likelihood.energy_tail`` at the test points) say whether exp(-E) is normalizable at all.
-``--steps=`` (empty) records the rays alone.
+``--steps=`` (empty) records the rays alone. The base is the evaluation's (``--base=eval``:
+``nll.ais_base``, on images a Gaussian fitted to the evaluation examples) or
+``--base=isotropic`` (N(0, base_std^2 I)); each budget also gets the AIS NLL its mean log Z
+implies for the evaluation's scored examples, with its 99% lower bound.
 """
 
 from __future__ import annotations
@@ -69,10 +72,30 @@ def energy_at_eval_time(ctx):
             base_std)
 
 
+def implied_nll(budgets: list[dict], energy, params, points, num_bins: int | None) -> None:
+    """Adds to each budget the AIS NLL its mean log Z implies for the scored ``points``
+    (``nll_nats``, and ``nll_bpd`` on images) and its 99% lower bound (``*_lower99``:
+    ``nll.AIS_BOUND_NATS`` below: log Ẑ is a stochastic lower bound of log Z)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ebm_vs_score.evaluate import nll
+
+    mean_energy = float(np.mean(np.asarray(energy(params, jnp.asarray(points)), np.float64)))
+    dim = math.prod(points.shape[1:])
+    for b in budgets:
+        out = {"nll_nats": mean_energy + b["log_z_mean"]}
+        if num_bins is not None:
+            out["nll_bpd"] = float(nll.bits_per_dim(-out["nll_nats"], dim, num_bins))
+        out.update({f"{k}_lower99": v - nll.AIS_BOUND_NATS / (
+            1.0 if k == "nll_nats" else dim * math.log(2)) for k, v in list(out.items())})
+        b.update(out)
+
+
 def eval_base(s, ctx, base_std: float) -> tuple[dict, str]:
-    """(the AIS base's options, its label): with ``--base=eval`` the evaluation's, fitted
-    to the examples it scores (the first ``eval.nll_examples``, dequantized here with a key
-    of their own: another draw of the same points' law; AIS is unbiased for any base fixed
+    """(the AIS base's options, its label): with ``--base=eval`` the evaluation's
+    (``nll.ais_base`` fitted to every evaluation example, dequantized here with a key of
+    their own: another draw of the same points' law; AIS is unbiased for any base fixed
     before its chains), else N(0, base_std^2 I)."""
     import jax
 
@@ -81,10 +104,21 @@ def eval_base(s, ctx, base_std: float) -> tuple[dict, str]:
     if _BASE.value == "isotropic":
         return {"base_std": base_std}, "isotropic"
     protocol = runner.likelihood_protocol(s)
-    k_deq = jax.random.split(jax.random.PRNGKey(s.seed + 2), 3)[0]
-    points = nll.protocol_points(k_deq, runner._nll_examples(ctx), protocol.num_bins)
+    points = nll.protocol_points(jax.random.PRNGKey(s.seed + 3), ctx.data, protocol.num_bins)
     base = nll.ais_base(points, protocol.num_bins, base_std)
-    return base, "fitted diagonal" if "base_mean" in base else "isotropic"
+    return base, nll._base_label(base)
+
+
+def scored_points(s, ctx):
+    """(the dequantized examples the evaluation scores, their number of levels or None)."""
+    import jax
+
+    from ebm_vs_score.evaluate import nll, runner
+
+    protocol = runner.likelihood_protocol(s)
+    points = nll.protocol_points(jax.random.PRNGKey(s.seed + 4), runner._nll_examples(ctx),
+                                 protocol.num_bins)
+    return points, protocol.num_bins
 
 
 def budget_runs(energy, params, shape, base: dict, keys, num_steps, num_chains, leapfrog,
@@ -204,6 +238,7 @@ def main(argv: list[str]) -> None:
               f"{b['run_s']:.1f} s/run", file=sys.stderr, flush=True)
     if result["budgets"]:
         compare_with_reference(result["budgets"], nats_per_bit_dim)
+        implied_nll(result["budgets"], energy, ctx.params, *scored_points(s, ctx))
     trained.finish(result, _OUT.value)
 
 
