@@ -303,6 +303,14 @@ def _ais_pass(energy_fn, key, shape, betas, steps, *, base_std: float, num_leapf
     return log_w, acc, used
 
 
+def _check_ais_base(base: str, base_std, base_mean, base_chol) -> None:
+    if base != "gaussian":
+        raise ValueError(f"unknown AIS base {base!r}; valid names: ['gaussian']")
+    if base_mean is None and (jnp.ndim(base_std) > 0 or base_chol is not None):
+        raise ValueError("a per-dimension base_std or a base_chol needs base_mean (the base "
+                         "is then N(base_mean, S S^T)); pass it, or a float base_std alone")
+
+
 def ais_log_normalizer(energy_fn: Callable[[jax.Array], jax.Array], key: jax.Array,
                        shape: tuple[int, ...], *, base: str = "gaussian",
                        base_std: float | jax.Array = 1.0, base_mean: jax.Array | None = None,
@@ -342,18 +350,21 @@ def ais_log_normalizer(energy_fn: Callable[[jax.Array], jax.Array], key: jax.Arr
       estimating chain). log Ẑ is biased low (Jensen); at an ``ess`` of a few chains
       ``stderr`` says nothing and log Ẑ is only a stochastic lower bound.
     """
-    if base != "gaussian":
-        raise ValueError(f"unknown AIS base {base!r}; valid names: ['gaussian']")
-    if base_mean is None and (jnp.ndim(base_std) > 0 or base_chol is not None):
-        raise ValueError("a per-dimension base_std or a base_chol needs base_mean (the base "
-                         "is then N(base_mean, S S^T)); pass it, or a float base_std alone")
-    if base_mean is not None:
-        return whitened_ais_log_normalizer(
-            energy_fn, key, shape, base_mean=base_mean, base_std=base_std, base_chol=base_chol,
-            num_steps=num_steps, num_leapfrog=num_leapfrog, step_size=step_size,
-            num_chains=num_chains, schedule=schedule, tune_chains=tune_chains)
+    _check_ais_base(base, base_std, base_mean, base_chol)
     if tune_chains < 0:
         raise ValueError(f"tune_chains={tune_chains} must be >= 0 (0: a fixed step size)")
+    options = dict(num_steps=num_steps, num_leapfrog=num_leapfrog, step_size=step_size,
+                   num_chains=num_chains, schedule=schedule, tune_chains=tune_chains)
+    if base_mean is not None:
+        return whitened_ais_log_normalizer(energy_fn, key, shape, base_mean=base_mean,
+                                           base_std=base_std, base_chol=base_chol, **options)
+    return _isotropic_ais(energy_fn, key, shape, base_std=base_std, **options)
+
+
+def _isotropic_ais(energy_fn, key, shape, *, base_std: float, num_steps: int,
+                   num_leapfrog: int, step_size: float, num_chains: int, schedule: str,
+                   tune_chains: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`ais_log_normalizer` from N(0, base_std^2 I) (its arguments)."""
     betas = ais_schedule(num_steps, schedule)
     steps = jnp.full((num_steps,), step_size)
     options = dict(base_std=base_std, num_leapfrog=num_leapfrog)
