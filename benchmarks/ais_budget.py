@@ -2,7 +2,7 @@
 
     python -m benchmarks.ais_budget --config=CONFIG.py --workdir=DIR [--steps=50,100,200,400]
         [--chains=64,256] [--tune_chains=0,16] [--leapfrog=5] [--repeats=3]
-        [--out=FILE.json] [--config.x=y ...]
+        [--base=eval|isotropic] [--out=FILE.json] [--config.x=y ...]
 
 The config is loaded as ``main`` loads it (config_flags, every ``--config.*`` override)
 and crosses into typed settings once.
@@ -25,7 +25,10 @@ shrinks as K grows, so a cheaper budget must not sit below the reference by more
 noise. If log Z keeps rising with K and with the step size, no budget converges: the
 record's ``rays`` (the energy along rays r u from the origin, u uniform on the sphere, and
 ``likelihood.energy_tail`` at the test points) say whether exp(-E) is normalizable at all.
-``--steps=`` (empty) records the rays alone.
+``--steps=`` (empty) records the rays alone. The base is the evaluation's (``--base=eval``:
+``nll.ais_base``, on images a Gaussian fitted to the evaluation examples) or
+``--base=isotropic`` (N(0, base_std^2 I)); each budget also gets the AIS NLL its mean log Z
+implies for the evaluation's scored examples, with its 99% lower bound.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ _TUNE = flags.DEFINE_string("tune_chains", "0,16", "Pilot chains M (0: fixed ste
 _LEAPFROG = flags.DEFINE_integer("leapfrog", 5, "Leapfrog steps per HMC move.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Independent runs per budget.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON record.")
+_BASE = flags.DEFINE_enum("base", "eval", ["eval", "isotropic"],
+                          "AIS base: the evaluation's (nll.ais_base: on images N(mean, diag "
+                          "std^2) of the scored points) or N(0, base_std^2 I).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -66,9 +72,59 @@ def energy_at_eval_time(ctx):
             base_std)
 
 
-def budget_runs(energy, params, shape, base_std, keys, num_steps, num_chains, leapfrog,
+def implied_nll(budgets: list[dict], energy, params, points, num_bins: int | None) -> None:
+    """Adds to each budget the AIS NLL its mean log Z implies for the scored ``points``
+    (``nll_nats``, and ``nll_bpd`` on images) and its 99% lower bound (``*_lower99``:
+    ``nll.AIS_BOUND_NATS`` below: log Ẑ is a stochastic lower bound of log Z)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ebm_vs_score.evaluate import nll
+
+    mean_energy = float(np.mean(np.asarray(energy(params, jnp.asarray(points)), np.float64)))
+    dim = math.prod(points.shape[1:])
+    for b in budgets:
+        out = {"nll_nats": mean_energy + b["log_z_mean"]}
+        if num_bins is not None:
+            out["nll_bpd"] = float(nll.bits_per_dim(-out["nll_nats"], dim, num_bins))
+        out.update({f"{k}_lower99": v - nll.AIS_BOUND_NATS / (
+            1.0 if k == "nll_nats" else dim * math.log(2)) for k, v in list(out.items())})
+        b.update(out)
+
+
+def eval_base(s, ctx, base_std: float) -> tuple[dict, str]:
+    """(the AIS base's options, its label): with ``--base=eval`` the evaluation's
+    (``nll.ais_base`` fitted to every evaluation example, dequantized here with a key of
+    their own: another draw of the same points' law; AIS is unbiased for any base fixed
+    before its chains), else N(0, base_std^2 I)."""
+    import jax
+
+    from ebm_vs_score.evaluate import nll, runner
+
+    if _BASE.value == "isotropic":
+        return {"base_std": base_std}, "isotropic"
+    protocol = runner.likelihood_protocol(s)
+    points = nll.protocol_points(jax.random.PRNGKey(s.seed + 3), ctx.data, protocol.num_bins)
+    base = nll.ais_base(points, protocol.num_bins, base_std)
+    return base, nll._base_label(base)
+
+
+def scored_points(s, ctx):
+    """(the dequantized examples the evaluation scores, their number of levels or None)."""
+    import jax
+
+    from ebm_vs_score.evaluate import nll, runner
+
+    protocol = runner.likelihood_protocol(s)
+    points = nll.protocol_points(jax.random.PRNGKey(s.seed + 4), runner._nll_examples(ctx),
+                                 protocol.num_bins)
+    return points, protocol.num_bins
+
+
+def budget_runs(energy, params, shape, base: dict, keys, num_steps, num_chains, leapfrog,
                 tune_chains):
-    """One jitted AIS per key at this budget: a list of per-run dicts."""
+    """One jitted AIS per key at this budget (``base``: the base's options of
+    ``likelihood.ais_log_normalizer``): a list of per-run dicts."""
     import jax
 
     from ebm_vs_score import likelihood
@@ -76,7 +132,7 @@ def budget_runs(energy, params, shape, base_std, keys, num_steps, num_chains, le
     @jax.jit
     def run(params, key):
         log_z, info = likelihood.ais_log_normalizer(
-            lambda y: energy(params, y), key, shape, base_std=base_std, num_steps=num_steps,
+            lambda y: energy(params, y), key, shape, **base, num_steps=num_steps,
             num_leapfrog=leapfrog, num_chains=num_chains, tune_chains=tune_chains)
         return (log_z, info["stderr"], info["ess"], info["acceptance"],
                 info["step_sizes"][-1])
@@ -155,6 +211,7 @@ def main(argv: list[str]) -> None:
 
     energy, base_std = energy_at_eval_time(ctx)
     shape = tuple(ctx.data.shape[1:])
+    base, base_label = eval_base(s, ctx, base_std)
     nats_per_bit_dim = math.prod(shape) * math.log(2)
     keys = [jax.random.fold_in(jax.random.PRNGKey(s.seed + 2), i)
             for i in range(_REPEATS.value)]
@@ -164,13 +221,13 @@ def main(argv: list[str]) -> None:
     result = {"schema_version": 1, "kind": "ais_budget", "options": options,
               "machine": timing.machine_info(sys.argv[1:], module="benchmarks.ais_budget"),
               "step": ctx.step, "family": s.family, "dim": math.prod(shape),
-              "base_std": base_std, "budgets": []}
+              "base_std": base_std, "base": base_label, "budgets": []}
     result["rays"] = ray_energies(energy, ctx.params, ctx.data, shape)
     print(f"rays: {result['rays']['summary']}", file=sys.stderr, flush=True)
     grid = [(m, n, k) for m in _ints(_TUNE.value) for n in _ints(_CHAINS.value)
             for k in _ints(_STEPS.value)]
     for tune_chains, num_chains, num_steps in grid:
-        rows = budget_runs(energy, ctx.params, shape, base_std, keys, num_steps, num_chains,
+        rows = budget_runs(energy, ctx.params, shape, base, keys, num_steps, num_chains,
                            _LEAPFROG.value, tune_chains)
         b = summarize(rows, num_steps, num_chains, _LEAPFROG.value, tune_chains,
                       nats_per_bit_dim)
@@ -181,6 +238,7 @@ def main(argv: list[str]) -> None:
               f"{b['run_s']:.1f} s/run", file=sys.stderr, flush=True)
     if result["budgets"]:
         compare_with_reference(result["budgets"], nats_per_bit_dim)
+        implied_nll(result["budgets"], energy, ctx.params, *scored_points(s, ctx))
     trained.finish(result, _OUT.value)
 
 

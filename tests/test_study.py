@@ -799,3 +799,7 @@ def test_unconverged_ais_values_are_not_shown_in_either_table():
     assert cells["EM"][:3] == ["84.2", "86", "3.97"]
     assert report_time_invariant._cell([good, few], "ais_nll_bpd").startswith("unconverged")
     assert report_time_invariant._cell([good, good], "ais_nll_bpd") == "3.97"
+    bounded = [dict(good, ais_nll_bpd_lower99=3.87), dict(few, ais_nll_bpd_lower99=8.75)]
+    assert report_energy.unconverged_cell(bounded, "ais_nll_bpd") == (
+        "≥ 3.87 (99%), unconverged (ESS 1.1 of 256)")
+    assert report_energy.unconverged_cell(bounded, "ais_log_z").startswith("unconverged")

@@ -1,5 +1,6 @@
-"""The study's worker processes (study/workers.py): shares of the cores, the job queue,
-failures, stop signals, and the same records as runs one after another in this process."""
+"""The study's worker processes (study/workers.py): shares of the cores, the jobs handed
+out in order, failures, stop signals, and the same records as runs one after another in
+this process."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _square_on(x: int) -> tuple[int, int, tuple[int, ...]]:
 
 
 def _die_on_three_and_five(x: int) -> int:
-    """Jobs 3 and 5 end their worker at once, before its queue's feeder thread runs."""
+    """Jobs 3 and 5 end their worker at once, before it can answer."""
     if x == 3:
         os._exit(3)
     if x == 5:
@@ -189,3 +190,18 @@ def test_workers_take_the_longest_expected_runs_first(tmp_path):
     assert sorted(order) == sorted(plan.run_name(*job) for job in runs)
     assert plan.expected_cost("a_family_not_measured_yet") == max(
         plan.expected_cost(v) for v in plan.variants(s))
+
+
+class _ClosedPipe:
+    def send(self, item):
+        raise BrokenPipeError("the worker is gone")
+
+
+def test_a_run_sent_to_a_worker_that_just_died_waits_for_the_next_worker():
+    """A worker that asked for a run and died before it arrived did not take it: the run
+    stays first in line and is not charged to that worker."""
+    pending, current = workers.collections.deque([4, 5]), {}
+    pool = workers._Pool(None, _died)
+    with pytest.raises(OSError):
+        workers._give_next(pool, _ClosedPipe(), pending, list(range(6)), current)
+    assert list(pending) == [4, 5] and current == {}

@@ -62,6 +62,12 @@ def timed(walls: dict[str, float] | None, name: str):
 
 
 
+def _base_points(ctx: EvalContext, key, protocol: nll.Protocol) -> np.ndarray:
+    """Every evaluation example, dequantized as the scored ones are: the points the AIS
+    base is fitted to (``nll.ais_base``; more than the scored ones for its covariance)."""
+    return nll.protocol_points(key, ctx.data, protocol.num_bins)
+
+
 def _nll_examples(ctx: EvalContext) -> np.ndarray:
     """The first ``eval.nll_examples`` (default: all) evaluation examples."""
     n = ctx.settings.eval.nll_examples
@@ -131,7 +137,8 @@ def likelihood_metrics(ctx: EvalContext, key, walls: dict | None = None) -> Resu
         with timed(walls, "ais"):
             results.update(nll.ais_nll_metrics(
                 model.fns.energy, ctx.params, points, k_ais, sde=model.sde,
-                protocol=protocol, true_log_prob=exact))
+                protocol=protocol, true_log_prob=exact,
+                base_points=_base_points(ctx, jax.random.fold_in(k_deq, 1), protocol)))
     return results
 
 
@@ -178,8 +185,10 @@ def time_invariant_metrics(ctx: EvalContext, key) -> Results:
                                              protocol.num_bins)
         exact = true_density(s.data) if protocol.num_bins is None else None
         logging.info("eval: AIS log-normalizer of exp(-E)")
-        results.update(ti_lib.ais_nll_metrics(model.fns.energy, ctx.params, points, keys[1],
-                                              protocol=protocol, true_log_prob=exact))
+        results.update(ti_lib.ais_nll_metrics(
+            model.fns.energy, ctx.params, points, keys[1], protocol=protocol,
+            true_log_prob=exact,
+            base_points=_base_points(ctx, jax.random.fold_in(keys[1], 1), protocol)))
     mixture = _mixture(s)
     if ti.objective == "eqm" and mixture is not None:
         results.update(ti_lib.exact_field_error(model.fns.score, ctx.params, mixture, keys[2],

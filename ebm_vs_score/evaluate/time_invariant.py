@@ -75,7 +75,8 @@ def ais_nll_metrics(energy_fn, params, x: np.ndarray, key, *, protocol: nll.Prot
     Keys as ``nll.ais_nll_metrics`` (the tail test ``ais_normalizable`` first; then
     ``ais_log_z`` with its standard error, ``ais_ess``, ``ais_acceptance``, ``ais_nll_nats``
     / ``ais_nll_bpd`` with standard errors over examples, ``ais_nll_gap_nats`` on toys) and
-    ``ais_target`` saying which density was scored. The AIS base is N(0, I).
+    ``ais_target`` saying which density was scored. The AIS base is ``nll.ais_base``'s
+    (fitted to ``base_points`` on images, N(0, I) on toys).
     """
 
     def energy(params, y):

@@ -30,7 +30,8 @@ NOTE = (
     "is infinite (or its mass lies that far out): AIS is skipped. Unconverged: some seed's "
     f"ESS is below {AIS_MIN_ESS:g} chains or its AIS NLL below 0 bits/dim (impossible for a "
     "normalized density on dequantized data): its AIS values are not shown "
-    "(evaluate.nll.ais_converged).")
+    "(evaluate.nll.ais_converged), but its NLL's 99% lower bound is (≥: log Z-hat exceeds "
+    "log Z by more than ln 100 nats with probability at most 1%, converged or not).")
 
 # The AIS numbers an unconverged run does not show (its ESS and acceptance are shown).
 AIS_VALUE_KEYS = ("ais_log_z", "ais_log_z_stderr", "ais_nll_bpd", "ais_nll_bpd_stderr",
@@ -39,12 +40,18 @@ AIS_VALUE_KEYS = ("ais_log_z", "ais_log_z_stderr", "ais_nll_bpd", "ais_nll_bpd_s
 
 def unconverged_cell(runs: Sequence[dict[str, Any]], key: str) -> str | None:
     """The cell of AIS value ``key`` over seeds ``runs`` when some seed's AIS did not
-    converge (``evaluate.nll.ais_converged``), naming their ESS; else None."""
+    converge (``evaluate.nll.ais_converged``), naming their ESS; else None. An NLL cell
+    keeps what an unconverged AIS still shows: the smallest over seeds of the NLL's 99%
+    lower bound (``<key>_lower99``, ``evaluate.nll``), where every seed has one."""
     failed = [m for m in runs if not ais_converged(m)]
     if key not in AIS_VALUE_KEYS or not failed:
         return None
     ess = ", ".join(f"{float(m['ais_ess']):.2g}" for m in failed)
-    return f"unconverged (ESS {ess} of {int(failed[0].get('ais_chains', 0))})"
+    text = f"unconverged (ESS {ess} of {int(failed[0].get('ais_chains', 0))})"
+    bounds = [m.get(f"{key}_lower99") for m in runs]
+    if key.startswith("ais_nll") and all(b is not None for b in bounds):
+        return f"≥ {min(float(b) for b in bounds):.3g} (99%), {text}"
+    return text
 
 
 def columns(toy: bool) -> list[tuple[str, str]]:

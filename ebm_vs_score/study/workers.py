@@ -4,8 +4,8 @@ A digits run is too small to keep two cores busy: its training step reaches 30 s
 two cores and 22-23 on one (BENCHMARKS.md, "The study's cost"), and start-up, compilation
 and the sample grids run mostly on one core. So on the CPU the study trains and evaluates
 ``study.workers`` runs at once, one process per share of the cores (``0``: one per core,
-at most one per run), each taking the next unfinished run from a shared queue (the study
-queues the longest expected first: ``study.run._longest_first``). ``1`` runs
+at most one per run), each given the next unfinished run by this process when it asks for
+one (the study lists the longest expected first: ``study.run._longest_first``). ``1`` runs
 them one after another in this process, as on GPU and TPU, where the runs share one
 accelerator and a second process would only wait for it, and with several JAX processes,
 which run each run together.
@@ -17,12 +17,15 @@ pools to them. Its own signal handling is this process's: a Ctrl-C or SIGTERM re
 workers (SIGTERM is forwarded), each saves its run's current step, and the study stops
 with the one sentence of an interrupted run. A worker that dies (killed, out of memory)
 fails its run in one sentence, a new worker on its cores takes its place, and the other
-runs go on. Each worker answers on its own pipe, whose messages are written before
-``send`` returns: the parent knows a dead worker's run even when it died at once.
+runs go on. Each worker talks to this process over its own pipe only (no queue or lock
+is shared between workers, so a worker killed at any moment cannot block the others), and
+a message on a pipe is written before ``send`` returns: this process knows a dead worker's
+run even when it died at once.
 """
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import signal
@@ -80,26 +83,27 @@ def core_shares(cpus: Sequence[int], workers: int) -> list[set[int]]:
     return shares
 
 
-def _worker(job: Callable[[Any], Any], cores: set[int], verbosity: int, tasks, answers,
-            halt) -> None:
-    """A worker's life: pin to ``cores``, log as the parent does, then run queued jobs
-    until a None arrives, the parent halts the study or a stop signal came.
+def _worker(job: Callable[[Any], Any], cores: set[int], verbosity: int, pipe) -> None:
+    """A worker's life: pin to ``cores``, log as the parent does, then ask for a job on
+    ``pipe`` and run it, until the parent answers None or a stop signal came.
 
-    ``answers`` is this worker's own pipe to the parent: a message on it is written before
-    ``send`` returns, so the parent knows which job a worker was on even when the worker
-    dies right after taking it (a ``multiprocessing.Queue`` sends from a feeder thread,
-    which a dying process may never run)."""
+    ``pipe`` is this worker's own connection to the parent: a message on it is written
+    before ``send`` returns, so nothing is lost when the worker dies right after (a
+    ``multiprocessing.Queue`` sends from a feeder thread, which a dying process may never
+    run), and no lock is shared with the other workers."""
     os.sched_setaffinity(0, cores)
     _log_as_main(verbosity)
     checkpoints.catch_stop_signals(save=True)
-    while not halt.is_set() and (item := tasks.get()) is not None:
+    while True:
+        pipe.send(("ready", None, None))
+        if (item := pipe.recv()) is None:
+            return
         index, payload = item
-        answers.send(("start", index, None))
         try:
-            answers.send(("done", index, job(payload)))
+            pipe.send(("done", index, job(payload)))
         except BaseException as e:  # noqa: BLE001 - the parent raises it; this worker stops
-            answers.send(("stop", index, e if isinstance(e, Exception) else
-                          RuntimeError(f"{type(e).__name__} in a study worker")))
+            pipe.send(("stop", index, e if isinstance(e, Exception) else
+                       RuntimeError(f"{type(e).__name__} in a study worker")))
             return
         if checkpoints.sigterm_received():
             return
@@ -126,18 +130,11 @@ def run_all(job: Callable[[Any], Any], payloads: Sequence[Any], workers: int,
     worker exited before answering; a new worker on the same cores takes its place.
     """
     context = multiprocessing.get_context("spawn")
-    tasks = context.Queue()
-    for index, payload in enumerate(payloads):
-        tasks.put((index, payload))
-    shares = core_shares(available_cpus(), workers)
-    for _ in shares:
-        tasks.put(None)
-    pool = _Pool(context, job, tasks)
+    pool = _Pool(context, job)
     with _forwarding_sigterm(pool):
-        for cores in shares:
+        for cores in core_shares(available_cpus(), workers):
             pool.start(cores)
         outcome = _collect(pool, payloads, died)
-    tasks.cancel_join_thread()  # jobs a stop left in the queue
     stops = [outcome[i] for i in sorted(outcome) if isinstance(outcome[i], BaseException)]
     if stops:
         raise stops[0]
@@ -145,12 +142,12 @@ def run_all(job: Callable[[Any], Any], payloads: Sequence[Any], workers: int,
 
 
 class _Pool:
-    """The live worker processes, each with its cores and its own pipe of answers."""
+    """The live worker processes, each with its cores and its own pipe."""
 
-    def __init__(self, context, job: Callable[[Any], Any], tasks):
-        self.context, self.job, self.tasks = context, job, tasks
-        self.halt = context.Event()  # set: no worker takes another job
-        self.stopping = False  # a stop signal came: a dead worker is not replaced
+    def __init__(self, context, job: Callable[[Any], Any]):
+        self.context, self.job = context, job
+        self.halted = False  # a job raised: no worker takes another job
+        self.stopping = False  # a stop signal came: no new job, a dead worker not replaced
         self.by_pipe: dict[Any, tuple[Any, set[int]]] = {}
 
     @property
@@ -158,34 +155,50 @@ class _Pool:
         return [process for process, _ in self.by_pipe.values()]
 
     def start(self, cores: set[int]) -> None:
-        reader, writer = self.context.Pipe(duplex=False)
+        mine, theirs = self.context.Pipe(duplex=True)
         process = self.context.Process(
-            target=_worker, args=(self.job, cores, logging.get_verbosity(), self.tasks, writer,
-                                  self.halt),
+            target=_worker, args=(self.job, cores, logging.get_verbosity(), theirs),
             name=f"study worker on cores {sorted(cores)}", daemon=True)
         process.start()
-        writer.close()  # the worker holds the only writer: its exit ends the pipe
-        self.by_pipe[reader] = (process, cores)
+        theirs.close()  # the worker holds the only other end: its exit ends the pipe
+        self.by_pipe[mine] = (process, cores)
 
 
 def _collect(pool: _Pool, payloads, died) -> dict[int, Any]:
-    """Answers from the workers until every one has exited."""
+    """Jobs to the workers that ask, in order, and their answers, until every worker has
+    exited; a job never given out has no entry."""
     outcome: dict[int, Any] = {}
-    current: dict[Any, int] = {}  # pipe -> the job its worker last took
+    pending = collections.deque(range(len(payloads)))
+    current: dict[Any, int] = {}  # pipe -> the job its worker was given last
     while pool.by_pipe:
         for pipe in connection.wait(list(pool.by_pipe)):
             try:
                 kind, index, value = pipe.recv()
+                if kind == "ready":
+                    _give_next(pool, pipe, pending, payloads, current)
+                    continue
             except (EOFError, OSError):  # the worker has exited
                 _worker_ended(pool, pipe, current.get(pipe), outcome, payloads, died)
                 continue
-            if kind == "start":
-                current[pipe] = index
-                continue
             if kind == "stop":
-                pool.halt.set()
+                pool.halted = True
             outcome[index] = value
     return outcome
+
+
+def _give_next(pool: _Pool, pipe, pending, payloads, current: dict[Any, int]) -> None:
+    """The next job to the worker on ``pipe``, or None (stop) when none is left or the
+    study stops; a job sent is that worker's from then on, even if it dies at once."""
+    if not pending or pool.halted or pool.stopping:
+        pipe.send(None)
+        return
+    index = pending.popleft()
+    try:
+        pipe.send((index, payloads[index]))
+    except OSError:  # the worker died after asking: the job waits for another one
+        pending.appendleft(index)
+        raise
+    current[pipe] = index
 
 
 def _worker_ended(pool: _Pool, pipe, index: int | None, outcome: dict[int, Any], payloads,
@@ -198,7 +211,7 @@ def _worker_ended(pool: _Pool, pipe, index: int | None, outcome: dict[int, Any],
     if index is None or index in outcome:
         return
     outcome[index] = died(payloads[index], _exit_words(process.exitcode))
-    if not pool.halt.is_set() and not pool.stopping:
+    if not pool.halted and not pool.stopping:
         pool.start(cores)
 
 
