@@ -51,8 +51,8 @@ _LEAPFROG = flags.DEFINE_integer("leapfrog", 5, "Leapfrog steps per HMC move.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Independent runs per budget.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON record.")
 _BASE = flags.DEFINE_enum("base", "eval", ["eval", "isotropic"],
-                          "AIS base: the evaluation's (nll.ais_base: on images N(mean, diag "
-                          "std^2) of the scored points) or N(0, base_std^2 I).")
+                          "AIS base: the evaluation's (nll.ais_base: on images N(mean, "
+                          "covariance) of the evaluation examples) or N(0, base_std^2 I).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
