@@ -3,7 +3,8 @@
     python -m benchmarks.eval_cost --workroot=DIR [--families=U,C,C-ResNet,QC]
         [--train_iters=200] [--protocol=study] [--before=DIR] [--pairs=1] [--out=FILE]
 
-Each family (U ``score``, C ``energy``, C-ResNet ``resnet_energy``, QC ``qc``) is trained
+Each family (U ``score``, C ``energy``, C-ResNet ``resnet_energy``, QC ``qc``; the
+time-invariant EqM ``eqm``, EqM-E ``eqm_energy``, EM ``energy_matching``) is trained
 once for ``--train_iters`` steps with this tree (``DIR/<family>``), then evaluated by the
 real command, ``python -m ebm_vs_score.main --mode=eval``, in a fresh process per
 evaluation, with this tree's library and (``--before``) another checkout's, alternating
@@ -14,7 +15,9 @@ protocol's evaluation fields:
 
 * ``study``: the study's digits evaluation (``study/plan.py``): the ODE NLL of the first
   64 test digits at tolerance 1e-4 with 4 Hutchinson probes, AIS on the same points for
-  energies, 297 Euler-Maruyama samples (250 steps) for FD / IS / precision / recall;
+  energies, 297 Euler-Maruyama samples (250 steps) for FD / IS / precision / recall; for
+  the time-invariant families the NFE sweep (gd, nag, nag_eqm at 25, 50, 100, 200 steps;
+  nag stopped at ||f|| < 2 and < 1);
 * ``small``: a reduced study evaluation that fits a loaded 2-core box: 64 samples (100
   Euler-Maruyama steps) for FD / IS / precision / recall, the ODE NLL of 16 test digits at
   tolerance 1e-3 with 4 probes, Asym as shipped; no AIS (``benchmarks.loops`` times AIS per
@@ -42,12 +45,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAMILIES = {"U": "score", "C": "energy", "C-ResNet": "resnet_energy", "QC": "qc"}
+FAMILIES = {"U": "score", "C": "energy", "C-ResNet": "resnet_energy", "QC": "qc",
+            "EqM": "eqm", "EqM-E": "eqm_energy", "EM": "energy_matching"}
 PROTOCOLS = {
     "study": ("config.eval.num_samples = int(config.eval.num_examples)",
               "config.eval.nll_examples = 64",
               "config.eval.nll_rtol = config.eval.nll_atol = 1e-4",
-              "config.eval.nll_probes = 4"),
+              "config.eval.nll_probes = 4",
+              "config.eval.nfe_sweep_steps = (25, 50, 100, 200)",  # time-invariant only
+              "config.eval.nfe_sweep_tols = (2.0, 1.0)"),
     "small": ("config.eval.num_examples = config.eval.batch_size = 64",
               "config.sampling.num_steps = 100",
               "config.eval.nll_examples = 16",

@@ -280,7 +280,8 @@ def bench_loops(spec: Spec, records: list) -> list[str]:
 
 _EVAL_GROUPS = (("restore", ("restore",)), ("Asym", ("asym",)), ("ODE NLL", ("ode_nll",)),
                 ("AIS", ("ais",)), ("samples + FD/IS/PR", ("samples", "sample_quality")),
-                ("OOD", ("ood",)))
+                ("OOD", ("ood",)), ("path Asym + AIS (time-invariant)", ("time_invariant",)),
+                ("NFE sweep", ("nfe_sweep",)))
 
 
 def bench_eval_cost(spec: Spec, records: list) -> list[str]:

@@ -129,6 +129,24 @@ def make_sample_fn(s: settings.Settings, model: Model, num_samples: int | None =
     return jax.jit(sample_fn)
 
 
+def make_snapshot_sample_fn(s: settings.Settings, model: Model, checkpoints,
+                            num_samples: int | None = None):
+    """``fn(params, key) -> (samples (C, B, ...), info)``: the configured 'gd' / 'nag'
+    sampler after each of ``checkpoints`` steps from one chain per example
+    (``samplers.sample_snapshots``), jitted once."""
+    sampling = settings.require(s).sampling
+    num = sampling.num_samples if num_samples is None else num_samples
+    shape = (int(num),) + model.example_shape
+    marks = tuple(int(c) for c in checkpoints)
+
+    def snapshot_fn(params, key):
+        return samplers.sample_snapshots(
+            sampling.method, key, shape, score_fn=param_lib.bind(model.fns.score, params),
+            checkpoints=marks, **sampling.options)
+
+    return jax.jit(snapshot_fn)
+
+
 def param_shapes(s: settings.Settings) -> Any:
     """``(shape, dtype)`` of every parameter of the settings' network (nothing allocated)."""
     model = build_model(s)

@@ -237,3 +237,41 @@ def test_held_pixels_stay_and_hidden_ones_descend():
     np.testing.assert_allclose(x, [[9.0, 9.0, 3.0, 4.0]], atol=1e-4)
     np.testing.assert_allclose(cond.energy(jnp.zeros((1, 4)), None),
                                0.5 * ((9 - 1) ** 2 + (9 - 2) ** 2 + 9 + 16))
+
+
+def _nonlinear_score(x, t):
+    """A non-quadratic field (a tanh-bent quadratic), so prefixes are not a closed form."""
+    return -jnp.tanh(x * EIGS) - 0.1 * x
+
+
+@pytest.mark.parametrize("method,options", [("gd", {"step_size": 0.5}),
+                                            ("nag", {"nag_form": "nesterov", "mu": 0.3}),
+                                            ("nag", {"nag_form": "eqm", "mu": 0.3})])
+def test_snapshots_equal_separate_runs_of_each_length(method, options):
+    """Row i of sample_snapshots (one chain) is the sampler run for checkpoints[i] steps from
+    the same key: same samples to float tolerance, same NFE and final ||f||."""
+    key, shape, marks = jax.random.PRNGKey(3), (5, 8), (25, 4, 10)
+    xs, info = jax.jit(lambda k: samplers.sample_snapshots(
+        method, k, shape, score_fn=_nonlinear_score, checkpoints=marks, **options))(key)
+    assert xs.shape == (3,) + shape
+    for i, n in enumerate(sorted(marks)):
+        x, one = jax.jit(lambda k, n=n: samplers.sample(
+            method, k, shape, sde=None, score_fn=_nonlinear_score, num_steps=n,
+            **options))(key)
+        np.testing.assert_allclose(xs[i], x, rtol=1e-6, atol=1e-6)
+        assert int(info["nfe"][i]) == int(one["nfe"]) == n
+        np.testing.assert_allclose(info["final_grad_norm"][i], one["final_grad_norm"],
+                                   rtol=1e-6)
+    assert not np.allclose(xs[0], xs[1])  # the chain moved between checkpoints
+
+
+def test_snapshots_are_refused_where_a_prefix_is_not_the_shorter_chain():
+    """Adaptive stops, Langevin and empty checkpoint lists: one sentence each."""
+    kw = dict(score_fn=_nonlinear_score, checkpoints=(5, 10))
+    with pytest.raises(ValueError, match="tol=0"):
+        samplers.sample_snapshots("gd", jax.random.PRNGKey(0), (2, 8), tol=1.0, **kw)
+    with pytest.raises(ValueError, match="no step-count snapshots"):
+        samplers.sample_snapshots("langevin", jax.random.PRNGKey(0), (2, 8), **kw)
+    with pytest.raises(ValueError, match="positive step counts"):
+        samplers.sample_snapshots("gd", jax.random.PRNGKey(0), (2, 8),
+                                  score_fn=_nonlinear_score, checkpoints=())

@@ -247,7 +247,11 @@ def test_loops_and_eval_cost_tables_render_their_records(tmp_path):
         *({"code": "after", "family": "U", "process_wall_s": wall,
            "metric_wall_s": {"restore": 4.0, "asym": asym, "ode_nll": 10.0, "samples": 3.0},
            "load_average_start": [start], "load_average_end": [start + 0.5]}
-          for wall, asym, start in ((40.0, 12.0, 1.0), (50.0, 16.0, 2.0)))]}
+          for wall, asym, start in ((40.0, 12.0, 1.0), (50.0, 16.0, 2.0))),
+        *({"code": code, "family": "EqM", "process_wall_s": wall,
+           "metric_wall_s": {"restore": 1.0, "samples": 2.0, "time_invariant": 30.0,
+                             "nfe_sweep": sweep}} for code, wall, sweep in (
+            ("before", 240.0, 200.0), ("after", 160.0, 120.0)))]}
     _write(root, "results/loops.json", json.dumps(raw))
     _write(root, "results/cost.json", json.dumps(costs))
     _write(root, "B.md", "<!-- results:table bench_loops results/loops.json -->\n"
@@ -258,9 +262,12 @@ def test_loops_and_eval_cost_tables_render_their_records(tmp_path):
     assert "| C | em | 10.0 / 10.0 | 60.0 / 25.0 | 6.00 / 2.50 | 1.50 / 1.50 | 20 / 0 |" in text
     assert f"| C | em | {60 / 10:.2f} / {25 / 10:.2f} | – / – |" in text  # C over U per NFE
     assert "before 0: 7.2 → 9.5" in text
-    assert "| C | 40 / 5 | 100 / 50 | 300 / 100 | 200 / 75 | – / 7 | 700 / 300 |" in text
+    assert ("| C | 40 / 5 | 100 / 50 | 300 / 100 | 200 / 75 | – / 7 | – / – | – / – "
+            "| 700 / 300 |") in text
     # Two pairs of U: each cell their mean, the load from the first start to the last end.
-    assert "| U | – / 4 | – / 14 | – / 10 | – / 3 | – / – | – / 45 | – / 1.0 → 2.5 |" in text
+    assert "| U | – / 4 | – / 14 | – / 10 | – / 3 | – / – | – / – | – / – | – / 45 |" in text
+    assert ("| EqM | 1 / 1 | – / – | – / – | 2 / 2 | – / – | 30 / 30 | 200 / 120 "
+            "| 240 / 160 |") in text
     assert results.run("check", root, ["B.md"]) == 0
 
 

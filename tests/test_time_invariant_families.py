@@ -186,3 +186,70 @@ def test_workdirs_written_before_these_families_still_resume(tmp_path):
     del saved["model"]["energy_form"]
     path.write_text(json.dumps(saved))
     workdir_lib.check_workdir(settings.from_config(config), str(tmp_path))
+
+
+def test_nfe_sweep_runs_one_chain_per_form_and_pairs_every_row():
+    """The sweep's rows keep sweep_settings' order and fields; each fixed-step form is one
+    ``measure_steps`` call over the sorted distinct counts, the adaptive rows one ``measure``
+    each, and every call gets the same key (paired rows)."""
+    from ebm_vs_score.evaluate import time_invariant
+
+    s = settings.from_config(_load("toy_eqm"))
+    calls = []
+
+    def measure_steps(entry, key, counts):
+        calls.append(("steps", entry.sampling.method, entry.sampling.options.get("nag_form"),
+                      entry.sampling.num_steps, counts, tuple(np.asarray(key))))
+        return [{"nfe": n} for n in counts]
+
+    def measure(entry, key):
+        calls.append(("one", entry.sampling.method, entry.sampling.options["tol"],
+                      entry.sampling.num_steps, None, tuple(np.asarray(key))))
+        return {"nfe": -1}
+
+    rows = time_invariant.nfe_sweep(s, measure_steps, measure, jax.random.PRNGKey(7),
+                                    (20, 5, 20), (2.0,))
+    assert [r["sampler"] for r in rows] == [
+        "gd_20", "nag_20", "nag_eqm_20", "gd_5", "nag_5", "nag_eqm_5", "nag_tol2"]
+    assert [r["nfe"] for r in rows] == [20, 20, 20, 5, 5, 5, -1]
+    assert rows[3]["num_steps"] == 5 and rows[-1]["tol"] == 2.0
+    assert [c[:5] for c in calls] == [("steps", "gd", None, 20, (5, 20)),
+                                      ("steps", "nag", "nesterov", 20, (5, 20)),
+                                      ("steps", "nag", "eqm", 20, (5, 20)),
+                                      ("one", "nag", 2.0, 20, None)]
+    assert len({c[5] for c in calls}) == 1
+
+
+def test_nfe_sweep_rows_equal_separate_runs_of_each_sampler():
+    """On a toy EqM network: every fixed-step row of the evaluation's sweep (one chain per
+    form) equals the sampler run alone at that step count from the sweep's key, and the
+    adaptive row starts from the same noise."""
+    from ebm_vs_score.evaluate import runner, time_invariant
+
+    config = _load("toy_eqm")
+    config.model.hidden = (16, 16)
+    config.eval.num_samples = config.eval.num_examples = 48
+    config.eval.batch_size = 32  # two chunks
+    s = settings.from_config(config)
+    model = builders.build_model(s)
+    params = builders.init_params(model, jax.random.PRNGKey(0))
+    leaves, tree = jax.tree.flatten(params)  # the output layer starts at zero: f = 0
+    params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(jax.random.PRNGKey(i), p.shape)
+                                       for i, p in enumerate(leaves)])
+    x = np.random.default_rng(0).normal(size=(48, 2)).astype(np.float32)
+    ctx = evaluate.EvalContext(s, "unused", model, 0, params, x)
+    key = jax.random.PRNGKey(5)
+    rows = {r["sampler"]: r for r in time_invariant.nfe_sweep(
+        s, lambda e, k, n: runner._sweep_points(ctx, e, k, n),
+        lambda e, k: runner._sweep_point(ctx, e, k), key, (3, 8), (1e3, 1e-9))}
+    for label, fields in time_invariant.sweep_settings((3, 8), ()):
+        alone = runner._sweep_point(ctx, settings.override(
+            s, {f"sampling.{k}": v for k, v in fields.items()}), key)
+        for name in ("mmd", "swd", "sample_nfe", "sample_final_grad_norm"):
+            assert rows[label][name] == pytest.approx(alone[name], rel=1e-5, abs=1e-7), label
+    # tol above every ||f||: the adaptive chains stop at once, where they started
+    assert rows["nag_tol1000"]["sample_nfe"] == 1.0
+    # tol below every ||f||: no chain stops, and the row IS nag_8's (the same noise)
+    assert rows["nag_tol1e-09"]["mmd"] == pytest.approx(rows["nag_8"]["mmd"], rel=1e-5)
+    assert rows["gd_3"]["sample_final_grad_norm"] > 0
+    assert rows["gd_3"]["mmd"] != pytest.approx(rows["gd_8"]["mmd"], rel=1e-3)

@@ -209,14 +209,28 @@ def ood_metrics(ctx: EvalContext, key) -> Results:
                            batch_size=int(s.eval.batch_size))
 
 
-def _sweep_point(ctx: EvalContext, s: settings.Settings, key) -> Results:
-    """Sample info and quality of the sampler of ``s`` (one row of the NFE sweep)."""
-    num = _num_samples(s.eval)
-    k_sample, k_quality = jax.random.split(key)
-    drawn, info = draw_samples(s, ctx.model, ctx.params, k_sample, num)
+def _measured(ctx: EvalContext, s: settings.Settings, drawn, info, key) -> Results:
     usable, nonfinite = samples_lib.finite_samples(drawn, not s.is_toy)
     return dict(info, sample_nonfinite=nonfinite,
-                **sample_quality(s, ctx.workdir, usable, ctx.data, k_quality))
+                **sample_quality(s, ctx.workdir, usable, ctx.data, key))
+
+
+def _sweep_point(ctx: EvalContext, s: settings.Settings, key) -> Results:
+    """Sample info and quality of the sampler of ``s`` (an adaptive row of the NFE sweep)."""
+    k_sample, k_quality = jax.random.split(key)
+    drawn, info = draw_samples(s, ctx.model, ctx.params, k_sample, _num_samples(s.eval))
+    return _measured(ctx, s, drawn, info, k_quality)
+
+
+def _sweep_points(ctx: EvalContext, s: settings.Settings, key, steps) -> list[Results]:
+    """:func:`_sweep_point` of the fixed-step sampler of ``s`` after each of ``steps``
+    (sorted) steps, from one chain per example (``samplers.sample_snapshots``)."""
+    num = _num_samples(s.eval)
+    chunk = min(num, int(s.eval.batch_size))
+    k_sample, k_quality = jax.random.split(key)
+    fn = builders.make_snapshot_sample_fn(s, ctx.model, steps, chunk)
+    return [_measured(ctx, s, drawn, info, k_quality)
+            for drawn, info in samples_lib.draw_snapshots(fn, ctx.params, k_sample, num, chunk)]
 
 
 def nfe_sweep(ctx: EvalContext, key) -> Results:
@@ -225,9 +239,10 @@ def nfe_sweep(ctx: EvalContext, key) -> Results:
     if not steps or ctx.model.sde is not None:
         return {}
     tols = tuple(ctx.settings.eval.nfe_sweep_tols)
-    logging.info("eval: sample quality against NFE (%d samplers)", 3 * len(steps) + len(tols))
-    rows = ti_lib.nfe_sweep(ctx.settings, lambda s, k: _sweep_point(ctx, s, k), key, steps,
-                            tols)
+    logging.info("eval: sample quality against NFE (%d chains of up to %d steps)",
+                 len(ti_lib.FIXED_FORMS) + len(tols), max(steps))
+    rows = ti_lib.nfe_sweep(ctx.settings, lambda s, k, n: _sweep_points(ctx, s, k, n),
+                            lambda s, k: _sweep_point(ctx, s, k), key, steps, tols)
     return {"nfe_sweep": rows}
 
 

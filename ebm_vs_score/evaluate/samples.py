@@ -17,6 +17,11 @@ from ebm_vs_score.metrics import fid as fid_lib
 Results = dict[str, Any]
 
 
+def _mean_info(infos: list[dict[str, Any]]) -> dict[str, float]:
+    """The chunks' scalar info averaged, each named ``sample_<name>``."""
+    return {f"sample_{k}": float(np.mean([d[k] for d in infos])) for k in infos[0]}
+
+
 def draw_samples(sample_fn, params, key, num: int, chunk: int
                  ) -> tuple[np.ndarray, dict[str, float]]:
     """``num`` samples from calls of ``sample_fn(params, key)`` that draw ``chunk`` each.
@@ -30,8 +35,23 @@ def draw_samples(sample_fn, params, key, num: int, chunk: int
         parts.append(np.asarray(jax.device_get(samples)))
         infos.append({k: float(np.mean(v)) for k, v in jax.device_get(info).items()
                       if np.ndim(v) == 0})
-    info = {f"sample_{k}": float(np.mean([d[k] for d in infos])) for k in infos[0]}
-    return np.concatenate(parts)[:num], info
+    return np.concatenate(parts)[:num], _mean_info(infos)
+
+
+def draw_snapshots(snapshot_fn, params, key, num: int, chunk: int
+                   ) -> list[tuple[np.ndarray, dict[str, float]]]:
+    """:func:`draw_samples` for ``snapshot_fn(params, key) -> (samples (C, chunk, ...),
+    info with a leading axis C)`` (``builders.make_snapshot_sample_fn``): one
+    ``(samples, info)`` per checkpoint, chunk i again from ``fold_in(key, i)``."""
+    parts, infos = [], []
+    for i in range(-(-int(num) // int(chunk))):
+        samples, info = snapshot_fn(params, jax.random.fold_in(key, i))
+        parts.append(np.asarray(jax.device_get(samples)))
+        infos.append({k: np.asarray(v) for k, v in jax.device_get(info).items()
+                      if np.ndim(v) == 1})
+    drawn = np.concatenate(parts, axis=1)[:, :num]
+    return [(x, _mean_info([{k: float(v[j]) for k, v in d.items()} for d in infos]))
+            for j, x in enumerate(drawn)]
 
 
 def finite_samples(samples: np.ndarray, clip: bool) -> tuple[np.ndarray, float]:

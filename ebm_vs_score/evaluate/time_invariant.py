@@ -103,14 +103,18 @@ def exact_field_error(score_fn, params, mixture, key, *, c_max: float, interp: f
 # Sample quality against NFE
 
 
+# The fixed-step forms of the sweep: (label, sampling.* fields).
+FIXED_FORMS = (("gd", {"method": "gd"}),
+               ("nag", {"method": "nag", "nag_form": "nesterov"}),
+               ("nag_eqm", {"method": "nag", "nag_form": "eqm"}))
+
+
 def sweep_settings(steps, tols) -> list[tuple[str, dict[str, Any]]]:
     """(label, sampling.* overrides) of the sweep: gd, nag and nag in the EqM code's form
-    at each step count; nag with each adaptive ``tol`` at the largest step count."""
+    at each distinct step count; nag with each adaptive ``tol`` at the largest count."""
     specs = []
-    for n in steps:
-        for label, fields in (("gd", {"method": "gd"}),
-                              ("nag", {"method": "nag", "nag_form": "nesterov"}),
-                              ("nag_eqm", {"method": "nag", "nag_form": "eqm"})):
+    for n in dict.fromkeys(int(n) for n in steps):
+        for label, fields in FIXED_FORMS:
             specs.append((f"{label}_{n}", dict(fields, num_steps=int(n), tol=0.0)))
     for tol in tols:
         specs.append((f"nag_tol{tol:g}", {"method": "nag", "nag_form": "nesterov",
@@ -118,14 +122,32 @@ def sweep_settings(steps, tols) -> list[tuple[str, dict[str, Any]]]:
     return specs
 
 
-def nfe_sweep(s: settings.Settings, measure: Callable[[Any, Any], Results], key, steps, tols
-              ) -> list[Results]:
-    """One row per :func:`sweep_settings` entry: ``measure(settings, key)`` (the sample info
-    and quality metrics of the settings' sampler) with the entry's ``sampling.*`` fields."""
-    rows = []
-    for i, (label, fields) in enumerate(sweep_settings(steps, tols)):
-        entry = settings.override(s, {f"sampling.{k}": v for k, v in fields.items()})
-        row = {"sampler": label, **fields}
-        row.update(measure(entry, jax.random.fold_in(key, i)))
-        rows.append(row)
-    return rows
+def _with(s: settings.Settings, fields: dict[str, Any]) -> settings.Settings:
+    return settings.override(s, {f"sampling.{k}": v for k, v in fields.items()})
+
+
+def nfe_sweep(s: settings.Settings, measure_steps: Callable[[Any, Any, tuple], list[Results]],
+              measure: Callable[[Any, Any], Results], key, steps, tols) -> list[Results]:
+    """One row per :func:`sweep_settings` entry, in its order, with the entry's fields.
+
+    A fixed-step form's rows come from ONE chain per example run for the most steps and
+    measured after each step count (``measure_steps(settings, key, sorted_steps)``: one
+    result per count; gd's and nag's step size and momentum do not depend on the count, so
+    the shorter chains are its prefixes); an adaptive row is ``measure(settings, key)``.
+    Every row draws from ``key``: the same starting noise, so the differences the claims
+    read within a run (nag_eqm against gd at n steps, an adaptive stop against the same
+    sampler at its fixed count) are paired. NFE: 3 max(steps) + the adaptive rows', not
+    3 sum(steps).
+    """
+    counts = sorted({int(n) for n in steps})
+    results = {}
+    for label, fields in FIXED_FORMS:
+        entry = _with(s, dict(fields, num_steps=counts[-1], tol=0.0))
+        results.update({f"{label}_{n}": r
+                        for n, r in zip(counts, measure_steps(entry, key, tuple(counts)),
+                                        strict=True)})
+    specs = sweep_settings(steps, tols)
+    for label, fields in specs:
+        if label not in results:
+            results[label] = measure(_with(s, fields), key)
+    return [{"sampler": label, **fields, **results[label]} for label, fields in specs]

@@ -114,6 +114,7 @@ from ebm_vs_score.samplers.annealed import (
 from ebm_vs_score.samplers.common import EnergyFn, ScoreFn, choose, tweedie_denoise
 from ebm_vs_score.samplers.descent import (
     NAG_FORMS,
+    descend_with_snapshots,
     gradient_descent,
     langevin,
     langevin_mh,
@@ -135,8 +136,8 @@ from ebm_vs_score.samplers.sde_solvers import (
 )
 
 __all__ = ["CHOICES", "METHODS", "MH_METHODS", "NAG_FORMS", "OPTIONS", "TIME_INVARIANT_METHODS",
-           "UNADJUSTED_METHODS", "EnergyFn", "ScoreFn", "check_time_invariance", "ode_drift",
-           "sample", "solve_adaptive", "tweedie_denoise"]
+           "SNAPSHOT_METHODS", "UNADJUSTED_METHODS", "EnergyFn", "ScoreFn", "check_time_invariance",
+           "ode_drift", "sample", "sample_snapshots", "solve_adaptive", "tweedie_denoise"]
 
 _SAMPLERS: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
     "ald": annealed_langevin,
@@ -289,3 +290,34 @@ def sample(method: str, key: jax.Array, shape: tuple[int, ...], *, sde,
     _check_score_fn(score_fn, shape)
     return _SAMPLERS[method](key, tuple(shape), sde=sde, score_fn=score_fn,
                              energy_fn=energy_fn, num_steps=int(num_steps), **options)
+
+
+# Fixed-step samplers whose shorter chains are prefixes of the longest (``sample_snapshots``).
+SNAPSHOT_METHODS = ("gd", "nag")
+
+
+def sample_snapshots(method: str, key: jax.Array, shape: tuple[int, ...], *,
+                     score_fn: ScoreFn, checkpoints, **options: Any
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The samples of ``method`` ('gd' or 'nag', ``tol`` = 0) after each number of steps in
+    ``checkpoints``, from one chain per example (``descent.descend_with_snapshots``): row i
+    equals ``sample(method, key, shape, num_steps=sorted(checkpoints)[i], ...)``.
+
+    Returns (samples (C, B, ...), info with a leading axis C). ValueError: another method,
+    ``tol`` > 0 (an adaptive stop is not a prefix) or bad options, as :func:`sample`.
+    """
+    if method not in SNAPSHOT_METHODS:
+        raise ValueError(f"sampling.method={method!r} has no step-count snapshots; use one of "
+                         f"{list(SNAPSHOT_METHODS)}")
+    if not checkpoints or min(int(c) for c in checkpoints) < 1:
+        raise ValueError(f"checkpoints={list(checkpoints)} must be positive step counts")
+    check_options(method, max(int(c) for c in checkpoints), options)
+    if float(options.pop("tol", 0.0)) > 0:
+        raise ValueError("snapshots need tol=0: with an adaptive stop a shorter chain is not a "
+                         "prefix of the longest")
+    _check_score_fn(score_fn, shape)
+    fixed = {**OPTIONS[method], **options}
+    return descend_with_snapshots(key, tuple(shape), score_fn, checkpoints=checkpoints,
+                                  step_size=float(fixed["step_size"]),
+                                  mu=float(fixed.get("mu", 0.0)),
+                                  nag_form=fixed.get("nag_form"), init=fixed.get("init"))

@@ -113,6 +113,46 @@ def _descend(key, shape, score_fn, *, num_steps, step_size, mu, carry_momentum, 
     return state.x, _nfe_info(state, jnp.asarray(k), tol)
 
 
+def _snapshot_step(step, marks: jax.Array):
+    """``step`` that also copies x and ||f|| into row i of the buffers after step marks[i]."""
+
+    def body(carry, k):
+        s, xs, norms = step(carry[0]), carry[1], carry[2]
+        hit = marks == k + 1
+        xs = jnp.where(hit.reshape((-1,) + (1,) * s.x.ndim), s.x[None], xs)
+        return (s, xs, jnp.where(hit[:, None], s.norm[None], norms)), None
+
+    return body
+
+
+def descend_with_snapshots(key: jax.Array, shape: Shape, score_fn: ScoreFn, *, checkpoints,
+                           step_size: float, mu: float = 0.0, nag_form: str | None = None,
+                           init: jax.Array | None = None) -> Samples:
+    """x after each of ``checkpoints`` steps of ONE fixed-step chain (``tol`` = 0).
+
+    gd (``nag_form`` None) or nag: their step size and momentum do not depend on the number
+    of steps, so the chain of n steps is the first n steps of the longest one, and every
+    checkpoint costs only the longest chain's NFE (the NFE sweep's step counts share it).
+    Returns (samples (C, B, ...), info): the info keys of :func:`gradient_descent`, each
+    with a leading axis over the sorted, distinct checkpoints.
+    """
+    marks = sorted({int(c) for c in checkpoints})
+    if not marks or marks[0] < 1:
+        raise ValueError(f"checkpoints={list(checkpoints)} must be positive step counts")
+    x = _start(key, shape, init)
+    b, c = shape[0], len(marks)
+    state = _Descent(x, jnp.zeros_like(x), jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32),
+                     jnp.zeros((b,), x.dtype))
+    step = _descent_step(score_fn, step_size, mu if nag_form else 0.0, nag_form == "nesterov",
+                         0.0)
+    carry = (state, jnp.zeros((c,) + x.shape, x.dtype), jnp.zeros((c, b), x.dtype))
+    (state, xs, norms), _ = jax.lax.scan(_snapshot_step(step, jnp.asarray(marks)), carry,
+                                         jnp.arange(marks[-1]))
+    infos = [_nfe_info(state._replace(nfe=jnp.full((b,), n, jnp.int32), norm=norms[i]),
+                       jnp.asarray(n), 0.0) for i, n in enumerate(marks)]
+    return xs, jax.tree.map(lambda *v: jnp.stack(v), *infos)
+
+
 def gradient_descent(key: jax.Array, shape: Shape, *, sde=None, score_fn: ScoreFn,
                      energy_fn: EnergyFn | None = None, num_steps: int,
                      step_size: float = 0.003, tol: float = 0.0,
