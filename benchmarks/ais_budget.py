@@ -2,7 +2,7 @@
 
     python -m benchmarks.ais_budget --config=CONFIG.py --workdir=DIR [--steps=50,100,200,400]
         [--chains=64,256] [--tune_chains=0,16] [--leapfrog=5] [--repeats=3]
-        [--base=eval|isotropic] [--out=FILE.json] [--config.x=y ...]
+        [--base=eval|fitted|isotropic] [--out=FILE.json] [--config.x=y ...]
 
 The config is loaded as ``main`` loads it (config_flags, every ``--config.*`` override)
 and crosses into typed settings once.
@@ -26,9 +26,10 @@ noise. If log Z keeps rising with K and with the step size, no budget converges:
 record's ``rays`` (the energy along rays r u from the origin, u uniform on the sphere, and
 ``likelihood.energy_tail`` at the test points) say whether exp(-E) is normalizable at all.
 ``--steps=`` (empty) records the rays alone. The base is the evaluation's (``--base=eval``:
-``nll.ais_base``, on images a Gaussian fitted to the evaluation examples) or
-``--base=isotropic`` (N(0, base_std^2 I)); each budget also gets the AIS NLL its mean log Z
-implies for the evaluation's scored examples, with its 99% lower bound.
+``nll.ais_base``, on images a Gaussian fitted to the evaluation examples pooled with
+N(0, base_std^2 I), half the chains each), that fitted Gaussian alone (``--base=fitted``)
+or N(0, base_std^2 I) alone (``--base=isotropic``); each budget also gets the AIS NLL its
+mean log Z implies for the evaluation's scored examples, with its 99% lower bound.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ _TUNE = flags.DEFINE_string("tune_chains", "0,16", "Pilot chains M (0: fixed ste
 _LEAPFROG = flags.DEFINE_integer("leapfrog", 5, "Leapfrog steps per HMC move.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Independent runs per budget.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON record.")
-_BASE = flags.DEFINE_enum("base", "eval", ["eval", "isotropic"],
+_BASE = flags.DEFINE_enum("base", "eval", ["eval", "fitted", "isotropic"],
                           "AIS base: the evaluation's (nll.ais_base: on images N(mean, "
-                          "covariance) of the evaluation examples) or N(0, base_std^2 I).")
+                          "covariance) of the evaluation examples pooled with N(0, "
+                          "base_std^2 I)), that fitted base alone, or N(0, base_std^2 I).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,8 +76,8 @@ def energy_at_eval_time(ctx):
 
 def implied_nll(budgets: list[dict], energy, params, points, num_bins: int | None) -> None:
     """Adds to each budget the AIS NLL its mean log Z implies for the scored ``points``
-    (``nll_nats``, and ``nll_bpd`` on images) and its 99% lower bound (``*_lower99``:
-    ``nll.AIS_BOUND_NATS`` below: log Ẑ is a stochastic lower bound of log Z)."""
+    (``nll_nats``, and ``nll_bpd`` on images) and its 99% lower bound (``*_lower99``,
+    ``nll.nll_lower_bounds``: log Ẑ is a stochastic lower bound of log Z)."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -87,16 +89,15 @@ def implied_nll(budgets: list[dict], energy, params, points, num_bins: int | Non
         out = {"nll_nats": mean_energy + b["log_z_mean"]}
         if num_bins is not None:
             out["nll_bpd"] = float(nll.bits_per_dim(-out["nll_nats"], dim, num_bins))
-        out.update({f"{k}_lower99": v - nll.AIS_BOUND_NATS / (
-            1.0 if k == "nll_nats" else dim * math.log(2)) for k, v in list(out.items())})
-        b.update(out)
+        b.update(out, **nll.nll_lower_bounds(out, dim, prefix="nll"))
 
 
 def eval_base(s, ctx, base_std: float) -> tuple[dict, str]:
-    """(the AIS base's options, its label): with ``--base=eval`` the evaluation's
-    (``nll.ais_base`` fitted to every evaluation example, dequantized here with a key of
-    their own: another draw of the same points' law; AIS is unbiased for any base fixed
-    before its chains), else N(0, base_std^2 I)."""
+    """(the AIS base's options, its label): ``--base=eval`` the evaluation's (``nll.ais_base``
+    fitted to every evaluation example, dequantized here with a key of their own: another
+    draw of the same points' law; AIS is unbiased for any base fixed before its chains; on
+    images the fitted base pooled with N(0, base_std^2 I)), ``--base=fitted`` its fitted base
+    alone, ``--base=isotropic`` N(0, base_std^2 I) alone."""
     import jax
 
     from ebm_vs_score.evaluate import nll, runner
@@ -106,7 +107,9 @@ def eval_base(s, ctx, base_std: float) -> tuple[dict, str]:
     protocol = runner.likelihood_protocol(s)
     points = nll.protocol_points(jax.random.PRNGKey(s.seed + 3), ctx.data, protocol.num_bins)
     base = nll.ais_base(points, protocol.num_bins, base_std)
-    return base, nll._base_label(base)
+    if _BASE.value == "fitted" and "bases" in base:
+        base = base["bases"][0]
+    return base, nll.base_label(base)
 
 
 def scored_points(s, ctx):
@@ -124,25 +127,29 @@ def scored_points(s, ctx):
 def budget_runs(energy, params, shape, base: dict, keys, num_steps, num_chains, leapfrog,
                 tune_chains):
     """One jitted AIS per key at this budget (``base``: the base's options of
-    ``likelihood.ais_log_normalizer``): a list of per-run dicts."""
+    ``nll.ais_with``: one base or several pooled): a list of per-run dicts."""
     import jax
 
-    from ebm_vs_score import likelihood
+    from ebm_vs_score.evaluate import nll
+
+    options = dict(base, num_steps=num_steps, num_leapfrog=leapfrog, num_chains=num_chains,
+                   tune_chains=tune_chains)
 
     @jax.jit
     def run(params, key):
-        log_z, info = likelihood.ais_log_normalizer(
-            lambda y: energy(params, y), key, shape, **base, num_steps=num_steps,
-            num_leapfrog=leapfrog, num_chains=num_chains, tune_chains=tune_chains)
-        return (log_z, info["stderr"], info["ess"], info["acceptance"],
-                info["step_sizes"][-1])
+        log_z, info = nll.ais_with(lambda y: energy(params, y), key, shape, options)
+        per_base = info.get("log_z_per_base", log_z[None])
+        # the last target's step size (of the first base when several are pooled)
+        last = info["step_sizes"].reshape(-1, num_steps)[0, -1]
+        return log_z, info["stderr"], info["ess"], info["acceptance"], last, per_base
 
     rows = []
     for key in keys:
         start = time.perf_counter()
-        log_z, stderr, ess, acc, last = jax.block_until_ready(run(params, key))
+        log_z, stderr, ess, acc, last, per_base = jax.block_until_ready(run(params, key))
         rows.append({"log_z": float(log_z), "stderr": float(stderr), "ess": float(ess),
                      "acceptance": float(acc), "last_step_size": float(last),
+                     "log_z_per_base": [float(v) for v in per_base],
                      "call_s": time.perf_counter() - start})
     return rows
 

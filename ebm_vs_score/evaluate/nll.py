@@ -270,19 +270,28 @@ AIS_BOUND_NATS = math.log(100.0)  # P(log Z-hat > log Z + a) <= exp(-a) = 1% (Ma
 
 def ais_base(points: np.ndarray, num_bins: int | None, base_std: float = 1.0
              ) -> dict[str, Any]:
-    """The AIS base's options (``likelihood.ais_log_normalizer``) fitted to ``points``.
+    """The AIS bases' options fitted to ``points``: ``{"bases": (fitted, isotropic)}`` for
+    ``likelihood.pooled_ais_log_normalizer`` on images, ``{"base_std": ...}`` on toys.
 
-    On images (``num_bins``): N(mean, C + f^2 I) of the dequantized points, C their
-    covariance (only its diagonal above ``FULL_COVARIANCE_MAX_DIM`` dimensions) and f the
-    dequantization noise's std (2 / L) / sqrt(12), so that C + f^2 I is positive definite.
-    From an isotropic base with one HMC step size the anneal cannot follow a target whose
-    scales differ per direction by orders of magnitude (a background pixel varies only
-    within its bin, strokes over the whole range, neighbouring pixels together) and ends
-    hundreds of nats short at ESS 1; AIS is unbiased for any base fixed before its chains,
-    so fitting it to data costs nothing in bias. Vector data (toys) keep N(0, base_std^2 I).
+    On images (``num_bins``) the fitted base is N(mean, C + f^2 I) of the dequantized points,
+    C their covariance (only its diagonal above ``FULL_COVARIANCE_MAX_DIM`` dimensions) and
+    f the dequantization noise's std (2 / L) / sqrt(12), so that C + f^2 I is positive
+    definite: from an isotropic base with one HMC step size the anneal cannot follow a
+    target whose scales differ per direction by orders of magnitude (a background pixel
+    varies only within its bin, strokes over the whole range) and ends hundreds of nats
+    short at ESS 1. The isotropic N(0, base_std^2 I) is pooled with it, half the chains
+    each, for a density spread wider than the data (Energy Matching's at temperature 1,
+    which the fitted base misses by nats). AIS is unbiased for any base fixed before its
+    chains, so fitting one to data costs nothing in bias; pooling costs at most ln 2.
+    Vector data (toys) keep N(0, base_std^2 I) alone.
     """
     if num_bins is None:
         return {"base_std": base_std}
+    return {"bases": (_fitted_base(points, num_bins), {"base_std": base_std})}
+
+
+def _fitted_base(points: np.ndarray, num_bins: int) -> dict[str, Any]:
+    """N(mean, C + f^2 I) of the dequantized ``points`` (:func:`ais_base`)."""
     x = np.asarray(points, np.float64).reshape(len(points), -1)
     floor_var = ((2.0 / num_bins) ** 2) / 12.0
     mean = x.mean(axis=0).reshape(points.shape[1:]).astype(np.float32)
@@ -293,10 +302,21 @@ def ais_base(points: np.ndarray, num_bins: int | None, base_std: float = 1.0
     return {"base_mean": mean, "base_chol": np.linalg.cholesky(cov).astype(np.float32)}
 
 
-def _base_label(options: dict[str, Any]) -> str:
+def base_label(options: dict[str, Any]) -> str:
+    """The name of the AIS base of ``options`` (:func:`ais_base`'s), as records write it."""
+    if "bases" in options:
+        return "pooled: " + " + ".join(base_label(b) for b in options["bases"])
     if "base_chol" in options:
         return "fitted full covariance"
     return "fitted diagonal" if "base_mean" in options else "isotropic"
+
+
+def ais_with(energy_fn, key, shape, options: dict[str, Any]):
+    """``likelihood.pooled_ais_log_normalizer`` when ``options`` pool ``bases``, else
+    ``likelihood.ais_log_normalizer`` (the options of :func:`ais_base` and the budget)."""
+    if "bases" in options:
+        return likelihood.pooled_ais_log_normalizer(energy_fn, key, shape, **options)
+    return likelihood.ais_log_normalizer(energy_fn, key, shape, **options)
 
 
 def ais_results(energy, params, x: np.ndarray, key, num_bins: int | None,
@@ -311,14 +331,14 @@ def ais_results(energy, params, x: np.ndarray, key, num_bins: int | None,
     shape = tuple(x.shape[1:])
     fitted = ais_base(x if base_points is None else base_points, num_bins, base_std)
     ais_options = dict(fitted, **ais_options)
-    out["ais_base"] = _base_label(ais_options)
+    out["ais_base"] = base_label(ais_options)
 
     @jax.jit
     def run(params, x, key):
         def bound(y):
             return energy(params, y)
 
-        log_z, info = likelihood.ais_log_normalizer(bound, key, shape, **ais_options)
+        log_z, info = ais_with(bound, key, shape, ais_options)
         return log_z, info, likelihood.ais_log_prob(bound, x, log_z)
 
     log_z, info, log_p = run(params, jnp.asarray(x), key)
@@ -326,8 +346,11 @@ def ais_results(energy, params, x: np.ndarray, key, num_bins: int | None,
                 "ais_ess": float(info["ess"]), "ais_acceptance": float(info["acceptance"]),
                 "ais_chains": int(info["log_weights"].shape[0]),
                 "ais_nfe": float(info["nfe"] + info["tune_nfe"])})
+    if "log_z_per_base" in info:
+        out.update(ais_log_z_per_base=np.asarray(info["log_z_per_base"]).tolist(),
+                   ais_ess_per_base=np.asarray(info["ess_per_base"]).tolist())
     out.update(nll_summary("ais_nll", log_p, int(np.prod(shape)), num_bins))
-    out.update(_nll_lower_bounds(out, int(np.prod(shape))))
+    out.update(nll_lower_bounds(out, int(np.prod(shape))))
     out["ais_converged"] = ais_converged(out)
     if not out["ais_converged"]:
         logging.warning(
@@ -342,14 +365,15 @@ def ais_results(energy, params, x: np.ndarray, key, num_bins: int | None,
     return out
 
 
-def _nll_lower_bounds(out: Results, dim: int) -> Results:
-    """``<key>_lower99`` of the AIS NLL keys: log Ẑ exceeds log Z by more than a =
-    ``AIS_BOUND_NATS`` with probability at most exp(-a) = 1% (Markov, as Ẑ is unbiased;
-    Grosse et al. 2015, Sec. 3), so NLL >= NLL-hat - a with probability 99%, whether or not
-    the anneal converged."""
-    bounds = {"ais_nll_nats_lower99": out["ais_nll_nats"] - AIS_BOUND_NATS}
-    if "ais_nll_bpd" in out:
-        bounds["ais_nll_bpd_lower99"] = out["ais_nll_bpd"] - AIS_BOUND_NATS / (dim * math.log(2))
+def nll_lower_bounds(out: Results, dim: int, prefix: str = "ais_nll") -> Results:
+    """``<prefix>_{nats,bpd}_lower99`` of an AIS NLL's ``<prefix>_nats`` (and ``_bpd``):
+    log Ẑ exceeds log Z by more than a = ``AIS_BOUND_NATS`` with probability at most
+    exp(-a) = 1% (Markov, as Ẑ is unbiased; Grosse et al. 2015, Sec. 3), so NLL >= NLL-hat
+    - a with probability 99%, whether or not the anneal converged."""
+    bounds = {f"{prefix}_nats_lower99": out[f"{prefix}_nats"] - AIS_BOUND_NATS}
+    if f"{prefix}_bpd" in out:
+        bounds[f"{prefix}_bpd_lower99"] = (out[f"{prefix}_bpd"]
+                                           - AIS_BOUND_NATS / (dim * math.log(2)))
     return bounds
 
 
@@ -373,7 +397,7 @@ def ais_nll_metrics(energy_fn, params, x: np.ndarray, key, *, sde, protocol: Pro
 
     Returns:
       ``ais_normalizable`` and ``energy_tail_*``; ``ais_base`` (which base);
-      ``ais_nll_*_lower99`` (a 99% lower bound of the NLL, :func:`_nll_lower_bounds`);
+      ``ais_nll_*_lower99`` (a 99% lower bound of the NLL, :func:`nll_lower_bounds`);
       ``ais_log_z`` with ``ais_log_z_stderr``
       (over chains; meaningless when ``ais_ess`` is a few chains), ``ais_ess``,
       ``ais_acceptance``, ``ais_chains``, ``ais_converged`` (:func:`ais_converged`),
