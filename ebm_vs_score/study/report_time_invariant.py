@@ -115,7 +115,9 @@ def _nfe_lines(s: Settings, ti_rows: Sequence[Row], records) -> list[str]:
                 body.append([row.label, label, _fmt(nfe), _fmt(quality)])
     return (["### Sample quality against NFE (gd, nag, nag in the EqM code's form; "
              "nag_tol<τ>: adaptive stops at ‖f‖ < τ)", "",
-             "NFE is the mean over examples of the evaluations each made before it stopped.",
+             "NFE is the mean over examples of the evaluations each made before it stopped. "
+             "Each fixed-step form is one chain per example read after each step count, and "
+             "every row of a run starts from the same noise (paired rows).",
              ""] + _table(["model", "sampler", "NFE / example", title], body) + [""])
 
 
