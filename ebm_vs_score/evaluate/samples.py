@@ -22,6 +22,14 @@ def _mean_info(infos: list[dict[str, Any]]) -> dict[str, float]:
     return {f"sample_{k}": float(np.mean([d[k] for d in infos])) for k in infos[0]}
 
 
+def _draw_chunks(sample_fn, params, key, num: int, chunk: int):
+    """(samples, info) of each call of ``sample_fn(params, fold_in(key, i))`` on the host,
+    as many calls as ``num`` samples in chunks of ``chunk`` need."""
+    for i in range(-(-int(num) // int(chunk))):
+        samples, info = sample_fn(params, jax.random.fold_in(key, i))
+        yield np.asarray(jax.device_get(samples)), jax.device_get(info)
+
+
 def draw_samples(sample_fn, params, key, num: int, chunk: int
                  ) -> tuple[np.ndarray, dict[str, float]]:
     """``num`` samples from calls of ``sample_fn(params, key)`` that draw ``chunk`` each.
@@ -30,11 +38,9 @@ def draw_samples(sample_fn, params, key, num: int, chunk: int
     ``sample_<name>`` (``sample_nfe``, ``sample_acceptance``, ...).
     """
     parts, infos = [], []
-    for i in range(-(-int(num) // int(chunk))):
-        samples, info = sample_fn(params, jax.random.fold_in(key, i))
-        parts.append(np.asarray(jax.device_get(samples)))
-        infos.append({k: float(np.mean(v)) for k, v in jax.device_get(info).items()
-                      if np.ndim(v) == 0})
+    for samples, info in _draw_chunks(sample_fn, params, key, num, chunk):
+        parts.append(samples)
+        infos.append({k: float(np.mean(v)) for k, v in info.items() if np.ndim(v) == 0})
     return np.concatenate(parts)[:num], _mean_info(infos)
 
 
@@ -44,11 +50,9 @@ def draw_snapshots(snapshot_fn, params, key, num: int, chunk: int
     info with a leading axis C)`` (``builders.make_snapshot_sample_fn``): one
     ``(samples, info)`` per checkpoint, chunk i again from ``fold_in(key, i)``."""
     parts, infos = [], []
-    for i in range(-(-int(num) // int(chunk))):
-        samples, info = snapshot_fn(params, jax.random.fold_in(key, i))
-        parts.append(np.asarray(jax.device_get(samples)))
-        infos.append({k: np.asarray(v) for k, v in jax.device_get(info).items()
-                      if np.ndim(v) == 1})
+    for samples, info in _draw_chunks(snapshot_fn, params, key, num, chunk):
+        parts.append(samples)
+        infos.append({k: np.asarray(v) for k, v in info.items() if np.ndim(v) == 1})
     drawn = np.concatenate(parts, axis=1)[:, :num]
     return [(x, _mean_info([{k: float(v[j]) for k, v in d.items()} for d in infos]))
             for j, x in enumerate(drawn)]
