@@ -64,6 +64,13 @@ def _start(key: jax.Array, shape: Shape, init: jax.Array | None) -> jax.Array:
     return jnp.asarray(init)
 
 
+def _initial(x: jax.Array) -> _Descent:
+    """Every chain at x, no momentum, active, no evaluations yet."""
+    b = x.shape[0]
+    return _Descent(x, jnp.zeros_like(x), jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32),
+                    jnp.zeros((b,), x.dtype))
+
+
 def _norm(g: jax.Array) -> jax.Array:
     return jnp.sqrt(sum_sq(g))
 
@@ -96,10 +103,7 @@ def _nfe_info(s: _Descent, batch_nfe: jax.Array, tol: float) -> dict[str, jax.Ar
 
 def _descend(key, shape, score_fn, *, num_steps, step_size, mu, carry_momentum, tol,
              init) -> Samples:
-    x = _start(key, shape, init)
-    b = shape[0]
-    state = _Descent(x, jnp.zeros_like(x), jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32),
-                     jnp.zeros((b,), x.dtype))
+    state = _initial(_start(key, shape, init))
     step = _descent_step(score_fn, step_size, mu, carry_momentum, tol)
     if tol <= 0:
         state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=num_steps)
@@ -139,10 +143,8 @@ def descend_with_snapshots(key: jax.Array, shape: Shape, score_fn: ScoreFn, *, c
     marks = sorted({int(c) for c in checkpoints})
     if not marks or marks[0] < 1:
         raise ValueError(f"checkpoints={list(checkpoints)} must be positive step counts")
-    x = _start(key, shape, init)
-    b, c = shape[0], len(marks)
-    state = _Descent(x, jnp.zeros_like(x), jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32),
-                     jnp.zeros((b,), x.dtype))
+    state = _initial(_start(key, shape, init))
+    x, b, c = state.x, shape[0], len(marks)
     step = _descent_step(score_fn, step_size, mu if nag_form else 0.0, nag_form == "nesterov",
                          0.0)
     carry = (state, jnp.zeros((c,) + x.shape, x.dtype), jnp.zeros((c, b), x.dtype))
