@@ -286,6 +286,7 @@ class StudySettings:
     field_grid: int = 21
     compilation_cache: bool = True
     report_only: bool = False
+    reevaluate: bool = False
     workers: int = 1
 
 

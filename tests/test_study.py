@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from ebm_vs_score import evaluate, settings, study, train
+from ebm_vs_score import results as results_lib
 from ebm_vs_score import workdir as workdir_lib
 from ebm_vs_score.errors import ConfigError
 from ebm_vs_score.metrics import inception
@@ -370,6 +371,41 @@ def test_final_checkpoint_without_eval_is_evaluated_not_retrained(tmp_path, fake
     study.run_study(settings.from_config(config), workdir)
     assert ("train", "energy_seed0") not in fakes.calls
     assert fakes.calls["evaluate", "energy_seed0"] == 1
+
+
+def test_reevaluate_keeps_training_and_moves_the_old_evaluation_aside(tmp_path, fakes,
+                                                                      monkeypatch):
+    config, workdir = _toy_study_config(seeds=(0,)), str(tmp_path / "study")
+    monkeypatch.setattr(results_lib, "commit", lambda: ("a" * 40, False))
+    study.run_study(settings.from_config(config), workdir)
+    run_dir = os.path.join(workdir, "runs", "energy_seed0")
+    first = _read(os.path.join(run_dir, plan.DONE_FILE))
+    assert json.loads(first)["eval_commit"] == "a" * 40
+    runs = [study.run_name(f, 0) for f in study.STUDY_FAMILIES]
+
+    config.study.reevaluate = True
+    fakes.calls.clear()
+    study.run_study(settings.from_config(config), workdir)  # same commit: nothing to do
+    assert not fakes.calls
+
+    monkeypatch.setattr(results_lib, "commit", lambda: ("b" * 40, False))
+    study.run_study(settings.from_config(config), workdir)
+    assert fakes.calls == collections.Counter(
+        {**{("evaluate", r): 1 for r in runs},
+         **{("sampler", r): 1 for r in runs if r.startswith(study.ENERGY_FAMILIES)}})
+    assert json.loads(_read(os.path.join(run_dir, plan.DONE_FILE)))["eval_commit"] == "b" * 40
+    (previous,) = os.listdir(os.path.join(run_dir, "eval", "previous"))
+    assert previous.startswith("a" * 40 + "_")
+    kept = os.path.join(run_dir, "eval", "previous", previous)
+    assert _read(os.path.join(kept, plan.DONE_FILE)) == first
+    step_file = os.path.basename(evaluate.eval_path(run_dir, config.training.n_iters))
+    assert sorted(os.listdir(kept)) == sorted([plan.DONE_FILE, step_file])
+
+    fakes.calls.clear()  # off a clean checkout every run is evaluated again
+    monkeypatch.setattr(results_lib, "commit", lambda: ("b" * 40, True))
+    study.run_study(settings.from_config(config), workdir)
+    assert sum(n for (kind, _), n in fakes.calls.items() if kind == "evaluate") == len(runs)
+    assert not any(kind == "train" for kind, _ in fakes.calls)
 
 
 def test_fake_digits_study_image_columns(tmp_path, monkeypatch):

@@ -48,7 +48,8 @@ STUDY_MUTABLE = ("study.families", "study.seeds", "training.log_every",
                  "training.keep_checkpoints", "study.compilation_cache",
                  "study.qc_lambda_sweep",
                  "study.report_only", "study.resnet_energy_widths", "study.record",
-                 "study.floor_draws", "study.eqm_energy_forms", "study.workers")
+                 "study.floor_draws", "study.eqm_energy_forms", "study.workers",
+                 "study.reevaluate")
 # Left out by workdir.config_differences but they change every run's numbers.
 _STRICT_PREFIXES = ("sampling.", "eval.", "training.n_iters")
 DONE_FILE = "DONE.json"
@@ -162,6 +163,10 @@ def _study_section(scale: str) -> ml_collections.ConfigDict:
     # Write REPORT.md from the finished runs only, training nothing (e.g. while other
     # processes still run seeds); unfinished runs show as "(k of n seeds)".
     study.report_only = False
+    # Evaluate finished runs again with this code, keeping their training: every run whose
+    # DONE.json names another commit (all of them off a clean checkout); the previous
+    # evaluation files move to the run's eval/previous/ (study/run.py, archive_evaluation).
+    study.reevaluate = False
     # Runs at once on the CPU, each in its own process pinned to its share of the cores
     # (study/workers.py): 0 = one per core (1 on GPU/TPU), 1 = one after another here.
     # Toy runs take seconds, less than a worker's start.

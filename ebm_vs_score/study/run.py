@@ -18,9 +18,12 @@ Layout of the study directory DIR::
 
 Resume: a run is finished when DONE.json, its final checkpoint and its eval JSON exist;
 finished runs are reused, never recomputed; unfinished ones resume from their
-checkpoints. A run that raises is logged in one sentence (run, directory, error.log), the
-other runs go on, REPORT.md lists the failure, and the study then stops with a
-:class:`StudyError`; rerunning the same command retries only that run. Changing
+checkpoints. ``study.reevaluate`` evaluates finished runs again with this code, keeping
+their training: every run whose DONE.json names another commit, so a rerun after an
+interruption evaluates only the rest; the previous files move to eval/previous/. A run
+that raises is logged in one sentence (run, directory, error.log), the other runs go on,
+REPORT.md lists the failure, and the study then stops with a :class:`StudyError`;
+rerunning the same command retries only that run. Changing
 ``study.families``, ``study.seeds`` or ``study.qc_lambda_sweep`` (and logging/checkpoint
 cadences) in an existing DIR is allowed: runs are added, none is lost.
 ``study.compilation_cache`` points JAX's persistent compilation cache at ``DIR/jax_cache``
@@ -105,6 +108,39 @@ def read_done(run_dir: str, n_iters: int) -> dict | None:
     return done if finished else None
 
 
+def code_stamp() -> str | None:
+    """The commit of the code that runs; None outside git or with tracked files changed."""
+    head, dirty = results.commit()
+    return None if head is None or dirty else head
+
+
+def current_done(s: settings.Settings, run_dir: str, n_iters: int) -> dict | None:
+    """:func:`read_done`, unless ``study.reevaluate`` asks to evaluate the run again: its
+    DONE record names another commit than this code's (always, off a clean checkout)."""
+    done = read_done(run_dir, n_iters)
+    if done is None or not s.study.reevaluate:
+        return done
+    stamp = code_stamp()
+    return done if stamp is not None and done.get("eval_commit") == stamp else None
+
+
+def archive_evaluation(run_dir: str, n_iters: int, done: dict | None) -> None:
+    """Moves DONE.json and every eval/ file of step ``n_iters`` into
+    eval/previous/<commit>_<UTC time>/ before a re-evaluation, so that none is lost."""
+    if done is None or not plan.is_writer():
+        return
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    dest = os.path.join(run_dir, "eval", "previous", f"{done.get('eval_commit') or 'unknown'}"
+                        f"_{when}")
+    os.makedirs(dest, exist_ok=True)
+    eval_dir, tag = os.path.join(run_dir, "eval"), f"step_{n_iters:08d}"
+    for name in sorted(os.listdir(eval_dir)):
+        if tag in name and os.path.isfile(os.path.join(eval_dir, name)):
+            os.replace(os.path.join(eval_dir, name), os.path.join(dest, name))
+    os.replace(os.path.join(run_dir, DONE_FILE), os.path.join(dest, DONE_FILE))
+    logging.info("study: re-evaluating %s; the previous evaluation is in %s", run_dir, dest)
+
+
 def steady_steps_per_sec(records: list[dict], from_step: int) -> float | None:
     """Steps/s between the first and the last train record after ``from_step``.
 
@@ -168,7 +204,7 @@ def _evaluate_run(run: settings.Settings, run_dir: str, family: str, extra: str)
             "num_params": num_params(run),
             "extra_sampler": extra if extra_results is not None else None,
             "extra_results": extra_results, "timing": training_speed(run_dir),
-            "eval_wall_s": time.perf_counter() - t0}
+            "eval_wall_s": time.perf_counter() - t0, "eval_commit": code_stamp()}
 
 
 def num_params(run: settings.Settings) -> int:
@@ -202,13 +238,14 @@ def run_one(s: settings.Settings, variant: str, seed: int,
     run = plan.run_settings(s, variant, seed, study_dir)
     n_iters = int(run.training.n_iters)
     done = read_done(run_dir, n_iters)
-    if done is not None:
+    if done is not None and (not train or current_done(s, run_dir, n_iters) is not None):
         logging.info("study: reusing finished run %s", name)
         return RunRecord(name, family, seed, run_dir, "reused", done, variant=variant)
     if not train:
         logging.info("study: %s is not finished; left out of the report", name)
         return RunRecord(name, family, seed, run_dir, "pending", variant=variant)
     try:
+        archive_evaluation(run_dir, n_iters, done)
         logging.info("study: training %s in %s", name, run_dir)
         step = timed_training(run, run_dir)
         if step < n_iters:
@@ -295,8 +332,8 @@ def run_all(s: settings.Settings, runs: list[tuple[str, int]], study_dir: str,
     """
     todo = [] if s.study.report_only else [
         (v, seed) for v, seed in runs
-        if read_done(os.path.join(study_dir, "runs", plan.run_name(v, seed)),
-                     int(plan.run_settings(s, v, seed, study_dir).training.n_iters)) is None]
+        if current_done(s, os.path.join(study_dir, "runs", plan.run_name(v, seed)),
+                        int(plan.run_settings(s, v, seed, study_dir).training.n_iters)) is None]
     count = workers.count(int(s.study.workers), len(todo))
     done = {}
     if count > 1:
