@@ -197,3 +197,19 @@ def test_divergence_table_puts_each_estimator_against_the_exact_one():
     text = "\n".join(tables.bench_divergence(spec, [(None, record)]))
     assert "| exact | 2.350 ± 0.030 | 0 | 0 | – | 463 | 440 |" in text
     assert "| 4 | 2.340 ± 0.040 | 0.118 | 0.021 | -0.009 ± 0.016 | 493 | 38 |" in text
+
+
+def test_fd_noise_pairs_draws_and_refuses_bad_input(tmp_path, capsys):
+    from benchmarks import fd_noise
+
+    rows = {"score": [{m: float(d) for m in fd_noise.METRICS} for d in (1, 2, 4)],
+            "energy": [{m: float(2 * d) for m in fd_noise.METRICS} for d in (1, 2, 4)]}
+    diff = fd_noise.differences(rows, "score")["energy"]["fd"]
+    assert diff["draws"] == [1.0, 2.0, 4.0]  # draw d of energy minus draw d of score
+    assert diff["mean"] == pytest.approx(7 / 3) and diff["n"] == 3
+    assert "score" not in fd_noise.differences(rows, "score")
+    with pytest.raises(SystemExit):
+        fd_noise.parse_args(["--study_dir", str(tmp_path), "--draws", "1"])
+    assert "must be at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="is not a trained run of the study"):
+        fd_noise.run_settings(str(tmp_path), "score", 0)
