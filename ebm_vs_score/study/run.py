@@ -114,14 +114,16 @@ def code_stamp() -> str | None:
     return None if head is None or dirty else head
 
 
-def current_done(s: settings.Settings, run_dir: str, n_iters: int) -> dict | None:
-    """:func:`read_done`, unless ``study.reevaluate`` asks to evaluate the run again: its
-    DONE record names another commit than this code's (always, off a clean checkout)."""
-    done = read_done(run_dir, n_iters)
-    if done is None or not s.study.reevaluate:
-        return done
+def needs_evaluation(s: settings.Settings, done: dict | None) -> bool:
+    """Whether a run with DONE record ``done`` (None: unfinished) is to be evaluated: it is
+    unfinished, or ``study.reevaluate`` is set and its record names another commit than
+    this code's (always, off a clean checkout)."""
+    if done is None:
+        return True
+    if not s.study.reevaluate:
+        return False
     stamp = code_stamp()
-    return done if stamp is not None and done.get("eval_commit") == stamp else None
+    return stamp is None or done.get("eval_commit") != stamp
 
 
 def archive_evaluation(run_dir: str, n_iters: int, done: dict | None) -> None:
@@ -238,7 +240,7 @@ def run_one(s: settings.Settings, variant: str, seed: int,
     run = plan.run_settings(s, variant, seed, study_dir)
     n_iters = int(run.training.n_iters)
     done = read_done(run_dir, n_iters)
-    if done is not None and (not train or current_done(s, run_dir, n_iters) is not None):
+    if done is not None and (not train or not needs_evaluation(s, done)):
         logging.info("study: reusing finished run %s", name)
         return RunRecord(name, family, seed, run_dir, "reused", done, variant=variant)
     if not train:
@@ -332,8 +334,9 @@ def run_all(s: settings.Settings, runs: list[tuple[str, int]], study_dir: str,
     """
     todo = [] if s.study.report_only else [
         (v, seed) for v, seed in runs
-        if current_done(s, os.path.join(study_dir, "runs", plan.run_name(v, seed)),
-                        int(plan.run_settings(s, v, seed, study_dir).training.n_iters)) is None]
+        if needs_evaluation(s, read_done(
+            os.path.join(study_dir, "runs", plan.run_name(v, seed)),
+            int(plan.run_settings(s, v, seed, study_dir).training.n_iters)))]
     count = workers.count(int(s.study.workers), len(todo))
     done = {}
     if count > 1:
