@@ -51,15 +51,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_settings(study_dir: str, variant: str, seed: int):
     """The typed settings a study run was trained with (its config.json)."""
     from ebm_vs_score import settings
+    from ebm_vs_score import workdir as workdir_lib
     from ebm_vs_score.study import plan
 
     run_dir = os.path.join(study_dir, "runs", plan.run_name(variant, seed))
     path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
+    config = workdir_lib.read_json(path)
+    if config is None:
         raise SystemExit(f"error: {path} does not exist: {run_dir} is not a trained run of "
                          f"the study in {study_dir}; pass --variants and --seed of its runs")
-    with open(path) as f:
-        return settings.from_dict(json.load(f)), run_dir
+    return settings.from_dict(config), run_dir
 
 
 def draw_metrics(s, run_dir: str, ctx, key, num: int) -> dict[str, float]:
@@ -91,26 +92,24 @@ def differences(per_variant: dict[str, list[dict]], first: str) -> dict[str, dic
 def measure(args: argparse.Namespace) -> dict:
     import jax
 
-    from ebm_vs_score import settings
     from ebm_vs_score.evaluate import runner
 
-    variants = args.variants.split(",")
+    variants, nums = args.variants.split(","), [int(n) for n in args.nums.split(",")]
     keys = [jax.random.fold_in(jax.random.PRNGKey(10_000 + args.seed), d)
             for d in range(args.draws)]
-    sizes: dict[str, dict] = {}
-    for num in (int(n) for n in args.nums.split(",")):
-        rows: dict[str, list[dict]] = {}
-        for variant in variants:
-            s, run_dir = run_settings(args.study_dir, variant, args.seed)
-            s = settings.override(s, {"eval.num_samples": num})
-            ctx, start = runner.prepare(s, run_dir), time.perf_counter()
-            rows[variant] = [draw_metrics(s, run_dir, ctx, k, num) for k in keys]
-            print(f"{variant} n={num}: FD {[round(r['fd'], 2) for r in rows[variant]]} "
+    rows: dict[int, dict[str, list[dict]]] = {num: {} for num in nums}
+    for variant in variants:  # each run restored once, every size drawn from it
+        s, run_dir = run_settings(args.study_dir, variant, args.seed)
+        ctx = runner.prepare(s, run_dir)
+        for num in nums:
+            start = time.perf_counter()
+            rows[num][variant] = [draw_metrics(s, run_dir, ctx, k, num) for k in keys]
+            print(f"{variant} n={num}: FD {[round(r['fd'], 2) for r in rows[num][variant]]} "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-        sizes[str(num)] = {
-            "variants": {v: {m: spread([r[m] for r in rs]) for m in METRICS}
-                         for v, rs in rows.items()},
-            "differences": differences(rows, variants[0])}
+    sizes = {str(num): {"variants": {v: {m: spread([r[m] for r in rs]) for m in METRICS}
+                                     for v, rs in by_variant.items()},
+                        "differences": differences(by_variant, variants[0])}
+             for num, by_variant in rows.items()}
     return {"study_dir": args.study_dir, "seed": args.seed, "variants": variants,
             "draws": args.draws, "sizes": sizes}
 

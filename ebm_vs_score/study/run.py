@@ -135,7 +135,8 @@ def archive_evaluation(run_dir: str, n_iters: int, done: dict | None) -> None:
     dest = os.path.join(run_dir, "eval", "previous", f"{done.get('eval_commit') or 'unknown'}"
                         f"_{when}")
     os.makedirs(dest, exist_ok=True)
-    eval_dir, tag = os.path.join(run_dir, "eval"), f"step_{n_iters:08d}"
+    eval_file = evaluate.eval_path(run_dir, n_iters)  # its stem names every file of the step
+    eval_dir, tag = os.path.dirname(eval_file), os.path.splitext(os.path.basename(eval_file))[0]
     for name in sorted(os.listdir(eval_dir)):
         if tag in name and os.path.isfile(os.path.join(eval_dir, name)):
             os.replace(os.path.join(eval_dir, name), os.path.join(dest, name))
