@@ -95,6 +95,7 @@ def _training(scale: str) -> ml_collections.ConfigDict:
     training.batch_size = {"toy": 512, "digits": 64, "cifar": 128}[scale]
     training.log_every = {"toy": 200, "digits": 250, "cifar": 100}[scale]
     training.checkpoint_every = {"toy": 1000, "digits": 1000, "cifar": 10_000}[scale]
+    # A sample grid every this many steps and at the last; 0: none while training.
     training.sample_every = {"toy": 2000, "digits": 2000, "cifar": 50_000}[scale]
     training.keep_checkpoints = 3
     training.ema_decay = {"toy": 0.999, "digits": 0.999, "cifar": 0.9999}[scale]

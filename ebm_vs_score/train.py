@@ -383,7 +383,7 @@ def _run_steps(loop: _Loop, state: TrainState, data_iter, watcher) -> TrainState
             _flush(loop, history, step)
         if step % schedule.checkpoint_every == 0 or last:
             _save(loop, step, state)
-        if step % schedule.sample_every == 0 or last:
+        if schedule.sample_every and (step % schedule.sample_every == 0 or last):
             write_samples(loop.settings, state, step, loop.workdir, loop.writer,
                           loop.sample_fn)
     return state
@@ -395,10 +395,10 @@ def train_and_evaluate(s: settings.Settings, workdir: str, *,
 
     Leaves in ``workdir``: ``config.json`` (written with the first checkpoint),
     ``checkpoints/``, TensorBoard event files, ``metrics.jsonl`` (one JSON line per log
-    step) and ``samples.png`` (+ ``samples/``). The workdir is locked for the run
-    (``runlock``: a second run on it is refused). A SIGTERM (or, from ``main``, a Ctrl-C)
-    stops the run after saving its step once; the returned state's step is then below
-    ``training.n_iters``.
+    step) and ``samples.png`` (+ ``samples/``; none with ``training.sample_every=0``). The
+    workdir is locked for the run (``runlock``: a second run on it is refused). A SIGTERM
+    (or, from ``main``, a Ctrl-C) stops the run after saving its step once; the returned
+    state's step is then below ``training.n_iters``.
 
     Args:
       s: the experiment's settings, ``settings.from_config(config)``.

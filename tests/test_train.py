@@ -174,6 +174,7 @@ def test_bad_config_value_is_one_clear_sentence(tmp_path):
     ("model.parameterization", "energy", "model.parameterization='energy' is not valid"),
     ("data.dataset", "cifar11", "data.dataset='cifar11' is not valid"),
     ("sampling.method", "mala", "score-only"),
+    ("training.sample_every", -1, "training.sample_every=-1 must be >= 0"),
 ])
 def test_validation_errors(field, value, words):
     config = config_base.get_config("toy", "score")
@@ -226,6 +227,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     (change,) = [json.loads(line) for line in open(os.path.join(workdir, "config_changes.jsonl"))]
     assert change["step"] == 10 and change["changes"] == {"optim.lr": [1e-3, 1e-4]}
     assert json.load(open(os.path.join(workdir, "config.json")))["optim"]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("sample_every, grids", [(0, []), (7, [7, 14, 16])])
+def test_sample_grids_at_their_cadence_and_the_last_step_or_none(tmp_path, sample_every, grids):
+    config = _toy_config(16)
+    config.training.sample_every, config.training.log_every = sample_every, 4
+    config.sampling.num_steps, config.sampling.num_samples = 3, 8
+    train.train_and_evaluate(settings.from_config(config), str(tmp_path))
+    written = sorted(int(n[5:13]) for n in os.listdir(tmp_path / "samples")) if grids else []
+    assert written == grids
+    assert os.path.exists(tmp_path / "samples.png") == bool(grids)
+    assert _steps(str(tmp_path))[-1] == 16
 
 
 def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(tmp_path):

@@ -249,7 +249,8 @@ def run_one(s: settings.Settings, variant: str, seed: int,
         return RunRecord(name, family, seed, run_dir, "pending", variant=variant)
     try:
         archive_evaluation(run_dir, n_iters, done)
-        logging.info("study: training %s in %s", name, run_dir)
+        logging.info("study: %s %s in %s", "training" if done is None else
+                     "evaluating again (its training kept)", name, run_dir)
         step = timed_training(run, run_dir)
         if step < n_iters:
             raise StudyError(f"study run {name} stopped at step {step} of {n_iters} (SIGTERM "
