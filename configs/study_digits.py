@@ -7,8 +7,9 @@ per step: its score is a gradient), 250 Euler-Maruyama steps for 297 samples (th
 the test split, so FD/precision/recall compare equal sets), MALA for the energies, and the
 ODE NLL of the first 64 test digits at tolerance 1e-4 with 4 Hutchinson probes,
 and for the energies AIS on the same dequantized digits with the same bits/dim offset
-(--config.eval.ais=False drops it). C is the costliest run (its evaluation with AIS
-dominates; docs/notes/study_cost.md). Three seeds; fewer with --config.study.seeds=(0,).
+(--config.eval.ais=False drops it). Energy Matching is the costliest run, then C
+(BENCHMARKS.md, the digits study's cost). Five seeds (about 44 min each on 2 cores, BENCHMARKS.md);
+fewer with --config.study.seeds=(0,1,2).
 On the CPU the runs go in one worker process per core, each pinned to its core
 (study.workers=0; =1 runs them one after another in this process).
 Every field: ebm_vs_score/config_base.py (shared by all runs) and

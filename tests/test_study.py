@@ -627,6 +627,8 @@ def test_toy_study_end_to_end_and_resume(tmp_path, monkeypatch):
                                                                            name))
     curl = table_cells(section(report, "Score fields"))[1]
     assert curl[0] == "C" and max(float(v) for v in curl[1:]) < 1e-4  # a gradient field
+    # The figures are the evaluation's samples; training drew no grid of its own.
+    assert not os.path.exists(os.path.join(workdir, "runs", "energy_seed0", "samples.png"))
 
     def never(*args, **kwargs):
         raise AssertionError("a finished run was recomputed")

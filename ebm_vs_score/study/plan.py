@@ -113,6 +113,10 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     """
     config = config_base.get_config(scale, "score")
     config.family = "study"
+    # No sample grid at the end of training: each run's evaluation draws the study's
+    # samples (and the report's figures) right after; the grid cost C a compilation and
+    # 250 gradient steps.
+    config.training.sample_every = 0
     _set_study_eval(config.eval, scale)
     config.study = _study_section(scale)
     return config
@@ -141,7 +145,9 @@ def _study_section(scale: str) -> ml_collections.ConfigDict:
     study.eqm_energy_forms = EQM_ENERGY_FORMS
     if scale == "digits":  # issue #26: the time-invariant rows, same backbone and budget
         study.families = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
-    study.seeds = (0, 1, 2)
+    # digits: five seeds, the published table's (docs/notes/study_digits_five_seeds.md: three
+    # left four verdicts to chance); about 44 min per seed on two cores (BENCHMARKS.md).
+    study.seeds = (0, 1, 2, 3, 4) if scale == "digits" else (0, 1, 2)
     study.qc_lambda = float(config_base.get_config(scale, "qc").training.qc_weight)
     study.qc_lambda_sweep = ()  # a lambda sweep: one QC run per value (replaces qc_lambda)
     if scale == "digits":  # from the lambda sweep (README): 0.1 halves NAsym at no NLL
@@ -257,17 +263,17 @@ def variant_form(variant: str) -> str | None:
     return variant[len(_FORM_PREFIX):] if variant.startswith(_FORM_PREFIX) else None
 
 
-# Seconds of a digits run (training and evaluation) per family: the per-run walls of one
-# seed on one AMD EPYC core each (results/study_digits_seed0_workers_report.md, Runs; the
-# EqM-E value is the mean of its two forms). Only their order is used: which run a study
-# worker takes first.
-_RUN_SECONDS = {"energy_matching": 1100, "eqm_energy": 810, "energy": 677, "eqm": 359,
-                "qc": 320, "score": 273, "resnet_energy": 163}
+# Seconds of a digits run (training and evaluation) per family: the mean per-run wall of
+# seeds 3 and 4 on one AMD EPYC core each, the box otherwise quiet
+# (results/study_digits_seeds34_report.md, Runs; EqM-E: the mean of its two forms, QC: of
+# its two lambdas). Only their order is used: which run a study worker takes first.
+_RUN_SECONDS = {"energy_matching": 1267, "energy": 751, "eqm_energy": 670, "qc": 364,
+                "eqm": 326, "score": 212, "resnet_energy": 183}
 
 
 def expected_cost(variant: str, width_ratio: float = 1.0) -> float:
     """A run's expected wall time relative to the others' (a C-ResNet width variant scales
-    with its width over the base width, as measured: ch40 387 s, ch16 163 s). A family
+    with its width over the base width, as measured: ch40 443 s, ch16 183 s). A family
     without a measurement counts as the costliest, so it starts first."""
     family, _ = parse_variant(variant)
     seconds = _RUN_SECONDS.get(family, max(_RUN_SECONDS.values()))
