@@ -114,8 +114,8 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     config = config_base.get_config(scale, "score")
     config.family = "study"
     # No sample grid at the end of training: each run's evaluation draws the study's
-    # samples (and the report's figures) right after; the grid cost C a compilation and
-    # 250 gradient steps.
+    # samples (and the report's figures) right after; the grid took 2-26 s a run, about 2%
+    # of the study (BENCHMARKS.md, the digits study's cost).
     config.training.sample_every = 0
     _set_study_eval(config.eval, scale)
     config.study = _study_section(scale)
@@ -145,8 +145,8 @@ def _study_section(scale: str) -> ml_collections.ConfigDict:
     study.eqm_energy_forms = EQM_ENERGY_FORMS
     if scale == "digits":  # issue #26: the time-invariant rows, same backbone and budget
         study.families = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
-    # digits: five seeds, the published table's (docs/notes/study_digits_five_seeds.md: three
-    # left four verdicts to chance); about 44 min per seed on two cores (BENCHMARKS.md).
+    # digits: five seeds, as the published table (docs/notes/study_digits_five_seeds.md: two
+    # more seeds changed four verdicts of three); about 44 min a seed on two cores.
     study.seeds = (0, 1, 2, 3, 4) if scale == "digits" else (0, 1, 2)
     study.qc_lambda = float(config_base.get_config(scale, "qc").training.qc_weight)
     study.qc_lambda_sweep = ()  # a lambda sweep: one QC run per value (replaces qc_lambda)
