@@ -114,8 +114,8 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     config = config_base.get_config(scale, "score")
     config.family = "study"
     # No sample grid at the end of training: each run's evaluation draws the study's
-    # samples (and the report's figures) right after; the grid took 2-26 s a run, about 2%
-    # of the study (BENCHMARKS.md, the digits study's cost).
+    # samples (and the report's figures) right after; the grid cost a sampler's compilation
+    # and one draw (BENCHMARKS.md, the digits study's cost).
     config.training.sample_every = 0
     _set_study_eval(config.eval, scale)
     config.study = _study_section(scale)
