@@ -165,9 +165,7 @@ def _validate_model(config) -> None:
 def _validate_schedule(config, num_devices: int) -> None:
     cm.positive(config, ["training.n_iters", "training.batch_size", "training.log_every",
                          "training.checkpoint_every", "training.keep_checkpoints", "optim.lr"])
-    cm.require(config.training.sample_every >= 0,
-               f"training.sample_every={config.training.sample_every!r} must be >= 0 "
-               "(0: no sample grids while training)")
+    cm.int_at_least(config, "training.sample_every", 0)  # 0: no sample grids while training
     cm.require(0 <= config.training.ema_decay < 1,
                f"training.ema_decay={config.training.ema_decay} must lie in [0, 1)")
     cm.choice(config.optim.optimizer, OPTIMIZERS, "optim.optimizer")

@@ -174,7 +174,7 @@ def test_bad_config_value_is_one_clear_sentence(tmp_path):
     ("model.parameterization", "energy", "model.parameterization='energy' is not valid"),
     ("data.dataset", "cifar11", "data.dataset='cifar11' is not valid"),
     ("sampling.method", "mala", "score-only"),
-    ("training.sample_every", -1, "training.sample_every=-1 must be >= 0"),
+    ("training.sample_every", -1, "training.sample_every=-1 must be an integer >= 0"),
 ])
 def test_validation_errors(field, value, words):
     config = config_base.get_config("toy", "score")

@@ -146,7 +146,7 @@ def _study_section(scale: str) -> ml_collections.ConfigDict:
     if scale == "digits":  # issue #26: the time-invariant rows, same backbone and budget
         study.families = STUDY_FAMILIES + TIME_INVARIANT_FAMILIES
     # digits: five seeds, as the published table (docs/notes/study_digits_five_seeds.md: two
-    # more seeds changed four verdicts of three); about 44 min a seed on two cores.
+    # more seeds changed four verdicts of three; the cost of a seed: BENCHMARKS.md).
     study.seeds = (0, 1, 2, 3, 4) if scale == "digits" else (0, 1, 2)
     study.qc_lambda = float(config_base.get_config(scale, "qc").training.qc_weight)
     study.qc_lambda_sweep = ()  # a lambda sweep: one QC run per value (replaces qc_lambda)
