@@ -19,6 +19,7 @@ comparisons never hold an N x M matrix in memory.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -58,9 +59,12 @@ def feature_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> np.ndarray:
     """(sigma1 sigma2)^{1/2} by scipy's Schur method, retried with eps I added to both
-    covariances when the result is not finite or inaccurate (singular covariances)."""
+    covariances when the result is not finite or inaccurate (singular covariances). scipy's
+    warning on a singular product is silenced on the first try: the retry handles that case."""
     product = sigma1 @ sigma2
-    covmean = scipy.linalg.sqrtm(product)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(product)
     scale = max(np.linalg.norm(product), np.finfo(np.float64).tiny)
     error = np.linalg.norm(covmean @ covmean - product) / scale
     if not np.all(np.isfinite(covmean)) or error > 1e-5:
