@@ -38,6 +38,7 @@ import datetime
 import functools
 import json
 import os
+import re
 import shutil
 import time
 import traceback
@@ -467,18 +468,24 @@ def write_study_record(s: settings.Settings, study_dir: str, values: dict,
 
 
 def copy_report(study_dir: str, name: str, directory: str) -> str:
-    """Copies REPORT.md to ``<directory>/<name>_report.md`` and its figures to
+    """Copies REPORT.md to ``<directory>/<name>_report.md`` and the figures it links to
     ``<directory>/<name>/``, links rewritten to the copies; returns the report's path.
 
     The report is part of the study's record: published numbers that no rendered table
     holds (per-level NAsym, AIS, the NFE sweeps, OOD, the runs) are quoted from this copy,
-    which only the study command writes (docs/DESIGN.md, Rule 10).
+    which only the study command writes (docs/DESIGN.md, Rule 10). Only linked figures
+    are copied: the study directory's figures/ also keeps those of variants that an
+    earlier invocation with other ``study.families`` drew, which this record does not hold.
     """
-    figures = os.path.join(study_dir, "figures")
-    if os.path.isdir(figures):
-        shutil.copytree(figures, os.path.join(directory, name), dirs_exist_ok=True)
     with open(os.path.join(study_dir, "REPORT.md")) as f:
-        text = f.read().replace("](figures/", f"]({name}/")
+        report = f.read()
+    for figure in sorted(set(re.findall(r"\]\(figures/([^)]+)\)", report))):
+        source = os.path.join(study_dir, "figures", figure)
+        copy = os.path.join(directory, name, figure)
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(copy), exist_ok=True)
+            shutil.copy2(source, copy)
+    text = report.replace("](figures/", f"]({name}/")
     path = os.path.join(directory, f"{name}_report.md")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
