@@ -485,7 +485,7 @@ def _check_report_copy(report: str, directory: str, name: str) -> None:
 def test_the_report_copy_takes_only_the_figures_it_links(tmp_path):
     """A study directory keeps the figures of variants an earlier invocation drew (other
     study.families); the record's copy holds the report's figures and no others."""
-    from ebm_vs_score.study import run as study_run
+    from ebm_vs_score.study import run as run_lib
 
     study_dir, results_dir = tmp_path / "study", tmp_path / "results"
     (study_dir / "figures").mkdir(parents=True)
@@ -493,7 +493,7 @@ def test_the_report_copy_takes_only_the_figures_it_links(tmp_path):
     for figure in ("samples_score.png", "samples_energy.png"):
         (study_dir / "figures" / figure).write_bytes(b"png " + figure.encode())
     (study_dir / "REPORT.md").write_text("# R\n\n![U](figures/samples_score.png)\n")
-    path = study_run.copy_report(str(study_dir), "study_x", str(results_dir))
+    path = run_lib.copy_report(str(study_dir), "study_x", str(results_dir))
     assert _read(path) == "# R\n\n![U](study_x/samples_score.png)\n"
     assert os.listdir(results_dir / "study_x") == ["samples_score.png"]
     assert (results_dir / "study_x" / "samples_score.png").read_bytes() == b"png samples_score.png"
