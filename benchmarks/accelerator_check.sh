@@ -25,7 +25,7 @@ print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version
   2>&1 | tee "$OUT/env.txt" || exit 1
 timeout "${BENCH_S:-300}" python3 -m benchmarks.run --suite=gpu \
   --only="${BENCH_ONLY:-train/cifar/*}" --repeats "${REPEATS:-5}" --min-time 0.3 \
-  --out="$OUT/bench_gpu.json" 2>&1 | grep -v "^WARNING: All log\|^I0000" | tee "$OUT/bench_gpu.log"
+  --out="$OUT/bench_gpu.json" 2>&1 | grep -v "^WARNING: All log\|^I[0-9]\{4\} " | tee "$OUT/bench_gpu.log"
 if [ "${SMOKE:-1}" = 1 ]; then
   # One config per process (each loaded as main loads it); the records collect in one JSON.
   SMOKE_CONFIGS=${SMOKE_CONFIGS:-configs/cifar_score.py,configs/cifar_energy.py,configs/cifar_resnet_energy.py,configs/cifar_qc.py,configs/cifar_drl.py}
@@ -34,5 +34,5 @@ if [ "${SMOKE:-1}" = 1 ]; then
   timeout "${SMOKE_S:-240}" bash -c 'for c in ${1//,/ }; do
       python3 scripts/accelerator_smoke.py --config="$c" --out="$2"; done' _ \
     "$SMOKE_CONFIGS" "$OUT/smoke_gpu.json" \
-    2>&1 | grep -v "^WARNING: All log\|^I0000" | tee "$OUT/smoke_gpu.log"
+    2>&1 | grep -v "^WARNING: All log\|^I[0-9]\{4\} " | tee "$OUT/smoke_gpu.log"
 fi

@@ -33,11 +33,12 @@ class Options:
     keep_runners: bool = False  # keep train-step runners alive for --profile
 
 
-def make_config(scale: str, family: str, batch: int | None, dtype: str = "float32"):
+def make_config(scale: str, family: str, batch: int | None, dtype: str = "float32",
+                training: dict | None = None):
     """The training config of a benchmark family; QC gets one probe and a positive weight.
 
     ``batch`` None keeps the config's ``training.batch_size``; ``dtype`` is the compute
-    dtype (``model.dtype``).
+    dtype (``model.dtype``); ``training`` overrides ``training.*`` fields last.
     """
     config = config_base.get_config(scale, FAMILIES[family])
     config.model.dtype = dtype
@@ -47,6 +48,8 @@ def make_config(scale: str, family: str, batch: int | None, dtype: str = "float3
         config.training.qc_probes = 1
         if config.training.qc_weight <= 0:
             config.training.qc_weight = 1e-4
+    for field, value in (training or {}).items():
+        config.training[field] = value
     settings.validate(config, num_devices=jax.device_count())
     return config
 
@@ -85,14 +88,16 @@ def train_row(spec: RowSpec, opts: Options) -> tuple[dict, Any]:
     row.update(batch=size, steps_per_s=1.0 / row["time_s"], examples_per_s=size / row["time_s"],
                num_params=train.num_params(cell[0].params),
                objective=s.loss.objective, qc_weight=s.loss.qc_weight,
-               qc_probes=s.loss.qc_probes, network=s.model.name)
+               qc_probes=s.loss.qc_probes, qc_fraction=s.loss.qc_fraction,
+               qc_every=s.loss.qc_every, network=s.model.name)
     return row, ((compiled, run) if opts.keep_runners else None)
 
 
-def _train_inputs(spec: RowSpec):
+def _train_inputs(spec: RowSpec, training: dict | None = None):
     """``(settings, state, step, batch)``: a fresh replicated state, the jitted train step of
-    the row's config, and a sharded N(0, I) batch."""
-    s = settings.from_config(make_config(spec.scale, spec.family, spec.batch, spec.dtype))
+    the row's config (``training``: ``training.*`` overrides), and a sharded N(0, I) batch."""
+    config = make_config(spec.scale, spec.family, spec.batch, spec.dtype, training)
+    s = settings.from_config(config)
     model = builders.build_model(s)
     mesh = train.make_mesh()
     state, step = train.fresh_state_and_step(s, model, mesh)
@@ -178,7 +183,7 @@ def sampler_row(spec: RowSpec, opts: Options, bare: dict, bare_loop: dict) -> di
     info = {k: float(np.mean(v)) for k, v in jax.device_get(info).items() if np.size(v) == 1}
     nfe = info.get("nfe")
     per_nfe = None if not nfe else t.median_s / nfe
-    compile_s.pop("flops")  # a scan: XLA counts its body once
+    compile_s.pop("flops"), compile_s.pop("xla_flops")  # the sampler's cost is its time/NFE
     return {**t.as_dict(), **compile_s, "num_steps": opts.sampler_steps, "nfe": nfe,
             "info": info, "time_per_nfe_s": per_nfe, "bare_eval_s": bare["time_s"],
             "bare_loop_eval_s": bare_loop["time_s"],
@@ -223,7 +228,7 @@ def asym_row(spec: RowSpec, opts: Options, evals: dict) -> dict:
                                                    key)
         row = _timed(compiled, timing.call_runner(compiled, params, x, t, key), opts, compile_s)
         if k > 1:  # a lax.scan over probes: XLA counts its body once
-            row.update(flops=None, flops_per_s=None)
+            row.update(xla_flops=None)
         row["per_probe_s"] = row["time_s"] / k
         row["per_probe_over_forward"] = row["per_probe_s"] / forward_s
         probes[str(k)] = row

@@ -84,29 +84,51 @@ def bench_text(spec: Spec, records: list) -> list[str]:
 
 def bench_train(spec: Spec, records: list) -> list[str]:
     """Train rows of one or more runs of one machine; ``x U`` recomputed over all of them
-    (per scale and precision). Options: ``rows`` (comma-separated globs)."""
+    (per scale and precision). Options: ``rows`` (comma-separated globs); ``mfu=1`` adds
+    model GFLOP per step and MFU, the achieved FLOP/s over the run's own matmul peak in the
+    row's compute dtype (``benchmarks/flops.py``)."""
     _need(records, None, "bench_train")
-    rows = [copy.deepcopy(r) for _, rec in records
+    rows = [dict(copy.deepcopy(r), peak=_raw(rec).get("peak", {})) for _, rec in records
             for r in _rows(_raw(rec), "train", spec.options.get("rows"))]
     report.add_ratios(rows)
+    mfu = spec.options.get("mfu") == "1"
     body = [[r["name"], str(r["batch"]), _fmt(r.get("steps_per_s"), ".2f"),
              _fmt(r.get("examples_per_s"), ",.0f"), _fmt(_ms(r.get("time_s")), ".2f"),
              _fmt(r.get("time_vs_U"), ".2f"), _fmt(r.get("compile_s"), ".1f"),
-             _fmt(report._mib(r), ",.0f"), _repeats(r), _spread(r)] for r in rows]
+             _fmt(report._mib(r), ",.0f"), _repeats(r), _spread(r)]
+            + (_mfu_cells(r) if mfu else []) for r in rows]
     return _table(["row", "batch", "steps/s", "examples/s", "ms/step", "x U", "compile s",
-                   "XLA MiB", "repeats", "spread"], body)
+                   "XLA MiB", "repeats", "spread"] + (["GFLOP/step", "MFU"] if mfu else []),
+                  body)
+
+
+def _mfu_cells(row: dict) -> list[str]:
+    flops, peak = row.get("flops"), row["peak"].get(row.get("dtype", "float32"), {})
+    if not (flops and row.get("time_s") and peak.get("flops_per_s")):
+        return ["–", "–"]
+    return [f"{flops / 1e9:,.0f}", f"{100 * flops / row['time_s'] / peak['flops_per_s']:.0f}%"]
 
 
 def bench_samplers(spec: Spec, records: list) -> list[str]:
-    """Sampler rows of one or more runs: ms per NFE against one lone network call."""
+    """Sampler rows of one or more runs: ms per NFE against one lone network call and, where
+    the run measured it, against one call inside a compiled loop of them (``loop ms``)."""
     _need(records, None, "bench_samplers")
     rows = [r for _, rec in records for r in _rows(_raw(rec), "sampler", spec.options.get("rows"))]
     body = [[r["name"], str(r["batch"]), str(r.get("num_steps", "–")), _fmt(r.get("nfe"), ".0f"),
              _fmt(_ms(r.get("time_s")), ".1f"), _fmt(_ms(r.get("time_per_nfe_s")), ".3f"),
-             _fmt(_ms(r.get("bare_eval_s")), ".3f"), _fmt(r.get("overhead"), "+.2f"),
+             _fmt(_ms(r.get("bare_eval_s")), ".3f"), _fmt(_over(r, "bare_eval_s"), "+.2f"),
+             _fmt(_ms(r.get("bare_loop_eval_s")), ".3f"),
+             _fmt(_over(r, "bare_loop_eval_s"), "+.2f"),
              _fmt(r.get("info", {}).get("acceptance"), ".2f"), _repeats(r)] for r in rows]
     return _table(["row", "batch", "steps", "NFE", "ms total", "ms/NFE", "lone call ms",
-                   "vs lone call", "accept", "repeats"], body)
+                   "vs lone call", "loop ms", "vs loop", "accept", "repeats"], body)
+
+
+def _over(row: dict, base: str) -> float | None:
+    """A sampler's time per NFE over a baseline's, minus one."""
+    if not (row.get("time_per_nfe_s") and row.get(base)):
+        return None
+    return row["time_per_nfe_s"] / row[base] - 1.0
 
 
 def bench_runs(spec: Spec, records: list) -> list[str]:

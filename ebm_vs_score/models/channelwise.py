@@ -21,6 +21,8 @@ The modules keep Flax's class and parameter names (``Conv_0/kernel``, ``Dense_0/
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -36,16 +38,35 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 
+_LAYERS_PLATFORM = contextvars.ContextVar("layers_platform", default=None)
+
+
+@contextlib.contextmanager
+def layers_for(platform: str):
+    """Traces the layers as they are traced on ``platform`` ("cpu", "gpu", "tpu") whatever
+    the backend: to count, on a CPU, the FLOPs of the program an accelerator ran
+    (``benchmarks/flops.py``)."""
+    token = _LAYERS_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _LAYERS_PLATFORM.reset(token)
+
+
+def _platform() -> str:
+    return _LAYERS_PLATFORM.get() or jax.default_backend()
+
+
 def canonical_convs() -> bool:
     """Whether convolutions differentiate into canonical convolutions (``models/conv.py``):
     on XLA:CPU only, whose loop bodies run non-canonical ones through a naive loop."""
-    return jax.default_backend() == "cpu"
+    return _platform() == "cpu"
 
 
 def sums_as_products() -> bool:
     """Whether gradient sums over the batch and pixels are written as matrix products:
     on XLA:CPU only (its column reductions are single-threaded loops)."""
-    return jax.default_backend() == "cpu"
+    return _platform() == "cpu"
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
