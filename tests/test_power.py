@@ -237,10 +237,12 @@ def test_ood_auroc_of_the_energy_against_chance():
         np.testing.assert_allclose([c["low"] + 0.5, c["high"] + 0.5], [ref.low, ref.high],
                                    rtol=1e-9)
         assert c["n"] == 3 and c["baseline_label"] == "0.5"
-    # A run without OOD scores: the claim stays, unexpanded, and is not testable.
+    # A run without OOD scores: the claim stays, unexpanded, not testable, and its text
+    # says the placeholder in words (a report showed "({set})").
     none = _ti_values({"eqm_energy_dot": [{"fd": 1.0}, {"fd": 1.1}]})
-    assert _claim(none, "eqm_ood_energy", "eqm_energy_dot")["verdict"] == \
-        verdicts.NOT_TESTABLE
+    entry = _claim(none, "eqm_ood_energy", "eqm_energy_dot")
+    assert entry["verdict"] == verdicts.NOT_TESTABLE
+    assert "{" not in entry["statement"] + entry["metric"] and "an OOD set" in entry["statement"]
 
 
 @pytest.mark.parametrize("nfe, fd_adaptive, fd_fixed, expected", [

@@ -107,23 +107,30 @@ def _largest_gd(keys: set[str]) -> list[str]:
 # placeholder -> the values it takes in the runs' metric names (none found: the claim is
 # kept once, unexpanded, and is not testable).
 _EXPANSIONS = {"set": _ood_sets, "tol": _adaptive_rows, "n": _largest_gd}
+# What a placeholder reads as where the runs report no value for it (the family is not in
+# the study, or its runs did not measure that): the claim is then "not testable here".
+_UNFILLED = {"set": "an OOD set", "tol": "a tolerance", "n": "N"}
 
 
 def expand(claim: Claim, keys: set[str]) -> list[Claim]:
     """``claim`` once per value of the placeholder in its metric (:data:`_EXPANSIONS`)
-    among the metric names ``keys`` of its family's runs."""
+    among the metric names ``keys`` of its family's runs; with no value, once, the
+    placeholder written as words (:data:`_UNFILLED`)."""
     names = [p for p in _EXPANSIONS if "{" + p + "}" in claim.metric]
     if not names:
         return [claim]
     name = names[0]
-    values = _EXPANSIONS[name](keys) or ["{" + name + "}"]
+    values = _EXPANSIONS[name](keys)
 
-    def fill(c: Claim | None, value: str) -> Claim | None:
+    def fill(c: Claim | None, value: str, suffix: bool) -> Claim | None:
         if c is None:
             return None
         sub = lambda text: None if text is None else text.replace("{" + name + "}", value)
-        return c._replace(key=c.key if value.startswith("{") else f"{c.key}_{value}",
+        return c._replace(key=f"{c.key}_{value}" if suffix else c.key,
                           statement=sub(c.statement), metric=sub(c.metric),
-                          baseline_metric=sub(c.baseline_metric), guard=fill(c.guard, value))
+                          baseline_metric=sub(c.baseline_metric),
+                          guard=fill(c.guard, value, suffix))
 
-    return [fill(claim, v) for v in values]
+    if not values:
+        return [fill(claim, _UNFILLED[name], False)]
+    return [fill(claim, v, True) for v in values]
