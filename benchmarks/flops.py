@@ -1,12 +1,14 @@
 """Model FLOPs of a program, counted on its jaxpr, and MFU for harness records.
 
-    python -m benchmarks.flops --fill=benchmarks/results/gpu_h200_2026-12-04_train.json
+    python -m benchmarks.flops --fill=benchmarks/results/gpu_h200_2026-12-04_train_u.json
 
 MFU (model FLOPs utilization; Chowdhery et al. 2022, PaLM, Appendix B) is the arithmetic a
 step needs over its time and the hardware's peak. The arithmetic is counted here on the
 jaxpr, not by XLA's cost analysis, because that depends on the backend: on the GPU it
 counted 194.9 GFLOP for the CIFAR U step at batch 128 (2026-11-25, jax 0.11.2), which
-needs 4,484 (its convolutions are cuDNN calls there), and in a later run it gave none.
+needs 4,843 (its convolutions are cuDNN calls there), and in a later run it gave none. On
+the CPU it counts the convolutions but skips the kernel taps that fall in the padding
+(4,484 GFLOP for the same step).
 
 Counted: every ``dot_general`` and convolution (``conv_general_dilated`` and
 ``models/conv.py``'s tangent primitive) at 2 FLOPs per multiply-add, in every sub-jaxpr
@@ -15,7 +17,7 @@ Counted: every ``dot_general`` and convolution (``conv_general_dilated`` and
 is unknown before running: a program with one counts as None.
 
 ``--fill`` adds ``flops``, ``flops_per_s`` and ``peak_fraction`` to the train rows of a
-record made on any backend, tracing each row's step here with the layers the record's
+record made on any backend (the harness's own count kept as ``xla_flops``), tracing each row's step here with the layers the record's
 platform traces (``channelwise.layers_for``), and ``flops_count`` (this command, commit,
 date) to the record.
 """
@@ -122,6 +124,7 @@ def fill(record: dict, argv: list[str]) -> dict:
     for row in record["rows"]:
         if row.get("kind") != "train" or not row.get("time_s"):
             continue
+        row.setdefault("xla_flops", row.get("flops"))  # what the harness counted there
         row["flops"] = train_step_flops(row, platform)
         if row["flops"] is None:
             row["flops_per_s"] = row["peak_fraction"] = None

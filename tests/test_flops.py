@@ -83,11 +83,12 @@ def _record(platform: str, **row) -> dict:
 
 def test_fill_writes_model_flops_mfu_and_where_they_came_from(tmp_path):
     path = tmp_path / "record.json"
-    path.write_text(json.dumps(_record("gpu")))
+    path.write_text(json.dumps(_record("gpu", flops=123.0)))
     flops.main([f"--fill={path}"])
     record = json.loads(path.read_text())
     row = record["rows"][0]
     assert row["flops"] > 0 and row["flops_per_s"] == pytest.approx(row["flops"] / 0.01)
+    assert row["xla_flops"] == 123.0  # the count the record had is kept beside it
     assert row["peak_fraction"]["float32"] == pytest.approx(row["flops_per_s"] / 1e12)
     assert "benchmarks.flops" in record["flops_count"]["command"]
     assert "gpu" in record["flops_count"]["what"] and record["flops_count"]["date"]
