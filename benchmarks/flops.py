@@ -17,9 +17,9 @@ Counted: every ``dot_general`` and convolution (``conv_general_dilated`` and
 is unknown before running: a program with one counts as None.
 
 ``--fill`` adds ``flops``, ``flops_per_s`` and ``peak_fraction`` to the train rows of a
-record made on any backend (the harness's own count kept as ``xla_flops``), tracing each row's step here with the layers the record's
-platform traces (``channelwise.layers_for``), and ``flops_count`` (this command, commit,
-date) to the record.
+record made on any backend (the harness's own count kept as ``xla_flops``), tracing each
+row's step here with the layers the record's platform traces (``channelwise.layers_for``),
+and ``flops_count`` (this command, commit, date) to the record.
 """
 
 from __future__ import annotations
