@@ -10,8 +10,9 @@ and for the energies AIS on the same dequantized digits with the same bits/dim o
 (--config.eval.ais=False drops it). Energy Matching is the costliest run, then C
 (BENCHMARKS.md, the digits study's cost). Five seeds (about 44 min each on 2 cores, BENCHMARKS.md);
 fewer with --config.study.seeds=(0,1,2). The headline claim alone (U and C, ten seeds in
-about an hour): --config.study.families='("score","energy")' --config.study.qc_lambda_sweep='()'
---config.study.seeds='(0,1,2,3,4,5,6,7,8,9)'.
+about an hour): --config.study.families='("score","energy")'
+--config.study.seeds='(0,1,2,3,4,5,6,7,8,9)' (the default QC lambda sweep is ignored without
+'qc'). The families issue 24 names (U, C, C-ResNet, QC), three seeds: 42 minutes.
 On the CPU the runs go in one worker process per core, each pinned to its core
 (study.workers=0; =1 runs them one after another in this process).
 Every field: ebm_vs_score/config_base.py (shared by all runs) and

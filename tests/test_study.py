@@ -558,6 +558,19 @@ def test_qc_sweep_config_file_and_variants(tmp_path):
         study.validate_study(settings.from_config(config), str(tmp_path))
 
 
+def test_the_default_sweep_is_ignored_without_qc_a_chosen_one_is_refused(tmp_path):
+    """Digits' default sweep (0.1, 1.0) needs no clearing when 'qc' is not chosen; a sweep
+    the user set without 'qc' is still an error."""
+    config = study.get_config("digits")
+    config.study.families = ("score", "energy")
+    s = settings.from_config(config)
+    study.validate_study(s, str(tmp_path))
+    assert study.variants(s) == ["score", "energy"]
+    config.study.qc_lambda_sweep = (0.5,)
+    with pytest.raises(ConfigError, match="with 'qc' in study.families"):
+        study.validate_study(settings.from_config(config), str(tmp_path))
+
+
 def test_fake_qc_sweep_report_and_added_lambda(tmp_path, fakes, monkeypatch):
     weights = []
 

@@ -376,9 +376,10 @@ def _check_sweeps(config: ml_collections.ConfigDict) -> None:
     """The QC lambda sweep, the extra C-ResNet widths and the extra sampler."""
     study, families = config.study, list(config.study.families)
     weights = list(study.qc_lambda_sweep)
+    default = list(_study_section(study.scale).qc_lambda_sweep)  # ignored without 'qc'
     _require(all(isinstance(w, int | float) and w > 0 for w in weights)
              and len({f"{float(w):.0e}" for w in weights}) == len(weights)
-             and (not weights or "qc" in families),
+             and (not weights or "qc" in families or weights == default),
              f"study.qc_lambda_sweep={tuple(weights)} must be distinct positive numbers (e.g. "
              "(1e-4, 1e-3, 1e-2)) with 'qc' in study.families, or () for no sweep")
     widths = list(study.get("resnet_energy_widths", ()))

@@ -417,7 +417,7 @@ def _sweep_rows(rows: Sequence[Row]) -> list[Row]:
 
 def _sweep_lines(s: Settings, rows: Sequence[Row], figures: dict[str, Any]) -> list[str]:
     """The QC lambda sweep (Chao et al. 2023, Table 2 claim): one row per lambda."""
-    if not s.study.qc_lambda_sweep:
+    if not s.study.qc_lambda_sweep or "qc" not in s.study.families:
         return []
     toy = s.is_toy
     sweep = _sweep_rows(rows)
