@@ -118,6 +118,7 @@ def train_step_flops(row: dict, platform: str) -> int | None:
 
 def fill(record: dict, argv: list[str]) -> dict:
     """``record`` with model FLOPs, FLOP/s and peak fractions in its timed train rows."""
+    from benchmarks.run import _add_peak_fractions
     from ebm_vs_score import results as records
 
     platform = record["machine"]["platform"]
@@ -126,12 +127,10 @@ def fill(record: dict, argv: list[str]) -> dict:
             continue
         row.setdefault("xla_flops", row.get("flops"))  # what the harness counted there
         row["flops"] = train_step_flops(row, platform)
-        if row["flops"] is None:
-            row["flops_per_s"] = row["peak_fraction"] = None
-            continue
-        row["flops_per_s"] = row["flops"] / row["time_s"]
-        row["peak_fraction"] = {d: row["flops_per_s"] / p["flops_per_s"]
-                                for d, p in record.get("peak", {}).items()}
+        row["flops_per_s"] = row["peak_fraction"] = None
+        if row["flops"] is not None:
+            row["flops_per_s"] = row["flops"] / row["time_s"]
+    _add_peak_fractions(record)  # the harness's own: over each matmul peak of the run
     record["flops_count"] = {
         "what": "model FLOPs on the jaxpr (benchmarks/flops.py), layers traced as on "
                 f"{platform}", "command": "python -m benchmarks.flops " + " ".join(argv),

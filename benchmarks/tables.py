@@ -88,7 +88,7 @@ def bench_train(spec: Spec, records: list) -> list[str]:
     model GFLOP per step and MFU, the achieved FLOP/s over the run's own matmul peak in the
     row's compute dtype (``benchmarks/flops.py``)."""
     _need(records, None, "bench_train")
-    rows = [dict(copy.deepcopy(r), peak=_raw(rec).get("peak", {})) for _, rec in records
+    rows = [copy.deepcopy(r) for _, rec in records
             for r in _rows(_raw(rec), "train", spec.options.get("rows"))]
     report.add_ratios(rows)
     mfu = spec.options.get("mfu") == "1"
@@ -103,10 +103,11 @@ def bench_train(spec: Spec, records: list) -> list[str]:
 
 
 def _mfu_cells(row: dict) -> list[str]:
-    flops, peak = row.get("flops"), row["peak"].get(row.get("dtype", "float32"), {})
-    if not (flops and row.get("time_s") and peak.get("flops_per_s")):
+    """Model GFLOP per step and the row's ``peak_fraction`` in its compute dtype."""
+    fraction = (row.get("peak_fraction") or {}).get(row.get("dtype", "float32"))
+    if not (row.get("flops") and fraction):
         return ["–", "–"]
-    return [f"{flops / 1e9:,.0f}", f"{100 * flops / row['time_s'] / peak['flops_per_s']:.0f}%"]
+    return [f"{row['flops'] / 1e9:,.0f}", f"{100 * fraction:.0f}%"]
 
 
 def bench_samplers(spec: Spec, records: list) -> list[str]:
