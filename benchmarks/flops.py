@@ -6,12 +6,14 @@ MFU (model FLOPs utilization; Chowdhery et al. 2022, PaLM, Appendix B) is the ar
 step needs over its time and the hardware's peak. The arithmetic is counted here on the
 jaxpr, not by XLA's cost analysis, because that depends on the backend: on the GPU it
 counted 194.9 GFLOP for the CIFAR U step at batch 128 (2026-11-25, jax 0.11.2), which
-needs 4,843 (its convolutions are cuDNN calls there), and in a later run it gave none. On
+needs 4,777 (its convolutions are cuDNN calls there), and in a later run it gave none. On
 the CPU it counts the convolutions but skips the kernel taps that fall in the padding
 (4,484 GFLOP for the same step).
 
 Counted: every ``dot_general`` and convolution (``conv_general_dilated`` and
-``models/conv.py``'s tangent primitive) at 2 FLOPs per multiply-add, in every sub-jaxpr
+``models/conv.py``'s tangent primitive) at 2 FLOPs per multiply-add of the kernel's
+nominal taps (padding taps counted, as MFU's convention does; the zeros inserted by input
+dilation not, so a strided convolution's input gradient counts as its forward), in every sub-jaxpr
 (jit, custom derivatives, remat), a ``scan`` body times its length, the largest branch of a
 ``cond``. Elementwise work is not counted (MFU's convention). A ``while`` body's trip count
 is unknown before running: a program with one counts as None.
@@ -51,15 +53,19 @@ def dot_general_flops(eqn) -> int:
 
 def conv_flops(eqn) -> int:
     """2 x (output elements) x (kernel elements per output feature): feature and batch
-    groups, strides and dilations included, since the kernel holds exactly the weights each
-    output element sums over."""
+    groups, strides and kernel dilations included, since the kernel holds exactly the
+    weights each output element sums over; divided by the input dilation's product, since
+    with ``lhs_dilation`` d only one in d input positions per dimension holds a number (the
+    rest are the zeros a strided convolution's input gradient is written with: counting
+    their taps would charge that gradient d^2 times its forward convolution)."""
     kernel = eqn.invars[1].aval.shape
     if eqn.primitive.name == "conv_general_dilated":
         out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0]
     else:  # models/conv.py: an HWIO kernel
         out_feature_dim = len(kernel) - 1
+    holes = math.prod(eqn.params.get("lhs_dilation") or (1,))
     per_output = math.prod(kernel) // kernel[out_feature_dim]
-    return 2 * math.prod(eqn.outvars[0].aval.shape) * per_output
+    return 2 * math.prod(eqn.outvars[0].aval.shape) * per_output // holes
 
 
 def jaxpr_flops(jaxpr) -> int:

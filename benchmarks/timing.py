@@ -88,7 +88,7 @@ def compile_timed(jitted, *args) -> tuple[Any, dict[str, float]]:
     ``flops`` are model FLOPs counted on the jaxpr (``benchmarks/flops.py``: matrix
     products and convolutions, the same on every backend); ``xla_flops`` is XLA's cost
     analysis of the lowered program, which depends on the backend (on the GPU it left out
-    the convolutions: 194.9 of a CIFAR U step's 4,843 GFLOP) and counts a loop body once.
+    the convolutions: 194.9 of a CIFAR U step's 4,777 GFLOP) and counts a loop body once.
     """
     start = time.perf_counter()
     lowered = jitted.lower(*args)

@@ -47,6 +47,21 @@ def test_both_gradients_of_a_convolution_cost_its_forward_each():
     assert flops.model_flops(jax.grad(loss, argnums=(0, 1)), x, w) == 3 * forward
 
 
+def test_a_strided_convolutions_gradients_cost_its_forward_each():
+    """At stride 2 the input gradient is a convolution over the output gradient dilated by 2
+    (three zeros in four positions): only the taps on its numbers are counted."""
+    x, w = jnp.ones((2, 32, 32, 4)), jnp.ones((3, 3, 4, 6))
+    strided = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                                       dimension_numbers=DN)
+    forward = flops.model_flops(strided, x, w)
+    assert forward == 2 * (2 * 16 * 16 * 6) * (3 * 3 * 4)
+    loss = lambda x, w: jnp.sum(strided(x, w) ** 2)
+    assert flops.model_flops(jax.grad(loss, argnums=(0, 1)), x, w) == 3 * forward
+    transposed = lambda y, w: conv_lib.conv(y, w, (1, 1), ((1, 2), (1, 2)), (2, 2))
+    y = jnp.ones((2, 16, 16, 4))
+    assert flops.model_flops(transposed, y, w) == 2 * (2 * 16 * 16 * 6) * (3 * 3 * 4)
+
+
 def test_the_canonical_convolution_counts_like_jaxs():
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
     ours = lambda x, w: conv_lib.conv(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1))
