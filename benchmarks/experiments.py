@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import rows, timing
+from benchmarks.peer_pytorch import CONV_SHAPES
 from benchmarks.suites import RowSpec
 from ebm_vs_score import builders, conservativeness, hostcpu, settings, train
 from ebm_vs_score.models import layers, unet
@@ -158,11 +159,6 @@ def qc_experiment(spec: RowSpec, opts: rows.Options) -> dict:
     with patched(conservativeness, "_probe_terms", probe_terms_linearized):
         out["linearize"] = _qc_step(spec, opts)
     return out
-
-
-# (H = W, C_in, C_out, stride) of the CIFAR U-Net's 3x3 convolutions, one per kind
-CONV_SHAPES = ((32, 128, 128, 1), (16, 256, 256, 1), (8, 256, 256, 1), (4, 256, 256, 1),
-               (32, 128, 128, 2))
 
 
 def _conv(x, w, stride):

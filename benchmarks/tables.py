@@ -189,6 +189,20 @@ def bench_peer(spec: Spec, records: list) -> list[str]:
             f"(batch {raw.get('batch')}; 1-minute load {_load(raw)}{_peer_versions(raw)})."]
 
 
+def bench_peer_kernels(spec: Spec, records: list) -> list[str]:
+    """``peer_pytorch --kernels``: each convolution's ms on both sides, ours/theirs, the sum."""
+    _need(records, 1, "bench_peer_kernels")
+    raw = _raw(records[0][1])
+    body = [[k["kernel"], k["op"].replace("_", " "), f"{k['gflop']:.2f}", f"{k['ours_ms']:.2f}",
+             f"{k['theirs_ms']:.2f}", f"{k['ratio']:.2f}"] for k in raw["kernels"]]
+    return _table(["convolution (H×W×C_in→C_out/stride)", "call", "GFLOP", "ours ms",
+                   "theirs ms", "ours/theirs"], body) + [
+        "", f"All {len(body)} calls: ours {raw['ours_total_ms']:,.1f} ms, theirs "
+            f"{raw['theirs_total_ms']:,.1f} ms, ours/theirs {raw['ratio_total']:.3f} (batch "
+            f"{raw.get('batch')}; medians over {len(raw['pairs'])} interleaved pairs; 1-minute "
+            f"load {_load(raw)}{_peer_versions(raw)})."]
+
+
 def _peer_versions(raw: dict) -> str:
     """'; torch V, jax V, CPU' where the record names them (records before 2026-12-02
     name jax and the CPU only)."""
@@ -424,6 +438,7 @@ TABLE_KINDS = {
     "bench_runs": bench_runs,
     "bench_compare": bench_compare,
     "bench_peer": bench_peer,
+    "bench_peer_kernels": bench_peer_kernels,
     "bench_convs": bench_convs,
     "bench_smoke": bench_smoke,
     "bench_runtime": bench_runtime,
