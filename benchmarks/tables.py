@@ -204,13 +204,14 @@ def bench_peer_kernels(spec: Spec, records: list) -> list[str]:
 
 
 def _peer_versions(raw: dict) -> str:
-    """'; torch V, jax V, CPU' where the record names them (records before 2026-12-02
-    name jax and the CPU only)."""
+    """'; torch V, jax V, CPU (family, model, vector units)' where the record names them
+    (records before 2026-12-02 name jax and the CPU only, before 2026-12-05 no CPU id)."""
     machine, first = raw.get("machine", {}), (raw.get("pairs") or [{}])[0]
     names = [f"torch {first['theirs']['torch_version']}"
              if "torch_version" in first.get("theirs", {}) else None,
              f"jax {machine['jax_version']}" if machine.get("jax_version") else None,
-             machine.get("cpu_model")]
+             " ".join(filter(None, [machine.get("cpu_model"),
+                                    machine.get("cpu_id") and f"({machine['cpu_id']})"]))]
     return "".join(f"; {n}" for n in names if n)
 
 

@@ -182,6 +182,7 @@ def machine_info(argv: list[str], module: str = "benchmarks.run") -> dict[str, A
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "cpu_model": records.cpu_model(),
+        "cpu_id": records.cpu_id(),  # family/model and vector units, where the name is generic
         "python": platform.python_version(),
         "jax_version": jax.__version__,
         "jaxlib_version": jaxlib.__version__,

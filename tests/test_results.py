@@ -271,6 +271,20 @@ def test_loops_and_eval_cost_tables_render_their_records(tmp_path):
     assert results.run("check", root, ["B.md"]) == 0
 
 
+INTEL = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+         "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 8\nflags\t\t: fpu avx2 "
+         "avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\nvendor_id\t: Other\n")
+ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\n"
+
+
+def test_the_cpu_id_names_family_model_and_vector_units_of_the_first_cpu():
+    assert results.cpu_id_from(INTEL) == ("GenuineIntel cpu family 6 model 143 stepping 8; "
+                                          "avx2 avx512f avx512_bf16 amx_tile")
+    assert results.cpu_id_from(ARM) == "CPU implementer 0x41; sve asimd"
+    assert results.cpu_id_from("") is None
+    assert "cpu_id" in results.machine_info()
+
+
 def test_peer_table_names_torch_jax_and_the_cpu(tmp_path):
     """bench_peer: each pair's ms and ratio, the median, and the versions the record names."""
     root = str(tmp_path)
