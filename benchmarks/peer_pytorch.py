@@ -18,13 +18,14 @@ torch or without ``--peer_dir`` the command prints why it is skipped and exits 0
 never breaks a run of the harness.
 
 ``--kernels`` compares the step's building blocks instead of the step: the 3x3 convolutions
-of the U-Net's layer shapes (``experiments.CONV_SHAPES``) at ``--batch``, forward, input
+of the U-Net's layer shapes (``CONV_SHAPES``) at ``--batch``, forward, input
 gradient and weight gradient, ours (``lax.conv_general_dilated`` under the kernels ``main``
 chooses) against torch's (``conv2d`` and ``aten.convolution_backward`` on contiguous NCHW
 tensors, as the peer's model runs them), each side a fresh process, interleaved
 ``--pairs`` times, each kernel the median of ``--steps`` calls after a warm-up. It needs
-torch, not the peer's checkout. Where the kernels are level and the steps are not, the
-gap is in the rest of the step.
+torch, not the peer's checkout (``--threads`` then sets torch's threads only; ours runs
+as ``main`` would). Where the kernels are level and the steps are not, the gap is in the
+rest of the step.
 """
 
 from __future__ import annotations

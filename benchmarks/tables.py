@@ -205,7 +205,7 @@ def bench_peer_kernels(spec: Spec, records: list) -> list[str]:
 
 def _peer_versions(raw: dict) -> str:
     """'; torch V, jax V, CPU (family, model, vector units)' where the record names them
-    (records before 2026-12-02 name jax and the CPU only, before 2026-12-05 no CPU id)."""
+    (records before 2026-12-02 name jax and the CPU only; older ones have no CPU id)."""
     machine, first = raw.get("machine", {}), (raw.get("pairs") or [{}])[0]
     names = [f"torch {first['theirs']['torch_version']}"
              if "torch_version" in first.get("theirs", {}) else None,

@@ -36,6 +36,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from ebm_vs_score.cpuinfo import cpu_id, cpu_model  # records name the CPU with these
+
 SCHEMA = 1
 RESULTS_DIR_ENV = "EBM_RESULTS_DIR"
 DEFAULT_DOCS = ("README.md", "BENCHMARKS.md", "docs/*.md")
@@ -63,44 +65,6 @@ def load_average() -> list[float] | None:
     """The 1, 5 and 15-minute load averages (None where the OS has none)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "sve", "asimd")
-
-
-def cpu_id_from(cpuinfo: str) -> str | None:
-    """'vendor family F model M stepping S; ISA flags' of the first CPU in a
-    ``/proc/cpuinfo`` text: VMs often name the CPU only "AMD EPYC" or "Intel(R) Xeon(R)
-    Processor", which tells neither the generation nor the vector units timings depend on."""
-    first = cpuinfo.split("\n\n", 1)[0]
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    keys = ("cpu family", "model", "stepping", "CPU implementer", "CPU part")
-    ident = " ".join([fields.get("vendor_id", "")] + [f"{k} {fields[k]}" for k in keys
-                                                     if k in fields]).strip()
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    isa = " ".join(f for f in _ISA_FLAGS if f in flags)
-    return "; ".join(part for part in (ident, isa) if part) or None
-
-
-def cpu_id() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return cpu_id_from(f.read())
     except OSError:
         return None
 

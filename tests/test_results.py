@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ebm_vs_score import results
+from ebm_vs_score import cpuinfo, results
 from ebm_vs_score.study import verdicts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -278,10 +278,10 @@ ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU implemen
 
 
 def test_the_cpu_id_names_family_model_and_vector_units_of_the_first_cpu():
-    assert results.cpu_id_from(INTEL) == ("GenuineIntel cpu family 6 model 143 stepping 8; "
+    assert cpuinfo.cpu_id_from(INTEL) == ("GenuineIntel cpu family 6 model 143 stepping 8; "
                                           "avx2 avx512f avx512_bf16 amx_tile")
-    assert results.cpu_id_from(ARM) == "CPU implementer 0x41; sve asimd"
-    assert results.cpu_id_from("") is None
+    assert cpuinfo.cpu_id_from(ARM) == "CPU implementer 0x41; sve asimd"
+    assert cpuinfo.cpu_id_from("") is None
     assert "cpu_id" in results.machine_info()
 
 
