@@ -154,6 +154,16 @@ def torch_conv_calls(torch, x, w, g, stride: int) -> dict:
             "weight_grad": lambda: grad([False, True, False])}
 
 
+def torch_inputs(torch, batch: int, size: int, c_in: int, c_out: int, stride: int):
+    """``_kernel_arrays`` as contiguous NCHW / OIHW tensors; at stride 2 the input padded by
+    one at the end, as ``torch_conv_calls`` expects."""
+    x, w, g = _kernel_arrays(batch, size, c_in, c_out, stride)
+    x, g = (torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (x, g))
+    if stride == 2:
+        x = torch.nn.functional.pad(x, (0, 1, 0, 1))
+    return x, torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(), g
+
+
 def theirs_kernels(batch: int, calls: int, threads: int) -> dict:
     """torch's convolutions on contiguous NCHW tensors, as the peer's model runs them."""
     import torch
@@ -163,11 +173,7 @@ def theirs_kernels(batch: int, calls: int, threads: int) -> dict:
     out = {}
     with torch.no_grad():
         for name, size, c_in, c_out, stride, _ in kernel_shapes(batch):
-            x, w, g = _kernel_arrays(batch, size, c_in, c_out, stride)
-            x, g = (torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (x, g))
-            w = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
-            if stride == 2:
-                x = torch.nn.functional.pad(x, (0, 1, 0, 1))
+            x, w, g = torch_inputs(torch, batch, size, c_in, c_out, stride)
             for op, call in torch_conv_calls(torch, x, w, g, stride).items():
                 out[f"{name} {op}"] = _median_ms(call, calls)
     return {"kernels_ms": out, "threads": torch.get_num_threads(),

@@ -75,10 +75,7 @@ def test_torchs_calls_compute_our_convolutions():
     torch = pytest.importorskip("torch")
     for name, size, c_in, c_out, stride, _ in peer_pytorch.kernel_shapes(1):
         x, w, g = peer_pytorch._kernel_arrays(1, size, c_in, c_out, stride)
-        tx, tg = (torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (x, g))
-        if stride == 2:
-            tx = torch.nn.functional.pad(tx, (0, 1, 0, 1))
-        tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+        tx, tw, tg = peer_pytorch.torch_inputs(torch, 1, size, c_in, c_out, stride)
         calls = peer_pytorch.torch_conv_calls(torch, tx, tw, tg, stride)
         theirs = {"forward": calls["forward"]().permute(0, 2, 3, 1),
                   "input_grad": calls["input_grad"]()[0].permute(0, 2, 3, 1)[:, :size, :size],
