@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import rows, timing
-from benchmarks.peer_pytorch import CONV_SHAPES
+from benchmarks.peer_pytorch import kernel_arrays, kernel_shapes
 from benchmarks.suites import RowSpec
 from ebm_vs_score import builders, conservativeness, hostcpu, settings, train
 from ebm_vs_score.models import layers, unet
@@ -173,19 +173,16 @@ def _conv_fns(stride: int) -> dict:
 
 
 def convs_experiment(batch: int, opts: rows.Options) -> dict:
-    """GFLOP/s of y = conv(x, w), of its input gradient and of its weight gradient."""
+    """GFLOP/s of y = conv(x, w), of its input gradient and of its weight gradient, at the
+    shapes and on the inputs of ``peer_pytorch --kernels``."""
     out = {}
-    for size, c_in, c_out, stride in CONV_SHAPES:
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, c_in)),
-                        jnp.float32)
-        w = jnp.full((3, 3, c_in, c_out), 0.01, jnp.float32)
-        g = jnp.ones((batch, size // stride, size // stride, c_out), jnp.float32)
-        gflop = 2 * g.size * c_in * 9 / 1e9
+    for key, size, c_in, c_out, stride, gflop in kernel_shapes(batch):
+        args = [jnp.asarray(a) for a in kernel_arrays(batch, size, c_in, c_out, stride)]
         row = {}
         for name, fn in _conv_fns(stride).items():
-            ms = _measure(fn, (x, w, g), 1, opts)["wall_ms"]
+            ms = _measure(fn, args, 1, opts)["wall_ms"]
             row[name] = {"ms": ms, "gflop_per_s": gflop / ms * 1e3}
-        out[f"{size}x{size}x{c_in}->{c_out}/s{stride}"] = row
+        out[key] = row
     return out
 
 

@@ -104,7 +104,7 @@ def kernel_shapes(batch: int):
                2 * batch * out * out * c_out * c_in * 9 / 1e9)
 
 
-def _kernel_arrays(batch: int, size: int, c_in: int, c_out: int, stride: int):
+def kernel_arrays(batch: int, size: int, c_in: int, c_out: int, stride: int):
     """x (NHWC), w (HWIO), output gradient g (NHWC): the same numbers on both sides."""
     rng = np.random.default_rng(0)
     return (rng.standard_normal((batch, size, size, c_in), np.float32),
@@ -129,7 +129,7 @@ def ours_kernels(batch: int, calls: int) -> dict:
 
     out = {}
     for name, size, c_in, c_out, stride, _ in kernel_shapes(batch):
-        args = [jnp.asarray(a) for a in _kernel_arrays(batch, size, c_in, c_out, stride)]
+        args = [jnp.asarray(a) for a in kernel_arrays(batch, size, c_in, c_out, stride)]
         for op, fn in _conv_fns(stride).items():
             compiled = jax.jit(fn).lower(*args).compile()
             out[f"{name} {op}"] = _median_ms(
@@ -155,9 +155,9 @@ def torch_conv_calls(torch, x, w, g, stride: int) -> dict:
 
 
 def torch_inputs(torch, batch: int, size: int, c_in: int, c_out: int, stride: int):
-    """``_kernel_arrays`` as contiguous NCHW / OIHW tensors; at stride 2 the input padded by
+    """``kernel_arrays`` as contiguous NCHW / OIHW tensors; at stride 2 the input padded by
     one at the end, as ``torch_conv_calls`` expects."""
-    x, w, g = _kernel_arrays(batch, size, c_in, c_out, stride)
+    x, w, g = kernel_arrays(batch, size, c_in, c_out, stride)
     x, g = (torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (x, g))
     if stride == 2:
         x = torch.nn.functional.pad(x, (0, 1, 0, 1))

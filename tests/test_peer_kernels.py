@@ -18,7 +18,7 @@ def test_each_timed_call_is_one_convolution_of_the_counted_flops():
     """kernel_shapes' GFLOP is benchmarks.flops' count of the forward; a gradient's vjp
     traces the forward too (twice the count), and XLA keeps one convolution of each call."""
     for name, size, c_in, c_out, stride, gflop in peer_pytorch.kernel_shapes(2):
-        args = [jnp.asarray(a) for a in peer_pytorch._kernel_arrays(2, size, c_in, c_out, stride)]
+        args = [jnp.asarray(a) for a in peer_pytorch.kernel_arrays(2, size, c_in, c_out, stride)]
         for op, fn in _conv_fns(stride).items():
             traced = 1 if op == "forward" else 2
             assert flops.model_flops(fn, *args) == traced * round(gflop * 1e9), (name, op)
@@ -74,7 +74,7 @@ def test_torchs_calls_compute_our_convolutions():
     """The torch side times the same arithmetic: values match ours (where torch is here)."""
     torch = pytest.importorskip("torch")
     for name, size, c_in, c_out, stride, _ in peer_pytorch.kernel_shapes(1):
-        x, w, g = peer_pytorch._kernel_arrays(1, size, c_in, c_out, stride)
+        x, w, g = peer_pytorch.kernel_arrays(1, size, c_in, c_out, stride)
         tx, tw, tg = peer_pytorch.torch_inputs(torch, 1, size, c_in, c_out, stride)
         calls = peer_pytorch.torch_conv_calls(torch, tx, tw, tg, stride)
         theirs = {"forward": calls["forward"]().permute(0, 2, 3, 1),
