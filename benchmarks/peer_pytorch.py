@@ -3,6 +3,7 @@
     python -m benchmarks.peer_pytorch --peer_dir=/path/to/score_sde_pytorch [--pairs=3]
         [--batch=8] [--steps=5] [--threads=0] [--out=FILE.json]
     python -m benchmarks.peer_pytorch --kernels [--pairs=3] [--batch=8] [--steps=5] [--out=...]
+    python -m benchmarks.peer_pytorch --blocks --peer_dir=... [--pairs=3] [--batch=8] [...]
 
 The peer is Song et al.'s own PyTorch code (github.com/yang-song/score_sde_pytorch), the
 tool users would pick instead: its DDPM CIFAR-10 model and loss (``configs/vp/ddpm/
@@ -25,7 +26,9 @@ tensors, as the peer's model runs them), each side a fresh process, interleaved
 ``--pairs`` times, each kernel the median of ``--steps`` calls after a warm-up. It needs
 torch, not the peer's checkout (``--threads`` then sets torch's threads only; ours runs
 as ``main`` would). Where the kernels are level and the steps are not, the gap is in the
-rest of the step.
+rest of the step. ``--blocks`` compares the U-Net's residual and attention blocks, forward
+and backward (``benchmarks/peer_blocks.py``): between the two, it says which part of the
+step carries a gap.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import time
 
 import numpy as np
 
+from benchmarks import peer_blocks
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.peer_pytorch", description=__doc__,
@@ -52,8 +57,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps per side per pair")
     p.add_argument("--threads", type=int, default=0, help="0: each framework's default")
     p.add_argument("--out", help="write the JSON result here")
-    p.add_argument("--kernels", action="store_true",
-                   help="compare the U-Net's 3x3 convolutions, not the train step")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--kernels", action="store_true",
+                      help="compare the U-Net's 3x3 convolutions, not the train step")
+    mode.add_argument("--blocks", action="store_true",
+                      help="compare the U-Net's residual and attention blocks (needs --peer_dir)")
     p.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -215,8 +223,7 @@ def _run_side(side: str, args: argparse.Namespace) -> dict:
            f"--batch={args.batch}", f"--steps={args.steps}", f"--threads={args.threads}"]
     if args.peer_dir:
         cmd.append(f"--peer_dir={args.peer_dir}")
-    if args.kernels:
-        cmd.append("--kernels")
+    cmd += [f"--{mode}" for mode in ("kernels", "blocks") if getattr(args, mode)]
     start_cpu = os.times()
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     end_cpu = os.times()
@@ -277,8 +284,22 @@ def compare_kernels(args: argparse.Namespace) -> dict:
             "theirs_total_ms": total["theirs"], "ratio_total": ratio, "batch": args.batch}
 
 
+def compare_blocks(args: argparse.Namespace) -> dict:
+    """Interleaved sides of ``peer_blocks``; per block the median over pairs."""
+    pairs = [{"ours": _run_side("ours", args), "theirs": _run_side("theirs", args)}
+             for _ in range(args.pairs)]
+    result = peer_blocks.summarize(pairs, args.batch)
+    peer_blocks.print_summary(result)
+    return result
+
+
 def _side(args: argparse.Namespace) -> dict:
-    """This process's side: the train step or, with --kernels, the convolutions."""
+    """This process's side: the train step, or the convolutions (--kernels), or the
+    blocks (--blocks)."""
+    if args.blocks:
+        return (peer_blocks.ours_blocks(args.batch, args.steps) if args.side == "ours"
+                else peer_blocks.theirs_blocks(args.peer_dir, args.batch, args.steps,
+                                               args.threads))
     if args.kernels:
         return (ours_kernels(args.batch, args.steps) if args.side == "ours"
                 else theirs_kernels(args.batch, args.steps, args.threads))
@@ -296,7 +317,8 @@ def main(argv: list[str]) -> int:
     if reason:
         print(f"peer comparison skipped: {reason}")
         return 0
-    result = compare_kernels(args) if args.kernels else compare(args)
+    compare_mode = compare_blocks if args.blocks else compare_kernels if args.kernels else compare
+    result = compare_mode(args)
     if args.out:
         from benchmarks import timing
 

@@ -203,6 +203,21 @@ def bench_peer_kernels(spec: Spec, records: list) -> list[str]:
             f"load {_load(raw)}{_peer_versions(raw)})."]
 
 
+def bench_peer_blocks(spec: Spec, records: list) -> list[str]:
+    """``peer_pytorch --blocks``: each block's ms on both sides, how often a step calls it,
+    ours/theirs, the count-weighted sums."""
+    _need(records, 1, "bench_peer_blocks")
+    raw = _raw(records[0][1])
+    body = [[b["block"], str(b["count"]), f"{b['gflop']:.2f}", f"{b['ours_ms']:.2f}",
+             f"{b['theirs_ms']:.2f}", f"{b['ratio']:.2f}"] for b in raw["blocks"]]
+    return _table(["block (H×W×C_in→C_out)", "calls per forward", "GFLOP", "ours ms",
+                   "theirs ms", "ours/theirs"], body) + [
+        "", f"Count-weighted: ours {raw['ours_total_ms']:,.0f} ms, theirs "
+            f"{raw['theirs_total_ms']:,.0f} ms, ours/theirs {raw['ratio_total']:.3f} (batch "
+            f"{raw.get('batch')}; forward + backward; medians over {len(raw['pairs'])} "
+            f"interleaved pairs; 1-minute load {_load(raw)}{_peer_versions(raw)})."]
+
+
 def _peer_versions(raw: dict) -> str:
     """'; torch V, jax V, CPU (family, model, vector units)' where the record names them
     (records before 2026-12-02 name jax and the CPU only; older ones have no CPU id)."""
@@ -440,6 +455,7 @@ TABLE_KINDS = {
     "bench_compare": bench_compare,
     "bench_peer": bench_peer,
     "bench_peer_kernels": bench_peer_kernels,
+    "bench_peer_blocks": bench_peer_blocks,
     "bench_convs": bench_convs,
     "bench_smoke": bench_smoke,
     "bench_runtime": bench_runtime,
