@@ -16,7 +16,7 @@ by the library; each compares what the library does with one alternative).
 * ``sums``: a per-channel gradient sum over (B, H, W) as a reduction vs as a product
   with a vector of ones (what ``models/channelwise.py`` makes autodiff emit).
 * ``ablate``: the CIFAR U train step at ``--batch`` with GroupNorm, the attention blocks
-  or dropout replaced by the identity: what each costs.
+  or dropout replaced by the identity (and GroupNorm and dropout both): what each costs.
 * ``optimizer``: the parameter update of the CIFAR U train step (``train.make_optimizer``'s
   clip + Adam, ``optax.apply_updates``, the EMA and the gradient norm, as ``train_step``
   writes them) against the same arithmetic in one ``jax.tree.map`` that reads gradient,
@@ -210,14 +210,16 @@ class _NoDropout:
 
 
 def ablate_experiment(batch: int, opts: rows.Options) -> dict:
-    """ms per CIFAR U train step: as is, and without GroupNorm / attention / dropout."""
+    """ms per CIFAR U train step: as is, and without GroupNorm / attention / dropout, and
+    without both GroupNorm and dropout (a floor for what faster versions of them could buy)."""
     spec = RowSpec("experiment", "train", "cifar", "U", batch)
     identity_norm = lambda x, num_groups, dtype: x  # noqa: E731
     identity_attn = lambda remat, *args, **kwargs: (lambda h: h)  # noqa: E731
-    variants = {"as_is": [], "no_group_norm": [(layers, "group_norm", identity_norm),
-                                               (unet, "group_norm", identity_norm)],
+    no_norm = [(layers, "group_norm", identity_norm), (unet, "group_norm", identity_norm)]
+    no_dropout = [(layers.nn, "Dropout", _NoDropout)]
+    variants = {"as_is": [], "no_group_norm": no_norm,
                 "no_attention": [(unet, "attn_block", identity_attn)],
-                "no_dropout": [(layers.nn, "Dropout", _NoDropout)]}
+                "no_dropout": no_dropout, "no_group_norm_no_dropout": no_norm + no_dropout}
     out = {}
     for name, patches in variants.items():
         with contextlib.ExitStack() as stack:
