@@ -223,6 +223,22 @@ def test_explicit_energy_against_the_implicit_field_is_paired_by_seed():
     assert entry["verdict"] == verdicts.NOT_TESTABLE and "low" not in entry
 
 
+def test_the_explicit_energy_after_the_longest_sweep_is_paired_with_the_field():
+    """eqm_explicit_worse_long reads nag_<n>.fd at the largest step count, EqM-E minus the
+    EqM run of the same seed (appended last, so earlier claims keep their indices)."""
+    eqm_fd, dot_fd = [2.7, 3.1, 2.4, 2.9], [4.2, 5.0, 3.6, 4.8]
+    values = _ti_values({
+        "eqm": [{"fd": 2.0, "nfe_sweep": _sweep(90.0, 2.0, f)} for f in eqm_fd],
+        "eqm_energy_dot": [{"fd": 2.0, "nfe_sweep": _sweep(90.0, 2.0, f)} for f in dot_fd]})
+    entry = _claim(values, "eqm_explicit_worse_long_200", "eqm_energy_dot")
+    assert entry["metric"] == "nfe_sweep.nag_200.fd" and entry["baseline"] == "eqm"
+    assert "after 200 descent steps" in entry["statement"]
+    ref = scipy.stats.ttest_rel(dot_fd, eqm_fd).confidence_interval(0.95)
+    np.testing.assert_allclose([entry["low"], entry["high"]], [ref.low, ref.high], rtol=1e-9)
+    assert entry["verdict"] == verdicts.REPRODUCED
+    assert values["claims"][-1]["key"] == "eqm_explicit_worse_long_200"
+
+
 def test_ood_auroc_of_the_energy_against_chance():
     aurocs = {"noise": [0.91, 0.95, 0.88], "inverted": [0.31, 0.27, 0.35],
               "patches": [0.45, 0.72, 0.55]}

@@ -85,7 +85,14 @@ CLAIMS = (
         Claim(f"{family}_nag_beats_gd", "NAG-GD samples better than GD at {n} steps",
               f"{_EQM}, NAG-GD sampling", "nfe_sweep.nag_eqm_{n}.fd", family, -1,
               baseline=SELF, baseline_metric="nfe_sweep.gd_{n}.fd"),
-    ))
+    )) + (
+    # The same EqM-E claim after the sweep's largest step count of the study's sampler
+    # (textbook NAG), paired with the field's runs of the same seeds: continued descent on
+    # an energy moves its samples between modes (docs/notes/eqm_energy_matching.md).
+    Claim("eqm_explicit_worse_long", "the explicit energy samples slightly worse than the "
+          "implicit field, after {n} descent steps", f"{_EQM}, explicit energy (EqM-E)",
+          "nfe_sweep.nag_{n}.fd", "eqm_energy", +1, baseline="eqm"),
+)
 
 
 def _ood_sets(keys: set[str]) -> list[str]:
