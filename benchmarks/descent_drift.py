@@ -25,19 +25,14 @@ import sys
 
 import numpy as np
 
-METRICS = ("fd", "is", "precision", "recall")
+from benchmarks.fd_noise import METRICS, run_settings, study_run_parser
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.descent_drift", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study_dir", required=True, help="a study directory (its runs/)")
-    p.add_argument("--variants", default="eqm,eqm_energy_dot",
-                   help="comma-separated time-invariant variants of the study")
-    p.add_argument("--seed", type=int, default=0, help="the runs' training seed")
+    p = study_run_parser("python -m benchmarks.descent_drift", __doc__, "eqm,eqm_energy_dot",
+                         "comma-separated time-invariant variants of the study")
     p.add_argument("--steps", default="100,200,400,800", help="comma-separated step counts")
     p.add_argument("--num", type=int, default=297, help="chains (samples) per variant")
-    p.add_argument("--record", help="write results/<record>.json")
     args = p.parse_args(argv)
     steps = [int(n) for n in args.steps.split(",") if n.strip()]
     if not steps or min(steps) < 1:
@@ -99,7 +94,6 @@ def chain_rows(s, run_dir: str, ctx, key, steps: list[int], num: int) -> list[di
 def measure(args: argparse.Namespace) -> dict:
     import jax
 
-    from benchmarks.fd_noise import run_settings
     from ebm_vs_score.evaluate import runner
 
     key = jax.random.PRNGKey(20_000 + args.seed)

@@ -32,16 +32,24 @@ import time
 METRICS = ("fd", "is", "precision", "recall")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.fd_noise", description=__doc__,
+def study_run_parser(prog: str, doc: str, variants: str,
+                     variants_help: str) -> argparse.ArgumentParser:
+    """The arguments of a command on one seed's trained runs of a study: --study_dir,
+    --variants, --seed and --record."""
+    p = argparse.ArgumentParser(prog=prog, description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study_dir", required=True, help="a study directory (its runs/)")
-    p.add_argument("--variants", default="score,energy",
-                   help="comma-separated study variants; differences are to the first")
+    p.add_argument("--variants", default=variants, help=variants_help)
     p.add_argument("--seed", type=int, default=0, help="the runs' training seed")
+    p.add_argument("--record", help="write results/<record>.json")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = study_run_parser("python -m benchmarks.fd_noise", __doc__, "score,energy",
+                         "comma-separated study variants; differences are to the first")
     p.add_argument("--draws", type=int, default=8, help="independent sample sets per size")
     p.add_argument("--nums", default="297", help="comma-separated sample-set sizes")
-    p.add_argument("--record", help="write results/<record>.json")
     args = p.parse_args(argv)
     if args.draws < 2:
         p.error(f"--draws={args.draws} must be at least 2 (an sd needs two draws)")

@@ -189,18 +189,29 @@ def bench_peer(spec: Spec, records: list) -> list[str]:
             f"(batch {raw.get('batch')}; 1-minute load {_load(raw)}{_peer_versions(raw)})."]
 
 
+_PEER_COLUMNS = ["GFLOP", "ours ms", "theirs ms", "ours/theirs"]
+
+
+def _peer_columns(item: dict) -> list[str]:
+    return [f"{item['gflop']:.2f}", f"{item['ours_ms']:.2f}", f"{item['theirs_ms']:.2f}",
+            f"{item['ratio']:.2f}"]
+
+
+def _peer_summary(raw: dict, label: str, fmt: str, what: str = "") -> str:
+    """The sums line under a ``peer_pytorch --kernels`` or ``--blocks`` table."""
+    return (f"{label}: ours {raw['ours_total_ms']:{fmt}} ms, theirs {raw['theirs_total_ms']:{fmt}} "
+            f"ms, ours/theirs {raw['ratio_total']:.3f} (batch {raw.get('batch')}; {what}medians "
+            f"over {len(raw['pairs'])} interleaved pairs; 1-minute load "
+            f"{_load(raw)}{_peer_versions(raw)}).")
+
+
 def bench_peer_kernels(spec: Spec, records: list) -> list[str]:
     """``peer_pytorch --kernels``: each convolution's ms on both sides, ours/theirs, the sum."""
     _need(records, 1, "bench_peer_kernels")
     raw = _raw(records[0][1])
-    body = [[k["kernel"], k["op"].replace("_", " "), f"{k['gflop']:.2f}", f"{k['ours_ms']:.2f}",
-             f"{k['theirs_ms']:.2f}", f"{k['ratio']:.2f}"] for k in raw["kernels"]]
-    return _table(["convolution (H×W×C_in→C_out/stride)", "call", "GFLOP", "ours ms",
-                   "theirs ms", "ours/theirs"], body) + [
-        "", f"All {len(body)} calls: ours {raw['ours_total_ms']:,.1f} ms, theirs "
-            f"{raw['theirs_total_ms']:,.1f} ms, ours/theirs {raw['ratio_total']:.3f} (batch "
-            f"{raw.get('batch')}; medians over {len(raw['pairs'])} interleaved pairs; 1-minute "
-            f"load {_load(raw)}{_peer_versions(raw)})."]
+    body = [[k["kernel"], k["op"].replace("_", " "), *_peer_columns(k)] for k in raw["kernels"]]
+    return _table(["convolution (H×W×C_in→C_out/stride)", "call", *_PEER_COLUMNS], body) + [
+        "", _peer_summary(raw, f"All {len(body)} calls", ",.1f")]
 
 
 def bench_peer_blocks(spec: Spec, records: list) -> list[str]:
@@ -208,14 +219,9 @@ def bench_peer_blocks(spec: Spec, records: list) -> list[str]:
     ours/theirs, the count-weighted sums."""
     _need(records, 1, "bench_peer_blocks")
     raw = _raw(records[0][1])
-    body = [[b["block"], str(b["count"]), f"{b['gflop']:.2f}", f"{b['ours_ms']:.2f}",
-             f"{b['theirs_ms']:.2f}", f"{b['ratio']:.2f}"] for b in raw["blocks"]]
-    return _table(["block (H×W×C_in→C_out)", "calls per forward", "GFLOP", "ours ms",
-                   "theirs ms", "ours/theirs"], body) + [
-        "", f"Count-weighted: ours {raw['ours_total_ms']:,.0f} ms, theirs "
-            f"{raw['theirs_total_ms']:,.0f} ms, ours/theirs {raw['ratio_total']:.3f} (batch "
-            f"{raw.get('batch')}; forward + backward; medians over {len(raw['pairs'])} "
-            f"interleaved pairs; 1-minute load {_load(raw)}{_peer_versions(raw)})."]
+    body = [[b["block"], str(b["count"]), *_peer_columns(b)] for b in raw["blocks"]]
+    return _table(["block (H×W×C_in→C_out)", "calls per forward", *_PEER_COLUMNS], body) + [
+        "", _peer_summary(raw, "Count-weighted", ",.0f", "forward + backward; ")]
 
 
 def _peer_versions(raw: dict) -> str:

@@ -1,7 +1,6 @@
 """``benchmarks.peer_pytorch --blocks``: the U-Net's blocks, ours against the peer's."""
 
 import collections
-import json
 import os
 
 import flax.linen as nn
@@ -9,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _render import render_table
 
 from benchmarks import peer_blocks, peer_pytorch, rows
 from benchmarks.suites import RowSpec
-from ebm_vs_score import results
 from ebm_vs_score.models import layers
 
 PEER_DIR = os.environ.get("SCORE_SDE_PYTORCH", "/work/peer/score_sde_pytorch")
@@ -64,12 +63,7 @@ def test_the_summary_takes_medians_over_pairs_and_weights_by_count(tmp_path):
 
     out["machine"] = {"jax_version": "0.10.2", "cpu_model": "Some CPU",
                       "load_average_start": [1.5]}
-    os.makedirs(tmp_path / "results")
-    (tmp_path / "results/b.json").write_text(json.dumps(out))
-    (tmp_path / "B.md").write_text("<!-- results:table bench_peer_blocks results/b.json -->\n"
-                                   "<!-- /results -->\n")
-    assert results.run("render", str(tmp_path), ["B.md"]) == 0
-    text = (tmp_path / "B.md").read_text()
+    text = render_table(tmp_path, "bench_peer_blocks", out)
     assert "| attn 16x16x256->256 | 5 | 0.50 | 4.00 | 2.00 | 2.00 |" in text
     assert (f"Count-weighted: ours {4 * calls} ms, theirs {2 * calls} ms, ours/theirs 2.000 "
             "(batch 1; forward + backward; medians over 3 interleaved pairs; 1-minute load "

@@ -1,17 +1,15 @@
 """``benchmarks.peer_pytorch --kernels``: our convolutions against torch's, one call each."""
 
 import importlib.util
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _render import render_table
 
 from benchmarks import flops, peer_pytorch
 from benchmarks.experiments import _conv_fns, _conv_labels
-from ebm_vs_score import results
 
 
 def test_each_timed_call_is_one_convolution_of_the_counted_flops():
@@ -45,12 +43,7 @@ def test_the_comparison_takes_each_calls_median_over_pairs_and_sums_them(monkeyp
 
     out["machine"] = {"jax_version": "0.10.2", "cpu_model": "Some CPU",
                       "load_average_start": [1.5]}
-    os.makedirs(tmp_path / "results")
-    (tmp_path / "results/k.json").write_text(json.dumps(out))
-    (tmp_path / "B.md").write_text("<!-- results:table bench_peer_kernels results/k.json -->\n"
-                                   "<!-- /results -->\n")
-    assert results.run("render", str(tmp_path), ["B.md"]) == 0
-    text = (tmp_path / "B.md").read_text()
+    text = render_table(tmp_path, "bench_peer_kernels", out)
     assert "| 32x32x128->128/s1 | weight grad | 0.30 | 4.00 | 2.00 | 2.00 |" in text
     assert ("All 15 calls: ours 60.0 ms, theirs 30.0 ms, ours/theirs 2.000 (batch 1; medians "
             "over 3 interleaved pairs; 1-minute load 1.5; torch 2.13.0+cpu; jax 0.10.2; "
