@@ -47,11 +47,15 @@ def class_counts(clf, images: np.ndarray) -> list[int]:
     return np.bincount(logits.argmax(1), minlength=clf.num_classes).tolist()
 
 
+def has_energy(ctx) -> bool:
+    return ctx.model.fns.energy is not None and ctx.model.fns.conservative
+
+
 def mean_energy(ctx, images: np.ndarray) -> float | None:
     """The model's mean energy E(x) over ``images`` (None for a field without one)."""
     import jax.numpy as jnp
 
-    if ctx.model.fns.energy is None or not ctx.model.fns.conservative:
+    if not has_energy(ctx):
         return None
     t = jnp.zeros((len(images),))
     return float(np.mean(ctx.model.fns.energy(ctx.params, jnp.asarray(images), t)))
@@ -61,9 +65,9 @@ def energy_by_class(s, ctx) -> list[float] | None:
     """The test digits' mean energy per class (None without an energy)."""
     from ebm_vs_score.evaluate import runner
 
-    images, labels = runner._labelled_split(s.data, "test")
-    if mean_energy(ctx, images[:1]) is None:
+    if not has_energy(ctx):
         return None
+    images, labels = runner._labelled_split(s.data, "test")
     return [mean_energy(ctx, images[labels == c]) for c in range(int(labels.max()) + 1)]
 
 

@@ -106,7 +106,8 @@ def their_block(peer_dir: str, kind: str, c_in: int, c_out: int):
     """The peer's module in train mode (its DDPM model builds them with these arguments)."""
     import torch
 
-    sys.path.insert(0, peer_dir)
+    if peer_dir not in sys.path:
+        sys.path.insert(0, peer_dir)
     from models import layers as peer_layers
 
     if kind == "res":

@@ -262,10 +262,15 @@ def compare(args: argparse.Namespace) -> dict:
     return {"pairs": pairs, "ratio_median": ratio, "batch": args.batch}
 
 
+def _interleaved_pairs(args: argparse.Namespace) -> list[dict]:
+    """``--pairs`` times our side, then theirs, each a fresh process."""
+    return [{"ours": _run_side("ours", args), "theirs": _run_side("theirs", args)}
+            for _ in range(args.pairs)]
+
+
 def compare_kernels(args: argparse.Namespace) -> dict:
     """Interleaved sides; each kernel's ms is the median over pairs of each side's median."""
-    pairs = [{"ours": _run_side("ours", args), "theirs": _run_side("theirs", args)}
-             for _ in range(args.pairs)]
+    pairs = _interleaved_pairs(args)
     kernels = []
     for name, *_, gflop in kernel_shapes(args.batch):
         for op in KERNEL_OPS:
@@ -286,8 +291,7 @@ def compare_kernels(args: argparse.Namespace) -> dict:
 
 def compare_blocks(args: argparse.Namespace) -> dict:
     """Interleaved sides of ``peer_blocks``; per block the median over pairs."""
-    pairs = [{"ours": _run_side("ours", args), "theirs": _run_side("theirs", args)}
-             for _ in range(args.pairs)]
+    pairs = _interleaved_pairs(args)
     result = peer_blocks.summarize(pairs, args.batch)
     peer_blocks.print_summary(result)
     return result
